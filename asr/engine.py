@@ -166,6 +166,25 @@ class Engine:
         parts = self._run_clips(clips, clip_hotwords)
         return self._stitch(audios, owners, parts)
 
+    def probe(self, audios: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        """Per clip: encoder output, predicted token count and decoder log-probabilities, on the
+        CPU. For agreement checks between precisions and kernels (benchmark, tests)."""
+        clips = [self._check_audio(a, i) for i, a in enumerate(audios)]
+        out: list[dict[str, torch.Tensor]] = [{} for _ in clips]
+        for batch in self._plan(clips, [()] * len(clips)):
+            with torch.inference_mode(), self._gpu_lock:
+                res = self._forward(*self._features(batch.audios), batch.hotwords)
+            for row, i in enumerate(batch.index):
+                n, t = int(res["token_len"][row]), int(res["enc_lens"][row])
+                out[i] = {"enc": res["enc"][row, :t].float().cpu(), "token_len": res["token_len"][row].cpu(),
+                          "logits": res["logp"][row, :n].float().cpu()}
+        return out
+
+    def close(self) -> None:
+        """Drop cached device tensors (hotword embeddings); the model stays loaded."""
+        with self._cache_lock:
+            self._bias_cache.clear()
+
     # ---------------------------------------------------------------- input handling
     @staticmethod
     def _per_item_hotwords(
@@ -346,6 +365,8 @@ class Engine:
             logp = self._decode(enc, enc_lens, embeds, token_len, hotwords)
         us_alphas, us_peaks = upsampled_alphas(model.predictor, enc, enc_lens, token_len)
         return {
+            "enc": enc,
+            "logp": logp,
             "ids": logp.argmax(-1),
             "token_len": token_len,
             "enc_lens": enc_lens,
@@ -406,7 +427,8 @@ class Engine:
         from funasr.utils.postprocess_utils import sentence_postprocess
         from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
 
-        host = {k: v.cpu() for k, v in out.items()}  # one transfer for the whole batch
+        wanted = ("ids", "token_len", "enc_lens", "us_alphas", "us_peaks")
+        host = {k: out[k].cpu() for k in wanted}  # one transfer per tensor for the whole batch
         results = []
         special = {self._sos, self._eos, self._blank}
         for row, audio in enumerate(audios):
