@@ -138,12 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0)
     mk.set_defaults(func=cmd_make_model)
 
-    try:
-        from .bench import add_parser as add_bench
-    except ImportError:
-        pass
-    else:
-        add_bench(sub)
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 
