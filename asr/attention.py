@@ -25,11 +25,13 @@ next path down: varlen/flash-attn -> sdpa, and sdpa -> eager.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MethodType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,18 +127,15 @@ def _mask_info(mask: torch.Tensor) -> _MaskInfo:
     prefix = (valid == (positions < key_lens[:, None])[:, None, :]).all()
     if valid.size(1) != 1:
         prefix = torch.zeros_like(prefix)
-    all_valid, any_empty, is_prefix = torch.stack(
-        [valid.all(), ~row_has_key.all(), prefix]
-    ).tolist()
+    all_valid, any_empty, is_prefix = torch.stack([valid.all(), ~row_has_key.all(), prefix]).tolist()
     info = _MaskInfo(
         sdpa_mask=None if all_valid else (valid | ~row_has_key)[:, None],
         empty_rows=(~row_has_key)[:, None] if any_empty else None,
         key_lens=key_lens.to(torch.int32) if is_prefix else None,
     )
-    try:
+    # Some tensor subclasses refuse Python attributes; they just miss the cache.
+    with contextlib.suppress(AttributeError, RuntimeError):
         setattr(mask, _MASK_INFO_ATTR, info)
-    except (AttributeError, RuntimeError):  # e.g. tensors that refuse Python attributes
-        pass
     return info
 
 
@@ -151,9 +150,7 @@ def _varlen_attend(
     v_ = v.transpose(1, 2).reshape(batch * t_k, heads, dim)
     idx = torch.arange(batch + 1, device=q.device, dtype=torch.int32)
     if backend == "varlen" and _VARLEN_SEQUSED_K:
-        out = _VARLEN(
-            q_, k_, v_, idx * t_q, idx * t_k, t_q, t_k, scale=scale, seqused_k=key_lens
-        )
+        out = _VARLEN(q_, k_, v_, idx * t_q, idx * t_k, t_q, t_k, scale=scale, seqused_k=key_lens)
     else:
         # 2B sequences: clip b (all its queries, its first key_lens[b] keys), then a filler with
         # no queries that takes the clip's padded keys. No copy, no host sync.
@@ -170,7 +167,9 @@ def _varlen_attend(
     return torch.where((key_lens > 0)[:, None, None], out, 0.0)
 
 
-def _attend(module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(
+    module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with funasr's masking, [B, H, T1, D] -> [B, T1, H * D]."""
     backend = getattr(module, _BACKEND_ATTR)
     scale = module.d_k**-0.5

@@ -105,9 +105,7 @@ def _cif(
     return embeds, integral.to(torch.float32)
 
 
-def cif(
-    hidden: torch.Tensor, alphas: torch.Tensor, threshold: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrate-and-fire token embeddings (funasr's ``cif``), without a per-frame loop.
 
     Args:
@@ -149,7 +147,9 @@ def _upsampled_hidden(
             # The backward LSTM would otherwise start in the padding; packing needs CPU lengths.
             total = up.size(1)
             packed = torch.nn.utils.rnn.pack_padded_sequence(
-                up, (lens * predictor.upsample_times).clamp(min=1).cpu(), batch_first=True,
+                up,
+                (lens * predictor.upsample_times).clamp(min=1).cpu(),
+                batch_first=True,
                 enforce_sorted=False,
             )
             up, _ = torch.nn.utils.rnn.pad_packed_sequence(
@@ -218,13 +218,9 @@ def predict(
     acoustic_embeds, _ = _cif(hidden, alphas, predictor.threshold, max(out_len, 0))
     token_num = token_num_f.round().long()
 
-    up = _upsampled_hidden(
-        predictor, context, conv_out, mask, encoder_out_lens if batch_invariant else None
-    )
+    up = _upsampled_hidden(predictor, context, conv_out, mask, encoder_out_lens if batch_invariant else None)
     up_logits = predictor.cif_output2(up).squeeze(-1).to(torch.float32)
-    us_alphas = torch.relu(
-        torch.sigmoid(up_logits) * predictor.smooth_factor2 - predictor.noise_threshold2
-    )
+    us_alphas = torch.relu(torch.sigmoid(up_logits) * predictor.smooth_factor2 - predictor.noise_threshold2)
     us_alphas = us_alphas * maskf.repeat_interleave(predictor.upsample_times, dim=1)
     us_alphas = us_alphas * (token_num / us_alphas.sum(-1))[:, None]
     us_peaks = cif_wo_hidden(us_alphas, predictor.threshold - 1e-4)

@@ -235,9 +235,9 @@ class BatchFrontend(nn.Module):
             rows = torch.arange(n_out, device=waves.device)[:, None] * opts.lfr_n + offsets
             last = (fbank_lens - 1).clamp_(min=0)[:, None, None]
             index = torch.minimum(rows.clamp(min=0)[None], last)  # [B, n_out, lfr_m]
-            feats = torch.gather(
-                feats, 1, index.reshape(batch, -1, 1).expand(-1, -1, n_mels)
-            ).reshape(batch, n_out, opts.lfr_m * n_mels)
+            feats = torch.gather(feats, 1, index.reshape(batch, -1, 1).expand(-1, -1, n_mels)).reshape(
+                batch, n_out, opts.lfr_m * n_mels
+            )
         if self.cmvn is not None:
             feats = (feats + self.cmvn[0]) * self.cmvn[1]
         valid = torch.arange(n_out, device=waves.device)[None, :] < out_lens[:, None]

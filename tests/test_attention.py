@@ -26,16 +26,29 @@ BF16_ATOL = 0.1
 def _encoder(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return sanm_encoder.SANMEncoder(
-        input_size=40, output_size=DIM, attention_heads=HEADS, linear_units=128, num_blocks=3,
-        input_layer="pe", kernel_size=11, sanm_shfit=0, selfattention_layer_type="sanm",
+        input_size=40,
+        output_size=DIM,
+        attention_heads=HEADS,
+        linear_units=128,
+        num_blocks=3,
+        input_layer="pe",
+        kernel_size=11,
+        sanm_shfit=0,
+        selfattention_layer_type="sanm",
     ).eval()
 
 
 def _decoder(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return ParaformerSANMDecoder(
-        vocab_size=30, encoder_output_size=DIM, attention_heads=HEADS, linear_units=128,
-        num_blocks=2, att_layer_num=2, kernel_size=11, sanm_shfit=0,
+        vocab_size=30,
+        encoder_output_size=DIM,
+        attention_heads=HEADS,
+        linear_units=128,
+        num_blocks=2,
+        att_layer_num=2,
+        kernel_size=11,
+        sanm_shfit=0,
     ).eval()
 
 
@@ -80,8 +93,10 @@ def test_decoder_sdpa_equals_eager(seed: int) -> None:
         model = copy.deepcopy(decoder)
         patch_attention(model, backend)
         with torch.no_grad():
-            outs[backend] = model(memory, memory_lens, embeds, token_lens, return_hidden=True, return_both=True)
-    for a, b in zip(outs["sdpa"][:2], outs["eager"][:2]):
+            outs[backend] = model(
+                memory, memory_lens, embeds, token_lens, return_hidden=True, return_both=True
+            )
+    for a, b in zip(outs["sdpa"][:2], outs["eager"][:2], strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
@@ -192,6 +207,7 @@ def test_unavailable_backend_falls_back_with_one_log_line(caplog: pytest.LogCapt
 
 # --- CUDA only: the lead runs these on the GPU machine -------------------------------------------
 
+
 def _cuda_backends() -> list[str]:
     return [b for b in available_backends() if b in ("varlen", "flash-attn")]
 
@@ -221,7 +237,7 @@ def test_cuda_backends_match_eager(backend: str, dtype: torch.dtype) -> None:
 
     ref = run("eager")
     got = run(backend)
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         assert torch.isfinite(a).all()
         assert (a - b).abs().max() < BF16_ATOL
 
@@ -251,9 +267,11 @@ def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout:
     monkeypatch.setattr(attention, "_VARLEN", _fake_varlen)
     monkeypatch.setattr(attention, "_VARLEN_SEQUSED_K", layout == "seqused_k")
     monkeypatch.setattr(
-        attention, "_FLASH_ATTN",
+        attention,
+        "_FLASH_ATTN",
         lambda q, k, v, cu_q, cu_k, mq, mk, dropout_p, softmax_scale: _fake_varlen(
-            q, k, v, cu_q, cu_k, mq, mk, scale=softmax_scale),
+            q, k, v, cu_q, cu_k, mq, mk, scale=softmax_scale
+        ),
     )
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(4, HEADS, 6, 16, generator=gen)

@@ -150,8 +150,16 @@ def test_reduced_precision_inputs_accumulate_in_fp32() -> None:
 def _predictor(seed: int, **overrides: object) -> torch.nn.Module:
     torch.manual_seed(seed)
     conf = dict(
-        idim=32, l_order=1, r_order=1, threshold=1.0, tail_threshold=0.45, smooth_factor2=0.25,
-        noise_threshold2=0.01, upsample_times=3, use_cif1_cnn=False, upsample_type="cnn_blstm",
+        idim=32,
+        l_order=1,
+        r_order=1,
+        threshold=1.0,
+        tail_threshold=0.45,
+        smooth_factor2=0.25,
+        noise_threshold2=0.01,
+        upsample_times=3,
+        use_cif1_cnn=False,
+        upsample_type="cnn_blstm",
     )
     conf.update(overrides)
     predictor = funasr_bicif.CifPredictorV3(**conf)
@@ -183,7 +191,7 @@ def test_predict_matches_funasr(seed: int, overrides: dict) -> None:
     with torch.no_grad():
         ref = _funasr_predict(predictor, encoder_out, lens)
     got = predict(predictor, encoder_out, lens)
-    for name, a, b in zip(("embeds", "token_num", "us_alphas", "us_peaks"), got, ref):
+    for name, a, b in zip(("embeds", "token_num", "us_alphas", "us_peaks"), got, ref, strict=True):
         assert a.shape == b.shape, name
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0, msg=name)
     assert torch.equal(got[3] >= 1.0 - 1e-4, ref[3] >= 1.0 - 1e-4)
@@ -205,7 +213,7 @@ def test_predict_batch_invariant_matches_clip_alone() -> None:
         torch.testing.assert_close(batched[3][1, :up], alone[3][0], atol=ATOL, rtol=0)
         # The longest clip is unaffected by the flag.
         plain = predict(predictor, encoder_out, lens)
-        for a, b in zip(plain, batched):
+        for a, b in zip(plain, batched, strict=True):
             torch.testing.assert_close(a[0], b[0], atol=ATOL, rtol=0)
         funasr_differs += not torch.allclose(plain[2][1, :up], alone[2][0], atol=1e-3)
     # Without the flag (funasr's behaviour) padding leaks into the shorter clip.

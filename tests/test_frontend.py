@@ -15,8 +15,9 @@ from asr.frontend import BatchFrontend, FrontendOptions, load_cmvn  # noqa: E402
 # Largest allowed |ours - funasr| on features after CMVN (CMVN scales here are up to 0.5, so the
 # log-mel difference this allows is about 2e-3). Two fp32 FFTs differ by rounding only.
 FEAT_ATOL = 1e-3
-CONF = dict(fs=16000, window="hamming", n_mels=80, frame_length=25, frame_shift=10, lfr_m=7,
-            lfr_n=6, dither=0.0)
+CONF = dict(
+    fs=16000, window="hamming", n_mels=80, frame_length=25, frame_shift=10, lfr_m=7, lfr_n=6, dither=0.0
+)
 
 
 def _write_mvn(path: Path, seed: int = 0, dim: int = 560) -> Path:
