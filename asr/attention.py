@@ -63,7 +63,9 @@ def _flash_attn_fn() -> Callable[..., torch.Tensor] | None:
 
 
 _VARLEN = _varlen_fn()
-_VARLEN_SEQUSED_K = _VARLEN is not None and "seqused_k" in inspect.signature(_VARLEN).parameters
+_VARLEN_PARAMS = set(inspect.signature(_VARLEN).parameters) if _VARLEN is not None else set()
+# seqused_k (torch >= 2.12) skips padded keys in place; older builds get filler sequences instead.
+_VARLEN_SEQUSED_K = "seqused_k" in _VARLEN_PARAMS
 _FLASH_ATTN = _flash_attn_fn()
 
 
@@ -149,8 +151,16 @@ def _varlen_attend(
     k_ = k.transpose(1, 2).reshape(batch * t_k, heads, dim)
     v_ = v.transpose(1, 2).reshape(batch * t_k, heads, dim)
     idx = torch.arange(batch + 1, device=q.device, dtype=torch.int32)
+    extra: dict[str, Any] = {}
+    if backend == "varlen":
+        if "scale" in _VARLEN_PARAMS:
+            extra["scale"] = scale
+        elif abs(scale * dim**0.5 - 1.0) > 1e-6:
+            # Early varlen_attn builds take no scale and use 1/sqrt(head_dim), funasr's own
+            # scale; anything else is folded into the queries.
+            q_ = q_ * (scale * dim**0.5)
     if backend == "varlen" and _VARLEN_SEQUSED_K:
-        out = _VARLEN(q_, k_, v_, idx * t_q, idx * t_k, t_q, t_k, scale=scale, seqused_k=key_lens)
+        out = _VARLEN(q_, k_, v_, idx * t_q, idx * t_k, t_q, t_k, seqused_k=key_lens, **extra)
     else:
         # 2B sequences: clip b (all its queries, its first key_lens[b] keys), then a filler with
         # no queries that takes the clip's padded keys. No copy, no host sync.
@@ -159,7 +169,7 @@ def _varlen_attend(
         cu_k = torch.cat([cu_k, idx[-1:] * t_k])
         cu_q = (torch.arange(2 * batch + 1, device=q.device, dtype=torch.int32) + 1) // 2 * t_q
         if backend == "varlen":
-            out = _VARLEN(q_, k_, v_, cu_q, cu_k, t_q, t_k, scale=scale)
+            out = _VARLEN(q_, k_, v_, cu_q, cu_k, t_q, t_k, **extra)
         else:
             out = _FLASH_ATTN(q_, k_, v_, cu_q, cu_k, t_q, t_k, dropout_p=0.0, softmax_scale=scale)
     out = out.view(batch, t_q, heads * dim)

@@ -245,6 +245,7 @@ def test_cuda_backends_match_eager(backend: str, dtype: torch.dtype) -> None:
 def _fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, seqused_k=None, **_):
     """Reference varlen attention on CPU: checks the sequence layout the fused path builds."""
     out = torch.zeros_like(q)
+    scale = q.size(-1) ** -0.5 if scale is None else scale
     assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
     assert cu_q[-1] == q.size(0) and cu_k[-1] == k.size(0)
     for i in range(len(cu_q) - 1):
@@ -259,13 +260,15 @@ def _fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, seqused_k=Non
     return out
 
 
-@pytest.mark.parametrize("layout", ["seqused_k", "filler", "flash-attn"])
+@pytest.mark.parametrize("layout", ["seqused_k", "filler", "filler-no-scale-arg", "flash-attn"])
 def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     import asr.attention as attention
 
     backend = "flash-attn" if layout == "flash-attn" else "varlen"
     monkeypatch.setattr(attention, "_VARLEN", _fake_varlen)
     monkeypatch.setattr(attention, "_VARLEN_SEQUSED_K", layout == "seqused_k")
+    if layout == "filler-no-scale-arg":
+        monkeypatch.setattr(attention, "_VARLEN_PARAMS", set())
     monkeypatch.setattr(
         attention,
         "_FLASH_ATTN",
