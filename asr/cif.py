@@ -1,0 +1,227 @@
+"""Vectorised continuous integrate-and-fire (CIF) for Paraformer's predictor.
+
+funasr integrates the predictor weights ("alphas") frame by frame in a Python loop, which costs
+one small kernel launch per encoder frame and per upsampled timestamp frame. Here the same
+integrate-and-fire is computed from cumulative sums in a handful of batched tensor operations:
+
+* A frame ``t`` fires when the running integral reaches the threshold. With ``S_t`` the cumulative
+  sum of alphas and ``k_{t-1}`` the number of fires before ``t``, funasr's loop fires iff
+  ``S_t - reset * k_{t-1} >= threshold`` (``reset`` is what it subtracts after a fire: 1 in
+  :func:`cif`, the threshold in :func:`cif_wo_hidden`). With ``g_t = floor((S_t - threshold) /
+  reset) + 1`` that is ``g_t > k_{t-1}``, so ``k_t = min(g_t, k_{t-1} + 1)``, whose closed form is
+  ``k_t = t + min(1, cummin_{s<=t}(g_s - s))``. This stays exact even when one frame's alpha is
+  larger than the threshold (funasr then fires on consecutive frames).
+* Each frame's weight goes to the token being integrated (``k_{t-1}``); on a firing frame only the
+  part that completes the token does, and the rest starts the next token. Embeddings are segment
+  sums of ``weight * hidden`` done with ``index_add_``.
+
+Cumulative sums run in float64, so fire positions equal funasr's fp32 loop except where a running
+sum lies within the loop's own rounding drift (about 1e-6) of a threshold; there the float64 sum is
+the more accurate one. Alphas must be non-negative (they are: the predictor ends with a ReLU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cif", "cif_wo_hidden", "predict"]
+
+
+def _as_fp32(value: float) -> float:
+    # funasr compares fp32 tensors with a Python float, which torch does in fp32; using the same
+    # rounded threshold keeps fire decisions identical at values such as 1 - 1e-4.
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def _integrate(
+    alphas: torch.Tensor, threshold: float, reset: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fire bookkeeping for a [B, T] alpha matrix.
+
+    Returns (cumsum float64, fires before each frame, fired mask, pre-reset integral float64).
+    """
+    csum = alphas.to(torch.float64).cumsum(dim=1)
+    steps = torch.arange(alphas.size(1), device=alphas.device)
+    ideal = torch.floor((csum - threshold) / reset).add_(1).clamp_(min=0).to(torch.int64)
+    count = steps + torch.cummin(ideal - steps, dim=1).values.clamp_(max=1)
+    count_before = F.pad(count[:, :-1], (1, 0))
+    fired = count > count_before
+    integral = csum - count_before.to(torch.float64) * reset
+    return csum, count_before, fired, integral
+
+
+def cif_wo_hidden(alphas: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Integrate-and-fire peaks without embeddings (funasr's ``cif_wo_hidden``).
+
+    Args:
+        alphas: [B, T] non-negative weights, any float dtype, any device.
+        threshold: firing threshold; after a fire the threshold is subtracted.
+
+    Returns:
+        [B, T] float32 integral before each frame's reset; ``>= threshold`` marks a fire.
+    """
+    if alphas.dim() != 2:
+        raise ValueError(f"alphas must be [batch, time], got shape {tuple(alphas.shape)}")
+    if alphas.size(1) == 0:
+        return alphas.new_zeros(alphas.shape, dtype=torch.float32)
+    thr = _as_fp32(threshold)
+    _, _, _, integral = _integrate(alphas, thr, thr)
+    return integral.to(torch.float32)
+
+
+def _cif(
+    hidden: torch.Tensor, alphas: torch.Tensor, threshold: float, out_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, frames, dim = hidden.shape
+    thr = _as_fp32(threshold)
+    alphas64 = alphas.to(torch.float64)
+    csum, count_before, fired, integral = _integrate(alphas, thr, 1.0)
+    csum_before = F.pad(csum[:, :-1], (1, 0))
+    # On a firing frame the token takes only what completes it (1 - running integral).
+    completion = 1.0 - (csum_before - count_before.to(torch.float64))
+    head = torch.where(fired, completion, alphas64)
+    tail = alphas64 - head
+
+    # Only completed tokens are emitted (the trailing partial one is dropped, as funasr does);
+    # everything else is routed to a dump slot at index out_len that is cut off at the end.
+    emitted = count_before[:, -1:] + fired[:, -1:].to(torch.int64)
+    slots = out_len + 1
+    base = torch.arange(batch, device=hidden.device)[:, None] * slots
+    head_token = count_before
+    tail_token = count_before + 1
+    head_idx = base + torch.where(head_token < emitted, head_token, out_len).clamp_(max=out_len)
+    tail_ok = fired & (tail_token < emitted)
+    tail_idx = base + torch.where(tail_ok, tail_token, out_len).clamp_(max=out_len)
+
+    hidden32 = hidden.to(torch.float32)
+    out = hidden32.new_zeros(batch * slots, dim)
+    out.index_add_(0, head_idx.reshape(-1), (head.to(torch.float32)[..., None] * hidden32).reshape(-1, dim))
+    tail32 = torch.where(tail_ok, tail, 0.0).to(torch.float32)
+    out.index_add_(0, tail_idx.reshape(-1), (tail32[..., None] * hidden32).reshape(-1, dim))
+    embeds = out.view(batch, slots, dim)[:, :out_len].to(hidden.dtype)
+    return embeds, integral.to(torch.float32)
+
+
+def cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrate-and-fire token embeddings (funasr's ``cif``), without a per-frame loop.
+
+    Args:
+        hidden: [B, T, D] encoder states, any float dtype, any device.
+        alphas: [B, T] non-negative weights.
+        threshold: firing threshold; after a fire 1.0 is subtracted (as in funasr).
+
+    Returns:
+        (acoustic_embeds [B, N, D] in ``hidden.dtype`` (accumulated in fp32), fires [B, T] float32)
+        where ``N = round(alphas.sum(-1)).max()`` like funasr. Tokens past ``N`` (funasr raises
+        there) are dropped. Reading ``N`` is the one host sync.
+    """
+    if hidden.dim() != 3 or alphas.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"hidden must be [batch, time, dim] and alphas [batch, time], got "
+            f"{tuple(hidden.shape)} and {tuple(alphas.shape)}"
+        )
+    if hidden.size(1) == 0:
+        return hidden.new_zeros(hidden.size(0), 0, hidden.size(2)), alphas.new_zeros(
+            alphas.shape, dtype=torch.float32
+        )
+    out_len = int(torch.round(alphas.to(torch.float32).sum(-1)).max())
+    return _cif(hidden, alphas, threshold, max(out_len, 0))
+
+
+def _upsampled_hidden(
+    predictor: Any,
+    context: torch.Tensor,
+    conv_out: torch.Tensor,
+    mask: torch.Tensor,
+    lens: torch.Tensor | None,
+) -> torch.Tensor:
+    source = conv_out if predictor.use_cif1_cnn else context
+    up = predictor.upsample_cnn(source).transpose(1, 2)
+    if predictor.upsample_type == "cnn_blstm":
+        if lens is None:
+            up, _ = predictor.blstm(up)
+        else:
+            # The backward LSTM would otherwise start in the padding; packing needs CPU lengths.
+            total = up.size(1)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                up,
+                (lens * predictor.upsample_times).clamp(min=1).cpu(),
+                batch_first=True,
+                enforce_sorted=False,
+            )
+            up, _ = torch.nn.utils.rnn.pad_packed_sequence(
+                predictor.blstm(packed)[0], batch_first=True, total_length=total
+            )
+    elif predictor.upsample_type == "cnn_attn":
+        up, _ = predictor.self_attn(up, mask[:, None, :])
+    elif predictor.upsample_type != "cnn":
+        raise ValueError(f"unsupported predictor upsample_type {predictor.upsample_type!r}")
+    return up
+
+
+@torch.no_grad()
+def predict(
+    predictor: Any,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    *,
+    batch_invariant: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token embeddings, token counts and timestamp peaks from a ``CifPredictorV3``.
+
+    Equals funasr's ``calc_predictor`` (inference branch, with ``tail_process_fn``), the
+    ``round().long()`` that ``SeacoParaformer.inference`` applies to the token count, and
+    ``calc_predictor_timestamp`` rescaled to that count. Unlike funasr it runs the shared
+    convolution once and skips the upsample branch's training-only token count in ``forward``.
+
+    Args:
+        predictor: a funasr ``CifPredictorV3`` (its weights are used as they are).
+        encoder_out: [B, T, D] encoder output.
+        encoder_out_lens: [B] valid frames per item.
+        batch_invariant: in a padded batch funasr lets padding reach a clip's result: the
+            predictor convolution reads one frame past the end, the tail token takes 0.45 of the
+            first padded frame, and the timestamp BLSTM runs backwards through the padding. True
+            zeroes padded frames and packs the BLSTM input, so every clip gets what funasr
+            computes for it alone (costs one host sync for the packed lengths).
+
+    Returns:
+        acoustic_embeds [B, N, D] (N = max token count), token_num [B] int64,
+        us_alphas [B, T * upsample_times] float32, us_peaks [B, T * upsample_times] float32.
+    """
+    batch, frames, _ = encoder_out.shape
+    mask = torch.arange(frames, device=encoder_out.device)[None, :] < encoder_out_lens[:, None]
+    maskf = mask.to(torch.float32)
+
+    if batch_invariant:
+        encoder_out = encoder_out * mask[..., None].to(encoder_out.dtype)
+    context = encoder_out.transpose(1, 2)
+    conv_out = torch.relu(predictor.cif_conv1d(predictor.pad(context)))
+    logits = predictor.cif_output(conv_out.transpose(1, 2)).squeeze(-1).to(torch.float32)
+    alphas = torch.relu(torch.sigmoid(logits) * predictor.smooth_factor - predictor.noise_threshold)
+    alphas = alphas * maskf
+
+    hidden = encoder_out
+    if predictor.tail_threshold > 0.0:
+        # tail_process_fn: an extra frame of weight tail_threshold right after each clip's end.
+        ones = maskf.new_ones(batch, 1)
+        step_down = torch.cat([ones, maskf], dim=1) - torch.cat([maskf, ones * 0], dim=1)
+        alphas = torch.cat([alphas, ones * 0], dim=1) + step_down * predictor.tail_threshold
+        hidden = torch.cat([hidden, hidden.new_zeros(batch, 1, hidden.size(2))], dim=1)
+        token_num_f = torch.floor(alphas.sum(-1))
+        out_len = int(token_num_f.max())
+    else:
+        token_num_f = alphas.sum(-1)
+        out_len = int(torch.round(token_num_f).max())
+    acoustic_embeds, _ = _cif(hidden, alphas, predictor.threshold, max(out_len, 0))
+    token_num = token_num_f.round().long()
+
+    up = _upsampled_hidden(predictor, context, conv_out, mask, encoder_out_lens if batch_invariant else None)
+    up_logits = predictor.cif_output2(up).squeeze(-1).to(torch.float32)
+    us_alphas = torch.relu(torch.sigmoid(up_logits) * predictor.smooth_factor2 - predictor.noise_threshold2)
+    us_alphas = us_alphas * maskf.repeat_interleave(predictor.upsample_times, dim=1)
+    us_alphas = us_alphas * (token_num / us_alphas.sum(-1))[:, None]
+    us_peaks = cif_wo_hidden(us_alphas, predictor.threshold - 1e-4)
+    return acoustic_embeds, token_num, us_alphas, us_peaks

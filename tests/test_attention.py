@@ -1,0 +1,288 @@
+"""Fused attention patches against funasr's own attention code."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+sanm_encoder = pytest.importorskip("funasr.models.sanm.encoder")
+from funasr.models.paraformer.decoder import ParaformerSANMDecoder  # noqa: E402
+from funasr.models.sanm.attention import (  # noqa: E402
+    MultiHeadedAttentionCrossAtt,
+    MultiHeadedAttentionSANM,
+)
+
+from asr.attention import available_backends, patch_attention  # noqa: E402
+
+DIM, HEADS = 64, 4
+ATOL = 1e-5
+# bf16 keeps 8 bits of mantissa; over a few blocks outputs of magnitude ~1-4 drift by a few 1e-2.
+BF16_ATOL = 0.1
+
+
+def _encoder(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return sanm_encoder.SANMEncoder(
+        input_size=40,
+        output_size=DIM,
+        attention_heads=HEADS,
+        linear_units=128,
+        num_blocks=3,
+        input_layer="pe",
+        kernel_size=11,
+        sanm_shfit=0,
+        selfattention_layer_type="sanm",
+    ).eval()
+
+
+def _decoder(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return ParaformerSANMDecoder(
+        vocab_size=30,
+        encoder_output_size=DIM,
+        attention_heads=HEADS,
+        linear_units=128,
+        num_blocks=2,
+        att_layer_num=2,
+        kernel_size=11,
+        sanm_shfit=0,
+    ).eval()
+
+
+def _inputs(seed: int, batch: int = 4, frames: int = 37, full: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    xs = torch.randn(batch, frames, 40, generator=gen)
+    lens = torch.randint(1, frames + 1, (batch,), generator=gen)
+    lens[0] = frames
+    if full:
+        lens[:] = frames
+    return xs, lens
+
+
+def _run_encoder(encoder, xs, lens, backend):
+    model = copy.deepcopy(encoder)
+    assert patch_attention(model, backend) == backend
+    with torch.no_grad():
+        return model(xs, lens)[0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("full", [False, True])
+def test_encoder_sdpa_equals_eager(seed: int, full: bool) -> None:
+    encoder = _encoder(seed)
+    xs, lens = _inputs(seed, full=full)
+    eager = _run_encoder(encoder, xs, lens, "eager")
+    sdpa = _run_encoder(encoder, xs, lens, "sdpa")
+    # Padded positions too: the CIF tail token reads the first padded frame.
+    torch.testing.assert_close(sdpa, eager, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_decoder_sdpa_equals_eager(seed: int) -> None:
+    decoder = _decoder(seed)
+    gen = torch.Generator().manual_seed(seed)
+    memory = torch.randn(3, 29, DIM, generator=gen)
+    memory_lens = torch.tensor([29, 17, 5])
+    embeds = torch.randn(3, 9, DIM, generator=gen)
+    token_lens = torch.tensor([9, 4, 1])
+    outs = {}
+    for backend in ("eager", "sdpa"):
+        model = copy.deepcopy(decoder)
+        patch_attention(model, backend)
+        with torch.no_grad():
+            outs[backend] = model(
+                memory, memory_lens, embeds, token_lens, return_hidden=True, return_both=True
+            )
+    for a, b in zip(outs["sdpa"][:2], outs["eager"][:2], strict=True):
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_patch_reaches_every_attention_and_keeps_fsmn() -> None:
+    encoder, decoder = _encoder(), _decoder()
+    model = torch.nn.ModuleDict({"encoder": encoder, "decoder": decoder})
+    patch_attention(model, "sdpa")
+    sanm = [m for m in model.modules() if isinstance(m, MultiHeadedAttentionSANM)]
+    cross = [m for m in model.modules() if isinstance(m, MultiHeadedAttentionCrossAtt)]
+    assert len(sanm) == 3 and len(cross) == 2
+    assert all("forward" in m.__dict__ for m in sanm + cross)
+    # Removing the FSMN branch must change the output: the patched forward still uses it.
+    xs, lens = _inputs(0)
+    with torch.no_grad():
+        before = encoder(xs, lens)[0]
+        for m in sanm:
+            m.fsmn_block.weight.zero_()
+        after = encoder(xs, lens)[0]
+    assert (before - after).abs().max() > 1e-3
+    patch_attention(model, "eager")
+    assert not any("forward" in m.__dict__ for m in sanm + cross)
+
+
+def test_fully_masked_rows_give_zeros_like_funasr() -> None:
+    torch.manual_seed(0)
+    attn = MultiHeadedAttentionSANM(HEADS, DIM, DIM, 0.0, kernel_size=5).eval()
+    x = torch.randn(3, 8, DIM)
+    mask = torch.ones(3, 1, 8)
+    mask[1, :, 3:] = 0
+    mask[2] = 0  # a clip with no frames at all
+    with torch.no_grad():
+        eager = attn(x, mask)
+        patch_attention(attn, "sdpa")
+        sdpa = attn(x, mask)
+    assert torch.isfinite(sdpa).all()
+    torch.testing.assert_close(sdpa, eager, atol=ATOL, rtol=0)
+
+    cross = MultiHeadedAttentionCrossAtt(HEADS, DIM, 0.0).eval()
+    query, memory = torch.randn(2, 5, DIM), torch.randn(2, 7, DIM)
+    row_mask = torch.ones(2, 5, 7)
+    row_mask[0, 2] = 0  # one query row without keys
+    row_mask[1, :, 4:] = 0
+    with torch.no_grad():
+        eager = cross(query, memory, row_mask)
+        patch_attention(cross, "sdpa")
+        sdpa = cross(query, memory, row_mask)
+    torch.testing.assert_close(sdpa, eager, atol=ATOL, rtol=0)
+
+
+def test_ret_attn_still_returns_the_attention_matrix() -> None:
+    cross = MultiHeadedAttentionCrossAtt(HEADS, DIM, 0.0).eval()
+    query, memory, mask = torch.randn(2, 5, DIM), torch.randn(2, 7, DIM), torch.ones(2, 1, 7)
+    with torch.no_grad():
+        ref_out, ref_attn = cross(query, memory, mask, ret_attn=True)
+        patch_attention(cross, "sdpa")
+        out, attn = cross(query, memory, mask, ret_attn=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(attn, ref_attn)
+
+
+def test_mask_digest_is_shared_by_layers() -> None:
+    encoder = _encoder()
+    patch_attention(encoder, "sdpa")
+    xs, lens = _inputs(1)
+    calls = []
+    real_tolist = torch.Tensor.tolist
+
+    def counting_tolist(self):
+        if self.dtype == torch.bool:  # the mask digest's flags (funasr reads lengths itself)
+            calls.append(self.shape)
+        return real_tolist(self)
+
+    torch.Tensor.tolist = counting_tolist
+    try:
+        with torch.no_grad():
+            encoder(xs, lens)
+    finally:
+        torch.Tensor.tolist = real_tolist
+    assert len(calls) == 1  # one host sync for three layers
+
+
+def test_bf16_close_to_fp32() -> None:
+    encoder = _encoder(3)
+    xs, lens = _inputs(3)
+    ref = _run_encoder(encoder, xs, lens, "eager")
+    for backend in ("eager", "sdpa"):
+        model = copy.deepcopy(encoder).to(torch.bfloat16)
+        patch_attention(model, backend)
+        with torch.no_grad():
+            out = model(xs.bfloat16(), lens)[0].float()
+        assert torch.isfinite(out).all()
+        assert (out - ref).abs().max() < BF16_ATOL, backend
+
+
+def test_unavailable_backend_falls_back_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("fallback is only forced on machines without CUDA")
+    encoder = _encoder()
+    with caplog.at_level(logging.INFO, logger="asr.attention"):
+        assert patch_attention(encoder, "varlen") == "sdpa"
+        assert patch_attention(encoder, "flash-attn") == "sdpa"
+        assert patch_attention(encoder, "auto") == "sdpa"
+    assert len(caplog.records) == 3 and "no CUDA device" in caplog.records[0].getMessage()
+    assert available_backends() == ["sdpa", "eager"]
+    with pytest.raises(ValueError, match="attention backend"):
+        patch_attention(encoder, "xformers")
+
+
+# --- CUDA only: the lead runs these on the GPU machine -------------------------------------------
+
+
+def _cuda_backends() -> list[str]:
+    return [b for b in available_backends() if b in ("varlen", "flash-attn")]
+
+
+@pytest.mark.parametrize("backend", ["varlen", "flash-attn", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_backends_match_eager(backend: str, dtype: torch.dtype) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if backend != "sdpa" and backend not in _cuda_backends():
+        pytest.skip(f"{backend} is not available in this environment")
+    encoder, decoder = _encoder(5).cuda(), _decoder(5).cuda()
+    xs, lens = _inputs(5, batch=6, frames=200)
+    xs, lens = xs.cuda(), lens.cuda()
+    lens[3] = 0  # a clip without frames must give zeros, not NaN
+    gen = torch.Generator().manual_seed(5)
+    embeds = torch.randn(6, 40, DIM, generator=gen).cuda()
+    token_lens = torch.tensor([40, 12, 3, 1, 25, 7]).cuda()
+
+    def run(name: str):
+        enc, dec = copy.deepcopy(encoder), copy.deepcopy(decoder)
+        assert patch_attention(enc, name) == name and patch_attention(dec, name) == name
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+            enc_out = enc(xs, lens)[0]
+            dec_out = dec(enc_out, lens.clamp(min=1), embeds, token_lens, return_hidden=True)[0]
+        return enc_out.float(), dec_out.float()
+
+    ref = run("eager")
+    got = run(backend)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() < BF16_ATOL
+
+
+def _fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, seqused_k=None, **_):
+    """Reference varlen attention on CPU: checks the sequence layout the fused path builds."""
+    out = torch.zeros_like(q)
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    assert cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
+    assert cu_q[-1] == q.size(0) and cu_k[-1] == k.size(0)
+    for i in range(len(cu_q) - 1):
+        qs, qe, ks, ke = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
+        assert 0 <= qe - qs <= max_q and 0 <= ke - ks <= max_k
+        if seqused_k is not None:
+            ke = ks + int(seqused_k[i])
+        if qe == qs or ke == ks:
+            continue
+        scores = torch.einsum("qhd,khd->hqk", q[qs:qe], k[ks:ke]) * scale
+        out[qs:qe] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[ks:ke])
+    return out
+
+
+@pytest.mark.parametrize("layout", ["seqused_k", "filler", "filler-no-scale-arg", "flash-attn"])
+def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    import asr.attention as attention
+
+    backend = "flash-attn" if layout == "flash-attn" else "varlen"
+    monkeypatch.setattr(attention, "_VARLEN", _fake_varlen)
+    monkeypatch.setattr(attention, "_VARLEN_SEQUSED_K", layout == "seqused_k")
+    if layout == "filler-no-scale-arg":
+        monkeypatch.setattr(attention, "_VARLEN_PARAMS", set())
+    monkeypatch.setattr(
+        attention,
+        "_FLASH_ATTN",
+        lambda q, k, v, cu_q, cu_k, mq, mk, dropout_p, softmax_scale: _fake_varlen(
+            q, k, v, cu_q, cu_k, mq, mk, scale=softmax_scale
+        ),
+    )
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(4, HEADS, 6, 16, generator=gen)
+    k = torch.randn(4, HEADS, 9, 16, generator=gen)
+    v = torch.randn(4, HEADS, 9, 16, generator=gen)
+    key_lens = torch.tensor([9, 4, 0, 1], dtype=torch.int32)
+    got = attention._varlen_attend(backend, q, k, v, key_lens, 0.25)
+    mask = (torch.arange(9)[None, :] < key_lens[:, None])[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2) * 0.25).masked_fill(~mask, float("-inf"))
+    ref = (scores.softmax(-1).masked_fill(~mask, 0.0) @ v).transpose(1, 2).reshape(4, 6, -1)
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
