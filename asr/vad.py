@@ -306,9 +306,10 @@ class _SegmentState:
             # Speech still going on. Fold it in once it would break the cap, so a long monologue
             # is cut now instead of piling up in memory until the backend closes it.
             o_start = max(open_start, self.cursor)
+            decided = min(frontier, self.total)  # speech is only known up to the frontier
             base = self.pending[0] if self._mergeable(o_start) and self.pending else o_start
-            if not self._fits(base, self.total):
-                yield from self._add(o_start, self.total)
+            if decided > o_start and not self._fits(base, decided):
+                yield from self._add(o_start, decided)
         if self.pending is not None:
             p_start, p_end, _ = self.pending
             next_start = open_start if open_start is not None else frontier
@@ -493,3 +494,186 @@ class _SileroRegions:
                     self.temp_end = None
         self.done = base + len(audio)
         return regions
+
+
+# --------------------------------------------------------------------------------------------
+# FSMN-VAD (FunASR)
+
+
+def _load_config(model_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        # funasr would treat a missing directory as a hub id and retry the network for ~20 s.
+        raise ModelLoadError(f"No VAD model at {model_dir}: config.yaml is missing.")
+    conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(conf, dict) or conf.get("model") != "FsmnVADStreaming":
+        raise ModelLoadError(f"{path} does not describe an FSMN-VAD model (FsmnVADStreaming).")
+    return conf
+
+
+class FsmnVad(_Segmenter):
+    """FunASR's FSMN-VAD (`FsmnVADStreaming` + `WavFrontendOnline`) from a funasr-format model dir.
+
+    The model and frontend are built through funasr's registry exactly as `AutoModel` would, but
+    without `AutoModel`'s side effects (logging.basicConfig, a version print, torch.set_num_threads,
+    hub look-ups). funasr's VAD writes per-call values into the shared model (`vad_opts`), so calls
+    are serialised with a lock; each stream keeps its own funasr cache.
+    """
+
+    name = "fsmn"
+
+    def __init__(self, model_dir: str | Path, chunk_ms: int = 10000) -> None:
+        model_dir = Path(model_dir)
+        conf = _load_config(model_dir)
+        for name in ("model.pt", "am.mvn"):
+            if not (model_dir / name).is_file():
+                raise ModelLoadError(f"The VAD model at {model_dir} has no {name}.")
+        try:
+            import funasr  # noqa: F401  (fills funasr's registry)
+            import torch
+            from funasr.register import tables
+
+            frontend_cls = tables.frontend_classes.get(conf["frontend"])
+            model_cls = tables.model_classes.get(conf["model"])
+            if frontend_cls is None or model_cls is None:
+                raise ModelLoadError(
+                    "funasr could not register the FSMN-VAD classes; "
+                    f"import errors: {getattr(funasr, 'get_import_errors', lambda: '?')()}"
+                )
+            self._frontend = frontend_cls(
+                cmvn_file=str(model_dir / "am.mvn"), **conf.get("frontend_conf", {})
+            )
+            self._model = model_cls(
+                encoder=conf["encoder"], encoder_conf=conf["encoder_conf"],
+                **conf.get("model_conf", {}),
+            )
+            state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+            self._model.load_state_dict(state, strict=True)
+            self._model.eval()
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"The VAD model at {model_dir} could not be loaded: {exc}") from exc
+        self._torch = torch
+        self._lock = threading.Lock()
+        self.chunk_ms = chunk_ms
+        self.model_dir = model_dir
+
+    def open_stream(self, opts: VadOptions) -> RegionStream:
+        return _FsmnRegions(self, opts)
+
+    def _infer(self, cache: dict, audio: np.ndarray, final: bool, opts: VadOptions) -> list:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            results, _ = self._model.inference(
+                [torch.from_numpy(audio)],
+                key=["stream"],
+                frontend=self._frontend,
+                cache=cache,
+                is_final=final,
+                # Streaming events ([start, -1], [-1, end], [start, end]) so a started region is
+                # known before it ends; an explicit end silence also fixes funasr's threshold
+                # (its dynamic schedule would change it with the amount of speech seen).
+                is_streaming_input=True,
+                chunk_size=self.chunk_ms,
+                max_end_silence_time=opts.min_silence_ms,
+                device="cpu",
+            )
+        return results[0]["value"]
+
+
+class _FsmnRegions:
+    """Turns funasr's streaming VAD events into regions (samples)."""
+
+    def __init__(self, vad: FsmnVad, opts: VadOptions) -> None:
+        self.vad = vad
+        self.opts = opts
+        self.cache: dict = {}
+        # funasr ignores an empty final call, so the latest block is held back until the next
+        # block (or the end) arrives and is sent with is_final set on the last one.
+        self.held: np.ndarray | None = None
+        self.sent = 0
+        self.speech_start: int | None = None
+
+    @property
+    def open_start(self) -> int | None:
+        return self.speech_start
+
+    @property
+    def frontier(self) -> int:
+        return self.sent
+
+    def _events(self, audio: np.ndarray, final: bool) -> list[tuple[int, int]]:
+        regions = []
+        for beg, end in self.vad._infer(self.cache, audio, final, self.opts):
+            ms = SAMPLE_RATE // 1000
+            if beg >= 0:
+                self.speech_start = beg * ms
+            if end >= 0 and self.speech_start is not None:
+                regions.append((self.speech_start, end * ms))
+                self.speech_start = None
+        self.sent += len(audio)
+        return regions
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        held, self.held = self.held, audio
+        return self._events(held, final=False) if held is not None else []
+
+    def finish(self) -> list[tuple[int, int]]:
+        regions = self._events(self.held, final=True) if self.held is not None else []
+        self.held = None
+        if self.speech_start is not None:
+            regions.append((self.speech_start, self.sent))
+            self.speech_start = None
+        return regions
+
+
+def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -30.0) -> Path:
+    """Write an FSMN-VAD model dir in funasr's format with seeded random weights (for tests).
+
+    Random FSMN weights call every frame speech, so `decibel_thres` makes the model a
+    deterministic energy VAD: frames quieter than it (dB of the 25 ms frame's energy) are silence.
+    """
+    import torch
+    import yaml
+    from importlib import resources
+
+    import funasr  # noqa: F401
+    from funasr.register import tables
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    conf = yaml.safe_load(
+        resources.files("asr.model_configs").joinpath("fsmn_vad.config.yaml").read_text("utf-8")
+    )
+    conf["model_conf"]["decibel_thres"] = float(decibel_thres)
+    torch.manual_seed(seed)
+    model = tables.model_classes.get(conf["model"])(
+        encoder=conf["encoder"], encoder_conf=conf["encoder_conf"], **conf["model_conf"]
+    )
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(conf, allow_unicode=True), encoding="utf-8")
+    dim = conf["encoder_conf"]["input_dim"]
+    rng = np.random.default_rng(seed)
+
+    def row(values: np.ndarray) -> str:
+        return "<LearnRateCoef> 0 [ " + " ".join(f"{v:.6f}" for v in values) + " ]"
+
+    lines = ["<Nnet>", f"<Splice> {dim} {dim}", "[ 0 ]", f"<AddShift> {dim} {dim}",
+             row(-rng.normal(8.0, 2.0, dim)), f"<Rescale> {dim} {dim}",
+             row(1.0 / rng.uniform(2.0, 4.0, dim)), "</Nnet>"]
+    (out / "am.mvn").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def load_vad(kind: str = "silero", model_dir: str | Path | None = None) -> VadBackend:
+    """Build a VAD backend: 'silero' (weights from the silero-vad package) or 'fsmn' (model_dir)."""
+    if kind == "silero":
+        return SileroVad()
+    if kind == "fsmn":
+        if model_dir is None:
+            raise ModelLoadError("The FSMN VAD needs a model directory.")
+        return FsmnVad(model_dir)
+    raise VadOptionsError(f"Unknown VAD '{kind}'; choose 'silero' or 'fsmn'.")
