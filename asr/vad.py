@@ -524,7 +524,7 @@ class FsmnVad(_Segmenter):
 
     name = "fsmn"
 
-    def __init__(self, model_dir: str | Path, chunk_ms: int = 10000) -> None:
+    def __init__(self, model_dir: str | Path, chunk_ms: int = 2000) -> None:
         model_dir = Path(model_dir)
         conf = _load_config(model_dir)
         for name in ("model.pt", "am.mvn"):
@@ -603,7 +603,10 @@ class _FsmnRegions:
 
     @property
     def frontier(self) -> int:
-        return self.sent
+        # funasr keeps audio shorter than its chunk in the cache unprocessed, and confirms a
+        # speech start up to a detection window (200 ms) after it: stay a second behind that.
+        unprocessed = len(self.cache.get("prev_samples", ()))
+        return max(0, self.sent - unprocessed - SAMPLE_RATE)
 
     def _events(self, audio: np.ndarray, final: bool) -> list[tuple[int, int]]:
         regions = []
