@@ -143,3 +143,18 @@ def test_files_share_engine_calls_with_per_file_hotwords():
     n_a, n_b = len(res[0].segments), len(res[1].segments)
     assert calls[0][1] == [["甲"]] * n_a + [["乙"]] * n_b
     assert res[1].segments[-1].segment.end_sample <= len(b.audio)
+
+
+def test_real_engine_and_punctuation_wiring(engine, punctuator):
+    """The project's tiny random-weight model: text is noise, but every piece must fit together."""
+    require_espeak()
+    rec = recording(SENTENCES[:4], [1.5, 0.8])
+    result = transcribe_long(engine.transcribe, rec.audio, SileroVad(), punc=punctuator)
+    assert result.segments
+    for seg in result.segments:
+        for w in seg.words:  # token times land inside their segment on the file's timeline
+            assert seg.segment.start_ms <= w.start_ms <= w.end_ms <= seg.segment.end_ms
+    if result.sentences:
+        assert validate_srt(result.srt()) == len(result.sentences)
+        assert validate_vtt(result.vtt()) == len(result.sentences)
+        assert result.text.endswith(("。", ".", "？", "?", "！", "!"))
