@@ -51,3 +51,7 @@ def clips() -> list[np.ndarray]:
 def output_dir() -> Path:
     OUTPUT_DIR.mkdir(exist_ok=True)
     return OUTPUT_DIR
+
+
+# Test helpers (espeak-ng speech synthesis) live next to the tests.
+sys.path.insert(0, str(Path(__file__).parent))

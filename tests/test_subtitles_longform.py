@@ -1,0 +1,160 @@
+"""Subtitles, punctuation wiring and the long-recording timeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from asr.longform import transcribe_files_long, transcribe_long
+from asr.punc import Punctuator, make_punc_model_dir, split_words
+from asr.subtitles import (
+    Sentence, SubtitleError, TimedWord, build_sentences, to_paragraphs, to_srt, to_vtt,
+    validate_srt, validate_vtt, words_from_tokens,
+)
+from asr.vad import SileroVad, VadOptions
+from speech import SENTENCES, recording, require_espeak
+
+SR = 16000
+
+
+def test_srt_vtt_never_overlap_and_validate():
+    # Overlapping, backwards and zero-length input times must still give valid files.
+    sents = [Sentence("你好。", 1000, 2500), Sentence("世界", 2000, 2000),
+             Sentence("  ", 3000, 3500), Sentence("再见！", 1500, 4000, "A"),
+             Sentence("long", 3_600_000 * 2 + 5, 3_600_000 * 2 + 900)]
+    srt = to_srt(sents)
+    assert validate_srt(srt) == 4
+    assert "02:00:00,005 --> 02:00:00,900" in srt
+    vtt = to_vtt(sents, speakers=True)
+    assert validate_vtt(vtt) == 4
+    assert "<v A>再见！" in vtt
+
+
+@pytest.mark.parametrize("bad", [
+    "1\n00:00:01,000 --> 00:00:02,000\na\n\n3\n00:00:03,000 --> 00:00:04,000\nb\n",
+    "1\n00:00:01,000 --> 00:00:02,000\na\n\n2\n00:00:01,500 --> 00:00:04,000\nb\n",
+    "1\n00:00:02,000 --> 00:00:01,000\na\n",
+    "1\n0:00:01.000 --> 00:00:02,000\na\n",
+])
+def test_srt_validator_rejects(bad):
+    with pytest.raises(SubtitleError):
+        validate_srt(bad)
+
+
+def test_vtt_validator_rejects_missing_header():
+    with pytest.raises(SubtitleError):
+        validate_vtt("00:00:01.000 --> 00:00:02.000\na\n")
+
+
+def test_sentences_split_at_marks_and_limits():
+    words = [TimedWord(c, i * 200, i * 200 + 180, "，" if i == 9 else "") for i, c in
+             enumerate("一二三四五六七八九十" * 4)]
+    words[-1] = TimedWord("十", words[-1].start_ms, words[-1].end_ms, "。")
+    sents = build_sentences(words)
+    assert all(len(s.text) <= 25 for s in sents)
+    assert sents[0].text.endswith("，")  # the first split is at the comma
+    assert "".join(s.text for s in sents).replace("，", "").replace("。", "") == "一二三四五六七八九十" * 4
+    assert sents[0].start_ms == 0 and sents[-1].end_ms == words[-1].end_ms
+
+
+def test_bpe_pieces_join_into_words_with_offset():
+    words = words_from_tokens(["你", "hel@@", "lo", "ok"], [[0, 100], [100, 200], [200, 300], [300, 400]], 5000)
+    assert [w.text for w in words] == ["你", "hello", "ok"]
+    assert (words[1].start_ms, words[1].end_ms) == (5100, 5300)
+    assert build_sentences(words)[0].text == "你hello ok"
+
+
+def test_paragraphs_per_speaker():
+    sents = [Sentence("甲说。", 0, 1, "A"), Sentence("还是甲。", 1, 2, "A"), Sentence("乙说。", 2, 3, "B")]
+    assert to_paragraphs(sents) == "A: 甲说。还是甲。\n\nB: 乙说。\n"
+
+
+@pytest.fixture(scope="module")
+def punctuator(tmp_path_factory):
+    vocab = sorted({c for s in SENTENCES for c in s if not c.isascii()})
+    return Punctuator(make_punc_model_dir(tmp_path_factory.mktemp("punc"), vocab, seed=0))
+
+
+def test_punctuation_batched_equals_single_and_funasr(punctuator):
+    texts = [s.replace("，", "") for s in SENTENCES] + ["".join(SENTENCES).replace("，", "") * 3]
+    words = [split_words(t) for t in texts]
+    batched = punctuator.predict(words)
+    assert batched == [punctuator.predict([w])[0] for w in words]
+    assert all(m in {"", "，", "。", "？", "、"} for ms in batched for m in ms)
+    assert "<unk>" not in "".join(punctuator.punctuate(texts))
+    # Same marks as funasr's own CTTransformer.inference on a text of one 20-word piece.
+    ours = punctuator.punctuate([texts[2]])[0]
+    theirs = punctuator._model.inference([texts[2]], key=["k"], tokenizer=punctuator._tokenizer,
+                                         device="cpu")[0][0]["text"]
+    assert ours == theirs
+
+
+@dataclass(frozen=True)
+class _FakeTranscript:
+    text: str
+    tokens: list[str]
+    timestamps: list[tuple[int, int]]
+
+
+def _marker_engine(calls):
+    """Stand-in for pure timeline mapping: one token per clip spanning its audible part."""
+
+    def transcribe(audios, hotwords):
+        calls.append((len(audios), hotwords))
+        out = []
+        for a in audios:
+            loud = np.nonzero(np.abs(a) > 0.05)[0]
+            ms = (int(loud[0] * 1000 / SR), int(loud[-1] * 1000 / SR))
+            out.append(_FakeTranscript("字", ["字"], [ms]))
+        return out
+
+    return transcribe
+
+
+def test_timeline_maps_back_to_known_positions():
+    require_espeak()
+    rec = recording(SENTENCES[:6], [2.0, 1.2], noise=0.002)
+    calls: list = []
+    opts_vad = VadOptions(min_segment_s=0, merge_gap_s=0)
+    from asr.longform import LongformOptions
+
+    result = transcribe_long(_marker_engine(calls), rec.audio, SileroVad(), hotwords=["会议"],
+                             opts=LongformOptions(vad=opts_vad))
+    assert calls[0][1] == ["会议"]
+    assert len(result.segments) == len(rec.spans)
+    for seg, (start, end) in zip(result.segments, rec.spans):
+        w = seg.words[0]
+        assert abs(w.start_ms - start * 1000 // SR) <= 60
+        assert abs(w.end_ms - end * 1000 // SR) <= 60
+    assert validate_srt(result.srt()) == len(result.sentences)
+    assert abs(result.duration_s - len(rec.audio) / SR) < 1e-6
+
+
+def test_files_share_engine_calls_with_per_file_hotwords():
+    require_espeak()
+    a = recording(SENTENCES[:2], [1.5])
+    b = recording(SENTENCES[2:5], [1.5])
+    calls: list = []
+    res = transcribe_files_long(_marker_engine(calls), [a.audio, iter(np.array_split(b.audio, 4))],
+                                SileroVad(), hotwords=[["甲"], ["乙"]])
+    assert len(calls) == 1  # both files' segments went through one engine call
+    n_a, n_b = len(res[0].segments), len(res[1].segments)
+    assert calls[0][1] == [["甲"]] * n_a + [["乙"]] * n_b
+    assert res[1].segments[-1].segment.end_sample <= len(b.audio)
+
+
+def test_real_engine_and_punctuation_wiring(engine, punctuator):
+    """The project's tiny random-weight model: text is noise, but every piece must fit together."""
+    require_espeak()
+    rec = recording(SENTENCES[:4], [1.5, 0.8])
+    result = transcribe_long(engine.transcribe, rec.audio, SileroVad(), punc=punctuator)
+    assert result.segments
+    for seg in result.segments:
+        for w in seg.words:  # token times land inside their segment on the file's timeline
+            assert seg.segment.start_ms <= w.start_ms <= w.end_ms <= seg.segment.end_ms
+    if result.sentences:
+        assert validate_srt(result.srt()) == len(result.sentences)
+        assert validate_vtt(result.vtt()) == len(result.sentences)
+        assert result.text.endswith(("。", ".", "？", "?", "！", "!"))
