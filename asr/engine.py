@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .attention import patch_attention
 from .audio import SAMPLE_RATE
+from .cif import predict
 from .errors import AudioError
 from .hotwords import HotwordList, HotwordTokenizer
+from .frontend import BatchFrontend, FrontendOptions
 from .model import LoadedModel, default_device, load_model, resolve_model_dir
 from .settings import EngineSettings
 
@@ -85,6 +88,15 @@ class Engine:
         self.loaded = loaded
         self.model = loaded.model
         self.dtype = _choose_dtype(settings.dtype, device)
+        if self.dtype == torch.bfloat16:
+            # bf16 has fp32's range: cast the weights once (autocast would re-cast every matmul's
+            # weights on every call). The CIF predictor decides token counts and timestamps, so it
+            # stays fp32.
+            self.model.to(torch.bfloat16)
+            self.model.predictor.float()
+        else:
+            # fp16 runs under autocast on fp32 weights, so an item that overflows can be redone in fp32.
+            self.model.float()
         self.token_list = loaded.token_list
         self._sos = int(getattr(self.model, "sos", 1))
         self._eos = int(getattr(self.model, "eos", 2))
@@ -94,9 +106,11 @@ class Engine:
         self._gpu_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
+        self.frontend_kind = "funasr" if settings.frontend == "funasr" else "torch"
         self._frontend = self._build_frontend()
-        self.attention_backend = "eager"
-        log.info("engine: device=%s dtype=%s model=%s", device, self.dtype, loaded.files.root)
+        self.attention_backend = patch_attention(self.model, self._attention_choice())
+        log.info("engine: device=%s dtype=%s attention=%s frontend=%s model=%s", device, self.dtype,
+                 self.attention_backend, self.frontend_kind, loaded.files.root)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -111,10 +125,19 @@ class Engine:
             engine.warmup()
         return engine
 
+    def _attention_choice(self) -> str:
+        if self.settings.attention != "auto":
+            return self.settings.attention
+        # On the CPU the fused kernels gain nothing over funasr's own attention.
+        return "auto" if self.device.type == "cuda" else "eager"
+
     def _build_frontend(self) -> Any:
+        conf = self.loaded.frontend_conf
+        if self.frontend_kind == "torch":
+            # fbank + LFR + CMVN for a whole batch on the model's device.
+            return BatchFrontend(FrontendOptions.from_conf(conf), self.loaded.cmvn).to(self.device)
         from funasr.frontends.wav_frontend import WavFrontend
 
-        conf = self.loaded.frontend_conf
         conf["cmvn_file"] = str(self.loaded.files.cmvn)
         return WavFrontend(**conf)
 
@@ -127,7 +150,7 @@ class Engine:
             "gpu": gpu,
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention_backend,
-            "frontend": "funasr",
+            "frontend": self.frontend_kind,
             "batch_budget_s": self.settings.batch_budget_s,
             "max_batch_size": self.settings.max_batch_size,
             "max_clip_s": self.settings.max_clip_s,
@@ -307,15 +330,17 @@ class Engine:
 
     # ---------------------------------------------------------------- the forward pass
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype == torch.float32:
+        if self.dtype != torch.float16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = torch.tensor([len(a) for a in audios])
-        waves = torch.zeros(len(audios), int(lengths.max()))
+        waves = torch.zeros(len(audios), int(lengths.max()), pin_memory=self.device.type == "cuda")
         for row, a in enumerate(audios):
             waves[row, : len(a)] = torch.from_numpy(a)
+        if self.frontend_kind == "torch":
+            return self._frontend(waves.to(self.device, non_blocking=True), lengths.to(self.device))
         feats, feat_lens = self._frontend(waves, lengths)
         return feats.to(self.device, non_blocking=True), feat_lens.to(self.device)
 
@@ -342,30 +367,32 @@ class Engine:
         self, feats: torch.Tensor, feat_lens: torch.Tensor, hotwords: list[HotwordList]
     ) -> dict[str, torch.Tensor]:
         model = self.model
+        if self.dtype == torch.bfloat16:
+            feats = feats.to(torch.bfloat16)
         with self._autocast():
             enc, enc_lens = model.encode(feats, feat_lens)
             if isinstance(enc, tuple):
                 enc = enc[0]
-        enc = enc.float()
-        bad = ~torch.isfinite(enc).flatten(1).all(dim=1)
-        if self.dtype == torch.float16 and bool(bad.any()):
-            # fp16 can overflow inside deep encoders; redo just those rows in fp32.
-            rows = bad.nonzero().flatten()
-            log.warning("fp16 overflow in %d item(s); re-encoding them in fp32", len(rows))
-            enc32, _ = model.encode(feats[rows].float(), feat_lens[rows])
-            enc[rows] = enc32.float()
-        # Zero the padding frames: CIF's tail step integrates the frame just past each item's end,
-        # which must be silence (as for an item run alone), not encoder output of padding.
-        valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
-        enc = enc * valid.unsqueeze(-1)
-        # The CIF predictor decides token counts and timestamps: keep it in fp32.
-        embeds, token_num, _, _ = model.calc_predictor(enc, enc_lens)
-        token_len = token_num.round().long()
-        with self._autocast():
-            logp = self._decode(enc, enc_lens, embeds, token_len, hotwords)
-        us_alphas, us_peaks = upsampled_alphas(model.predictor, enc, enc_lens, token_len)
+        enc32 = enc.float()
+        if self.dtype == torch.float16:
+            bad = ~torch.isfinite(enc32).flatten(1).all(dim=1)
+            if bool(bad.any()):
+                # fp16 can overflow inside deep encoders; redo just those rows in fp32.
+                rows = bad.nonzero().flatten()
+                log.warning("fp16 overflow in %d item(s); re-encoding them in fp32", len(rows))
+                redo, _ = model.encode(feats[rows].float(), feat_lens[rows])
+                enc32[rows] = redo.float()
+                enc = enc32
+        # batch_invariant: padding frames must not reach any item (CIF's tail step and the
+        # timestamp BLSTM would read them in funasr), so each item gets its result run alone.
+        embeds, token_len, us_alphas, us_peaks = predict(model.predictor, enc32, enc_lens, batch_invariant=True)
+        if embeds.shape[1] == 0:
+            logp = enc32.new_zeros(enc.shape[0], 0, len(self.token_list))
+        else:
+            with self._autocast():
+                logp = self._decode(enc, enc_lens, embeds.to(enc.dtype), token_len, hotwords)
         return {
-            "enc": enc,
+            "enc": enc32,
             "logp": logp,
             "ids": logp.argmax(-1),
             "token_len": token_len,
@@ -457,38 +484,6 @@ class Engine:
                 )
             )
         return results
-
-
-def upsampled_alphas(
-    predictor: torch.nn.Module, enc: torch.Tensor, enc_lens: torch.Tensor, token_len: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CifPredictorV3's timestamp head: upsampled alphas scaled to the token count, and peaks.
-
-    funasr runs the BLSTM over padded batches, so padding leaks into every shorter item's
-    timestamps through the backward direction; packing the sequences keeps each item exactly as
-    if it were run alone.
-    """
-    from funasr.models.paraformer.cif_predictor import cif_wo_hidden
-
-    up = predictor.upsample_times
-    context = enc.transpose(1, 2)
-    if predictor.use_cif1_cnn:
-        context = torch.relu(predictor.cif_conv1d(predictor.pad(context)))
-    hidden = predictor.upsample_cnn(context).transpose(1, 2)
-    us_lens = enc_lens * up
-    if predictor.upsample_type == "cnn_blstm":
-        packed = torch.nn.utils.rnn.pack_padded_sequence(
-            hidden, us_lens.cpu(), batch_first=True, enforce_sorted=False
-        )
-        out, _ = predictor.blstm(packed)
-        hidden, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=hidden.shape[1])
-    elif predictor.upsample_type != "cnn":
-        raise NotImplementedError(f"upsample_type {predictor.upsample_type} is not supported")
-    alphas = torch.sigmoid(predictor.cif_output2(hidden)).squeeze(-1)
-    alphas = torch.relu(alphas * predictor.smooth_factor2 - predictor.noise_threshold2)
-    alphas = alphas * (torch.arange(alphas.shape[1], device=alphas.device)[None, :] < us_lens[:, None])
-    alphas = alphas * (token_len / alphas.sum(-1).clamp_min(1e-8))[:, None]
-    return alphas, cif_wo_hidden(alphas, predictor.threshold - 1e-4)
 
 
 def _join_text(left: str, right: str) -> str:

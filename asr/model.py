@@ -129,21 +129,6 @@ class LoadedModel:
         return dict(self.config.get("frontend_conf", {}))
 
 
-def load_cmvn(path: Path) -> np.ndarray:
-    """Parse am.mvn (Kaldi nnet text) into a (2, dim) array of shift and scale."""
-    shift: list[float] = []
-    scale: list[float] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines[:-1]):
-        head = line.split()[:1]
-        if head in (["<AddShift>"], ["<Rescale>"]):
-            values = [float(v) for v in lines[i + 1].split()[3:-1]]
-            (shift if head == ["<AddShift>"] else scale).extend(values)
-    if not shift or len(shift) != len(scale):
-        raise ModelLoadError(f"{path} is not a valid am.mvn file.")
-    return np.array([shift, scale], dtype=np.float32)
-
-
 def load_seg_dict(path: Path | None) -> dict[str, list[str]]:
     if path is None:
         return {}
@@ -153,6 +138,15 @@ def load_seg_dict(path: Path | None) -> dict[str, list[str]]:
         if parts:
             table[parts[0]] = parts[1:]
     return table
+
+
+def _read_cmvn(path: Path) -> np.ndarray:
+    from .frontend import load_cmvn
+
+    try:
+        return load_cmvn(path)
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not a valid am.mvn file: {exc}") from exc
 
 
 def load_model(model_dir: Path, device: torch.device) -> LoadedModel:
@@ -200,7 +194,7 @@ def load_model(model_dir: Path, device: torch.device) -> LoadedModel:
         files=files,
         config=config,
         token_list=token_list,
-        cmvn=load_cmvn(files.cmvn),
+        cmvn=_read_cmvn(files.cmvn),
         seg_dict=load_seg_dict(files.seg_dict),
     )
 
