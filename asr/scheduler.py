@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from asr.errors import ASRError
+from asr.errors import QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,6 @@ R = TypeVar("R")
 
 # The engine call: audios plus one hotword list per audio -> results aligned with the inputs.
 TranscribeFn = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], Sequence[R]]
-
-
-class QueueFullError(ASRError):
-    """The scheduler's queue is full; the client should retry later (HTTP 503)."""
-
-    code = "queue_full"
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -53,6 +43,8 @@ class SchedulerOptions:
     """How long the consumer waits for companions after the first request of a batch arrives."""
     max_queue: int = 256
     """Requests allowed to wait; one more is refused with QueueFullError."""
+    retry_after_s: float = 1.0
+    """What a refused client is told to wait before retrying."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -143,9 +135,7 @@ class Scheduler(Generic[R]):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(
-        self, audio: np.ndarray, hotwords: Sequence[str] = (), *, block: bool = False
-    ) -> R:
+    async def submit(self, audio: np.ndarray, hotwords: Sequence[str] = (), *, block: bool = False) -> R:
         """Queue one clip and wait for its result.
 
         ``block=False`` (interactive requests) raises QueueFullError at once when the queue is
@@ -163,7 +153,8 @@ class Scheduler(Generic[R]):
             except asyncio.QueueFull:
                 raise QueueFullError(
                     f"The server is busy ({self.options.max_queue} requests waiting). "
-                    "Please retry in a moment."
+                    "Please retry in a moment.",
+                    retry_after_s=self.options.retry_after_s,
                 ) from None
         return await req.future
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from asr.errors import HotwordError
-from asr.scheduler import BatchStats, QueueFullError, Scheduler, SchedulerOptions
+from asr.errors import HotwordError, QueueFullError
+from asr.scheduler import BatchStats, Scheduler, SchedulerOptions
 
 
 class RecordingTranscribe:
@@ -28,7 +28,9 @@ class RecordingTranscribe:
         self.delay_s = delay_s
         self.gate = gate
 
-    def __call__(self, audios: Sequence[np.ndarray], hotwords: Sequence[Sequence[str]]) -> list[tuple[int, tuple[str, ...]]]:
+    def __call__(
+        self, audios: Sequence[np.ndarray], hotwords: Sequence[Sequence[str]]
+    ) -> list[tuple[int, tuple[str, ...]]]:
         if self.gate is not None:
             self.gate.wait(5)
         self.calls.append(len(audios))
