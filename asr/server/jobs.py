@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
+from asr.errors import LimitError
 from asr.server.deps import get_service, read_upload
 from asr.server.service import Service, job_to_dict
 
@@ -49,9 +50,21 @@ async def get_job(
 
 @router.get("/jobs/{job_id}/download", summary="All results of a job as a zip (txt, srt, json per file)")
 async def download_job(service: Annotated[Service, Depends(get_service)], job_id: str) -> Response:
-    job = service.get_job(job_id)
-    data = service.job_zip(job)
-    filename = f"asr-{job_id[:8]}.zip"
+    return _zip_response(service.jobs_zip([service.get_job(job_id)]), f"asr-{job_id[:8]}.zip")
+
+
+@router.get("/jobs_zip", summary="Results of several jobs as one zip (files numbered across jobs)")
+async def download_jobs(
+    service: Annotated[Service, Depends(get_service)],
+    job_ids: Annotated[list[str], Query(description="Job ids, in the order their files are numbered")],
+) -> Response:
+    if len(job_ids) > 1000:
+        raise LimitError("At most 1000 jobs per download.")
+    jobs = [service.get_job(job_id) for job_id in job_ids]
+    return _zip_response(service.jobs_zip(jobs), "asr-results.zip")
+
+
+def _zip_response(data: bytes, filename: str) -> Response:
     return Response(
         data,
         media_type="application/zip",

@@ -141,23 +141,29 @@ class Service:
             raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
         return job
 
-    def job_zip(self, job: JobState) -> bytes:
-        """txt, srt and json per finished file; a short error note per failed file."""
+    def jobs_zip(self, jobs: Sequence[JobState]) -> bytes:
+        """txt, srt and json per finished file; a short error note per failed file.
+
+        Files are numbered across all given jobs in order, so names never collide.
+        """
         buf = io.BytesIO()
+        number = 0
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in job.files:
-                stem = f"{f.index + 1:03d}_{safe_stem(f.name)}"
-                if f.status == "done" and f.result is not None:
-                    for ext in ("txt", "srt", "json"):
-                        zf.writestr(f"{stem}.{ext}", formats.render(f.result, ext))
-                elif f.status == "failed":
-                    zf.writestr(f"{stem}.error.txt", f"{f.error_code}: {f.error}\n")
+            for job in jobs:
+                for f in job.files:
+                    number += 1
+                    stem = f"{number:03d}_{safe_stem(f.name)}"
+                    if f.status == "done" and f.result is not None:
+                        for ext in ("txt", "srt", "json"):
+                            zf.writestr(f"{stem}.{ext}", formats.render(f.result, ext))
+                    elif f.status == "failed":
+                        zf.writestr(f"{stem}.error.txt", f"{f.error_code}: {f.error}\n")
         return buf.getvalue()
 
     def info(self) -> dict[str, Any]:
         """What the system tab and /healthz show."""
         return {
-            "gpu": gpu_name(),
+            "gpu": gpu_description(),
             "engine": self.engine.info(),
             "scheduler": {
                 "max_batch_size": self.scheduler.options.max_batch_size,
@@ -174,7 +180,7 @@ class Service:
         }
 
 
-def gpu_name() -> str | None:
+def gpu_description() -> str | None:
     """Name and memory of the first visible CUDA device, or None on CPU."""
     try:
         import torch

@@ -153,7 +153,7 @@ def build_ui(service: Service) -> gr.Blocks:
             yield _job_progress_md(job), _job_rows(job), None
             await service.job_worker.wait_for_change(1.0)
         zip_path = downloads.new_dir() / f"asr-{job_id[:8]}.zip"
-        zip_path.write_bytes(service.job_zip(job))
+        zip_path.write_bytes(service.jobs_zip([job]))
         yield _job_progress_md(job), _job_rows(job), str(zip_path)
 
     def system_info() -> tuple[str, dict[str, Any]]:
