@@ -20,8 +20,10 @@ export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:T
 export CUDA_MODULE_LOADING="${CUDA_MODULE_LOADING:-LAZY}"
 # CUDA_VISIBLE_DEVICES is respected as given (the profile follows the first visible GPU).
 
-PYTHON="${PYTHON:-python3}"
-if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; fi
+# The interpreter: $PYTHON if given, else the project's virtualenv, else python3.
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 
 args=("$@")
 have_config=0

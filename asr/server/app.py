@@ -90,5 +90,5 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         head=head,
         ssr_mode=False,
         footer_links=["api"],
-        max_file_size=f"{settings.limits.max_upload_mb:g}mb",
+        max_file_size=int(settings.limits.max_upload_mb * 1024 * 1024),
     )

@@ -83,8 +83,9 @@ def _job_progress_md(job: JobState) -> str:
     )
 
 
-def _system_md(info: dict[str, Any]) -> str:
-    eng = info.get("engine", {})
+def _system_md(info: dict[str, Any], settings: Any) -> str:
+    # The engine reports what it chose; the settings fill in what it does not report.
+    eng = {**settings.engine.model_dump(mode="json"), **info.get("engine", {})}
     sch = info["scheduler"]
     thr = info["throughput"]
     lines = [
@@ -99,7 +100,7 @@ def _system_md(info: dict[str, Any]) -> str:
         f"| 调度批大小 Scheduler max batch | {sch['max_batch_size']} requests, wait {sch['max_wait_ms']} ms |",
         f"| 队列深度 Queue depth | {sch['queue_depth']} / {sch['max_queue']} |",
         f"| 批处理文件待处理 Job files pending | {info['jobs']['files_pending']} |",
-        f"| 吞吐 Throughput ({thr['window_s']:.0f} s) | {thr['x_realtime_wall']:.1f}× real time "
+        f"| 吞吐 Throughput ({thr['window_s']:.0f} s) | {thr['x_realtime_wall']:.2f}× real time "
         f"({thr['x_realtime_engine']:.1f}× while busy), {thr['batches']} batches |",
         f"| 已处理 Processed | {sch['items_run']} clips in {sch['batches_run']} batches |",
     ]
@@ -158,7 +159,7 @@ def build_ui(service: Service) -> gr.Blocks:
 
     def system_info() -> tuple[str, dict[str, Any]]:
         info = service.info()
-        return _system_md(info), info
+        return _system_md(info, service.settings), info
 
     with gr.Blocks(title="中文语音识别 Chinese ASR · SeACo-Paraformer", analytics_enabled=False) as demo:
         gr.Markdown("# 中文语音识别 Chinese speech recognition\nSeACo-Paraformer · 热词增强 hotword biasing")
