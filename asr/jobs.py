@@ -10,6 +10,7 @@ carries on; each file's result is stored once (a finished file is never overwrit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -169,8 +170,9 @@ class JobStore:
         """Mark the oldest pending file as running and return it, or None when none waits."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords FROM files f JOIN jobs j ON j.id = f.job_id "
-                "WHERE f.status='pending' ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords "
+                "FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.status='pending' "
+                "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -208,7 +210,8 @@ class JobStore:
             if job is None:
                 return None
             rows = self._db.execute(
-                "SELECT idx, name, size, status, result, error_code, error FROM files WHERE job_id=? ORDER BY idx",
+                "SELECT idx, name, size, status, result, error_code, error "
+                "FROM files WHERE job_id=? ORDER BY idx",
                 (job_id,),
             ).fetchall()
         files = tuple(
@@ -275,10 +278,8 @@ class JobWorker:
 
     async def wait_for_change(self, timeout_s: float) -> None:
         """Wait until any file finishes (or ``timeout_s`` passes); for progress displays."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except TimeoutError:
-            pass
 
     def _signal_change(self) -> None:
         # Replace the event so each waiter wakes once per change.

@@ -14,6 +14,7 @@ sleep-polls: the consumer blocks on the queue and callers await their futures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -121,10 +122,8 @@ class Scheduler(Generic[R]):
         """Stop consuming; requests still waiting are cancelled."""
         if self._consumer is not None:
             self._consumer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._consumer
-            except asyncio.CancelledError:
-                pass
             self._consumer = None
         if self._queue is not None:
             while not self._queue.empty():

@@ -55,7 +55,8 @@ def test_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 def test_run_sh_sets_environment_and_passes_flags(tmp_path: Path) -> None:
     fake_python = tmp_path / "python"
     fake_python.write_text(
-        '#!/bin/sh\necho "ALLOC=$PYTORCH_CUDA_ALLOC_CONF LAZY=$CUDA_MODULE_LOADING CVD=$CUDA_VISIBLE_DEVICES"\n'
+        "#!/bin/sh\n"
+        'echo "ALLOC=$PYTORCH_CUDA_ALLOC_CONF LAZY=$CUDA_MODULE_LOADING CVD=$CUDA_VISIBLE_DEVICES"\n'
         'echo "ARGS=$*"\n'
     )
     fake_python.chmod(0o755)

@@ -20,7 +20,7 @@ async def healthz(service: Annotated[Service, Depends(get_service)]) -> Any:
     body = {
         "status": "ok" if ready else "starting",
         "queue_depth": service.scheduler.queue_depth,
-        "model": service.engine.info().get("model_dir") or service.settings.engine.model,
+        "model": service.engine.info().get("model") or service.settings.engine.model,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 
-from asr import formats
 from asr.server.deps import get_service, read_upload
-from asr.server.service import Service
+from asr.server.service import Service, render_result
 
 router = APIRouter(prefix="/v1", tags=["openai compatible"])
 
@@ -41,7 +40,7 @@ async def create_transcription(
     if response_format == "text":
         return PlainTextResponse(result["text"] + "\n")
     if response_format in ("srt", "vtt"):
-        return PlainTextResponse(formats.render(result, response_format))
+        return PlainTextResponse(render_result(result, response_format))
     body: dict[str, Any] = {
         "task": "transcribe",
         "language": "chinese",

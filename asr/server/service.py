@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
 import time
@@ -155,7 +156,7 @@ class Service:
                     stem = f"{number:03d}_{safe_stem(f.name)}"
                     if f.status == "done" and f.result is not None:
                         for ext in ("txt", "srt", "json"):
-                            zf.writestr(f"{stem}.{ext}", formats.render(f.result, ext))
+                            zf.writestr(f"{stem}.{ext}", render_result(f.result, ext))
                     elif f.status == "failed":
                         zf.writestr(f"{stem}.error.txt", f"{f.error_code}: {f.error}\n")
         return buf.getvalue()
@@ -231,16 +232,38 @@ def transcript_to_result(
         "processing_s": round(elapsed_s, 4),
         "rtf": round(elapsed_s / duration_s, 5) if duration_s > 0 else None,
     }
-    if timestamps and len(stamps) == len(tokens):
+    timed = len(stamps) == len(tokens) and bool(tokens)
+    if timestamps and timed:
         result["tokens"] = [
             {"text": tok, "start": s / 1000.0, "end": e / 1000.0}
             for tok, (s, e) in zip(tokens, stamps, strict=True)
         ]
-        segments = formats.make_segments(tokens, stamps, text=transcript.text, duration_s=duration_s)
+    if timed:
+        cues = formats.build_cues(tokens, stamps)
     else:
-        segments = formats.make_segments([], [], text=transcript.text, duration_s=duration_s)
-    result["segments"] = formats.segments_as_dicts(segments)
+        cues = [formats.Cue(0, int(duration_s * 1000), transcript.text)] if transcript.text else []
+    result["segments"] = [
+        {"id": i, "start": c.start_ms / 1000.0, "end": c.end_ms / 1000.0, "text": c.text}
+        for i, c in enumerate(cues)
+    ]
     return result
+
+
+def render_result(result: dict[str, Any], fmt: str) -> str:
+    """A stored result (see ``transcript_to_result``) as txt, srt, vtt or json."""
+    if fmt == "txt":
+        return result["text"] + "\n"
+    if fmt == "json":
+        return json.dumps(result, ensure_ascii=False, indent=1) + "\n"
+    cues = [
+        formats.Cue(round(seg["start"] * 1000), round(seg["end"] * 1000), seg["text"])
+        for seg in result.get("segments", [])
+    ]
+    if fmt == "srt":
+        return formats.to_srt(cues)
+    if fmt == "vtt":
+        return formats.to_vtt(cues)
+    raise ValueError(f"unknown format {fmt!r}; choose txt, srt, vtt or json")
 
 
 _UNSAFE = re.compile(r"[^\w\-.]+", re.UNICODE)
@@ -252,4 +275,12 @@ def safe_stem(name: str) -> str:
     return _UNSAFE.sub("_", stem).strip("._")[:80] or "audio"
 
 
-__all__ = ["JobNotFoundError", "Service", "error_code", "job_to_dict", "safe_stem", "transcript_to_result"]
+__all__ = [
+    "JobNotFoundError",
+    "Service",
+    "error_code",
+    "job_to_dict",
+    "render_result",
+    "safe_stem",
+    "transcript_to_result",
+]

@@ -7,9 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 
-from asr import formats
 from asr.server.deps import get_service, read_upload
-from asr.server.service import Service
+from asr.server.service import Service, render_result
 
 router = APIRouter(prefix="/api", tags=["transcribe"])
 
@@ -37,4 +36,4 @@ async def transcribe(
     result["filename"] = file.filename
     if format == "json":
         return result
-    return PlainTextResponse(formats.render(result, format), media_type=_MEDIA[format] + "; charset=utf-8")
+    return PlainTextResponse(render_result(result, format), media_type=_MEDIA[format] + "; charset=utf-8")

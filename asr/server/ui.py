@@ -17,10 +17,9 @@ from typing import Any
 
 import gradio as gr
 
-from asr import formats
 from asr.errors import ASRError
 from asr.jobs import JobState
-from asr.server.service import Service, safe_stem
+from asr.server.service import Service, render_result, safe_stem
 
 STATUS_ZH = {
     "pending": "等待 pending",
@@ -91,13 +90,14 @@ def _system_md(info: dict[str, Any], settings: Any) -> str:
     lines = [
         "| 项目 Item | 值 Value |",
         "|---|---|",
-        f"| GPU | {info.get('gpu') or '无 none (CPU)'} |",
-        f"| 模型 Model | `{eng.get('model_dir') or eng.get('model', '')}` |",
+        f"| GPU | {info.get('gpu') or eng.get('gpu') or '无 none (CPU)'} |",
+        f"| 模型 Model | `{eng.get('model', '')}` |",
         f"| 设备 Device | {eng.get('device', '')} |",
         f"| 精度 Precision | {eng.get('dtype', '')} |",
         f"| 注意力 Attention backend | {eng.get('attention', '')} |",
         f"| 引擎批预算 Engine batch budget | {eng.get('batch_budget_s', '')} s padded audio |",
-        f"| 调度批大小 Scheduler max batch | {sch['max_batch_size']} requests, wait {sch['max_wait_ms']} ms |",
+        f"| 调度批大小 Scheduler max batch | {sch['max_batch_size']} requests, "
+        f"wait {sch['max_wait_ms']} ms |",
         f"| 队列深度 Queue depth | {sch['queue_depth']} / {sch['max_queue']} |",
         f"| 批处理文件待处理 Job files pending | {info['jobs']['files_pending']} |",
         f"| 吞吐 Throughput ({thr['window_s']:.0f} s) | {thr['x_realtime_wall']:.2f}× real time "
@@ -129,9 +129,9 @@ def build_ui(service: Service) -> gr.Blocks:
         paths = []
         for ext in ("txt", "srt", "json"):
             path = out / f"{stem}.{ext}"
-            path.write_text(formats.render(result, ext), encoding="utf-8")
+            path.write_text(render_result(result, ext), encoding="utf-8")
             paths.append(str(path))
-        shown = result["text"] if fmt == "txt" else formats.render(result, fmt)
+        shown = result["text"] if fmt == "txt" else render_result(result, fmt)
         return shown, _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
@@ -213,7 +213,8 @@ def build_ui(service: Service) -> gr.Blocks:
 
             with gr.Tab("批量处理 Batch", id="batch", elem_id="tab-batch"):
                 gr.Markdown(
-                    f"每个作业最多 {limits.max_files_per_job} 个文件，单个文件最大 {limits.max_upload_mb:g} MB。"
+                    f"每个作业最多 {limits.max_files_per_job} 个文件，"
+                    f"单个文件最大 {limits.max_upload_mb:g} MB。"
                     f" Up to {limits.max_files_per_job} files per job."
                 )
                 with gr.Row():

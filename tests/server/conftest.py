@@ -78,7 +78,8 @@ CORRUPT = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20  # a WAV header that en
 
 @pytest.fixture(scope="session")
 def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real files on disk: five wavs of different lengths, an mp3, an m4a, an ogg (Opus) and a corrupt file."""
+    """Real files on disk: five wavs of different lengths, an mp3, an m4a, an ogg (Opus), a corrupt
+    file."""
     root = tmp_path_factory.mktemp("audio")
     for i, secs in enumerate((1.0, 1.6, 2.2, 0.8, 3.0)):
         (root / f"clip{i}.wav").write_bytes(wav_bytes(secs, seed=i))
@@ -100,11 +101,10 @@ def service_settings(model_dir: Path, data_dir: Path, **overrides: Any) -> Setti
 
 
 @pytest.fixture(scope="session")
-def shared_engine(tiny_model_dir: Path) -> Any:
-    """One engine for all in-process apps (loading is the slow part; the engine is stateless)."""
-    from asr.engine import Engine
-
-    return Engine.from_settings(service_settings(tiny_model_dir, Path("unused")).engine)
+def shared_engine(engine: Any) -> Any:
+    """One engine (tests/conftest.py's, tiny model on CPU) for every in-process app: loading is
+    the slow part, and the engine keeps no per-request state."""
+    return engine
 
 
 @pytest.fixture()

@@ -120,7 +120,7 @@ def test_batch_tab_uploads_groups_in_parallel_and_shows_every_result(
 
     page.click("#tab-system-button")
     page.wait_for_function(
-        "document.querySelector('#sys-summary') && document.querySelector('#sys-summary').innerText.includes('Queue')",
+        "(document.querySelector('#sys-summary')?.innerText || '').includes('Queue')",
         timeout=30_000,
     )
     assert "cpu" in page.inner_text("#sys-summary").lower()
@@ -158,7 +158,7 @@ def test_single_file_tab_shows_text_timings_and_downloads(
     page.fill("#single-hotwords textarea", "北京 上海")
     page.click("#single-run")
     page.wait_for_function(
-        "document.querySelector('#single-stats') && document.querySelector('#single-stats').innerText.includes('RTF')",
+        "(document.querySelector('#single-stats')?.innerText || '').includes('RTF')",
         timeout=60_000,
     )
     import httpx

@@ -1,0 +1,479 @@
+"""The batched recognition engine.
+
+One loaded model serves any number of inputs from any number of threads. Inputs are sorted by
+length and packed into batches under a padded-audio budget; each batch runs frontend, encoder,
+CIF predictor, decoder and (for items that have hotwords) the SeACo bias path once. Items in one
+batch may carry different hotword lists: each row attends only to its own list, so hotwords never
+force batch size 1 and each result equals that item decoded alone with its own list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE
+from .errors import AudioError
+from .hotwords import HotwordList, HotwordTokenizer
+from .model import LoadedModel, default_device, load_model, resolve_model_dir
+from .settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+# kaldi fbank needs one 25 ms window; shorter clips cannot hold a syllable and yield no text.
+MIN_SAMPLES = 400
+# SeACo's adaptive filter: with more hotwords than this, only the most relevant are attended to.
+ASF_KEEP = 50
+_UPSAMPLE = 3  # CifPredictorV3's timestamp head runs at three times the encoder frame rate
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What the engine returns for one input."""
+
+    text: str
+    """Characters joined the funasr way: CJK without spaces, English words spaced."""
+    tokens: list[str]
+    """Units of `text` that `timestamps` refers to (characters, or whole English words)."""
+    token_ids: list[int]
+    """Raw vocabulary ids the decoder chose (before BPE pieces are joined)."""
+    timestamps: list[tuple[int, int]]
+    """[start_ms, end_ms] per entry of `tokens`, relative to the start of the clip."""
+    duration_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "timestamps": [list(t) for t in self.timestamps],
+            "duration_s": round(self.duration_s, 3),
+            "timings": self.timings,
+        }
+
+
+def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "fp32" or (setting == "auto" and device.type != "cuda"):
+        return torch.float32
+    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+@dataclass
+class _Batch:
+    index: list[int]  # positions in the caller's input list
+    audios: list[np.ndarray]
+    hotwords: list[HotwordList]
+
+
+class Engine:
+    """SeACo-Paraformer inference: thread-safe, batched, with per-item hotwords."""
+
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings, device: torch.device) -> None:
+        self.settings = settings
+        self.device = device
+        self.loaded = loaded
+        self.model = loaded.model
+        self.dtype = _choose_dtype(settings.dtype, device)
+        self.token_list = loaded.token_list
+        self._sos = int(getattr(self.model, "sos", 1))
+        self._eos = int(getattr(self.model, "eos", 2))
+        self._blank = int(getattr(self.model, "blank_id", 0))
+        self._no_bias = int(getattr(self.model, "NO_BIAS", -1))
+        self.hotword_tokenizer = HotwordTokenizer(self.token_list, loaded.seg_dict, self._sos)
+        self._gpu_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
+        self._frontend = self._build_frontend()
+        self.attention_backend = "eager"
+        log.info("engine: device=%s dtype=%s model=%s", device, self.dtype, loaded.files.root)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_settings(cls, settings: EngineSettings) -> Engine:
+        """Resolve, load and (optionally) warm up the model named in `settings`."""
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        device = default_device(settings.device)
+        model_dir = resolve_model_dir(settings.model, settings.model_cache)
+        engine = cls(load_model(model_dir, device), settings, device)
+        if settings.warmup:
+            engine.warmup()
+        return engine
+
+    def _build_frontend(self) -> Any:
+        from funasr.frontends.wav_frontend import WavFrontend
+
+        conf = self.loaded.frontend_conf
+        conf["cmvn_file"] = str(self.loaded.files.cmvn)
+        return WavFrontend(**conf)
+
+    def info(self) -> dict[str, Any]:
+        """What the engine runs with, for the UI, /healthz and logs."""
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return {
+            "model": str(self.loaded.files.root),
+            "device": str(self.device),
+            "gpu": gpu,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.attention_backend,
+            "frontend": "funasr",
+            "batch_budget_s": self.settings.batch_budget_s,
+            "max_batch_size": self.settings.max_batch_size,
+            "max_clip_s": self.settings.max_clip_s,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def warmup(self) -> None:
+        """Run a short and a long clip once so kernels and allocator pools exist before traffic."""
+        rng = np.random.default_rng(0)
+        clips = [rng.normal(0, 0.05, int(s * SAMPLE_RATE)).astype(np.float32) for s in (1.0, 8.0)]
+        start = time.perf_counter()
+        self.transcribe(clips)
+        self.transcribe(clips[:1], hotwords=["热词"])
+        log.info("engine warm-up took %.2f s", time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- public API
+    def transcribe(
+        self,
+        audios: Sequence[np.ndarray],
+        hotwords: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    ) -> list[Transcript]:
+        """Recognise each 16 kHz float32 mono array; results are aligned with `audios`.
+
+        `hotwords` is one list for every input, or one list per input. Lists are used as given:
+        call `parse_hotwords` on user text first to enforce limits.
+        """
+        per_item = self._per_item_hotwords(hotwords, len(audios))
+        clips: list[np.ndarray] = []
+        owners: list[tuple[int, int]] = []  # (input index, sample offset) per clip
+        for i, audio in enumerate(audios):
+            audio = self._check_audio(audio, i)
+            for offset, piece in self._split_long(audio):
+                clips.append(piece)
+                owners.append((i, offset))
+        clip_hotwords = [per_item[i] for i, _ in owners]
+        parts = self._run_clips(clips, clip_hotwords)
+        return self._stitch(audios, owners, parts)
+
+    # ---------------------------------------------------------------- input handling
+    @staticmethod
+    def _per_item_hotwords(
+        hotwords: Sequence[str] | Sequence[Sequence[str]] | None, n: int
+    ) -> list[HotwordList]:
+        if not hotwords:
+            return [()] * n
+        if all(isinstance(h, str) for h in hotwords):
+            shared = tuple(hotwords)  # type: ignore[arg-type]
+            return [shared] * n
+        if len(hotwords) != n:
+            raise ValueError(f"got {len(hotwords)} hotword lists for {n} inputs")
+        return [tuple(h) for h in hotwords]  # type: ignore[arg-type]
+
+    @staticmethod
+    def _check_audio(audio: np.ndarray, index: int) -> np.ndarray:
+        audio = np.asarray(audio)
+        if audio.ndim != 1:
+            raise AudioError(f"Input {index} must be mono (1-D), got shape {audio.shape}.")
+        if audio.dtype.kind != "f":
+            # int16 arrays would be scaled twice by the frontend: demand float in [-1, 1].
+            raise AudioError(f"Input {index} must be float audio in [-1, 1], got {audio.dtype}.")
+        if audio.size == 0:
+            raise AudioError(f"Input {index} contains no samples.")
+        audio = audio.astype(np.float32, copy=False)
+        if not np.isfinite(audio).all():
+            raise AudioError(f"Input {index} contains NaN or infinite samples.")
+        return audio
+
+    def _split_long(self, audio: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Cut clips over max_clip_s at their quietest 100 ms inside the last quarter of each
+        window, so attention memory stays bounded and words are rarely split."""
+        limit = int(self.settings.max_clip_s * SAMPLE_RATE)
+        if len(audio) <= limit:
+            return [(0, audio)]
+        hop = SAMPLE_RATE // 10
+        pieces = []
+        start = 0
+        while len(audio) - start > limit:
+            lo, hi = start + limit * 3 // 4, start + limit
+            frames = audio[lo:hi][: (hi - lo) // hop * hop].reshape(-1, hop)
+            cut = lo + int(np.argmin((frames**2).mean(axis=1))) * hop + hop // 2
+            pieces.append((start, audio[start:cut]))
+            start = cut
+        pieces.append((start, audio[start:]))
+        return pieces
+
+    def _plan(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> Iterator[_Batch]:
+        """Longest first, so each batch's padding is small; a batch holds at most
+        batch_budget_s of padded audio and max_batch_size items."""
+        order = sorted(range(len(clips)), key=lambda i: len(clips[i]), reverse=True)
+        budget = self.settings.batch_budget_s * SAMPLE_RATE
+        batch: list[int] = []
+        for i in order:
+            longest = len(clips[batch[0]]) if batch else len(clips[i])
+            if batch and (longest * (len(batch) + 1) > budget or len(batch) >= self.settings.max_batch_size):
+                yield _Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
+                batch = []
+            batch.append(i)
+        if batch:
+            yield _Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
+
+    def _run_clips(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> list[Transcript]:
+        results: list[Transcript | None] = [None] * len(clips)
+        for batch in self._plan(clips, hotwords):
+            for i, res in zip(batch.index, self._run_batch(batch)):
+                results[i] = res
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _stitch(
+        self, audios: Sequence[np.ndarray], owners: list[tuple[int, int]], parts: list[Transcript]
+    ) -> list[Transcript]:
+        grouped: dict[int, list[tuple[int, Transcript]]] = {}
+        for (i, offset), part in zip(owners, parts):
+            grouped.setdefault(i, []).append((offset, part))
+        out = []
+        for i in range(len(audios)):
+            pieces = grouped[i]
+            if len(pieces) == 1:
+                out.append(pieces[0][1])
+                continue
+            tokens: list[str] = []
+            ids: list[int] = []
+            stamps: list[tuple[int, int]] = []
+            text = ""
+            timings: dict[str, float] = {}
+            for offset, part in pieces:
+                shift = offset * 1000 // SAMPLE_RATE
+                tokens += part.tokens
+                ids += part.token_ids
+                stamps += [(s + shift, e + shift) for s, e in part.timestamps]
+                text = _join_text(text, part.text)
+                for k, v in part.timings.items():
+                    timings[k] = timings.get(k, 0.0) + v
+            out.append(Transcript(text, tokens, ids, stamps, len(audios[i]) / SAMPLE_RATE, timings))
+        return out
+
+    # ---------------------------------------------------------------- hotword bias
+    def _bias_embeddings(self, words: HotwordList) -> torch.Tensor:
+        """Bias-encoder output (N+1, D) for one hotword list; computed once per distinct list."""
+        with self._cache_lock:
+            cached = self._bias_cache.get(words)
+            if cached is not None:
+                self._bias_cache.move_to_end(words)
+                return cached
+        ids = self.hotword_tokenizer.encode(words)
+        lengths = torch.tensor([len(x) for x in ids], dtype=torch.int64)
+        pad = torch.zeros(len(ids), int(lengths.max()), dtype=torch.int64)
+        for row, x in enumerate(ids):
+            pad[row, : len(x)] = torch.tensor(x)
+        # funasr's own bias encoder (embedding + LSTM); it takes lengths on the CPU.
+        with self._autocast():
+            selected = self.model._hotword_representation(pad.to(self.device), lengths.int())
+        with self._cache_lock:
+            self._bias_cache[words] = selected
+            while len(self._bias_cache) > self.settings.hotword_cache_size:
+                self._bias_cache.popitem(last=False)
+        return selected
+
+    # ---------------------------------------------------------------- the forward pass
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = torch.tensor([len(a) for a in audios])
+        waves = torch.zeros(len(audios), int(lengths.max()))
+        for row, a in enumerate(audios):
+            waves[row, : len(a)] = torch.from_numpy(a)
+        feats, feat_lens = self._frontend(waves, lengths)
+        return feats.to(self.device, non_blocking=True), feat_lens.to(self.device)
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: _Batch) -> list[Transcript]:
+        keep = [k for k, a in enumerate(batch.audios) if len(a) >= MIN_SAMPLES]
+        results = [self._empty(a) for a in batch.audios]
+        if not keep:
+            return results
+        audios = [batch.audios[k] for k in keep]
+        hotwords = [batch.hotwords[k] for k in keep]
+        t0 = time.perf_counter()
+        with self._gpu_lock:
+            feats, feat_lens = self._features(audios)
+            t1 = time.perf_counter()
+            out = self._forward(feats, feat_lens, hotwords)
+            t2 = time.perf_counter()
+        timings = {"frontend_s": t1 - t0, "model_s": t2 - t1, "batch_size": float(len(keep))}
+        for k, res in zip(keep, self._decode_results(out, audios, timings)):
+            results[k] = res
+        return results
+
+    def _forward(
+        self, feats: torch.Tensor, feat_lens: torch.Tensor, hotwords: list[HotwordList]
+    ) -> dict[str, torch.Tensor]:
+        model = self.model
+        with self._autocast():
+            enc, enc_lens = model.encode(feats, feat_lens)
+            if isinstance(enc, tuple):
+                enc = enc[0]
+        enc = enc.float()
+        bad = ~torch.isfinite(enc).flatten(1).all(dim=1)
+        if self.dtype == torch.float16 and bool(bad.any()):
+            # fp16 can overflow inside deep encoders; redo just those rows in fp32.
+            rows = bad.nonzero().flatten()
+            log.warning("fp16 overflow in %d item(s); re-encoding them in fp32", len(rows))
+            enc32, _ = model.encode(feats[rows].float(), feat_lens[rows])
+            enc[rows] = enc32.float()
+        # Zero the padding frames: CIF's tail step integrates the frame just past each item's end,
+        # which must be silence (as for an item run alone), not encoder output of padding.
+        valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lens[:, None]
+        enc = enc * valid.unsqueeze(-1)
+        # The CIF predictor decides token counts and timestamps: keep it in fp32.
+        embeds, token_num, _, _ = model.calc_predictor(enc, enc_lens)
+        token_len = token_num.round().long()
+        with self._autocast():
+            logp = self._decode(enc, enc_lens, embeds, token_len, hotwords)
+        us_alphas, us_peaks = upsampled_alphas(model.predictor, enc, enc_lens, token_len)
+        return {
+            "ids": logp.argmax(-1),
+            "token_len": token_len,
+            "enc_lens": enc_lens,
+            "us_alphas": us_alphas.float(),
+            "us_peaks": us_peaks.float(),
+        }
+
+    def _decode(
+        self,
+        enc: torch.Tensor,
+        enc_lens: torch.Tensor,
+        embeds: torch.Tensor,
+        token_len: torch.Tensor,
+        hotwords: list[HotwordList],
+    ) -> torch.Tensor:
+        model = self.model
+        dec_out, dec_hidden, _ = model.decoder(
+            enc, enc_lens, embeds, token_len, return_hidden=True, return_both=True
+        )
+        logp = torch.log_softmax(dec_out.float(), dim=-1)
+        rows = [r for r, h in enumerate(hotwords) if h]
+        if not rows or not hasattr(model, "seaco_decoder"):
+            return logp
+        bias = [self._select_bias(hotwords[r], dec_hidden[r : r + 1], token_len[r : r + 1]) for r in rows]
+        n = torch.tensor([b.shape[0] for b in bias], device=enc.device)
+        context = torch.zeros(len(rows), int(n.max()), bias[0].shape[-1], device=enc.device, dtype=bias[0].dtype)
+        for i, b in enumerate(bias):
+            context[i, : b.shape[0]] = b
+        idx = torch.tensor(rows, device=enc.device)
+        lens = token_len[idx]
+        cif_att, _ = model.seaco_decoder(context, n, embeds[idx], lens)
+        dec_att, _ = model.seaco_decoder(context, n, dec_hidden[idx], lens)
+        dha = torch.log_softmax(model.hotword_output_layer(model._merge(cif_att, dec_att)).float(), dim=-1)
+        # SeACo's merge (seaco_weight 1): where the bias head says "no bias", keep the decoder.
+        no_bias = (dha.argmax(-1) == self._no_bias).unsqueeze(-1)
+        logp[idx] = torch.where(no_bias, logp[idx], dha)
+        return logp
+
+    def _select_bias(self, words: HotwordList, hidden: torch.Tensor, token_len: torch.Tensor) -> torch.Tensor:
+        """The item's bias embeddings; over ASF_KEEP words, only the ones this item attends to."""
+        selected = self._bias_embeddings(words)
+        n = selected.shape[0]
+        if n <= ASF_KEEP:
+            return selected
+        lens = torch.tensor([n], device=hidden.device)
+        scores = self.model.seaco_decoder.forward_asf6(selected.unsqueeze(0), lens, hidden, token_len)
+        scores = scores[0].sum(0).sum(0)
+        keep = torch.topk(scores, min(ASF_KEEP, n - 1))[1].tolist() + [n - 1]
+        return selected[keep]
+
+    # ---------------------------------------------------------------- results
+    def _empty(self, audio: np.ndarray) -> Transcript:
+        return Transcript("", [], [], [], len(audio) / SAMPLE_RATE, {})
+
+    def _decode_results(
+        self, out: dict[str, torch.Tensor], audios: list[np.ndarray], timings: dict[str, float]
+    ) -> list[Transcript]:
+        from funasr.utils.postprocess_utils import sentence_postprocess
+        from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
+
+        host = {k: v.cpu() for k, v in out.items()}  # one transfer for the whole batch
+        results = []
+        special = {self._sos, self._eos, self._blank}
+        for row, audio in enumerate(audios):
+            n = int(host["token_len"][row])
+            ids = [t for t in host["ids"][row, :n].tolist() if t not in special]
+            duration = len(audio) / SAMPLE_RATE
+            if not ids:
+                results.append(Transcript("", [], [], [], duration, dict(timings)))
+                continue
+            pieces = [self.token_list[t] for t in ids]
+            frames = int(host["enc_lens"][row]) * _UPSAMPLE
+            _, stamps = ts_prediction_lfr6_standard(
+                host["us_alphas"][row, :frames], host["us_peaks"][row, :frames], list(pieces)
+            )
+            text, stamps, words = sentence_postprocess(pieces, stamps)
+            end_ms = len(audio) * 1000 // SAMPLE_RATE
+            results.append(
+                Transcript(
+                    text=text,
+                    tokens=[w for w in words if w.strip()],
+                    token_ids=ids,
+                    # LFR pads the last frame, so funasr's last end can pass the clip's end.
+                    timestamps=[(min(int(s), end_ms), min(int(e), end_ms)) for s, e in stamps],
+                    duration_s=duration,
+                    timings=dict(timings),
+                )
+            )
+        return results
+
+
+def upsampled_alphas(
+    predictor: torch.nn.Module, enc: torch.Tensor, enc_lens: torch.Tensor, token_len: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CifPredictorV3's timestamp head: upsampled alphas scaled to the token count, and peaks.
+
+    funasr runs the BLSTM over padded batches, so padding leaks into every shorter item's
+    timestamps through the backward direction; packing the sequences keeps each item exactly as
+    if it were run alone.
+    """
+    from funasr.models.paraformer.cif_predictor import cif_wo_hidden
+
+    up = predictor.upsample_times
+    context = enc.transpose(1, 2)
+    if predictor.use_cif1_cnn:
+        context = torch.relu(predictor.cif_conv1d(predictor.pad(context)))
+    hidden = predictor.upsample_cnn(context).transpose(1, 2)
+    us_lens = enc_lens * up
+    if predictor.upsample_type == "cnn_blstm":
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            hidden, us_lens.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = predictor.blstm(packed)
+        hidden, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=hidden.shape[1])
+    elif predictor.upsample_type != "cnn":
+        raise NotImplementedError(f"upsample_type {predictor.upsample_type} is not supported")
+    alphas = torch.sigmoid(predictor.cif_output2(hidden)).squeeze(-1)
+    alphas = torch.relu(alphas * predictor.smooth_factor2 - predictor.noise_threshold2)
+    alphas = alphas * (torch.arange(alphas.shape[1], device=alphas.device)[None, :] < us_lens[:, None])
+    alphas = alphas * (token_len / alphas.sum(-1).clamp_min(1e-8))[:, None]
+    return alphas, cif_wo_hidden(alphas, predictor.threshold - 1e-4)
+
+
+def _join_text(left: str, right: str) -> str:
+    if not left:
+        return right
+    if not right:
+        return left
+    if left[-1].isascii() and left[-1].isalnum() and right[0].isascii() and right[0].isalnum():
+        return f"{left} {right}"
+    return left + right

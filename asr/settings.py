@@ -1,0 +1,149 @@
+"""One settings object for the whole product, loaded from a YAML profile and ASR_* variables.
+
+Precedence (highest first): explicit overrides passed to `load_settings`, environment variables
+(`ASR_ENGINE__DTYPE=fp16`, nested with `__`), the YAML file (`--config` or `ASR_CONFIG`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ASRError
+
+DEFAULT_MODEL = "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+
+
+class ConfigError(ASRError):
+    """A settings file or value is invalid."""
+
+    code = "invalid_config"
+
+
+class EngineSettings(BaseModel):
+    """How the recognition engine loads and runs the model."""
+
+    model: str = DEFAULT_MODEL
+    """A local funasr model directory, or a ModelScope model id downloaded once into `model_cache`."""
+    model_cache: Path = Path(os.path.expanduser("~/.cache/asr-models"))
+    """Where ModelScope ids are downloaded to and looked up in."""
+    device: str = "auto"
+    """'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    attention: Literal["auto", "flash-attn", "varlen", "sdpa", "eager"] = "auto"
+    """Attention kernel; 'auto' picks the fastest available and logs the choice."""
+    frontend: Literal["auto", "torch", "funasr"] = "auto"
+    """Feature extraction: 'torch' computes fbank for a whole batch on the model's device;
+    'funasr' uses funasr's per-clip kaldi frontend (the reference)."""
+    batch_budget_s: float = Field(default=240.0, gt=0)
+    """Padded audio seconds per batch (batch size x longest clip): bounds activation memory."""
+    max_batch_size: int = Field(default=128, ge=1)
+    max_clip_s: float = Field(default=60.0, gt=1)
+    """Clips longer than this are cut at their quietest points and stitched back together, so no
+    input length can exhaust memory (attention grows with the square of the clip length)."""
+    hotword_cache_size: int = Field(default=256, ge=0)
+    """Distinct hotword lists whose bias-encoder output stays cached on the device."""
+    compile: bool = False
+    """torch.compile the encoder (slow start, faster steady state on GPU)."""
+    warmup: bool = True
+    """Run the shapes that will be used once at start so the first request is not slow."""
+    num_threads: int | None = None
+    """CPU threads for torch; None keeps torch's default."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class LimitSettings(BaseModel):
+    """Limits on what one request may ask for."""
+
+    max_upload_mb: float = Field(default=512.0, gt=0)
+    max_audio_s: float = Field(default=4 * 3600.0, gt=0)
+    """Longest accepted recording."""
+    max_files_per_job: int = Field(default=1000, ge=1)
+    max_hotwords: int = Field(default=1000, ge=0)
+    max_hotword_chars: int = Field(default=32, ge=1)
+    """Longest single hotword, in characters."""
+    max_queue: int = Field(default=512, ge=1)
+    """Items waiting for the GPU before new requests get 503 + Retry-After."""
+    request_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class ServerSettings(BaseModel):
+    """The HTTP service and web UI."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    """Uploaded batch files and the job database live here."""
+    api_token: str | None = None
+    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    batch_wait_ms: float = Field(default=8.0, ge=0)
+    """How long the scheduler waits for more requests to join a batch."""
+    job_retention_h: float = Field(default=72.0, gt=0)
+    """Finished batch jobs (results and uploads) are deleted this long after they were created."""
+    jobs_db: Path | None = None
+    """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
+    gradio_queue: bool = True
+    """Route single-file UI events through Gradio's queue. The queue never limits concurrency
+    either way (every request goes to the one batching scheduler); False sends them directly."""
+    share: bool = False
+    """Open a public gradio.live link: exposes the service to the internet."""
+    autolaunch: bool = False
+    """Open the UI in a browser once the server is ready."""
+
+
+class Settings(BaseSettings):
+    """Everything the product can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", env_nested_delimiter="__", extra="forbid")
+
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    server: ServerSettings = ServerSettings()
+    log_level: str = "INFO"
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_values() -> dict[str, Any]:
+    """What the ASR_* environment says, as a nested dict (pydantic-settings parses it)."""
+    return Settings().model_dump(exclude_unset=True)
+
+
+def load_settings(config_path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Build the settings: YAML profile < environment < `overrides` (nested dicts allowed)."""
+    config_path = config_path or os.environ.get("ASR_CONFIG")
+    values: dict[str, Any] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"Config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+        values = loaded
+    try:
+        values = _deep_merge(values, _env_values())
+        values = _deep_merge(values, overrides)
+        return Settings.model_validate(values)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid settings: {exc}") from exc

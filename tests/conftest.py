@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_DIR = ROOT / "test-output"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SeACo-Paraformer directory in funasr's format with seeded random weights."""
+    from asr.testmodel import make_model_dir
+
+    return make_model_dir(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path):
+    from asr.engine import Engine
+    from asr.settings import EngineSettings
+
+    return Engine.from_settings(EngineSettings(model=str(tiny_model_dir), device="cpu", warmup=False))
+
+
+@pytest.fixture(scope="session")
+def funasr_model(tiny_model_dir: Path):
+    """funasr's own AutoModel on the same directory: the reference our engine must match."""
+    from funasr import AutoModel
+
+    model = AutoModel(model=str(tiny_model_dir), disable_update=True, device="cpu",
+                      log_level="ERROR", disable_pbar=True)
+    logging.getLogger().setLevel(logging.WARNING)  # AutoModel calls basicConfig(INFO)
+    return model
+
+
+@pytest.fixture(scope="session")
+def clips() -> list[np.ndarray]:
+    """Clips of different lengths (so batches have padding), speech-like signal."""
+    from audio_fixtures import tone_with_noise
+
+    return [tone_with_noise(s, 16000, seed=i) for i, s in enumerate((3.1, 0.7, 5.2, 1.9, 2.4))]
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    return OUTPUT_DIR

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_fixtures import all_formats, encode_soundfile, tone_with_noise
+
+from asr.audio import SAMPLE_RATE, decode_audio
+from asr.errors import AudioError, LimitError
+
+FORMATS = all_formats(1.5)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_decodes_to_16k_mono_float(name: str, tmp_path) -> None:
+    data = FORMATS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    for source in (data, path, str(path), io.BytesIO(data)):
+        audio = decode_audio(source)
+        assert audio.dtype == np.float32 and audio.ndim == 1
+        # Lossy codecs add priming samples; the length stays within 20 ms of 1.5 s.
+        assert abs(len(audio) - 1.5 * SAMPLE_RATE) < 0.02 * SAMPLE_RATE
+        assert 0.1 < np.abs(audio).max() <= 1.0
+        assert np.isfinite(audio).all()
+
+
+def test_16k_audio_is_not_resampled() -> None:
+    x = tone_with_noise(1.0, 16000)
+    decoded = decode_audio(encode_soundfile(x, 16000, "WAV", "FLOAT"))
+    np.testing.assert_array_equal(decoded, x)
+
+
+def test_resampling_keeps_the_tone() -> None:
+    rate = 44100
+    t = np.arange(rate) / rate
+    x = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    y = decode_audio(encode_soundfile(x, rate, "WAV", "FLOAT"))
+    spectrum = np.abs(np.fft.rfft(y[1000:-1000]))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / len(y[1000:-1000])
+    assert abs(peak_hz - 1000) < 2
+
+
+def test_stereo_is_averaged() -> None:
+    left = np.full(16000, 0.5, np.float32)
+    right = np.full(16000, -0.1, np.float32)
+    y = decode_audio(encode_soundfile(np.stack([left, right], 1), 16000, "WAV", "FLOAT"))
+    np.testing.assert_allclose(y, 0.2, atol=1e-6)
+
+
+def _wav_header(n_samples: int) -> bytes:
+    data_bytes = n_samples * 2
+    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " +
+            struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", data_bytes))
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_file"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", None),  # truncated header
+        (b"\x89PNG\r\n\x1a\n" + bytes(200), None),
+        ("这不是音频文件，只是一段文字。\n".encode() * 20, "unsupported_format"),
+        (_wav_header(0), None),  # a valid header with no samples
+    ],
+    ids=["empty", "truncated-header", "png", "text", "no-samples"],
+)
+def test_bad_input_raises_audio_error(data: bytes, code: str | None) -> None:
+    with pytest.raises(AudioError) as info:
+        decode_audio(data)
+    assert str(info.value)  # a sentence for the user
+    if code:
+        assert info.value.code == code
+
+
+def test_nan_and_inf_are_rejected() -> None:
+    x = tone_with_noise(0.5, 16000)
+    x[100] = np.nan
+    with pytest.raises(AudioError, match="NaN"):
+        decode_audio(encode_soundfile(x, 16000, "WAV", "FLOAT"))
+    x[100] = np.inf
+    with pytest.raises(AudioError, match="infinite"):
+        decode_audio(encode_soundfile(x, 16000, "WAV", "FLOAT"))
+
+
+def test_header_claiming_2_pow_31_samples_is_bounded() -> None:
+    # The header promises ~4 GiB of samples; only one second follows. We must not allocate the
+    # promise, and we decode what is really there.
+    pcm = (tone_with_noise(1.0, 16000) * 32767).astype("<i2").tobytes()
+    header = bytearray(_wav_header(1))
+    header[40:44] = struct.pack("<I", 2**31)
+    audio = decode_audio(bytes(header) + pcm)
+    assert len(audio) == 16000
+
+
+def test_too_long_is_a_limit_error() -> None:
+    data = encode_soundfile(np.zeros(16000 * 5, np.float32), 16000, "WAV", "PCM_16")
+    with pytest.raises(LimitError, match="3 seconds"):
+        decode_audio(data, max_duration_s=3)
+    assert len(decode_audio(data, max_duration_s=6)) == 16000 * 5
+
+
+def test_truncated_data_keeps_what_decoded() -> None:
+    data = encode_soundfile(tone_with_noise(2.0, 16000), 16000, "WAV", "PCM_16")
+    audio = decode_audio(data[: len(data) // 2])
+    assert 0.9 * SAMPLE_RATE < len(audio) < 1.1 * SAMPLE_RATE
+
+
+def test_missing_file() -> None:
+    with pytest.raises(AudioError, match="No such audio file"):
+        decode_audio("/nonexistent/x.wav")
+
+
+def test_sf_roundtrip_sanity() -> None:
+    # soundfile itself must be able to read what encode_soundfile wrote (fixture sanity).
+    y, rate = sf.read(io.BytesIO(FORMATS["pcm16_16k.wav"]))
+    assert rate == 16000 and len(y) == 24000

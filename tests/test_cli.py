@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from audio_fixtures import all_formats
+
+from asr.cli import main
+
+SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d{3}) --> (\d\d:\d\d:\d\d,\d{3})\n(.+)$", re.S)
+
+
+def _ms(clock: str) -> int:
+    h, m, rest = clock.replace(".", ",").split(":")
+    s, ms = rest.split(",")
+    return ((int(h) * 60 + int(m)) * 60 + int(s)) * 1000 + int(ms)
+
+
+def check_srt(text: str) -> list[tuple[int, int, str]]:
+    """Parse an SRT file strictly: numbering, ordering, no overlaps, non-empty text."""
+    cues = []
+    for number, block in enumerate(text.strip().split("\n\n"), 1):
+        match = SRT_CUE.match(block)
+        assert match, block
+        assert int(match[1]) == number
+        start, end = _ms(match[2]), _ms(match[3])
+        assert start < end
+        assert not cues or cues[-1][1] <= start
+        assert match[4].strip()
+        cues.append((start, end, match[4]))
+    return cues
+
+
+def test_folder_with_a_corrupt_file(tiny_model_dir, tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    formats = all_formats(2.0)
+    for name, data in formats.items():
+        (src / "sub" / name if name.endswith(".mp3") else src / name).write_bytes(data)
+    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
+    (src / "notes.txt").write_text("not audio, not picked up")
+    out = tmp_path / "out"
+    code = main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--format", "txt", "json", "srt", "vtt", "--output-dir", str(out), "--quiet",
+                 "--hotwords", "丁七 万丈"])
+    assert code == 1  # one file failed
+    err = capsys.readouterr().err
+    assert "broken.wav" in err and f"{len(formats)} transcribed, 1 failed" in err
+    for name in formats:
+        stem = ("sub/" if name.endswith(".mp3") else "") + Path(name).stem
+        txt = (out / f"{stem}.txt").read_text(encoding="utf-8")
+        payload = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
+        assert payload["text"] + "\n" == txt and payload["text"]
+        assert len(payload["timestamps"]) == len(payload["tokens"])
+        cues = check_srt((out / f"{stem}.srt").read_text(encoding="utf-8"))
+        assert "".join(c[2] for c in cues).replace(" ", "") == payload["text"].replace(" ", "")
+        assert cues[-1][1] <= payload["duration_s"] * 1000 + 1
+        vtt = (out / f"{stem}.vtt").read_text(encoding="utf-8")
+        assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(cues)
+    assert not (out / "broken.txt").exists()
+    assert not list(out.rglob("notes*"))
+
+
+def test_all_good_exits_zero_as_a_process(tiny_model_dir, tmp_path) -> None:
+    wav = tmp_path / "one.wav"
+    wav.write_bytes(all_formats(1.0)["pcm16_16k.wav"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "asr", "transcribe", str(wav), "--model", str(tiny_model_dir),
+         "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "one.txt").read_text(encoding="utf-8").strip()
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
+    wav = tmp_path / "one.wav"
+    wav.write_bytes(all_formats(1.0)["pcm16_16k.wav"])
+    code = main(["transcribe", str(wav), "--model", str(tmp_path / "no-model"), "--device", "cpu"])
+    assert code == 2
+    assert "Model directory not found" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""The engine must give exactly what funasr gives for each item alone, whatever the batching."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from asr.engine import MIN_SAMPLES, Engine
+from asr.errors import AudioError, ModelLoadError
+from asr.hotwords import parse_hotwords
+from asr.model import load_model, resolve_model_dir
+
+HOTWORDS = ("丁七", "万丈", "hello", "三上")
+
+
+def _reference(funasr_model, clip: np.ndarray, hotwords=()) -> dict:
+    kwargs = {"hotword": " ".join(hotwords)} if hotwords else {}
+    out = funasr_model.generate(input=clip, batch_size=1, **kwargs)
+    return out[0] if out else {"text": "", "timestamp": []}
+
+
+@pytest.mark.parametrize("hotwords", [(), HOTWORDS], ids=["plain", "hotwords"])
+def test_batched_results_equal_funasr_alone(engine: Engine, funasr_model, clips, hotwords) -> None:
+    results = engine.transcribe(clips, hotwords=list(hotwords))
+    assert len(results) == len(clips)
+    for clip, result in zip(clips, results):
+        ref = _reference(funasr_model, clip, hotwords)
+        assert result.text == ref["text"]
+        # Ours are clamped to the clip's end (funasr's last end can run past it by LFR padding).
+        end = len(clip) * 1000 // 16000
+        assert [list(t) for t in result.timestamps] == [[min(s, end), min(e, end)] for s, e in ref["timestamp"]]
+        assert result.text, "the tiny model must produce tokens for these clips"
+        assert result.duration_s == pytest.approx(len(clip) / 16000)
+
+
+def test_single_equals_batched(engine: Engine, clips) -> None:
+    batched = engine.transcribe(clips, hotwords=list(HOTWORDS))
+    for clip, b in zip(clips, batched):
+        alone = engine.transcribe([clip], hotwords=list(HOTWORDS))[0]
+        assert alone.token_ids == b.token_ids
+        assert alone.timestamps == b.timestamps
+
+
+def test_batch_budget_does_not_change_results(engine: Engine, clips) -> None:
+    reference = engine.transcribe(clips)
+    small = Engine(engine.loaded, engine.settings.model_copy(update={"batch_budget_s": 2.0, "max_batch_size": 2}), engine.device)
+    assert [r.token_ids for r in small.transcribe(clips)] == [r.token_ids for r in reference]
+
+
+def test_hotwords_change_the_decoding_path(engine: Engine, clips) -> None:
+    plain = engine.transcribe(clips)
+    biased = engine.transcribe(clips, hotwords=list(HOTWORDS))
+    assert any(p.token_ids != b.token_ids for p, b in zip(plain, biased))
+
+
+def test_mixed_hotword_lists_share_a_batch(engine: Engine, funasr_model, clips) -> None:
+    lists = [HOTWORDS, (), ("七万",), HOTWORDS[:2], ()]
+    results = engine.transcribe(clips, hotwords=lists)
+    for clip, words, result in zip(clips, lists, results):
+        assert result.text == _reference(funasr_model, clip, words)["text"]
+
+
+def test_many_hotwords_use_the_adaptive_filter(engine: Engine, funasr_model, clips) -> None:
+    chars = [chr(0x4E00 + i) for i in range(3, 300)]
+    many = tuple(dict.fromkeys(chars[i] + chars[i + 1] for i in range(0, 120, 2)))
+    assert len(many) > 50
+    result = engine.transcribe(clips[:1], hotwords=list(many))[0]
+    assert result.text == _reference(funasr_model, clips[0], many)["text"]
+
+
+def test_hotword_tokens_match_funasr(engine: Engine, funasr_model) -> None:
+    words = ("丁七", "hello", "万丈", "zzz", "二0")
+    ours = engine.hotword_tokenizer.encode(words)
+    theirs = funasr_model.model.generate_hotwords_list(
+        " ".join(words), tokenizer=funasr_model.kwargs["tokenizer"], frontend=funasr_model.kwargs["frontend"]
+    )
+    assert ours == theirs
+
+
+def test_results_match_inputs_by_identity(engine: Engine, clips) -> None:
+    # A clip too short for one fbank window yields no token; funasr would drop it from its list
+    # and shift every later result. Ours stays in place, empty.
+    short = np.zeros(MIN_SAMPLES - 1, np.float32)
+    mixed = [clips[0], short, clips[1]]
+    results = engine.transcribe(mixed)
+    alone = engine.transcribe([clips[0], clips[1]])
+    assert results[1].text == "" and results[1].tokens == []
+    assert results[0].token_ids == alone[0].token_ids
+    assert results[2].token_ids == alone[1].token_ids
+
+
+def test_long_clip_is_split_and_stitched(engine: Engine, clips) -> None:
+    long_clip = np.concatenate([clips[2], np.zeros(8000, np.float32), clips[0], clips[2]])
+    short_engine = Engine(engine.loaded, engine.settings.model_copy(update={"max_clip_s": 6.0}), engine.device)
+    result = short_engine.transcribe([long_clip])[0]
+    assert result.duration_s == pytest.approx(len(long_clip) / 16000)
+    starts = [s for s, _ in result.timestamps]
+    assert starts == sorted(starts)
+    assert result.timestamps[-1][1] > 6000  # the later pieces are on the file's timeline
+    assert result.timestamps[-1][1] <= len(long_clip) / 16
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((2, 1600), np.float32), np.zeros(1600, np.int16), np.zeros(0, np.float32),
+     np.array([0.1, np.nan] * 800, np.float32)],
+    ids=["2d", "int16", "empty", "nan"],
+)
+def test_bad_arrays_raise_audio_error(engine: Engine, bad) -> None:
+    with pytest.raises(AudioError):
+        engine.transcribe([bad])
+
+
+def test_loaded_state_equals_saved(engine: Engine, tiny_model_dir) -> None:
+    saved = torch.load(tiny_model_dir / "model.pt", weights_only=True)
+    loaded = engine.model.state_dict()
+    assert saved.keys() == loaded.keys()
+    for key, value in saved.items():
+        assert torch.equal(value, loaded[key].cpu()), key
+    assert not any(t.is_meta for t in list(engine.model.parameters()) + list(engine.model.buffers()))
+
+
+def test_mismatched_weights_are_refused(tiny_model_dir, tmp_path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    state = torch.load(broken / "model.pt", weights_only=True)
+    key = next(k for k in state if k.endswith("weight") and state[k].ndim == 2)
+    state[key] = state[key][:, :-1]
+    torch.save(state, broken / "model.pt")
+    with pytest.raises(ModelLoadError, match="other shapes"):
+        load_model(broken, torch.device("cpu"))
+    (broken / "am.mvn").unlink()
+    with pytest.raises(ModelLoadError, match="missing am.mvn"):
+        load_model(broken, torch.device("cpu"))
+
+
+def test_offline_hub_id_fails_fast(tmp_path) -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="--model"):
+        resolve_model_dir("iic/not-cached-model", tmp_path)
+    assert time.monotonic() - start < 10
+
+
+def test_missing_local_path_is_not_sent_to_the_hub(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_model_dir(str(tmp_path / "nope"), tmp_path)
+
+
+def test_parse_hotwords_limits() -> None:
+    assert parse_hotwords("阿里巴巴 达摩院\n通义,千问，通义") == ("阿里巴巴", "达摩院", "通义", "千问")
+    from asr.errors import HotwordError
+
+    with pytest.raises(HotwordError, match="limit is 3"):
+        parse_hotwords("a b c d", max_count=3)
+    with pytest.raises(HotwordError, match="limit is 5"):
+        parse_hotwords("abcdefgh", max_chars=5)
+    # Paths and URLs are words like any other: nothing is read or fetched.
+    assert parse_hotwords("/etc/passwd.txt https://example.com/x.txt") == (
+        "/etc/passwd.txt", "https://example.com/x.txt")
