@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -219,6 +220,22 @@ class JobStore:
         )
         return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
 
+    def delete_finished_before(self, cutoff: float) -> list[str]:
+        """Delete finished jobs created before ``cutoff`` (epoch seconds), uploads included."""
+        with self._tx() as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE created_at < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running'))",
+                    (cutoff,),
+                )
+            ]
+            db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        for job_id in ids:
+            shutil.rmtree(self.upload_dir / job_id, ignore_errors=True)
+        return ids
+
     def pending_count(self) -> int:
         with self._lock:
             return int(
@@ -250,13 +267,17 @@ class JobWorker:
     interactive requests. The worker sleeps on an event while nothing is pending.
     """
 
-    def __init__(self, store: JobStore, process: ProcessFn, *, concurrency: int = 16) -> None:
+    def __init__(
+        self, store: JobStore, process: ProcessFn, *, concurrency: int = 16, retention_s: float | None = None
+    ) -> None:
         self.store = store
+        self._retention_s = retention_s
         self._process = process
         self._slots = asyncio.Semaphore(max(1, concurrency))
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -264,13 +285,22 @@ class JobWorker:
         if requeued:
             log.info("re-queued %d unfinished file(s) from before the restart", requeued)
         self._task = asyncio.create_task(self._run(), name="asr-job-worker")
+        if self._retention_s is not None:
+            self._cleanup = asyncio.create_task(self._expire_loop(self._retention_s), name="asr-job-expiry")
+
+    async def _expire_loop(self, retention_s: float) -> None:
+        while True:
+            removed = await asyncio.to_thread(self.store.delete_finished_before, time.time() - retention_s)
+            if removed:
+                log.info("deleted %d finished job(s) older than %.0f h", len(removed), retention_s / 3600)
+            await asyncio.sleep(min(3600.0, retention_s / 4))
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        tasks = [t for t in (self._task, self._cleanup, *self._inflight) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._task = None
+        self._task = self._cleanup = None
 
     def notify(self) -> None:
         """Tell the worker new files are pending."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,16 @@ def test_worker_processes_files_concurrently_and_isolates_failures(tmp_path: Pat
 
     asyncio.run(main())
     assert 1 < peak <= 4
+
+
+def test_finished_jobs_expire_with_their_uploads(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3", tmp_path)
+    done = store.create_job([("a.wav", b"a")], [])
+    open_job = store.create_job([("b.wav", b"b")], [])
+    task = store.claim_next()
+    assert task is not None and task.job_id == done
+    store.finish_file(done, 0, {"text": ""})
+    assert store.delete_finished_before(time.time() - 3600) == []  # too young
+    assert store.delete_finished_before(time.time() + 1) == [done]  # the unfinished job stays
+    assert store.get_job(done) is None and not (tmp_path / "uploads" / done).exists()
+    assert store.get_job(open_job) is not None

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 
 from asr.server import health, jobs, openai_compat, transcribe
+from asr.server.auth import install_token_auth
 from asr.server.errors import install_error_handlers
 from asr.server.service import EngineLike, Service
 from asr.server.ui import build_ui
@@ -66,6 +67,10 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         if path is not None and (path.startswith("/api") or path.startswith("/v1")):
             service.metrics.observe_request(path, response.status_code, time.perf_counter() - t0)
         return response
+
+    if settings.server.api_token:
+        # Added last, so it runs first: nothing is counted or served before the token is checked.
+        install_token_auth(app, settings.server.api_token)
 
     for module in (transcribe, jobs, openai_compat, health):
         app.include_router(module.router)

@@ -67,7 +67,10 @@ class Service:
         self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
         # Enough files in flight that the scheduler can fill its batches from one job.
         self.job_worker = JobWorker(
-            self.jobs, self._process_job_file, concurrency=min(settings.engine.max_batch_size, 64)
+            self.jobs,
+            self._process_job_file,
+            concurrency=min(settings.engine.max_batch_size, 64),
+            retention_s=settings.server.job_retention_h * 3600,
         )
 
     def _on_batch(self, stats: Any) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.routing import Mount
 
 from asr.audio import decode_audio
 from asr.jobs import JobStore
@@ -217,3 +218,39 @@ def test_page_and_batch_script_are_served(client: TestClient) -> None:
     assert "/batch_opt.js" in config.get("head", "")
     script = client.get("/batch_opt.js")
     assert script.status_code == 200 and "api/batch_async" in script.text
+
+
+def test_api_token_protects_everything_but_healthz(
+    tiny_model_dir: Path, shared_engine: Any, tmp_path: Path
+) -> None:
+    settings = service_settings(tiny_model_dir, tmp_path, server={"api_token": "s3cret"})
+    with TestClient(create_app(settings, engine=shared_engine)) as c:
+        assert c.get("/healthz").status_code == 200
+        refused = c.post("/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        assert c.get("/").status_code == 401
+        ok = c.post(
+            "/api/transcribe",
+            files={"file": ("a.wav", wav_bytes(1.0))},
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        assert ok.status_code == 200
+        login = c.get("/?token=s3cret", follow_redirects=False)
+        assert login.status_code == 303 and "token" not in login.headers["location"]
+        assert c.get("/").status_code == 200  # the cookie set by the redirect now opens the UI
+        assert c.get("/api/info").status_code == 200
+
+
+def test_no_gradio_queue_sends_single_file_events_directly(
+    tiny_model_dir: Path, shared_engine: Any, tmp_path: Path
+) -> None:
+    for queued in (True, False):
+        settings = service_settings(tiny_model_dir, tmp_path / str(queued), server={"gradio_queue": queued})
+        app = create_app(settings, engine=shared_engine)
+        with TestClient(app) as c:
+            deps = {d.get("api_name"): d for d in c.get("/config").json()["dependencies"]}
+        assert deps["transcribe_single"]["queue"] is queued
+        assert deps["run_batch"]["queue"] is True  # progress streaming needs the queue
+        # Gradio never limits how many events run at once: the scheduler batches them.
+        mount = next(r for r in app.routes if isinstance(r, Mount))
+        assert all(fn.concurrency_limit is None for fn in mount.app.get_blocks().fns.values())
