@@ -41,7 +41,6 @@ _GPU_PROFILES: tuple[tuple[str, str], ...] = (
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Chinese ASR service: web UI and HTTP API on one port.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", default=None, help="settings YAML; 'auto' picks configs/<gpu>.yaml")
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1: this machine only)")

@@ -132,16 +132,22 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
-@pytest.fixture(scope="session")
-def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``webui.py`` as users start it, on a free loopback port; stopped after the session."""
-    work = tmp_path_factory.mktemp("live")
-    port = free_port()
-    log_path = work / "server.log"
+
+def start_server(model_dir: Path, work: Path, port: int | None = None) -> LiveServer:
+    """Start ``webui.py`` as users do and wait until /healthz says ready."""
+    port = port or free_port()
+    log_path = work / f"server-{port}-{time.monotonic_ns()}.log"
     cmd = [
         sys.executable, str(REPO / "webui.py"),
-        "--config", "cpu", "--model", str(tiny_model_dir), "--port", str(port),
+        "--config", "cpu", "--model", str(model_dir), "--port", str(port),
         "--data-dir", str(work / "data"), "--max-batch-size", "16", "--no-autolaunch",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -149,23 +155,25 @@ def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"server did not become healthy in 120 s:\n{server.log()[-3000:]}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """``webui.py`` as users start it, on a free loopback port; stopped after the session."""
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("live"))
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
-            try:
-                if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not become healthy in 120 s:\n{server.log()[-3000:]}")
-            time.sleep(0.3)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
