@@ -1,8 +1,8 @@
 /*
  * batch_opt.js: parallel batch uploads for the Batch tab (批量处理).
  *
- * Loaded into the page through Gradio's `head` hook (see asr/server/app.py). It remembers the
- * files chosen in #batch-files / #batch-folder, and when #batch-run is clicked it takes over:
+ * Loaded into the page through Gradio's `head` hook (see asr/server/app.py). It keeps the File
+ * objects chosen in #batch-files / #batch-folder, and when #batch-run is clicked it takes over:
  * the files are split into groups of GROUP_SIZE, each group is uploaded (real multipart upload
  * of the file bytes) to /api/batch_async in parallel, the resulting jobs are polled at
  * /api/jobs/{id}, and aggregated progress and results are rendered into #batch-js-panel.
@@ -26,13 +26,14 @@
   const base = new URL(".", scriptSrc || window.location.href);
   const api = (path) => new URL(path, base).toString();
 
-  // Files chosen per input, kept as File objects so their bytes can be uploaded directly.
-  const chosen = { "batch-files": [], "batch-folder": [] };
+  // Every File the user picked in either input (the dialog, the "add more" button or a drop),
+  // kept so the bytes can be uploaded directly. Which of them are still selected is read from
+  // the Gradio component's file list when the button is clicked.
+  const pool = [];
   let running = false;
 
-  function ownerId(el) {
-    const box = el && el.closest && el.closest("#batch-files, #batch-folder");
-    return box ? box.id : null;
+  function inBatchInput(el) {
+    return Boolean(el && el.closest && el.closest("#batch-files, #batch-folder"));
   }
 
   // Capture phase: we see the files before Gradio's own handlers reset the input.
@@ -40,43 +41,47 @@
     "change",
     (ev) => {
       const t = ev.target;
-      const id = ownerId(t);
-      if (id && t.type === "file" && t.files && t.files.length) chosen[id] = Array.from(t.files);
+      if (inBatchInput(t) && t.type === "file" && t.files) pool.push(...Array.from(t.files));
     },
     true
   );
   document.addEventListener(
     "drop",
     (ev) => {
-      const id = ownerId(ev.target);
-      if (id && ev.dataTransfer && ev.dataTransfer.files.length) chosen[id] = Array.from(ev.dataTransfer.files);
-    },
-    true
-  );
-  // The component's clear button empties the selection.
-  document.addEventListener(
-    "click",
-    (ev) => {
-      const id = ownerId(ev.target);
-      const btn = ev.target.closest && ev.target.closest("button");
-      if (id && btn && /clear|remove|清除|删除/i.test(btn.getAttribute("aria-label") || btn.title || "")) {
-        chosen[id] = [];
-      }
+      if (inBatchInput(ev.target) && ev.dataTransfer) pool.push(...Array.from(ev.dataTransfer.files));
     },
     true
   );
 
+  // The files listed in the two components, matched to picked File objects by name (latest
+  // pick first). null when one cannot be matched: then Gradio's own handler does the work.
   function selectedFiles() {
-    return chosen["batch-files"].concat(chosen["batch-folder"]);
+    const cells = document.querySelectorAll("#batch-files td.filename, #batch-folder td.filename");
+    const used = new Set();
+    const files = [];
+    for (const cell of cells) {
+      const name = cell.getAttribute("aria-label") || cell.textContent.trim();
+      let found = -1;
+      for (let i = pool.length - 1; i >= 0; i--) {
+        if (!used.has(i) && pool[i].name === name) {
+          found = i;
+          break;
+        }
+      }
+      if (found < 0) return null;
+      used.add(found);
+      files.push(pool[found]);
+    }
+    return files;
   }
 
   document.addEventListener(
     "click",
     (ev) => {
       const btn = ev.target.closest && ev.target.closest("#batch-run");
-      if (!btn) return;
+      if (!btn || running) return;
       const files = selectedFiles();
-      if (!files.length || running) return; // nothing captured: let Gradio handle it
+      if (!files || !files.length) return; // nothing to take over: let Gradio handle it
       ev.preventDefault();
       ev.stopImmediatePropagation();
       runBatch(files).catch((err) => renderError(String(err)));
