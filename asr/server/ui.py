@@ -161,7 +161,12 @@ def build_ui(service: Service) -> gr.Blocks:
         info = service.info()
         return _system_md(info, service.settings), info
 
-    with gr.Blocks(title="中文语音识别 Chinese ASR · SeACo-Paraformer", analytics_enabled=False) as demo:
+    # delete_cache: uploads and generated files in Gradio's cache are removed after an hour.
+    with gr.Blocks(
+        title="中文语音识别 Chinese ASR · SeACo-Paraformer",
+        analytics_enabled=False,
+        delete_cache=(3600, 3600),
+    ) as demo:
         gr.Markdown("# 中文语音识别 Chinese speech recognition\nSeACo-Paraformer · 热词增强 hotword biasing")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("单文件识别 Single file", id="single", elem_id="tab-single"):
