@@ -91,8 +91,16 @@ class ServerSettings(BaseModel):
     batch_wait_ms: float = Field(default=8.0, ge=0)
     """How long the scheduler waits for more requests to join a batch."""
     job_retention_h: float = Field(default=72.0, gt=0)
+    """Finished batch jobs (results and uploads) are deleted this long after they were created."""
+    jobs_db: Path | None = None
+    """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
     gradio_queue: bool = True
+    """Route single-file UI events through Gradio's queue. The queue never limits concurrency
+    either way (every request goes to the one batching scheduler); False sends them directly."""
     share: bool = False
+    """Open a public gradio.live link: exposes the service to the internet."""
+    autolaunch: bool = False
+    """Open the UI in a browser once the server is ready."""
 
 
 class Settings(BaseSettings):

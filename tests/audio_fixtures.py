@@ -60,7 +60,9 @@ def all_formats(seconds: float = 1.5) -> dict[str, bytes]:
         "pcm8_8k.wav": encode_soundfile(tone_with_noise(seconds, 8000), 8000, "WAV", "PCM_U8"),
         "pcm24_44k_stereo.wav": encode_soundfile(st44, 44100, "WAV", "PCM_24"),
         "float32_48k.wav": encode_soundfile(mono48, 48000, "WAV", "FLOAT"),
-        "six_channel.wav": encode_soundfile(tone_with_noise(seconds, 16000, channels=6), 16000, "WAV", "PCM_16"),
+        "six_channel.wav": encode_soundfile(
+            tone_with_noise(seconds, 16000, channels=6), 16000, "WAV", "PCM_16"
+        ),
         "stereo.flac": encode_soundfile(st44, 44100, "FLAC", "PCM_16"),
         "vorbis.ogg": encode_soundfile(st44, 44100, "OGG", "VORBIS"),
         "stereo44.mp3": encode_av(st44, 44100, "mp3", "mp3"),

@@ -33,8 +33,9 @@ def funasr_model(tiny_model_dir: Path):
     """funasr's own AutoModel on the same directory: the reference our engine must match."""
     from funasr import AutoModel
 
-    model = AutoModel(model=str(tiny_model_dir), disable_update=True, device="cpu",
-                      log_level="ERROR", disable_pbar=True)
+    model = AutoModel(
+        model=str(tiny_model_dir), disable_update=True, device="cpu", log_level="ERROR", disable_pbar=True
+    )
     logging.getLogger().setLevel(logging.WARNING)  # AutoModel calls basicConfig(INFO)
     return model
 

@@ -53,8 +53,14 @@ def test_stereo_is_averaged() -> None:
 
 def _wav_header(n_samples: int) -> bytes:
     data_bytes = n_samples * 2
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " +
-            struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data" + struct.pack("<I", data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 @pytest.mark.parametrize(

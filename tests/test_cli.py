@@ -43,9 +43,26 @@ def test_folder_with_a_corrupt_file(tiny_model_dir, tmp_path, capsys) -> None:
     (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
     (src / "notes.txt").write_text("not audio, not picked up")
     out = tmp_path / "out"
-    code = main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu",
-                 "--format", "txt", "json", "srt", "vtt", "--output-dir", str(out), "--quiet",
-                 "--hotwords", "丁七 万丈"])
+    code = main(
+        [
+            "transcribe",
+            str(src),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--format",
+            "txt",
+            "json",
+            "srt",
+            "vtt",
+            "--output-dir",
+            str(out),
+            "--quiet",
+            "--hotwords",
+            "丁七 万丈",
+        ]
+    )
     assert code == 1  # one file failed
     err = capsys.readouterr().err
     assert "broken.wav" in err and f"{len(formats)} transcribed, 1 failed" in err
@@ -68,9 +85,23 @@ def test_all_good_exits_zero_as_a_process(tiny_model_dir, tmp_path) -> None:
     wav = tmp_path / "one.wav"
     wav.write_bytes(all_formats(1.0)["pcm16_16k.wav"])
     proc = subprocess.run(
-        [sys.executable, "-m", "asr", "transcribe", str(wav), "--model", str(tiny_model_dir),
-         "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--quiet"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "asr",
+            "transcribe",
+            str(wav),
+            "--model",
+            str(tiny_model_dir),
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "one.txt").read_text(encoding="utf-8").strip()

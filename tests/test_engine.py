@@ -30,7 +30,9 @@ def test_batched_results_equal_funasr_alone(engine: Engine, funasr_model, clips,
         assert result.text == ref["text"]
         # Ours are clamped to the clip's end (funasr's last end can run past it by LFR padding).
         end = len(clip) * 1000 // 16000
-        assert [list(t) for t in result.timestamps] == [[min(s, end), min(e, end)] for s, e in ref["timestamp"]]
+        assert [list(t) for t in result.timestamps] == [
+            [min(s, end), min(e, end)] for s, e in ref["timestamp"]
+        ]
         assert result.text, "the tiny model must produce tokens for these clips"
         assert result.duration_s == pytest.approx(len(clip) / 16000)
 
@@ -45,7 +47,11 @@ def test_single_equals_batched(engine: Engine, clips) -> None:
 
 def test_batch_budget_does_not_change_results(engine: Engine, clips) -> None:
     reference = engine.transcribe(clips)
-    small = Engine(engine.loaded, engine.settings.model_copy(update={"batch_budget_s": 2.0, "max_batch_size": 2}), engine.device)
+    small = Engine(
+        engine.loaded,
+        engine.settings.model_copy(update={"batch_budget_s": 2.0, "max_batch_size": 2}),
+        engine.device,
+    )
     assert [r.token_ids for r in small.transcribe(clips)] == [r.token_ids for r in reference]
 
 
@@ -93,7 +99,9 @@ def test_results_match_inputs_by_identity(engine: Engine, clips) -> None:
 
 def test_long_clip_is_split_and_stitched(engine: Engine, clips) -> None:
     long_clip = np.concatenate([clips[2], np.zeros(8000, np.float32), clips[0], clips[2]])
-    short_engine = Engine(engine.loaded, engine.settings.model_copy(update={"max_clip_s": 6.0}), engine.device)
+    short_engine = Engine(
+        engine.loaded, engine.settings.model_copy(update={"max_clip_s": 6.0}), engine.device
+    )
     result = short_engine.transcribe([long_clip])[0]
     assert result.duration_s == pytest.approx(len(long_clip) / 16000)
     starts = [s for s, _ in result.timestamps]
@@ -104,8 +112,12 @@ def test_long_clip_is_split_and_stitched(engine: Engine, clips) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((2, 1600), np.float32), np.zeros(1600, np.int16), np.zeros(0, np.float32),
-     np.array([0.1, np.nan] * 800, np.float32)],
+    [
+        np.zeros((2, 1600), np.float32),
+        np.zeros(1600, np.int16),
+        np.zeros(0, np.float32),
+        np.array([0.1, np.nan] * 800, np.float32),
+    ],
     ids=["2d", "int16", "empty", "nan"],
 )
 def test_bad_arrays_raise_audio_error(engine: Engine, bad) -> None:
@@ -162,4 +174,6 @@ def test_parse_hotwords_limits() -> None:
         parse_hotwords("abcdefgh", max_chars=5)
     # Paths and URLs are words like any other: nothing is read or fetched.
     assert parse_hotwords("/etc/passwd.txt https://example.com/x.txt") == (
-        "/etc/passwd.txt", "https://example.com/x.txt")
+        "/etc/passwd.txt",
+        "https://example.com/x.txt",
+    )

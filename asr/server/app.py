@@ -1,0 +1,99 @@
+"""The app factory: one FastAPI app (HTTP API + OpenAPI docs) with the Gradio UI mounted at /."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+
+from asr.server import health, jobs, openai_compat, transcribe
+from asr.server.auth import install_token_auth
+from asr.server.errors import install_error_handlers
+from asr.server.service import EngineLike, Service
+from asr.server.ui import build_ui
+from asr.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# batch_opt.js lives at the repository root, next to webui.py.
+BATCH_SCRIPT = Path(__file__).resolve().parents[2] / "batch_opt.js"
+
+
+def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
+    """Build the service from one settings object.
+
+    ``engine`` defaults to ``Engine.from_settings(settings.engine)``; it is loaded here, before the
+    server accepts connections, and the lifespan pushes one clip through the scheduler (warm-up).
+    """
+    if engine is None:
+        from asr.engine import Engine
+
+        engine = Engine.from_settings(settings.engine)
+    service = Service(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start(warmup=settings.engine.warmup)
+        log.info("service ready: %s", service.info()["scheduler"])
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="Chinese ASR service (SeACo-Paraformer)",
+        description="Hotword-aware Chinese speech recognition. All requests share one batching scheduler.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", None)
+        # Only our API routes are counted; the UI's own traffic would drown them.
+        if path is not None and (path.startswith("/api") or path.startswith("/v1")):
+            service.metrics.observe_request(path, response.status_code, time.perf_counter() - t0)
+        return response
+
+    if settings.server.api_token:
+        # Added last, so it runs first: nothing is counted or served before the token is checked.
+        install_token_auth(app, settings.server.api_token)
+
+    for module in (transcribe, jobs, openai_compat, health):
+        app.include_router(module.router)
+
+    head = ""
+    if BATCH_SCRIPT.is_file():
+        version = int(BATCH_SCRIPT.stat().st_mtime)
+
+        @app.get("/batch_opt.js", include_in_schema=False)
+        async def batch_script() -> FileResponse:
+            return FileResponse(BATCH_SCRIPT, media_type="text/javascript")
+
+        # Gradio's supported hook for page scripts: `head` HTML is added to the page's <head>.
+        head = f'<script src="/batch_opt.js?v={version}" defer></script>'
+
+    blocks = build_ui(service)
+    blocks.queue(default_concurrency_limit=None, max_size=settings.limits.max_queue)
+    return gr.mount_gradio_app(
+        app,
+        blocks,
+        path="/",
+        head=head,
+        ssr_mode=False,
+        footer_links=["api"],
+        max_file_size=int(settings.limits.max_upload_mb * 1024 * 1024),
+    )

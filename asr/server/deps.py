@@ -1,0 +1,26 @@
+"""Request-scoped helpers shared by the routers."""
+
+from __future__ import annotations
+
+from fastapi import Request, UploadFile
+
+from asr.server.service import Service
+
+_CHUNK = 1 << 20
+
+
+def get_service(request: Request) -> Service:
+    """The app's service object (set by ``create_app``)."""
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+async def read_upload(service: Service, upload: UploadFile) -> bytes:
+    """Read an uploaded file, refusing it as soon as it passes the upload limit."""
+    name = upload.filename or "upload"
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await upload.read(_CHUNK):
+        size += len(chunk)
+        service.check_upload_size(size, name)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,289 @@
+"""The service core shared by every front door (Gradio UI, HTTP API, OpenAI route, batch jobs).
+
+It owns the one scheduler in front of the engine, the job store and worker, and the metrics.
+Routers and UI handlers only parse input, call these methods and format output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from asr import formats
+from asr.audio import SAMPLE_RATE, decode_audio
+from asr.errors import ASRError, LimitError
+from asr.hotwords import HotwordList, parse_hotwords
+from asr.jobs import JobState, JobStore, JobWorker, error_code
+from asr.scheduler import Scheduler, SchedulerOptions
+from asr.server.metrics import Metrics
+from asr.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class JobNotFoundError(ASRError):
+    """No job has this id (or it was removed)."""
+
+    code = "job_not_found"
+
+
+class EngineLike(Protocol):
+    """What the service needs from ``asr.engine.Engine``."""
+
+    def transcribe(self, audios: Sequence[np.ndarray], hotwords: Any = None) -> list[Any]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class Service:
+    """Everything a request needs, built once per app from one settings object."""
+
+    def __init__(self, settings: Settings, engine: EngineLike) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.started_at = time.time()
+        self.scheduler: Scheduler[Any] = Scheduler(
+            engine.transcribe,
+            SchedulerOptions(
+                max_batch_size=settings.engine.max_batch_size,
+                max_wait_ms=settings.server.batch_wait_ms,
+                max_queue=settings.limits.max_queue,
+            ),
+            sample_rate=SAMPLE_RATE,
+            on_batch=self._on_batch,
+        )
+        self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
+        data_dir = Path(settings.server.data_dir)
+        self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
+        # Enough files in flight that the scheduler can fill its batches from one job.
+        self.job_worker = JobWorker(
+            self.jobs,
+            self._process_job_file,
+            concurrency=min(settings.engine.max_batch_size, 64),
+            retention_s=settings.server.job_retention_h * 3600,
+        )
+
+    def _on_batch(self, stats: Any) -> None:
+        self.metrics.observe_batch(stats)
+
+    async def start(self, *, warmup: bool = True) -> None:
+        """Start the scheduler and job worker; optionally push one clip through the whole path."""
+        await self.scheduler.start()
+        if warmup:
+            # A second of low noise runs the scheduler thread and the engine once, so the first
+            # user does not pay for lazy CUDA module loading and allocator growth.
+            noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+            t0 = time.perf_counter()
+            await self.scheduler.submit(noise, ())
+            log.info("warm-up transcription took %.2f s", time.perf_counter() - t0)
+        await self.job_worker.start()
+
+    async def stop(self) -> None:
+        await self.job_worker.stop()
+        await self.scheduler.stop()
+        self.jobs.close()
+
+    # ---- single requests -------------------------------------------------------------------
+
+    def parse_hotwords(self, text: str | Sequence[str] | None) -> HotwordList:
+        limits = self.settings.limits
+        return parse_hotwords(text, max_count=limits.max_hotwords, max_chars=limits.max_hotword_chars)
+
+    def check_upload_size(self, size: int, name: str = "upload") -> None:
+        limit = self.settings.limits.max_upload_mb * 1024 * 1024
+        if size > limit:
+            raise LimitError(
+                f"The file '{name}' is {size / 1048576:.1f} MB; the limit is "
+                f"{self.settings.limits.max_upload_mb:g} MB."
+            )
+
+    async def transcribe_bytes(
+        self, data: bytes, hotwords: HotwordList = (), *, timestamps: bool = True, background: bool = False
+    ) -> dict[str, Any]:
+        """Decode and transcribe one file; returns the result as plain JSON-ready data.
+
+        ``background=True`` (batch jobs) waits for room in a full queue instead of failing.
+        """
+        self.check_upload_size(len(data))
+        t0 = time.perf_counter()
+        audio = await asyncio.to_thread(decode_audio, data, max_duration_s=self.settings.limits.max_audio_s)
+        transcript = await self.scheduler.submit(audio, hotwords, block=background)
+        elapsed = time.perf_counter() - t0
+        return transcript_to_result(transcript, len(audio) / SAMPLE_RATE, hotwords, elapsed, timestamps)
+
+    # ---- batch jobs ------------------------------------------------------------------------
+
+    async def create_job(self, files: Sequence[tuple[str, bytes]], hotwords: HotwordList) -> str:
+        """Store the uploads durably and queue them; returns the job id once they are on disk."""
+        limits = self.settings.limits
+        if not files:
+            raise LimitError("A batch job needs at least one file.", code="no_files")
+        if len(files) > limits.max_files_per_job:
+            raise LimitError(f"{len(files)} files sent; a job takes at most {limits.max_files_per_job}.")
+        for name, data in files:
+            self.check_upload_size(len(data), name)
+        job_id = await asyncio.to_thread(self.jobs.create_job, files, hotwords)
+        self.job_worker.notify()
+        return job_id
+
+    async def _process_job_file(self, data: bytes, hotwords: Sequence[str]) -> dict[str, Any]:
+        return await self.transcribe_bytes(data, tuple(hotwords), background=True)
+
+    def get_job(self, job_id: str) -> JobState:
+        job = self.jobs.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
+        return job
+
+    def jobs_zip(self, jobs: Sequence[JobState]) -> bytes:
+        """txt, srt and json per finished file; a short error note per failed file.
+
+        Files are numbered across all given jobs in order, so names never collide.
+        """
+        buf = io.BytesIO()
+        number = 0
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for job in jobs:
+                for f in job.files:
+                    number += 1
+                    stem = f"{number:03d}_{safe_stem(f.name)}"
+                    if f.status == "done" and f.result is not None:
+                        for ext in ("txt", "srt", "json"):
+                            zf.writestr(f"{stem}.{ext}", render_result(f.result, ext))
+                    elif f.status == "failed":
+                        zf.writestr(f"{stem}.error.txt", f"{f.error_code}: {f.error}\n")
+        return buf.getvalue()
+
+    def info(self) -> dict[str, Any]:
+        """What the system tab and /healthz show."""
+        return {
+            "gpu": gpu_description(),
+            "engine": self.engine.info(),
+            "scheduler": {
+                "max_batch_size": self.scheduler.options.max_batch_size,
+                "max_wait_ms": self.scheduler.options.max_wait_ms,
+                "max_queue": self.scheduler.options.max_queue,
+                "queue_depth": self.scheduler.queue_depth,
+                "busy": self.scheduler.busy,
+                "batches_run": self.scheduler.batches_run,
+                "items_run": self.scheduler.items_run,
+            },
+            "jobs": {"files_pending": self.jobs.pending_count()},
+            "throughput": self.metrics.throughput(),
+            "uptime_s": time.time() - self.started_at,
+        }
+
+
+def gpu_description() -> str | None:
+    """Name and memory of the first visible CUDA device, or None on CPU."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+
+
+def job_to_dict(job: JobState, *, with_results: bool = True) -> dict[str, Any]:
+    """The JSON shape of GET /api/jobs/{id}."""
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "created_at": job.created_at,
+        "total": job.total,
+        "done": job.count("done"),
+        "failed": job.count("failed"),
+        "pending": job.count("pending") + job.count("running"),
+        "hotwords": list(job.hotwords),
+        "files": [
+            {
+                "index": f.index,
+                "name": f.name,
+                "size": f.size,
+                "status": f.status,
+                "error": {"code": f.error_code, "message": f.error} if f.status == "failed" else None,
+                "result": f.result if with_results else None,
+            }
+            for f in job.files
+        ],
+    }
+
+
+def transcript_to_result(
+    transcript: Any, duration_s: float, hotwords: HotwordList, elapsed_s: float, timestamps: bool
+) -> dict[str, Any]:
+    """Plain-data result of one file (what the API returns and the job store keeps)."""
+    tokens = list(transcript.tokens)
+    stamps = [tuple(t) for t in transcript.timestamps]
+    result: dict[str, Any] = {
+        "text": transcript.text,
+        "language": "zh",
+        "duration_s": round(duration_s, 3),
+        "hotwords": list(hotwords),
+        "processing_s": round(elapsed_s, 4),
+        "rtf": round(elapsed_s / duration_s, 5) if duration_s > 0 else None,
+    }
+    timed = len(stamps) == len(tokens) and bool(tokens)
+    if timestamps and timed:
+        result["tokens"] = [
+            {"text": tok, "start": s / 1000.0, "end": e / 1000.0}
+            for tok, (s, e) in zip(tokens, stamps, strict=True)
+        ]
+    if timed:
+        cues = formats.build_cues(tokens, stamps)
+    else:
+        cues = [formats.Cue(0, int(duration_s * 1000), transcript.text)] if transcript.text else []
+    result["segments"] = [
+        {"id": i, "start": c.start_ms / 1000.0, "end": c.end_ms / 1000.0, "text": c.text}
+        for i, c in enumerate(cues)
+    ]
+    return result
+
+
+def render_result(result: dict[str, Any], fmt: str) -> str:
+    """A stored result (see ``transcript_to_result``) as txt, srt, vtt or json."""
+    if fmt == "txt":
+        return result["text"] + "\n"
+    if fmt == "json":
+        return json.dumps(result, ensure_ascii=False, indent=1) + "\n"
+    cues = [
+        formats.Cue(round(seg["start"] * 1000), round(seg["end"] * 1000), seg["text"])
+        for seg in result.get("segments", [])
+    ]
+    if fmt == "srt":
+        return formats.to_srt(cues)
+    if fmt == "vtt":
+        return formats.to_vtt(cues)
+    raise ValueError(f"unknown format {fmt!r}; choose txt, srt, vtt or json")
+
+
+_UNSAFE = re.compile(r"[^\w\-.]+", re.UNICODE)
+
+
+def safe_stem(name: str) -> str:
+    """A file name stem safe to use inside a zip (keeps Chinese characters)."""
+    stem = Path(name.replace("\\", "/")).stem
+    return _UNSAFE.sub("_", stem).strip("._")[:80] or "audio"
+
+
+__all__ = [
+    "JobNotFoundError",
+    "Service",
+    "error_code",
+    "job_to_dict",
+    "render_result",
+    "safe_stem",
+    "transcript_to_result",
+]

@@ -1,0 +1,39 @@
+"""POST /api/transcribe: one file in, one result out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.responses import PlainTextResponse
+
+from asr.server.deps import get_service, read_upload
+from asr.server.service import Service, render_result
+
+router = APIRouter(prefix="/api", tags=["transcribe"])
+
+_MEDIA = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+
+
+@router.post("/transcribe", summary="Transcribe one audio file", response_model=None)
+async def transcribe(
+    service: Annotated[Service, Depends(get_service)],
+    file: Annotated[UploadFile, File(description="Audio file (wav, mp3, m4a, ogg, flac, ...)")],
+    hotwords: Annotated[
+        str, Form(description="Hotwords, one per line or separated by spaces; plain words, no weights")
+    ] = "",
+    timestamps: Annotated[bool, Form(description="Include per-character timings")] = True,
+    format: Annotated[Literal["json", "txt", "srt", "vtt"], Form(description="Response format")] = "json",
+) -> dict[str, Any] | PlainTextResponse:
+    """Decode the file, wait for its turn in the shared batch scheduler and return the result.
+
+    JSON results hold `text`, `duration_s`, `processing_s`, `rtf`, `segments` and, with
+    timestamps, `tokens` (each with `start`/`end` in seconds).
+    """
+    words = service.parse_hotwords(hotwords)
+    data = await read_upload(service, file)
+    result = await service.transcribe_bytes(data, words, timestamps=timestamps or format in ("srt", "vtt"))
+    result["filename"] = file.filename
+    if format == "json":
+        return result
+    return PlainTextResponse(render_result(result, format), media_type=_MEDIA[format] + "; charset=utf-8")

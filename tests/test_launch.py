@@ -1,0 +1,78 @@
+"""run.sh and webui.py's flags: environment, profile choice, flag -> setting mapping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from asr.server.launch import build_parser, profile_for_gpu, resolve_config, settings_from_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "profile"),
+    [
+        (None, "cpu"),
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h100"),
+        ("NVIDIA A100-SXM4-40GB", "a100"),
+        ("NVIDIA A10G", "a10"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("NVIDIA GeForce RTX 3060", "rtx3060"),
+        ("Tesla T4", "rtx4090"),
+    ],
+)
+def test_profile_for_gpu(name: str | None, profile: str) -> None:
+    assert profile_for_gpu(name) == profile
+    assert (REPO / "configs" / f"{profile}.yaml").is_file()
+
+
+def test_every_profile_loads(tmp_path: Path) -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        args = build_parser().parse_args(["--config", str(path)])
+        settings = settings_from_args(args)
+        assert settings.engine.batch_budget_s > 0, path.name
+
+
+def test_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: 'auto' must pick the CPU profile
+    assert resolve_config("auto") == str(REPO / "configs" / "cpu.yaml")
+    args = build_parser().parse_args(
+        ["--config", "auto", "--port", "9001", "--max-batch-size", "7", "--no-gradio-queue",
+         "--enable-xformers", "--model", str(tmp_path), "--data-dir", str(tmp_path / "d"), "--no-autolaunch"]
+    )  # fmt: skip
+    s = settings_from_args(args)
+    assert s.engine.device == "cpu"  # from configs/cpu.yaml
+    assert (s.server.port, s.engine.max_batch_size, s.server.gradio_queue) == (9001, 7, False)
+    assert s.engine.attention == "sdpa" and s.engine.model == str(tmp_path)
+    assert s.server.host == "127.0.0.1" and s.server.autolaunch is False and s.server.share is False
+
+
+def test_run_sh_sets_environment_and_passes_flags(tmp_path: Path) -> None:
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        "#!/bin/sh\n"
+        'echo "ALLOC=$PYTORCH_CUDA_ALLOC_CONF LAZY=$CUDA_MODULE_LOADING CVD=$CUDA_VISIBLE_DEVICES"\n'
+        'echo "ARGS=$*"\n'
+    )
+    fake_python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake_python), "CUDA_VISIBLE_DEVICES": "1"}
+    env.pop("ASR_CONFIG", None)
+    out = subprocess.run(
+        ["bash", str(REPO / "run.sh"), "--port", "8000", "--share"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "ALLOC=expandable_segments:True LAZY=LAZY CVD=1" in out.stdout
+    assert "ARGS=webui.py --port 8000 --share --config auto" in out.stdout
+    assert "public" in out.stderr  # --share warns
+    explicit = subprocess.run(
+        ["bash", str(REPO / "run.sh"), "--config", "a10"], env=env, capture_output=True, text=True, check=True
+    )
+    assert "ARGS=webui.py --config a10\n" in explicit.stdout

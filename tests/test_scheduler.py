@@ -1,0 +1,140 @@
+"""Scheduler mechanics: batching, back-pressure, error isolation.
+
+These tests use a small recording ``transcribe`` callable on purpose: they check how requests
+are grouped and routed, which does not depend on the model. The service tests run the real
+engine through the same scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from asr.errors import HotwordError, QueueFullError
+from asr.scheduler import BatchStats, Scheduler, SchedulerOptions
+
+
+class RecordingTranscribe:
+    """Returns (clip id, hotwords) per item and records every call's size and thread."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.calls: list[int] = []
+        self.threads: set[str] = set()
+        self.delay_s = delay_s
+        self.gate = gate
+
+    def __call__(
+        self, audios: Sequence[np.ndarray], hotwords: Sequence[Sequence[str]]
+    ) -> list[tuple[int, tuple[str, ...]]]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.calls.append(len(audios))
+        self.threads.add(threading.current_thread().name)
+        for hw in hotwords:
+            if "BAD" in hw:
+                raise HotwordError("hotword BAD is refused")
+        time.sleep(self.delay_s)
+        return [(int(a[0]), tuple(hw)) for a, hw in zip(audios, hotwords, strict=True)]
+
+
+def clip(i: int) -> np.ndarray:
+    return np.full(1600, i, dtype=np.float32)
+
+
+async def _with_scheduler(fn, opts: SchedulerOptions, on_batch=None):
+    sched = Scheduler(fn, opts, on_batch=on_batch)
+    await sched.start()
+    return sched
+
+
+def test_concurrent_requests_are_batched_and_results_routed_back() -> None:
+    fake = RecordingTranscribe(delay_s=0.02)
+    stats: list[BatchStats] = []
+
+    async def main() -> None:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=8, max_wait_ms=20), stats.append)
+        try:
+            results = await asyncio.gather(*(sched.submit(clip(i), [f"w{i}"]) for i in range(20)))
+        finally:
+            await sched.stop()
+        assert results == [(i, (f"w{i}",)) for i in range(20)]
+
+    asyncio.run(main())
+    assert sum(fake.calls) == 20
+    assert max(fake.calls) == 8  # batches fill up to the limit ...
+    assert len(fake.calls) <= 4  # ... so 20 requests need few engine calls
+    assert all(name.startswith("asr-engine") for name in fake.threads)
+    assert [s.size for s in stats] == fake.calls
+    assert all(s.ok for s in stats)
+
+
+def test_single_request_waits_only_the_short_window() -> None:
+    fake = RecordingTranscribe()
+
+    async def main() -> float:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=32, max_wait_ms=10))
+        try:
+            t0 = time.perf_counter()
+            await sched.submit(clip(1))
+            return time.perf_counter() - t0
+        finally:
+            await sched.stop()
+
+    elapsed = asyncio.run(main())
+    assert fake.calls == [1]
+    assert elapsed < 0.5
+
+
+def test_full_queue_raises_queue_full_error() -> None:
+    gate = threading.Event()
+    fake = RecordingTranscribe(gate=gate)
+
+    async def main() -> None:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=1, max_wait_ms=0, max_queue=2))
+        try:
+            first = asyncio.create_task(sched.submit(clip(0)))
+            await asyncio.sleep(0.05)  # the consumer took it and is stuck at the gate
+            waiting = [asyncio.create_task(sched.submit(clip(i))) for i in (1, 2)]
+            await asyncio.sleep(0.01)
+            assert sched.queue_depth == 2
+            with pytest.raises(QueueFullError) as info:
+                await sched.submit(clip(3))
+            assert info.value.code == "queue_full"
+            # A background caller waits for room instead of failing.
+            blocked = asyncio.create_task(sched.submit(clip(4), block=True))
+            gate.set()
+            assert [r[0] for r in await asyncio.gather(first, *waiting, blocked)] == [0, 1, 2, 4]
+        finally:
+            gate.set()
+            await sched.stop()
+
+    asyncio.run(main())
+
+
+def test_one_failing_item_does_not_fail_its_batch() -> None:
+    fake = RecordingTranscribe()
+
+    async def main() -> list[object]:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=8, max_wait_ms=20))
+        try:
+            return await asyncio.gather(
+                *(sched.submit(clip(i), ["BAD"] if i == 2 else []) for i in range(5)), return_exceptions=True
+            )
+        finally:
+            await sched.stop()
+
+    results = asyncio.run(main())
+    assert isinstance(results[2], HotwordError)
+    assert [r[0] for i, r in enumerate(results) if i != 2] == [0, 1, 3, 4]  # type: ignore[index]
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        SchedulerOptions(max_batch_size=0)
+    with pytest.raises(ValueError, match="max_queue"):
+        SchedulerOptions(max_queue=0)
