@@ -109,10 +109,10 @@ class LongTranscript:
         }
 
     def srt(self, speakers: bool = False) -> str:
-        return to_srt(self.sentences, speakers=speakers)
+        return to_srt(self.sentences, speakers=speakers, until_ms=round(self.duration_s * 1000))
 
     def vtt(self, speakers: bool = False) -> str:
-        return to_vtt(self.sentences, speakers=speakers)
+        return to_vtt(self.sentences, speakers=speakers, until_ms=round(self.duration_s * 1000))
 
 
 def _blocks(audio_or_chunks: np.ndarray | Iterable[np.ndarray]) -> Iterable[np.ndarray]:
