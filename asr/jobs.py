@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at  REAL NOT NULL,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS job_options (     -- per-job processing options (VAD, punctuation, ...)
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    options     TEXT NOT NULL               -- JSON object
+);
 CREATE INDEX IF NOT EXISTS files_status ON files(status, job_id, idx);
 """
 
@@ -64,6 +68,7 @@ class FileTask:
     name: str
     path: Path
     hotwords: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,8 +137,16 @@ class JobStore:
                 raise
             self._db.execute("COMMIT")
 
-    def create_job(self, files: Sequence[tuple[str, bytes]], hotwords: Sequence[str]) -> str:
-        """Write the uploads to disk, record the job, and return its unguessable id."""
+    def create_job(
+        self,
+        files: Sequence[tuple[str, bytes]],
+        hotwords: Sequence[str],
+        options: dict[str, Any] | None = None,
+    ) -> str:
+        """Write the uploads to disk, record the job, and return its unguessable id.
+
+        ``options`` (JSON-ready) are handed to the worker with every file of the job.
+        """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
         job_dir.mkdir()
@@ -157,6 +170,11 @@ class JobStore:
                 "INSERT INTO files(job_id, idx, name, path, size, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            if options:
+                db.execute(
+                    "INSERT INTO job_options(job_id, options) VALUES (?, ?)",
+                    (job_id, json.dumps(options, ensure_ascii=False)),
+                )
         return job_id
 
     def requeue_unfinished(self) -> int:
@@ -171,8 +189,9 @@ class JobStore:
         """Mark the oldest pending file as running and return it, or None when none waits."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords "
-                "FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.status='pending' "
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options "
+                "FROM files f JOIN jobs j ON j.id = f.job_id "
+                "LEFT JOIN job_options o ON o.job_id = f.job_id WHERE f.status='pending' "
                 "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
             ).fetchone()
             if row is None:
@@ -181,7 +200,8 @@ class JobStore:
                 "UPDATE files SET status='running', updated_at=? WHERE job_id=? AND idx=?",
                 (time.time(), row[0], row[1]),
             )
-        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])))
+        options = json.loads(row[5]) if row[5] else {}
+        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options)
 
     def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         """Store a file's result; returns False if it was already finished (stored once)."""
@@ -257,7 +277,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-ProcessFn = Callable[[bytes, Sequence[str]], Awaitable[dict[str, Any]]]
+# (file bytes, hotwords, the job's options) -> JSON-ready result
+ProcessFn = Callable[[bytes, Sequence[str], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class JobWorker:
@@ -333,7 +354,7 @@ class JobWorker:
         try:
             try:
                 data = await asyncio.to_thread(task.path.read_bytes)
-                result = await self._process(data, task.hotwords)
+                result = await self._process(data, task.hotwords, task.options)
             except ASRError as exc:
                 await asyncio.to_thread(
                     self.store.fail_file, task.job_id, task.index, error_code(exc), str(exc)
