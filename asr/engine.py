@@ -277,10 +277,27 @@ class Engine:
     def _run_clips(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> list[Transcript]:
         results: list[Transcript | None] = [None] * len(clips)
         for batch in self._plan(clips, hotwords):
-            for i, res in zip(batch.index, self._run_batch(batch)):
+            for i, res in zip(batch.index, self._run_splitting(batch), strict=True):
                 results[i] = res
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _run_splitting(self, batch: _Batch) -> list[Transcript]:
+        """Run a batch; on a GPU out-of-memory error, free the cache and run each half on its own
+        (down to single items), so a budget set too high for a busy card costs speed, not work."""
+        try:
+            return self._run_batch(batch)
+        except torch.OutOfMemoryError:
+            if len(batch.index) == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch.index) // 2
+        log.warning("out of GPU memory on a batch of %d; retrying as %d + %d",
+                    len(batch.index), half, len(batch.index) - half)
+        parts = [_Batch(batch.index[a:b], batch.audios[a:b], batch.hotwords[a:b])
+                 for a, b in ((0, half), (half, len(batch.index)))]
+        return [r for part in parts for r in self._run_splitting(part)]
 
     def _stitch(
         self, audios: Sequence[np.ndarray], owners: list[tuple[int, int]], parts: list[Transcript]

@@ -202,3 +202,32 @@ def test_bf16_weights_run_every_path(engine: Engine, tiny_model_dir, clips, atte
 def test_join_tokens() -> None:
     assert join_tokens(["你", "好", "hello", "world", "再", "见", "ok"]) == "你好hello world再见ok"
     assert join_tokens([]) == ""
+
+
+def test_out_of_memory_splits_the_batch(engine: Engine, clips, monkeypatch) -> None:
+    # Fault injection: the forward pass runs out of memory for batches of more than two items.
+    reference = engine.transcribe(clips)
+    real_forward = engine._forward
+    tried: list[int] = []
+    ran: list[int] = []
+
+    def forward(feats, feat_lens, hotwords):
+        tried.append(len(hotwords))
+        if len(hotwords) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        ran.append(len(hotwords))
+        return real_forward(feats, feat_lens, hotwords)
+
+    monkeypatch.setattr(engine, "_forward", forward)
+    results = engine.transcribe(clips)
+    assert [r.token_ids for r in results] == [r.token_ids for r in reference]
+    assert tried[0] == len(clips) and sum(ran) == len(clips) and max(ran) <= 2
+
+
+def test_out_of_memory_on_one_item_is_raised(engine: Engine, clips, monkeypatch) -> None:
+    def forward(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(engine, "_forward", forward)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.transcribe(clips[:1])
