@@ -156,8 +156,9 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
     probe_clips = clips[:32]
     # Each variant gets its own copy of the weights: engines cast them in place (bf16).
-    ref_engine = Engine(load_model(model_dir, device), EngineSettings(model=str(model_dir), dtype="fp32", attention="eager",
-                                               frontend="funasr", warmup=False), device)
+    ref_settings = EngineSettings(model=str(model_dir), dtype="fp32", attention="eager", frontend="funasr",
+                                  warmup=False)
+    ref_engine = Engine(load_model(model_dir, device), ref_settings, device)
     reference = ref_engine.probe(probe_clips)
     del ref_engine
     rows = []

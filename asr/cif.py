@@ -22,6 +22,7 @@ the more accurate one. Alphas must be non-negative (they are: the predictor ends
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -222,6 +223,29 @@ def predict(
         acoustic_embeds [B, N, D] (N = max token count), token_num [B] int64,
         us_alphas [B, T * upsample_times] float32, us_peaks [B, T * upsample_times] float32.
     """
+    acoustic_embeds, token_num, state = predict_tokens(
+        predictor, encoder_out, encoder_out_lens, batch_invariant=batch_invariant
+    )
+    us_alphas, us_peaks = predict_timestamps(predictor, state, token_num)
+    return acoustic_embeds, token_num, us_alphas, us_peaks
+
+
+@dataclass
+class TimestampInputs:
+    """What the timestamp head needs from the token pass (see `predict_tokens`)."""
+
+    context: torch.Tensor
+    conv_out: torch.Tensor
+    mask: torch.Tensor
+    lens: torch.Tensor | None  # per-row lengths when padding must not reach any row
+
+
+@torch.no_grad()
+def predict_tokens(
+    predictor: Any, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, *, batch_invariant: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, TimestampInputs]:
+    """The token half of `predict`: acoustic embeddings and token counts, plus what
+    `predict_timestamps` needs, so the timestamp head can run beside the decoder."""
     batch, frames, _ = encoder_out.shape
     mask = torch.arange(frames, device=encoder_out.device)[None, :] < encoder_out_lens[:, None]
     maskf = mask.to(torch.float32)
@@ -248,11 +272,19 @@ def predict(
         out_len = int(torch.round(token_num_f).max())
     acoustic_embeds, _ = _cif(hidden, alphas, predictor.threshold, max(out_len, 0))
     token_num = token_num_f.round().long()
+    state = TimestampInputs(context, conv_out, mask, encoder_out_lens if batch_invariant else None)
+    return acoustic_embeds, token_num, state
 
-    up = _upsampled_hidden(predictor, context, conv_out, mask, encoder_out_lens if batch_invariant else None)
+
+@torch.no_grad()
+def predict_timestamps(
+    predictor: Any, state: TimestampInputs, token_num: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The timestamp half of `predict`: upsampled weights rescaled to `token_num`, and peaks."""
+    up = _upsampled_hidden(predictor, state.context, state.conv_out, state.mask, state.lens)
     up_logits = predictor.cif_output2(up).squeeze(-1).to(torch.float32)
     us_alphas = torch.relu(torch.sigmoid(up_logits) * predictor.smooth_factor2 - predictor.noise_threshold2)
-    us_alphas = us_alphas * maskf.repeat_interleave(predictor.upsample_times, dim=1)
+    us_alphas = us_alphas * state.mask.to(torch.float32).repeat_interleave(predictor.upsample_times, dim=1)
     us_alphas = us_alphas * (token_num / us_alphas.sum(-1))[:, None]
     us_peaks = cif_wo_hidden(us_alphas, predictor.threshold - 1e-4)
-    return acoustic_embeds, token_num, us_alphas, us_peaks
+    return us_alphas, us_peaks

@@ -60,7 +60,6 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .formats import render
     from .hotwords import parse_hotwords
     from .longform import LongformModels, LongRequest, from_transcripts, transcribe_files_long
-
     from .settings import load_settings
 
     overrides: dict = {"engine": {"warmup": False}, "longform": {}}

@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,10 @@ import torch
 
 from .attention import patch_attention
 from .audio import SAMPLE_RATE
-from .cif import predict
+from .cif import TimestampInputs, predict_timestamps, predict_tokens
 from .errors import AudioError
-from .hotwords import HotwordList, HotwordTokenizer
 from .frontend import BatchFrontend, FrontendOptions
+from .hotwords import HotwordList, HotwordTokenizer
 from .model import LoadedModel, default_device, load_model, resolve_model_dir
 from .settings import EngineSettings
 from .timestamps import fire_positions, token_spans
@@ -110,6 +111,9 @@ class Engine:
         self._gpu_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
+        overlap = device.type == "cuda" and settings.overlap_timestamps
+        self._side_stream = torch.cuda.Stream(device) if overlap else None
+        self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="asr-timestamps") if overlap else None
         self.frontend_kind = "funasr" if settings.frontend == "funasr" else "torch"
         self._frontend = self._build_frontend()
         self.attention_backend = patch_attention(self.model, self._attention_choice())
@@ -406,12 +410,14 @@ class Engine:
                 enc = enc32
         # batch_invariant: padding frames must not reach any item (CIF's tail step and the
         # timestamp BLSTM would read them in funasr), so each item gets its result run alone.
-        embeds, token_len, us_alphas, us_peaks = predict(model.predictor, enc32, enc_lens, batch_invariant=True)
+        embeds, token_len, ts_inputs = predict_tokens(model.predictor, enc32, enc_lens, batch_invariant=True)
+        timestamps = self._start_timestamps(ts_inputs, token_len)
         if embeds.shape[1] == 0:
             logp = enc32.new_zeros(enc.shape[0], 0, len(self.token_list))
         else:
             with self._autocast():
                 logp = self._decode(enc, enc_lens, embeds.to(enc.dtype), token_len, hotwords)
+        us_alphas, us_peaks = timestamps()
         return {
             "enc": enc32,
             "logp": logp,
@@ -421,6 +427,41 @@ class Engine:
             "us_alphas": us_alphas.float(),
             "us_peaks": us_peaks.float(),
         }
+
+    def _start_timestamps(
+        self, inputs: TimestampInputs, token_len: torch.Tensor
+    ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        """Start the timestamp head; the returned function waits for it.
+
+        On a GPU it runs on a side stream from a helper thread, beside the decoder: its BLSTM is
+        a chain of thousands of tiny per-step kernels whose launches cost more host time than
+        the GPU spends on them, and torch releases the GIL while launching them.
+        """
+        predictor = self.model.predictor
+        if self._side_stream is None:
+            result = predict_timestamps(predictor, inputs, token_len)
+            return lambda: result
+        main = torch.cuda.current_stream(self.device)
+        side = self._side_stream
+
+        def run() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode(), torch.cuda.stream(side):
+                side.wait_stream(main)
+                out = predict_timestamps(predictor, inputs, token_len)
+                for tensor in (inputs.context, inputs.conv_out, inputs.mask, token_len):
+                    tensor.record_stream(side)  # made on the main stream, read here
+                return out
+
+        future = self._side_pool.submit(run)
+
+        def wait() -> tuple[torch.Tensor, torch.Tensor]:
+            us_alphas, us_peaks = future.result()
+            main.wait_stream(side)
+            us_alphas.record_stream(main)
+            us_peaks.record_stream(main)
+            return us_alphas, us_peaks
+
+        return wait
 
     def _decode(
         self,

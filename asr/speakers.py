@@ -15,7 +15,6 @@ first reduced with a few rounds of k-means, so time and memory stay bounded for 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

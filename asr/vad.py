@@ -639,11 +639,11 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
     Random FSMN weights call every frame speech, so `decibel_thres` makes the model a
     deterministic energy VAD: frames quieter than it (dB of the 25 ms frame's energy) are silence.
     """
-    import torch
-    import yaml
     from importlib import resources
 
     import funasr  # noqa: F401
+    import torch
+    import yaml
     from funasr.register import tables
 
     out = Path(path)

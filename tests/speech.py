@@ -43,7 +43,7 @@ def require_espeak() -> str:
     return exe
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def say(text: str, speed: int = 160) -> np.ndarray:
     """One sentence as float32 16 kHz mono, with espeak's leading/trailing silence trimmed."""
     exe = require_espeak()

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from speech import SENTENCES, recording, require_espeak
 
 from asr.cli import main
 from asr.longform import LongformOptions, transcribe_long
 from asr.speakers import SpeakerEmbedder, SpeakerOptions, cluster_speakers, make_campplus_dir
 from asr.subtitles import validate_srt, validate_vtt
-from speech import SENTENCES, recording, require_espeak
 
 SR = 16000
 

@@ -6,15 +6,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from speech import SENTENCES, recording, require_espeak
 
 from asr.longform import transcribe_files_long, transcribe_long
 from asr.punc import Punctuator, make_punc_model_dir, split_words
 from asr.subtitles import (
-    Sentence, SubtitleError, TimedWord, build_sentences, to_paragraphs, to_srt, to_vtt,
-    validate_srt, validate_vtt, words_from_tokens,
+    Sentence,
+    SubtitleError,
+    TimedWord,
+    build_sentences,
+    to_paragraphs,
+    to_srt,
+    to_vtt,
+    validate_srt,
+    validate_vtt,
+    words_from_tokens,
 )
 from asr.vad import SileroVad, VadOptions
-from speech import SENTENCES, recording, require_espeak
 
 SR = 16000
 

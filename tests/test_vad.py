@@ -8,9 +8,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from speech import SENTENCES, recording, require_espeak, say
 
 from asr.vad import FsmnVad, SileroVad, VadOptions, VadOptionsError, make_fsmn_vad_dir, quietest_cut
-from speech import SENTENCES, recording, require_espeak, say
 
 SR = 16000
 # Silero decides 32 ms frames and keeps 30-100 ms of hysteresis: boundaries within 150 ms.

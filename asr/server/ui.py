@@ -120,17 +120,16 @@ def _long_controls(prefix: str, service: Service) -> list[Any]:
     `-num-speakers`); defaults: VAD for long audio, punctuation when available, no speakers."""
     auto_s = service.settings.longform.auto_vad_s
     with gr.Accordion("长音频 Long audio: VAD / 标点 punctuation / 说话人 speakers", open=False,
-                      elem_id=f"{prefix}-long"):
-        with gr.Row():
-            vad = gr.Radio(VAD_CHOICES, value="auto", label="语音分段 VAD",
-                           info=f"自动：超过 {auto_s:g} 秒的音频分段识别 auto: on above {auto_s:g} s",
-                           elem_id=f"{prefix}-vad")
-            punc = gr.Checkbox(True, label="标点 Punctuation (模型可用时 when available)",
-                               elem_id=f"{prefix}-punc")
-            speakers = gr.Checkbox(False, label="说话人 Speakers", elem_id=f"{prefix}-speakers")
-            num = gr.Number(0, minimum=0, maximum=32, precision=0,
-                            label="人数 Number of speakers (0 = 自动 auto)",
-                            elem_id=f"{prefix}-num-speakers")
+                      elem_id=f"{prefix}-long"), gr.Row():
+        vad = gr.Radio(VAD_CHOICES, value="auto", label="语音分段 VAD",
+                       info=f"自动：超过 {auto_s:g} 秒的音频分段识别 auto: on above {auto_s:g} s",
+                       elem_id=f"{prefix}-vad")
+        punc = gr.Checkbox(True, label="标点 Punctuation (模型可用时 when available)",
+                           elem_id=f"{prefix}-punc")
+        speakers = gr.Checkbox(False, label="说话人 Speakers", elem_id=f"{prefix}-speakers")
+        num = gr.Number(0, minimum=0, maximum=32, precision=0,
+                        label="人数 Number of speakers (0 = 自动 auto)",
+                        elem_id=f"{prefix}-num-speakers")
     return [vad, punc, speakers, num]
 
 

@@ -1,0 +1,56 @@
+"""Engine behaviour that only a CUDA GPU can show (skipped on CPU-only machines such as CI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asr.engine import Engine
+from asr.model import load_model
+from asr.settings import EngineSettings
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+HOTWORDS = ("丁七", "万丈", "hello")
+
+
+def _engine(model_dir, **settings) -> Engine:
+    device = torch.device("cuda")
+    conf = EngineSettings(model=str(model_dir), device="cuda", warmup=False, **settings)
+    return Engine(load_model(model_dir, device), conf, device)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_side_stream_timestamps_equal_inline(tiny_model_dir, clips, dtype) -> None:
+    inline = _engine(tiny_model_dir, dtype=dtype, overlap_timestamps=False)
+    overlapped = _engine(tiny_model_dir, dtype=dtype, overlap_timestamps=True)
+    lists = [HOTWORDS, (), HOTWORDS, (), ("七万",)]
+    for _ in range(3):  # repeated: a stream race would show as a changed result
+        a = inline.transcribe(clips, hotwords=lists)
+        b = overlapped.transcribe(clips, hotwords=lists)
+        assert [r.token_ids for r in a] == [r.token_ids for r in b]
+        assert [r.timestamps for r in a] == [r.timestamps for r in b]
+
+
+def test_gpu_fp32_matches_cpu_reference(tiny_model_dir, clips, engine) -> None:
+    gpu = _engine(tiny_model_dir, dtype="fp32", attention="eager", frontend="funasr")
+    for ref, got in zip(engine.probe(clips), gpu.probe(clips), strict=True):
+        assert int(ref["token_len"]) == int(got["token_len"])
+        cos = torch.nn.functional.cosine_similarity(ref["enc"].flatten(), got["enc"].flatten(), dim=0)
+        assert cos > 0.9999
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "varlen", "eager"])
+def test_every_attention_backend_runs_in_bf16(tiny_model_dir, clips, attention) -> None:
+    eng = _engine(tiny_model_dir, dtype="bf16", attention=attention)
+    results = eng.transcribe(clips, hotwords=[HOTWORDS] * len(clips))
+    assert all(r.text for r in results)
+
+
+def test_fp16_overflow_rows_are_redone_in_fp32(tiny_model_dir, clips) -> None:
+    eng = _engine(tiny_model_dir, dtype="fp16")
+    loud = [c * 1e4 for c in clips[:2]]  # feature scale far outside training: may overflow fp16
+    results = eng.transcribe(loud + clips[2:])
+    assert len(results) == len(clips)
+    assert all(np.isfinite([s for span in r.timestamps for s in span]).all() for r in results)
