@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -23,9 +24,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-from asr.errors import ASRError
+from asr.errors import ASRError, LimitError
 
 log = logging.getLogger(__name__)
 
@@ -132,22 +133,51 @@ class JobStore:
                 raise
             self._db.execute("COMMIT")
 
-    def create_job(self, files: Sequence[tuple[str, bytes]], hotwords: Sequence[str]) -> str:
-        """Write the uploads to disk, record the job, and return its unguessable id."""
+    def create_job(
+        self,
+        files: Sequence[tuple[str, UploadSource]],
+        hotwords: Sequence[str],
+        *,
+        check_file: Callable[[int, str], None] | None = None,
+        max_total_bytes: int | None = None,
+    ) -> str:
+        """Write the uploads to disk, record the job, and return its unguessable id.
+
+        ``files`` holds bytes or binary file objects (copied in blocks). ``check_file(size, name)``
+        may raise to refuse a file as soon as it grows past a limit; ``max_total_bytes`` bounds
+        the whole job. A refused job leaves nothing behind.
+        """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
         job_dir.mkdir()
         now = time.time()
         rows = []
-        for idx, (name, data) in enumerate(files):
-            # Generated names only: the client's name never touches the file system.
-            path = job_dir / f"{idx:05d}.upload"
-            with open(path, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            rows.append((job_id, idx, name, str(path), len(data), now))
-        _fsync_dir(job_dir)
+        total = 0
+        try:
+            for idx, (name, source) in enumerate(files):
+                shown = display_name(name, idx)
+                # Generated names only: the client's name never touches the file system.
+                path = job_dir / f"{idx:05d}.upload"
+                size = 0
+                with open(path, "wb") as fh:
+                    for block in _blocks(source):
+                        size += len(block)
+                        total += len(block)
+                        if check_file is not None:
+                            check_file(size, shown)
+                        if max_total_bytes is not None and total > max_total_bytes:
+                            raise LimitError(
+                                f"The job's files add up to more than {max_total_bytes / 1048576:g} MB "
+                                "(limits.max_job_mb)."
+                            )
+                        fh.write(block)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                rows.append((job_id, idx, shown, str(path), size, now))
+            _fsync_dir(job_dir)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs(id, created_at, hotwords) VALUES (?, ?, ?)",
@@ -158,6 +188,18 @@ class JobStore:
                 rows,
             )
         return job_id
+
+    def remove_orphan_uploads(self) -> int:
+        """Delete upload folders without a job row (the process died between writing the files
+        and committing the job, so the client never got an id). Call only at start-up."""
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+        removed = 0
+        for entry in self.upload_dir.iterdir():
+            if entry.is_dir() and entry.name not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
 
     def requeue_unfinished(self) -> int:
         """Put files that were being processed when the service stopped back to pending."""
@@ -221,13 +263,19 @@ class JobStore:
         return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
 
     def delete_finished_before(self, cutoff: float) -> list[str]:
-        """Delete finished jobs created before ``cutoff`` (epoch seconds), uploads included."""
+        """Delete jobs whose last file finished before ``cutoff`` (epoch seconds), uploads included.
+
+        Counting from the finish (not the creation) keeps a long job's results downloadable for
+        the whole retention time.
+        """
         with self._tx() as db:
             ids = [
                 row[0]
                 for row in db.execute(
-                    "SELECT id FROM jobs WHERE created_at < ? AND NOT EXISTS "
-                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running'))",
+                    "SELECT id FROM jobs WHERE NOT EXISTS "
+                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running')) "
+                    "AND COALESCE((SELECT MAX(updated_at) FROM files WHERE files.job_id = jobs.id), "
+                    "created_at) < ?",
                     (cutoff,),
                 )
             ]
@@ -243,6 +291,29 @@ class JobStore:
                     "SELECT COUNT(*) FROM files WHERE status IN ('pending', 'running')"
                 ).fetchone()[0]
             )
+
+
+UploadSource = bytes | BinaryIO
+_COPY_BLOCK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 255
+
+
+def _blocks(source: UploadSource) -> Iterator[bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+        return
+    while block := source.read(_COPY_BLOCK):
+        yield block
+
+
+def display_name(name: str | None, index: int) -> str:
+    """The client's file name as shown in status and zip listings: control characters (NUL
+    included) removed, at most 255 characters. It is never used as a path."""
+    cleaned = _CONTROL.sub("", name or "").strip()
+    if len(cleaned) > _MAX_NAME:
+        cleaned = cleaned[: _MAX_NAME - 1] + "…"
+    return cleaned or f"file{index + 1}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -281,6 +352,9 @@ class JobWorker:
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        orphans = self.store.remove_orphan_uploads()
+        if orphans:
+            log.info("removed %d upload folder(s) of jobs that were never accepted", orphans)
         requeued = self.store.requeue_unfinished()
         if requeued:
             log.info("re-queued %d unfinished file(s) from before the restart", requeued)
@@ -335,13 +409,17 @@ class JobWorker:
                 data = await asyncio.to_thread(task.path.read_bytes)
                 result = await self._process(data, task.hotwords)
             except ASRError as exc:
+                log.warning(
+                    "job %s file %d (%s) failed: [%s] %s", task.job_id, task.index, task.name,
+                    error_code(exc), exc,
+                )  # fmt: skip
                 await asyncio.to_thread(
                     self.store.fail_file, task.job_id, task.index, error_code(exc), str(exc)
                 )
             except asyncio.CancelledError:
                 raise  # shutting down: the file stays 'running' and is re-queued on start-up
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
-                log.exception("file %s/%d failed", task.job_id, task.index)
+                log.exception("job %s file %d (%s) failed", task.job_id, task.index, task.name)
                 await asyncio.to_thread(
                     self.store.fail_file,
                     task.job_id,

@@ -12,13 +12,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
 from asr.jobs import error_code
-from asr.server.service import JobNotFoundError
+from asr.server.service import (
+    EngineFailedError,
+    EngineOverloadedError,
+    JobNotFoundError,
+    RequestTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides the status.
 _STATUS: tuple[tuple[type[ASRError], int], ...] = (
     (QueueFullError, 503),
+    (EngineOverloadedError, 503),
+    (RequestTimeoutError, 504),
+    (EngineFailedError, 500),
     (LimitError, 413),
     (HotwordError, 422),
     (AudioError, 400),
@@ -51,8 +59,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _asr_error(request: Request, exc: ASRError) -> JSONResponse:
         status = status_for(exc)
         headers = {}
-        if isinstance(exc, QueueFullError):
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        retry_after = getattr(exc, "retry_after_s", None)
+        if status == 503 and retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if status >= 500 and status != 503:
             log.error("request %s failed: %s", request.url.path, exc)
         return JSONResponse(error_body(error_code(exc), str(exc)), status_code=status, headers=headers)

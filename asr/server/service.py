@@ -23,7 +23,7 @@ from asr import formats
 from asr.audio import SAMPLE_RATE, decode_audio
 from asr.errors import ASRError, LimitError
 from asr.hotwords import HotwordList, parse_hotwords
-from asr.jobs import JobState, JobStore, JobWorker, error_code
+from asr.jobs import JobState, JobStore, JobWorker, UploadSource, error_code
 from asr.scheduler import Scheduler, SchedulerOptions
 from asr.server.metrics import Metrics
 from asr.settings import Settings
@@ -35,6 +35,44 @@ class JobNotFoundError(ASRError):
     """No job has this id (or it was removed)."""
 
     code = "job_not_found"
+
+
+class RequestTimeoutError(ASRError):
+    """A synchronous request took longer than ``limits.request_timeout_s`` (HTTP 504)."""
+
+    code = "request_timeout"
+
+
+class EngineOverloadedError(ASRError):
+    """The device ran out of memory on this input; worth retrying later (HTTP 503)."""
+
+    code = "out_of_memory"
+    retry_after_s = 5.0
+
+
+class EngineFailedError(ASRError):
+    """The engine raised an unexpected error on this input (HTTP 500); it is logged."""
+
+    code = "engine_error"
+
+
+def engine_failure(exc: Exception) -> ASRError:
+    """The typed error a client sees for an unexpected engine exception."""
+    if _is_out_of_memory(exc):
+        return EngineOverloadedError(
+            "The GPU ran out of memory on this file. Retry in a moment, or send a shorter file."
+        )
+    return EngineFailedError(f"Recognition failed on this file ({type(exc).__name__}: {str(exc)[:200]}).")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the engine
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 class EngineLike(Protocol):
@@ -104,7 +142,7 @@ class Service:
         if size > limit:
             raise LimitError(
                 f"The file '{name}' is {size / 1048576:.1f} MB; the limit is "
-                f"{self.settings.limits.max_upload_mb:g} MB."
+                f"{self.settings.limits.max_upload_mb:g} MB (limits.max_upload_mb)."
             )
 
     async def transcribe_bytes(
@@ -116,23 +154,60 @@ class Service:
         """
         self.check_upload_size(len(data))
         t0 = time.perf_counter()
-        audio = await asyncio.to_thread(decode_audio, data, max_duration_s=self.settings.limits.max_audio_s)
-        transcript = await self.scheduler.submit(audio, hotwords, block=background)
+        if background:
+            audio, transcript = await self._recognise(data, hotwords, background=True)
+        else:
+            timeout = self.settings.limits.request_timeout_s
+            try:
+                # Cancelling the wait cancels the request's future: the scheduler skips it if it
+                # is still queued and drops its result if its batch is already running.
+                audio, transcript = await asyncio.wait_for(self._recognise(data, hotwords), timeout)
+            except asyncio.TimeoutError:
+                log.warning("request timed out after %.1f s (limits.request_timeout_s)", timeout)
+                raise RequestTimeoutError(
+                    f"The transcription did not finish within {timeout:g} s (limits.request_timeout_s): "
+                    "the server is busy or the file is long. Retry later, or send long files to "
+                    "/api/batch_async."
+                ) from None
         elapsed = time.perf_counter() - t0
         return transcript_to_result(transcript, len(audio) / SAMPLE_RATE, hotwords, elapsed, timestamps)
 
+    async def _recognise(
+        self, data: bytes, hotwords: HotwordList, *, background: bool = False
+    ) -> tuple[np.ndarray, Any]:
+        audio = await asyncio.to_thread(decode_audio, data, max_duration_s=self.settings.limits.max_audio_s)
+        try:
+            transcript = await self.scheduler.submit(audio, hotwords, block=background)
+        except ASRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
+            log.error("engine failed on a %.1f s clip: %r", len(audio) / SAMPLE_RATE, exc)
+            raise engine_failure(exc) from exc
+        return audio, transcript
+
     # ---- batch jobs ------------------------------------------------------------------------
 
-    async def create_job(self, files: Sequence[tuple[str, bytes]], hotwords: HotwordList) -> str:
-        """Store the uploads durably and queue them; returns the job id once they are on disk."""
+    async def create_job(self, files: Sequence[tuple[str, UploadSource]], hotwords: HotwordList) -> str:
+        """Store the uploads durably and queue them; returns the job id once they are on disk.
+
+        Each file is bytes or a binary file object (an upload spooled by the web server); file
+        objects are copied to the data directory in blocks, so a job never sits in memory whole.
+        """
         limits = self.settings.limits
         if not files:
             raise LimitError("A batch job needs at least one file.", code="no_files")
         if len(files) > limits.max_files_per_job:
-            raise LimitError(f"{len(files)} files sent; a job takes at most {limits.max_files_per_job}.")
-        for name, data in files:
-            self.check_upload_size(len(data), name)
-        job_id = await asyncio.to_thread(self.jobs.create_job, files, hotwords)
+            raise LimitError(
+                f"{len(files)} files sent; a job takes at most {limits.max_files_per_job} "
+                "(limits.max_files_per_job)."
+            )
+        job_id = await asyncio.to_thread(
+            self.jobs.create_job,
+            files,
+            hotwords,
+            check_file=self.check_upload_size,
+            max_total_bytes=int(limits.max_job_mb * 1048576),
+        )
         self.job_worker.notify()
         return job_id
 
@@ -279,7 +354,10 @@ def safe_stem(name: str) -> str:
 
 
 __all__ = [
+    "EngineFailedError",
+    "EngineOverloadedError",
     "JobNotFoundError",
+    "RequestTimeoutError",
     "Service",
     "error_code",
     "job_to_dict",
