@@ -64,7 +64,8 @@ class _NotForSoundfile(Exception):
 
 def _too_long(max_duration_s: float | None) -> LimitError:
     return LimitError(
-        f"The audio is longer than the limit of {max_duration_s:g} seconds.", code="audio_too_long"
+        f"The audio is longer than the limit of {max_duration_s:g} seconds (limits.max_audio_s).",
+        code="audio_too_long",
     )
 
 
@@ -78,6 +79,11 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
         if rate <= 0:
             raise AudioError("The audio header gives an invalid sample rate.", code="bad_header")
         limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
+        # libsndfile clamps a header's length to the data really present, so a file whose header
+        # says it is too long is refused before any decoding (a 2-hour upload costs nothing).
+        # Unknown lengths are reported as huge values and are left to the block count below.
+        if limit is not None and limit < handle.frames < 2**62:
+            raise _too_long(max_duration_s)
         blocks: list[np.ndarray] = []
         total = 0
         try:

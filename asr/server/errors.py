@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
 from asr.jobs import error_code
@@ -78,6 +79,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Form parsing problems (Starlette's multipart parser, FastAPI's body reader): say
+            # what was wrong, and treat an oversized form field as the limit it is.
+            cause = exc.__cause__
+            reason = str(cause) if isinstance(cause, MultiPartException) else str(exc.detail)
+            if "maximum size" in reason:
+                return JSONResponse(
+                    error_body(
+                        "limit_exceeded",
+                        f"A form field is too large ({reason}): hotwords and options must stay "
+                        "under 1 MB, and within limits.max_hotwords and limits.max_hotword_chars.",
+                    ),
+                    status_code=413,
+                )
+            return JSONResponse(
+                error_body("invalid_request", f"The request could not be read: {reason}"), status_code=400
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)),
