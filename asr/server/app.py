@@ -93,6 +93,10 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     blocks = build_ui(service)
     blocks.queue(default_concurrency_limit=None, max_size=settings.limits.max_queue)
+    # Gradio only checks that a file path sent by the client is one it stored itself (its upload
+    # folder) once the Blocks "has launched"; mount_gradio_app never sets that, which would let a
+    # client make the UI read any file on the server. The flag has no other use in Gradio.
+    blocks.has_launched = True
     return gr.mount_gradio_app(
         app,
         blocks,
