@@ -98,10 +98,16 @@ def bench_funasr(model_dir: Path, clips: list[np.ndarray], batch_sizes: list[int
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
     out = []
     for bs in batch_sizes:
-        out.append(_timed(f"funasr generate bs={bs} fp32", lambda bs=bs: model.generate(input=clips, batch_size=bs),
-                          audio_s, warm=lambda bs=bs: model.generate(input=clips[: 2 * bs], batch_size=bs)))
-    del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+        def whole(bs: int = bs) -> None:
+            model.generate(input=clips, batch_size=bs)
+
+        def warm(bs: int = bs) -> None:
+            model.generate(input=clips[: 2 * bs], batch_size=bs)
+
+        out.append(_timed(f"funasr generate bs={bs} fp32", whole, audio_s, warm=warm))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
@@ -147,10 +153,10 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
     from .settings import EngineSettings
 
     device = default_device("auto")
-    loaded = load_model(model_dir, device)
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
     probe_clips = clips[:32]
-    ref_engine = Engine(loaded, EngineSettings(model=str(model_dir), dtype="fp32", attention="eager",
+    # Each variant gets its own copy of the weights: engines cast them in place (bf16).
+    ref_engine = Engine(load_model(model_dir, device), EngineSettings(model=str(model_dir), dtype="fp32", attention="eager",
                                                frontend="funasr", warmup=False), device)
     reference = ref_engine.probe(probe_clips)
     del ref_engine
@@ -158,8 +164,9 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
     ten_s = workload(10.0, seed=7, lo_s=10.0, hi_s=10.0)[0]
     for variant in variants:
         settings = EngineSettings(model=str(model_dir), warmup=False, **{**base, **variant})
-        engine = Engine(loaded, settings, device)
-        label = f"engine {engine.info()['dtype']} attn={engine.attention_backend} fe={engine.info()['frontend']}"
+        engine = Engine(load_model(model_dir, device), settings, device)
+        label = (f"engine {engine.info()['dtype']} attn={engine.attention_backend} fe={engine.frontend_kind} "
+                 f"budget={settings.batch_budget_s:g}s")
         measure = _timed(label, lambda engine=engine: engine.transcribe(clips), audio_s, repeat=2)
         row = measure.row() | {"settings": variant}
         lat = []
@@ -175,8 +182,12 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
         rows.append(row)
         if profile_dir is not None:
             _profile(engine, clips, profile_dir / f"profile-{len(rows)}.txt")
+        params = sum(p.numel() for p in engine.model.parameters())
         engine.close()
-    return rows, {"params": sum(p.numel() for p in loaded.model.parameters())}
+        del engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows, {"params": params}
 
 
 DEFAULT_VARIANTS = [

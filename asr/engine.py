@@ -94,6 +94,7 @@ class Engine:
             # stays fp32.
             self.model.to(torch.bfloat16)
             self.model.predictor.float()
+            _match_input_dtypes(self.model)
         else:
             # fp16 runs under autocast on fp32 weights, so an item that overflows can be redone in fp32.
             self.model.float()
@@ -484,6 +485,31 @@ class Engine:
                 )
             )
         return results
+
+
+_CASTING_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.LayerNorm, torch.nn.LSTM)
+
+
+def _cast_to_weight(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        dtype = next(module.parameters()).dtype
+        if x.dtype != dtype:
+            return (x.to(dtype), *args[1:])
+    return None
+
+
+def _match_input_dtypes(model: torch.nn.Module) -> None:
+    """Make each layer take its input in its weights' dtype.
+
+    funasr multiplies activations by fp32 masks, which promotes bf16 activations to fp32 before
+    the next bf16 layer; casting at the layer costs one check per call, unlike autocast, which
+    also re-casts weights and, on the CPU, refuses bf16 LayerNorm weights.
+    """
+    for module in model.modules():
+        if isinstance(module, _CASTING_LAYERS) and not getattr(module, "_asr_casts_inputs", False):
+            module.register_forward_pre_hook(_cast_to_weight)
+            module._asr_casts_inputs = True
 
 
 def _join_text(left: str, right: str) -> str:

@@ -177,3 +177,21 @@ def test_parse_hotwords_limits() -> None:
         "/etc/passwd.txt",
         "https://example.com/x.txt",
     )
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_bf16_weights_run_every_path(engine: Engine, tiny_model_dir, clips, attention) -> None:
+    # bf16 weights with funasr's fp32 masks, the torch frontend and the fused attention, with
+    # and without hotwords in one batch: it must run and stay close to the fp32 reference.
+    from asr.settings import EngineSettings
+
+    settings = EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="bf16", attention=attention,
+                              frontend="torch", warmup=False)
+    bf16 = Engine(load_model(tiny_model_dir, torch.device("cpu")), settings, torch.device("cpu"))
+    assert bf16.info()["dtype"] == "bfloat16" and bf16.attention_backend == attention
+    results = bf16.transcribe(clips, hotwords=[HOTWORDS, (), HOTWORDS, (), ("七万",)])
+    assert all(r.text for r in results)
+    for ref, got in zip(engine.probe(clips), bf16.probe(clips), strict=True):
+        cos = torch.nn.functional.cosine_similarity(ref["enc"].flatten(), got["enc"].flatten(), dim=0)
+        assert cos > 0.99
+        assert abs(int(ref["token_len"]) - int(got["token_len"])) <= 1
