@@ -17,9 +17,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import AudioError, LimitError
+from .errors import ASRError, AudioError, LimitError
 
 SAMPLE_RATE = 16000
+# Sample rates accepted from headers: telephone-band up to studio rates.
+MIN_RATE = 1000
+MAX_RATE = 384000
 # Decode in blocks so a header that lies about its length cannot make us allocate gigabytes.
 _BLOCK_FRAMES = 1 << 18
 
@@ -78,6 +81,7 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
         rate = handle.samplerate
         if rate <= 0:
             raise AudioError("The audio header gives an invalid sample rate.", code="bad_header")
+        _check_rate(rate)
         limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
         # libsndfile clamps a header's length to the data really present, so a file whose header
         # says it is too long is refused before any decoding (a 2-hour upload costs nothing).
@@ -104,6 +108,28 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
 
 
 def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+    try:
+        return _decode_av_unchecked(data, max_duration_s)
+    except ASRError:
+        raise
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError) as exc:
+        # FFmpeg's demuxers accept odd streams (no sample rate, zero channels, broken layouts)
+        # that PyAV then fails to describe; for the user it is the same undecodable file.
+        raise AudioError(
+            f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
+        ) from exc
+
+
+def _check_rate(rate: int) -> None:
+    # A header's sample rate scales the work: 1 Hz audio would be resampled 16000-fold.
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(
+            f"The audio's sample rate of {rate} Hz is not supported ({MIN_RATE} to {MAX_RATE} Hz).",
+            code="bad_header",
+        )
+
+
+def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
     import av  # imported lazily: only compressed formats need FFmpeg
 
     try:
@@ -121,6 +147,7 @@ def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, i
         rate = stream.rate or stream.codec_context.sample_rate
         if not rate:
             raise AudioError("The audio stream has no sample rate.", code="bad_header")
+        _check_rate(rate)
         limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
         blocks: list[np.ndarray] = []
         total = 0
