@@ -101,7 +101,9 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
                     raise _too_long(max_duration_s)
         except sf.LibsndfileError as exc:
             if not blocks:
-                raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                raise AudioError(
+                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
+                ) from exc
             # A truncated tail: keep what decoded, as players do.
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     return samples, rate
@@ -170,7 +172,9 @@ def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.
                     raise _too_long(max_duration_s)
         except av.error.FFmpegError as exc:
             if not blocks:
-                raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                raise AudioError(
+                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
+                ) from exc
     if not blocks:
         raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
     return np.concatenate(blocks), rate

@@ -1,8 +1,9 @@
 """Random bytes into the decoder: only typed errors (ASRError subclasses) ever come out.
 
 Bounded time: a fixed number of examples per test, each with a deadline; the module takes about
-30 s on 2 cores. ASR_FUZZ_EXAMPLES=20000 runs a longer soak. Inputs are random bytes, and random bytes behind real
-headers (WAV/FLAC/OGG/MP3/PNG magic), which reach deeper into the parsers.
+20 s on 2 cores (ASR_FUZZ_EXAMPLES=20000 runs a longer soak). Inputs are random bytes, random
+bytes behind real headers (WAV/FLAC/OGG/MP3/PNG magic) and corrupted real files, which reach
+deeper into the parsers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from asr.audio import decode_audio
 from asr.errors import ASRError
+
 
 def _wav_header(rate: int, channels: int, bits: int, fmt: int, n_bytes: int) -> bytes:
     block = channels * bits // 8
@@ -35,7 +37,17 @@ def _real_file() -> bytes:
 
 
 EXAMPLES = int(os.environ.get("ASR_FUZZ_EXAMPLES", "3000"))
-MAGIC = [b"", b"RIFF", b"fLaC", b"OggS", b"ID3\x03\x00", b"\xff\xfb", b"\x89PNG\r\n\x1a\n", b"\x1aE\xdf\xa3", b"ftypM4A "]
+MAGIC = [
+    b"",
+    b"RIFF",
+    b"fLaC",
+    b"OggS",
+    b"ID3\x03\x00",
+    b"\xff\xfb",
+    b"\x89PNG\r\n\x1a\n",
+    b"\x1aE\xdf\xa3",
+    b"ftypM4A ",
+]
 FLAC = _real_file()
 
 
@@ -70,7 +82,10 @@ def test_wav_headers_with_random_fields(
 
 
 @settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), database=None)
-@given(cut=st.integers(min_value=0, max_value=len(FLAC)), flips=st.lists(st.integers(0, len(FLAC) - 1), max_size=8))
+@given(
+    cut=st.integers(min_value=0, max_value=len(FLAC)),
+    flips=st.lists(st.integers(0, len(FLAC) - 1), max_size=8),
+)
 def test_truncated_and_corrupted_real_file(cut: int, flips: list[int]) -> None:
     data = bytearray(FLAC)
     for i in flips:

@@ -35,8 +35,14 @@ def body_limit_for(limits: LimitSettings) -> Callable[[str], tuple[int, str]]:
 
     def limit(path: str) -> tuple[int, str]:
         if path.startswith(_MULTI_FILE_PATHS):
-            return multi, f"The upload is over the limit of {limits.max_job_mb:g} MB per job (limits.max_job_mb)."
-        return single, f"The upload is over the limit of {limits.max_upload_mb:g} MB per file (limits.max_upload_mb)."
+            return (
+                multi,
+                f"The upload is over the limit of {limits.max_job_mb:g} MB per job (limits.max_job_mb).",
+            )
+        return (
+            single,
+            f"The upload is over the limit of {limits.max_upload_mb:g} MB per file (limits.max_upload_mb).",
+        )
 
     return limit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .conftest import LiveServer
-from .test_browser import SHOTS, _open, browser, page  # noqa: F401 - fixtures
+from .test_browser import SHOTS, _open, browser, page  # noqa: F401, F811 - fixtures
 
 HOSTILE_NAMES = ['<img src=x onerror="window.__xss=1">.wav', "<svg onload=window.__xss=2>.wav"]
 HOSTILE_TEXTS = ["<img src=x onerror=window.__xss=3>", "<script>window.__xss=4</script>"]
@@ -28,13 +28,16 @@ def _hostile_files(audio_dir: Path, tmp_path: Path) -> list[Path]:
     return out
 
 
-def _assert_inert(page: Any, panel: str) -> None:
-    assert page.evaluate("window.__xss") is None, "page ran injected markup"
-    assert page.locator(f"{panel} img, {panel} svg[onload], {panel} script").count() == 0
+def _assert_inert(pg: Any, panel: str) -> None:
+    assert pg.evaluate("window.__xss") is None, "page ran injected markup"
+    assert pg.locator(f"{panel} img, {panel} svg[onload], {panel} script").count() == 0
 
 
 def test_batch_script_renders_hostile_names_and_transcripts_as_text(
-    page: Any, live_server: LiveServer, audio_dir: Path, tmp_path: Path  # noqa: F811
+    page: Any,  # noqa: F811 - the fixture imported above
+    live_server: LiveServer,
+    audio_dir: Path,
+    tmp_path: Path,
 ) -> None:
     def poison(route: Any) -> None:
         resp = route.fetch()
@@ -42,7 +45,9 @@ def test_batch_script_renders_hostile_names_and_transcripts_as_text(
         for i, f in enumerate(body.get("files", [])):
             if f.get("result"):
                 f["result"]["text"] = HOSTILE_TEXTS[i % len(HOSTILE_TEXTS)]
-        route.fulfill(response=resp, body=json.dumps(body), headers={**resp.headers, "content-type": "application/json"})
+        route.fulfill(
+            response=resp, body=json.dumps(body), headers={**resp.headers, "content-type": "application/json"}
+        )
 
     page.route("**/api/jobs/*", poison)
     _open(page, live_server.url + "/")
@@ -60,7 +65,10 @@ def test_batch_script_renders_hostile_names_and_transcripts_as_text(
 
 
 def test_gradio_batch_table_renders_hostile_names_as_text(
-    page: Any, live_server: LiveServer, audio_dir: Path, tmp_path: Path  # noqa: F811
+    page: Any,  # noqa: F811 - the fixture imported above
+    live_server: LiveServer,
+    audio_dir: Path,
+    tmp_path: Path,
 ) -> None:
     _open(page, live_server.url + "/?batch_opt=0")
     page.click("#tab-batch-button")

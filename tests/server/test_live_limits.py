@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-
 from load import run_load, write_report  # tests/load.py (tests/ is on sys.path)
 
 from .conftest import LiveServer, start_server, wav_bytes
@@ -87,10 +86,17 @@ def test_200_concurrent_clients_no_errors_flat_memory(limited_server: LiveServer
     assert end - warm < max(32.0, 0.05 * warm), f"resident memory grew from {warm:.0f} to {end:.0f} MB"
     assert summary["latency_p99_s"] is not None
     # The server still answers normally afterwards.
-    assert httpx.post(limited_server.url + "/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))}).status_code == 200
+    assert (
+        httpx.post(
+            limited_server.url + "/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))}
+        ).status_code
+        == 200
+    )
 
 
-def _raw_post(url: str, headers: list[str], body_chunks: Iterator[bytes], *, limit_bytes: int) -> tuple[str, int]:
+def _raw_post(
+    url: str, headers: list[str], body_chunks: Iterator[bytes], *, limit_bytes: int
+) -> tuple[str, int]:
     """POST over a raw socket; stops sending once the server answers. Returns (response, bytes sent)."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=5)
@@ -179,14 +185,21 @@ def test_two_hour_recording_is_refused_over_max_audio_s_with_bounded_memory(
     before = vm_kb(pid, "VmRSS")
     t0 = time.monotonic()
     with path.open("rb") as fh:  # httpx streams the file from disk
-        resp = httpx.post(limited_server.url + "/api/transcribe", files={"file": ("two-hours.wav", fh)}, timeout=120)
+        resp = httpx.post(
+            limited_server.url + "/api/transcribe", files={"file": ("two-hours.wav", fh)}, timeout=120
+        )
     elapsed = time.monotonic() - t0
     assert resp.status_code == 413, resp.text
     err = resp.json()["error"]
-    assert err["code"] == "audio_too_long" and "limits.max_audio_s" in err["message"] and "3600" in err["message"]
+    assert (
+        err["code"] == "audio_too_long"
+        and "limits.max_audio_s" in err["message"]
+        and "3600" in err["message"]
+    )
     # Refused from the header: no decoding of two hours (230 MB of PCM would be 460 MB of float).
     grown_mb = (vm_kb(pid, "VmHWM") - before) / 1024
-    print(f"\n2-hour upload ({size / 1048576:.0f} MB): refused in {elapsed:.1f} s, peak RSS grew {grown_mb:.0f} MB")
+    mb = size / 1048576
+    print(f"\n2-hour upload ({mb:.0f} MB): refused in {elapsed:.1f} s, peak RSS grew {grown_mb:.0f} MB")
     assert grown_mb < 1.3 * size / 1048576
     ok = httpx.post(limited_server.url + "/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))})
     assert ok.status_code == 200

@@ -183,8 +183,12 @@ def _routes(app: Any) -> list[tuple[str, str]]:
     return out
 
 
-def test_token_guards_every_route_but_healthz(tiny_model_dir: Path, shared_engine: Any, tmp_path: Path) -> None:
-    settings = service_settings(tiny_model_dir, tmp_path, engine={"warmup": False}, server={"api_token": "t0k"})
+def test_token_guards_every_route_but_healthz(
+    tiny_model_dir: Path, shared_engine: Any, tmp_path: Path
+) -> None:
+    settings = service_settings(
+        tiny_model_dir, tmp_path, engine={"warmup": False}, server={"api_token": "t0k"}
+    )
     app = create_app(settings, engine=shared_engine)
     routes = _routes(app)
     paths = {p for _, p in routes}
