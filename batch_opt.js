@@ -94,6 +94,20 @@
     return box ? box.value : "";
   }
 
+  // The batch tab's long-audio options, sent with every group as /api/batch_async form fields.
+  function longOptions() {
+    const opts = {};
+    const vad = document.querySelector("#batch-vad input:checked");
+    if (vad) opts.vad = vad.value;
+    const punc = document.querySelector("#batch-punc input[type=checkbox]");
+    if (punc) opts.punc = punc.checked ? "auto" : "off";
+    const spk = document.querySelector("#batch-speakers input[type=checkbox]");
+    if (spk) opts.speakers = spk.checked ? "true" : "false";
+    const n = document.querySelector("#batch-num-speakers input");
+    if (spk && spk.checked && n && Number(n.value) >= 1) opts.num_speakers = String(Math.round(Number(n.value)));
+    return opts;
+  }
+
   function panel() {
     return document.getElementById("batch-js-panel");
   }
@@ -118,6 +132,7 @@
     const form = new FormData();
     for (const f of group.files) form.append("files", f, f.webkitRelativePath || f.name);
     form.append("hotwords", words);
+    for (const [k, v] of Object.entries(longOptions())) form.append(k, v);
     const resp = await fetch(api("api/batch_async"), { method: "POST", body: form });
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) {

@@ -180,7 +180,7 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
         row["agreement_vs_fp32"] = _agreement(reference, engine.probe(probe_clips))
         log.warning("   %s", {k: row[k] for k in ("latency_10s_ms_p50", "latency_10s_ms_p99", "agreement_vs_fp32")})
         rows.append(row)
-        if profile_dir is not None:
+        if profile_dir is not None and variant is variants[-1]:
             _profile(engine, clips, profile_dir / f"profile-{len(rows)}.txt")
         params = sum(p.numel() for p in engine.model.parameters())
         engine.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .audio import SAMPLE_RATE
 from .errors import ASRError
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm", ".mp4",
@@ -58,13 +59,24 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .formats import render
     from .hotwords import parse_hotwords
+    from .longform import LongformModels, LongRequest, from_transcripts, transcribe_files_long
+
     from .settings import load_settings
 
-    overrides: dict = {"engine": {"warmup": False}}
+    overrides: dict = {"engine": {"warmup": False}, "longform": {}}
     for key in ("model", "device", "dtype", "attention"):
         if getattr(args, key):
             overrides["engine"][key] = getattr(args, key)
+    for key, name in (("vad", "vad_backend"), ("vad_model", "vad_model"), ("punc_model", "punc_model"),
+                      ("speaker_model", "speaker_model")):
+        if getattr(args, name):
+            overrides["longform"][key] = getattr(args, name)
     settings = load_settings(args.config, **overrides)
+    request = LongRequest(
+        vad=args.vad, punc=args.punc, speakers=args.speakers is not None,
+        n_speakers=args.speakers or None,
+    )
+    models = LongformModels(settings.longform, settings.engine.model_cache)
     hotword_text = args.hotwords
     if args.hotword_file:
         hotword_text = (hotword_text or "") + "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
@@ -80,6 +92,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     roots = [Path(p) for p in args.inputs]
     failed: list[tuple[Path, str]] = []
     done = 0
+    warned_punc = False
     bar = tqdm(total=len(files), unit="file", disable=args.quiet or None)
     decoded = _decoded(files, settings.limits.max_audio_s)
     while True:
@@ -90,8 +103,32 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         for path, err in ((p, a) for p, a in chunk if not isinstance(a, np.ndarray)):
             failed.append((path, str(err)))
             tqdm.write(f"FAILED {path}: {err}", file=sys.stderr)
-        results = engine.transcribe([a for _, a in good], hotwords=hotwords) if good else []
-        for (path, _), result in zip(good, results):
+        long_items = [(p, a) for p, a in good if models.use_vad(len(a) / SAMPLE_RATE, request)]
+        short_items = [(p, a) for p, a in good if not models.use_vad(len(a) / SAMPLE_RATE, request)]
+        outputs: list[tuple[Path, object]] = []
+        if short_items:
+            results = engine.transcribe([a for _, a in short_items], hotwords=hotwords)
+            # Short files are punctuated only when asked (--punc): the default keeps them
+            # exactly what the engine heard, one clip each.
+            punc = models.punctuator() if args.punc else None
+            if args.punc and punc is None:
+                tqdm.write(f"punctuation unavailable: {models.punctuation_unavailable()}", file=sys.stderr)
+            if punc is not None:
+                results = from_transcripts(results, [len(a) / SAMPLE_RATE for _, a in short_items], punc)
+            outputs += [(p, r) for (p, _), r in zip(short_items, results)]
+        if long_items:
+            punc = models.punctuator() if args.punc is not False else None
+            if args.punc is not False and punc is None and not warned_punc:
+                warned_punc = True
+                tqdm.write(f"punctuation unavailable: {models.punctuation_unavailable()}", file=sys.stderr)
+            embedder = models.embedder() if request.speakers else None
+            # All segments of all long files in this chunk share the engine's batches.
+            longs = transcribe_files_long(
+                engine.transcribe, [a for _, a in long_items], models.vad(), punc, hotwords,
+                models.options(request), embedder=embedder,
+            )
+            outputs += [(p, r) for (p, _), r in zip(long_items, longs)]
+        for path, result in outputs:
             name = _output_name(path, roots)
             for fmt in args.format:
                 target = out_dir / f"{name}.{fmt}"
@@ -129,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
     tr.add_argument("--attention", choices=["auto", "flash-attn", "varlen", "sdpa", "eager"])
+    tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None,
+                    help="cut recordings into speech segments (sentence timestamps, any length); "
+                    "default: on for files longer than longform.auto_vad_s (45 s)")
+    tr.add_argument("--punc", action=argparse.BooleanOptionalAction, default=None,
+                    help="add punctuation (CT-Transformer); default: on the VAD path when the "
+                    "model is available")
+    tr.add_argument("--speakers", nargs="?", type=int, const=0, default=None, metavar="N",
+                    help="label sentences with speakers (CAM++); N = number of speakers, "
+                    "omitted = estimate")
+    tr.add_argument("--vad-backend", choices=["silero", "fsmn"], help="VAD model (default silero)")
+    tr.add_argument("--vad-model", help="FSMN-VAD model directory or ModelScope id")
+    tr.add_argument("--punc-model", help="punctuation model directory or ModelScope id")
+    tr.add_argument("--speaker-model", help="CAM++ model directory or ModelScope id")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_transcribe)
 
@@ -139,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     mk.set_defaults(func=cmd_make_model)
 
     from .bench import add_parser as add_bench
+    from .bench_long import add_parser as add_bench_long
 
     add_bench(sub)
+    add_bench_long(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ from .hotwords import HotwordList, HotwordTokenizer
 from .frontend import BatchFrontend, FrontendOptions
 from .model import LoadedModel, default_device, load_model, resolve_model_dir
 from .settings import EngineSettings
+from .timestamps import fire_positions, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,12 @@ class Engine:
         self.dtype = _choose_dtype(settings.dtype, device)
         if self.dtype == torch.bfloat16:
             # bf16 has fp32's range: cast the weights once (autocast would re-cast every matmul's
-            # weights on every call). The CIF predictor decides token counts and timestamps, so it
-            # stays fp32.
+            # weights on every call). The CIF weights decide token counts, so they stay fp32; the
+            # timestamp head (upsampling BLSTM, a sequential kernel) runs in bf16.
             self.model.to(torch.bfloat16)
-            self.model.predictor.float()
+            predictor = self.model.predictor
+            predictor.cif_conv1d.float()
+            predictor.cif_output.float()
             _match_input_dtypes(self.model)
         else:
             # fp16 runs under autocast on fp32 weights, so an item that overflows can be redone in fp32.
@@ -453,31 +456,31 @@ class Engine:
         self, out: dict[str, torch.Tensor], audios: list[np.ndarray], timings: dict[str, float]
     ) -> list[Transcript]:
         from funasr.utils.postprocess_utils import sentence_postprocess
-        from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
 
-        wanted = ("ids", "token_len", "enc_lens", "us_alphas", "us_peaks")
-        host = {k: out[k].cpu() for k in wanted}  # one transfer per tensor for the whole batch
+        ids = out["ids"]
+        in_range = torch.arange(ids.shape[1], device=ids.device)[None, :] < out["token_len"][:, None]
+        keep = in_range & (ids != self._sos) & (ids != self._eos) & (ids != self._blank)
+        n_tokens = keep.sum(-1)
+        frames = out["enc_lens"] * _UPSAMPLE
+        fires = fire_positions(out["us_alphas"], out["us_peaks"], frames, n_tokens)
+        # One transfer per tensor for the whole batch; the rest is host work per item.
+        ids_h, keep_h, frames_h = ids.cpu().numpy(), keep.cpu().numpy(), frames.cpu().numpy()
         results = []
-        special = {self._sos, self._eos, self._blank}
         for row, audio in enumerate(audios):
-            n = int(host["token_len"][row])
-            ids = [t for t in host["ids"][row, :n].tolist() if t not in special]
+            token_ids = ids_h[row][keep_h[row]].tolist()
             duration = len(audio) / SAMPLE_RATE
-            if not ids:
+            if not token_ids:
                 results.append(Transcript("", [], [], [], duration, dict(timings)))
                 continue
-            pieces = [self.token_list[t] for t in ids]
-            frames = int(host["enc_lens"][row]) * _UPSAMPLE
-            _, stamps = ts_prediction_lfr6_standard(
-                host["us_alphas"][row, :frames], host["us_peaks"][row, :frames], list(pieces)
-            )
-            text, stamps, words = sentence_postprocess(pieces, stamps)
+            pieces = [self.token_list[t] for t in token_ids]
+            spans = token_spans(fires[row], int(frames_h[row]), len(pieces))
+            text, stamps, words = sentence_postprocess(pieces, [list(x) for x in spans])
             end_ms = len(audio) * 1000 // SAMPLE_RATE
             results.append(
                 Transcript(
                     text=text,
                     tokens=[w for w in words if w.strip()],
-                    token_ids=ids,
+                    token_ids=token_ids,
                     # LFR pads the last frame, so funasr's last end can pass the clip's end.
                     timestamps=[(min(int(s), end_ms), min(int(e), end_ms)) for s, e in stamps],
                     duration_s=duration,
@@ -492,10 +495,11 @@ _CASTING_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.ConvTranspose1d, t
 
 def _cast_to_weight(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     x = args[0] if args else None
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
-        dtype = next(module.parameters()).dtype
-        if x.dtype != dtype:
-            return (x.to(dtype), *args[1:])
+    dtype = next(module.parameters()).dtype
+    if isinstance(x, torch.nn.utils.rnn.PackedSequence) and x.data.dtype != dtype:
+        return (x._replace(data=x.data.to(dtype)), *args[1:])
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        return (x.to(dtype), *args[1:])
     return None
 
 

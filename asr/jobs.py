@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at  REAL NOT NULL,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS job_options (     -- per-job processing options (VAD, punctuation, ...)
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    options     TEXT NOT NULL               -- JSON object
+);
 CREATE INDEX IF NOT EXISTS files_status ON files(status, job_id, idx);
 """
 
@@ -65,6 +69,7 @@ class FileTask:
     name: str
     path: Path
     hotwords: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,15 +142,17 @@ class JobStore:
         self,
         files: Sequence[tuple[str, UploadSource]],
         hotwords: Sequence[str],
+        options: dict[str, Any] | None = None,
         *,
         check_file: Callable[[int, str], None] | None = None,
         max_total_bytes: int | None = None,
     ) -> str:
         """Write the uploads to disk, record the job, and return its unguessable id.
 
-        ``files`` holds bytes or binary file objects (copied in blocks). ``check_file(size, name)``
-        may raise to refuse a file as soon as it grows past a limit; ``max_total_bytes`` bounds
-        the whole job. A refused job leaves nothing behind.
+        ``files`` holds bytes or binary file objects (copied in blocks). ``options`` (JSON-ready)
+        are handed to the worker with every file of the job. ``check_file(size, name)`` may raise
+        to refuse a file as soon as it grows past a limit; ``max_total_bytes`` bounds the whole
+        job. A refused job leaves nothing behind.
         """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
@@ -187,6 +194,11 @@ class JobStore:
                 "INSERT INTO files(job_id, idx, name, path, size, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            if options:
+                db.execute(
+                    "INSERT INTO job_options(job_id, options) VALUES (?, ?)",
+                    (job_id, json.dumps(options, ensure_ascii=False)),
+                )
         return job_id
 
     def remove_orphan_uploads(self) -> int:
@@ -213,8 +225,9 @@ class JobStore:
         """Mark the oldest pending file as running and return it, or None when none waits."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords "
-                "FROM files f JOIN jobs j ON j.id = f.job_id WHERE f.status='pending' "
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options "
+                "FROM files f JOIN jobs j ON j.id = f.job_id "
+                "LEFT JOIN job_options o ON o.job_id = f.job_id WHERE f.status='pending' "
                 "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
             ).fetchone()
             if row is None:
@@ -223,7 +236,8 @@ class JobStore:
                 "UPDATE files SET status='running', updated_at=? WHERE job_id=? AND idx=?",
                 (time.time(), row[0], row[1]),
             )
-        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])))
+        options = json.loads(row[5]) if row[5] else {}
+        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options)
 
     def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         """Store a file's result; returns False if it was already finished (stored once)."""
@@ -328,7 +342,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-ProcessFn = Callable[[bytes, Sequence[str]], Awaitable[dict[str, Any]]]
+# (file bytes, hotwords, the job's options) -> JSON-ready result
+ProcessFn = Callable[[bytes, Sequence[str], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class JobWorker:
@@ -407,7 +422,7 @@ class JobWorker:
         try:
             try:
                 data = await asyncio.to_thread(task.path.read_bytes)
-                result = await self._process(data, task.hotwords)
+                result = await self._process(data, task.hotwords, task.options)
             except ASRError as exc:
                 log.warning(
                     "job %s file %d (%s) failed: [%s] %s", task.job_id, task.index, task.name,

@@ -82,10 +82,13 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def resolve_model_dir(model: str, cache_dir: Path) -> Path:
+def resolve_model_dir(
+    model: str, cache_dir: Path, required: tuple[str, ...] = _REQUIRED_FILES
+) -> Path:
     """A local directory as is; a ModelScope id from the cache, downloading it once if needed.
 
-    Offline with nothing cached, fails within seconds with a message saying what to do.
+    `required` names the files a complete cached copy has (other model kinds: VAD, punctuation,
+    speaker). Offline with nothing cached, fails within seconds with a message saying what to do.
     """
     local = Path(model).expanduser()
     if local.is_dir():
@@ -93,7 +96,7 @@ def resolve_model_dir(model: str, cache_dir: Path) -> Path:
     if local.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
         raise ModelLoadError(f"Model directory not found: {model}")
     cached = cache_dir / model
-    if cached.is_dir() and all((cached / f).is_file() for f in _REQUIRED_FILES):
+    if cached.is_dir() and all((cached / f).is_file() for f in required):
         return cached
     hint = (
         f"The model '{model}' is not in the cache ({cache_dir}) and the model hub cannot be "

@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .errors import ASRError
 
 DEFAULT_MODEL = "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+DEFAULT_VAD_MODEL = "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"
+DEFAULT_PUNC_MODEL = "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"
+DEFAULT_SPEAKER_MODEL = "iic/speech_campplus_sv_zh-cn_16k-common"
 
 
 class ConfigError(ASRError):
@@ -62,6 +65,41 @@ class EngineSettings(BaseModel):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class LongformSettings(BaseModel):
+    """Long recordings: VAD segmentation, punctuation, sentence timestamps and speakers.
+
+    Extra models (FSMN-VAD, punctuation, CAM++) are ModelScope ids resolved like the ASR model
+    (from `engine.model_cache`), or local directories. They load on first use.
+    """
+
+    vad: Literal["silero", "fsmn"] = "silero"
+    """'silero' needs no download (its weights ship in the silero-vad package); 'fsmn' is
+    FunASR's FSMN-VAD from `vad_model`."""
+    vad_model: str = DEFAULT_VAD_MODEL
+    """FSMN-VAD model directory or ModelScope id (used when `vad` is 'fsmn')."""
+    auto_vad_s: float = Field(default=45.0, ge=0)
+    """With VAD on 'auto', recordings longer than this take the long path (VAD segments,
+    sentences); shorter ones are one engine clip."""
+    max_segment_s: float = Field(default=20.0, ge=1)
+    """Longest VAD segment handed to the engine."""
+    group_s: float = Field(default=600.0, gt=0)
+    """Seconds of segment audio per engine call: bounds memory, keeps batches full."""
+    punc_model: str | None = DEFAULT_PUNC_MODEL
+    """CT-Transformer punctuation model directory or ModelScope id; empty/None turns it off.
+    When it cannot be loaded, results say punctuation is unavailable (no failure)."""
+    punc_device: str = "cpu"
+    """Device of the punctuation model ('cpu', 'cuda', 'cuda:N'); it is small and runs once per
+    file, so the CPU keeps the GPU for recognition."""
+    speaker_model: str = DEFAULT_SPEAKER_MODEL
+    """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
+    speaker_device: str = "cpu"
+    max_speakers: int = Field(default=8, ge=1)
+    """Most speakers found when the number is not given."""
+    speaker_threshold: float = Field(default=0.5, gt=0, lt=2)
+    """Cosine distance above which two groups of speech are different speakers (when the
+    number of speakers is estimated)."""
 
 
 class LimitSettings(BaseModel):
@@ -118,6 +156,7 @@ class Settings(BaseSettings):
 
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
+    longform: LongformSettings = LongformSettings()
     server: ServerSettings = ServerSettings()
     log_level: str = "INFO"
 

@@ -15,6 +15,7 @@ from asr.errors import ASRError
 
 _SENTENCE_END = frozenset("。？！?!.")
 _PAUSE = frozenset("，、；：,;:")
+_MARKS = _SENTENCE_END | _PAUSE | frozenset("！；")
 
 
 class SubtitleError(ASRError, ValueError):
@@ -59,7 +60,8 @@ def words_from_tokens(
 ) -> list[TimedWord]:
     """Merge engine tokens into words on the file's timeline.
 
-    BPE pieces ending in "@@" are joined to the next piece; every other token is one word.
+    BPE pieces ending in "@@" are joined to the next piece; a token of punctuation only becomes
+    the mark after the word before it; every other token is one word.
     """
     words: list[TimedWord] = []
     piece, start = "", None
@@ -69,7 +71,14 @@ def words_from_tokens(
         if token.endswith("@@"):
             piece += token[:-2]
             continue
-        words.append(TimedWord(piece + token, start + offset_ms, int(t_end) + offset_ms))
+        text = piece + token
+        if words and not piece and text and all(ch in _MARKS for ch in text):
+            # A punctuation token (a model that emits marks) is the mark of the word before it.
+            last = words[-1]
+            words[-1] = TimedWord(last.text, last.start_ms, max(last.end_ms, int(t_end) + offset_ms),
+                                  last.punc + text, last.speaker)
+        else:
+            words.append(TimedWord(text, start + offset_ms, int(t_end) + offset_ms))
         piece, start = "", None
     if piece and start is not None:
         end = int(timestamps[len(tokens) - 1][1]) if tokens else start
@@ -137,8 +146,11 @@ def build_sentences(
     return sentences
 
 
-def _cue_times(sentences: Sequence[Sentence], min_ms: int) -> list[tuple[int, int]]:
-    """Monotonic, non-overlapping, non-empty [start, end) times for each cue."""
+def _cue_times(
+    sentences: Sequence[Sentence], min_ms: int, until_ms: int | None = None
+) -> list[tuple[int, int]]:
+    """Monotonic, non-overlapping, non-empty [start, end) times for each cue; with `until_ms`
+    (the file's length) the minimum display time never carries a cue past the end of the file."""
     times: list[tuple[int, int]] = []
     prev_end = 0
     for i, s in enumerate(sentences):
@@ -147,6 +159,8 @@ def _cue_times(sentences: Sequence[Sentence], min_ms: int) -> list[tuple[int, in
         if i + 1 < len(sentences):
             nxt = max(int(sentences[i + 1].start_ms), start + 1)
             end = min(end, nxt)
+        elif until_ms is not None:
+            end = min(end, max(int(until_ms), int(s.end_ms)))
         end = max(end, start + 1)
         times.append((start, end))
         prev_end = end
@@ -167,21 +181,27 @@ def _cue_text(s: Sentence, speakers: bool) -> str:
     return f"{s.speaker}: {text}" if speakers and s.speaker else text
 
 
-def to_srt(sentences: Sequence[Sentence], speakers: bool = False, min_duration_ms: int = 500) -> str:
-    """SubRip text; empty sentences are dropped."""
+def to_srt(
+    sentences: Sequence[Sentence], speakers: bool = False, min_duration_ms: int = 500,
+    until_ms: int | None = None,
+) -> str:
+    """SubRip text; empty sentences are dropped. `until_ms`: the file's length (cues end by it)."""
     kept = [s for s in sentences if s.text.strip()]
     blocks = []
-    for n, (s, (start, end)) in enumerate(zip(kept, _cue_times(kept, min_duration_ms)), 1):
+    for n, (s, (start, end)) in enumerate(zip(kept, _cue_times(kept, min_duration_ms, until_ms)), 1):
         blocks.append(f"{n}\n{format_timestamp(start)} --> {format_timestamp(end)}\n"
                       f"{_cue_text(s, speakers)}\n")
     return "\n".join(blocks)
 
 
-def to_vtt(sentences: Sequence[Sentence], speakers: bool = False, min_duration_ms: int = 500) -> str:
-    """WebVTT text; speakers become voice tags (<v Name>)."""
+def to_vtt(
+    sentences: Sequence[Sentence], speakers: bool = False, min_duration_ms: int = 500,
+    until_ms: int | None = None,
+) -> str:
+    """WebVTT text; speakers become voice tags (<v Name>). `until_ms` as in `to_srt`."""
     kept = [s for s in sentences if s.text.strip()]
     blocks = ["WEBVTT\n"]
-    for s, (start, end) in zip(kept, _cue_times(kept, min_duration_ms)):
+    for s, (start, end) in zip(kept, _cue_times(kept, min_duration_ms, until_ms)):
         text = " ".join(s.text.split()).replace("-->", "->")
         if speakers and s.speaker:
             text = f"<v {s.speaker}>{text}"

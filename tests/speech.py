@@ -83,3 +83,35 @@ def recording(
     audio = np.concatenate(parts)
     audio += rng.normal(0, noise, len(audio)).astype(np.float32)
     return Recording(np.clip(audio, -1, 1).astype(np.float32), spans, list(texts))
+
+
+def say_voice(text: str, pitch: int, speed: int = 160) -> np.ndarray:
+    """One sentence with espeak-ng's pitch set (`-p`, 0-99): a lower or higher voice."""
+    exe = require_espeak()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run([exe, "-v", "cmn", "-p", str(pitch), "-s", str(speed), "-w", str(wav), text],
+                       check=True, capture_output=True)
+        audio, sr = sf.read(wav, dtype="float32")
+    audio = soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
+    loud = np.nonzero(np.abs(audio) > 0.02)[0]
+    audio = audio[loud[0] : loud[-1] + 1]
+    return (audio / np.abs(audio).max() * 0.5).astype(np.float32)
+
+
+def two_voice_recording(texts: list[str], _tmp: Path | None = None, pause_s: float = 1.5,
+                        seed: int = 0) -> Recording:
+    """Sentences alternating between a low (-p 20) and a high (-p 80) voice, with pauses."""
+    rng = np.random.default_rng(seed)
+    parts = [np.zeros(SAMPLE_RATE, np.float32)]
+    spans = []
+    pos = SAMPLE_RATE
+    for i, text in enumerate(texts):
+        speech = say_voice(text, 20 if i % 2 == 0 else 80)
+        spans.append((pos, pos + len(speech)))
+        pause = np.zeros(int(pause_s * SAMPLE_RATE), np.float32)
+        parts += [speech, pause]
+        pos += len(speech) + len(pause)
+    audio = np.concatenate(parts)
+    audio += rng.normal(0, 0.002, len(audio)).astype(np.float32)
+    return Recording(np.clip(audio, -1, 1).astype(np.float32), spans, list(texts))

@@ -46,7 +46,7 @@ def test_worker_processes_files_concurrently_and_isolates_failures(tmp_path: Pat
     in_flight = 0
     peak = 0
 
-    async def process(data: bytes, hotwords: Sequence[str]) -> dict[str, Any]:
+    async def process(data: bytes, hotwords: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)

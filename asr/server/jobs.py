@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from asr.errors import LimitError
 from asr.server.deps import get_service
-from asr.server.service import Service, job_to_dict
+from asr.server.service import Service, job_to_dict, long_request
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
 
@@ -22,6 +22,10 @@ async def batch_async(
     hotwords: Annotated[
         str, Form(description="Hotwords for every file, one per line or space separated")
     ] = "",
+    vad: Annotated[Literal["auto", "on", "off"], Form(description="VAD segmentation")] = "auto",
+    punc: Annotated[Literal["auto", "on", "off"], Form(description="Punctuation")] = "auto",
+    speakers: Annotated[bool, Form(description="Speaker labels per sentence")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=32, description="Number of speakers")] = None,
 ) -> dict[str, Any]:
     """Store the uploads and return a job id at once; the files are transcribed in the background.
 
@@ -32,7 +36,7 @@ async def batch_async(
     # The web server has spooled each upload to a temporary file; the job store copies them to
     # the data directory block by block, so the job never sits in memory whole.
     uploads = [(f.filename or f"file{i + 1}", f.file) for i, f in enumerate(files)]
-    job_id = await service.create_job(uploads, words)
+    job_id = await service.create_job(uploads, words, long_request(vad, punc, speakers, num_speakers))
     return {
         "job_id": job_id,
         "files": len(uploads),

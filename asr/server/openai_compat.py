@@ -2,7 +2,9 @@
 
 `prompt` carries the hotwords (one per line or space separated): SeACo-Paraformer biases towards
 listed words rather than continuing a text prompt. `model`, `language` and `temperature` are
-accepted and ignored: the service runs one Chinese model.
+accepted and ignored: the service runs one Chinese model. Extensions: `vad`, `punc`, `speakers`,
+`num_speakers` (as in /api/transcribe); verbose_json segments are the sentences on the file's
+timeline, with `speaker` when speakers are on.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from asr.server.deps import get_service, read_upload
-from asr.server.service import Service, render_result
+from asr.server.service import Service, long_request, render_result
 
 router = APIRouter(prefix="/v1", tags=["openai compatible"])
 
@@ -30,11 +32,18 @@ async def create_transcription(
     language: Annotated[str | None, Form()] = None,
     temperature: Annotated[float | None, Form()] = None,
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
+    vad: Annotated[Literal["auto", "on", "off"], Form(description="Extension: VAD segmentation")] = "auto",
+    punc: Annotated[Literal["auto", "on", "off"], Form(description="Extension: punctuation")] = "auto",
+    speakers: Annotated[bool, Form(description="Extension: speaker labels on segments")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=32)] = None,
 ) -> dict[str, Any] | PlainTextResponse:
     words = service.parse_hotwords(prompt)
     data = await read_upload(service, file)
     want_words = "word" in (timestamp_granularities or [])
-    result = await service.transcribe_bytes(data, words, timestamps=response_format != "json" or want_words)
+    result = await service.transcribe_bytes(
+        data, words, timestamps=response_format != "json" or want_words,
+        long=long_request(vad, punc, speakers, num_speakers),
+    )
     if response_format == "json":
         return {"text": result["text"]}
     if response_format == "text":

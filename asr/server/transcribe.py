@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import PlainTextResponse
 
 from asr.server.deps import get_service, read_upload
-from asr.server.service import Service, render_result
+from asr.server.service import Service, long_request, render_result
 
 router = APIRouter(prefix="/api", tags=["transcribe"])
 
@@ -24,15 +24,30 @@ async def transcribe(
     ] = "",
     timestamps: Annotated[bool, Form(description="Include per-character timings")] = True,
     format: Annotated[Literal["json", "txt", "srt", "vtt"], Form(description="Response format")] = "json",
+    vad: Annotated[
+        Literal["auto", "on", "off"],
+        Form(description="VAD segmentation; auto: on for audio longer than longform.auto_vad_s"),
+    ] = "auto",
+    punc: Annotated[
+        Literal["auto", "on", "off"], Form(description="Punctuation (auto/on: when a model is available)")
+    ] = "auto",
+    speakers: Annotated[bool, Form(description="Label each sentence with a speaker (CAM++)")] = False,
+    num_speakers: Annotated[
+        int | None, Form(ge=1, le=32, description="Number of speakers; empty estimates it")
+    ] = None,
 ) -> dict[str, Any] | PlainTextResponse:
     """Decode the file, wait for its turn in the shared batch scheduler and return the result.
 
-    JSON results hold `text`, `duration_s`, `processing_s`, `rtf`, `segments` and, with
-    timestamps, `tokens` (each with `start`/`end` in seconds).
+    JSON results hold `text`, `duration_s`, `processing_s`, `rtf`, `vad`, `punctuated`,
+    `sentences` (`start_ms`/`end_ms` on the file's timeline, `speaker` when on), `segments` (the
+    same in seconds) and, with timestamps, `tokens` (each with `start`/`end` in seconds).
     """
     words = service.parse_hotwords(hotwords)
     data = await read_upload(service, file)
-    result = await service.transcribe_bytes(data, words, timestamps=timestamps or format in ("srt", "vtt"))
+    result = await service.transcribe_bytes(
+        data, words, timestamps=timestamps or format in ("srt", "vtt"),
+        long=long_request(vad, punc, speakers, num_speakers),
+    )
     result["filename"] = file.filename
     if format == "json":
         return result

@@ -19,7 +19,7 @@ import gradio as gr
 
 from asr.errors import ASRError
 from asr.jobs import JobState
-from asr.server.service import Service, render_result, safe_stem
+from asr.server.service import Service, long_request, render_result, safe_stem
 
 STATUS_ZH = {
     "pending": "等待 pending",
@@ -107,6 +107,33 @@ def _system_md(info: dict[str, Any], settings: Any) -> str:
     return "\n".join(lines)
 
 
+VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
+
+
+def _long_options(vad: str, punc: bool, speakers: bool, num_speakers: float | None) -> Any:
+    n = int(num_speakers) if num_speakers and num_speakers >= 1 else None
+    return long_request(vad or "auto", "auto" if punc else "off", bool(speakers), n)
+
+
+def _long_controls(prefix: str, service: Service) -> list[Any]:
+    """VAD, punctuation and speaker options (elem_ids `{prefix}-vad`, `-punc`, `-speakers`,
+    `-num-speakers`); defaults: VAD for long audio, punctuation when available, no speakers."""
+    auto_s = service.settings.longform.auto_vad_s
+    with gr.Accordion("长音频 Long audio: VAD / 标点 punctuation / 说话人 speakers", open=False,
+                      elem_id=f"{prefix}-long"):
+        with gr.Row():
+            vad = gr.Radio(VAD_CHOICES, value="auto", label="语音分段 VAD",
+                           info=f"自动：超过 {auto_s:g} 秒的音频分段识别 auto: on above {auto_s:g} s",
+                           elem_id=f"{prefix}-vad")
+            punc = gr.Checkbox(True, label="标点 Punctuation (模型可用时 when available)",
+                               elem_id=f"{prefix}-punc")
+            speakers = gr.Checkbox(False, label="说话人 Speakers", elem_id=f"{prefix}-speakers")
+            num = gr.Number(0, minimum=0, maximum=32, precision=0,
+                            label="人数 Number of speakers (0 = 自动 auto)",
+                            elem_id=f"{prefix}-num-speakers")
+    return [vad, punc, speakers, num]
+
+
 def build_ui(service: Service) -> gr.Blocks:
     """The three tabs, wired to ``service``."""
     downloads = _Downloads()
@@ -114,14 +141,17 @@ def build_ui(service: Service) -> gr.Blocks:
     direct = not service.settings.server.gradio_queue
 
     async def transcribe_single(
-        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str
+        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str,
+        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
     ) -> tuple[str, str, list[list[Any]], list[str]]:
         if not audio_path:
             raise gr.Error("请先上传或录制音频。 Please upload or record audio first.")
         try:
             words = service.parse_hotwords(hotwords)
             data = await asyncio.to_thread(Path(audio_path).read_bytes)
-            result = await service.transcribe_bytes(data, words, timestamps=timestamps)
+            result = await service.transcribe_bytes(
+                data, words, timestamps=timestamps, long=_long_options(vad, punc, speakers, num_speakers)
+            )
         except ASRError as exc:
             raise gr.Error(str(exc)) from None
         out = downloads.new_dir()
@@ -131,11 +161,12 @@ def build_ui(service: Service) -> gr.Blocks:
             path = out / f"{stem}.{ext}"
             path.write_text(render_result(result, ext), encoding="utf-8")
             paths.append(str(path))
-        shown = result["text"] if fmt == "txt" else render_result(result, fmt)
+        shown = render_result(result, fmt)
         return shown, _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
-        files: list[str] | None, folder: list[str] | None, hotwords: str
+        files: list[str] | None, folder: list[str] | None, hotwords: str,
+        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
     ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
         paths = [Path(p) for p in (files or []) + (folder or [])]
         if not paths:
@@ -143,7 +174,9 @@ def build_ui(service: Service) -> gr.Blocks:
         try:
             words = service.parse_hotwords(hotwords)
             uploads = await asyncio.to_thread(lambda: [(p.name, p.read_bytes()) for p in paths])
-            job_id = await service.create_job(uploads, words)
+            job_id = await service.create_job(
+                uploads, words, _long_options(vad, punc, speakers, num_speakers)
+            )
         except ASRError as exc:
             raise gr.Error(str(exc)) from None
         # The job runs in the background worker; this only follows its progress.
@@ -186,11 +219,12 @@ def build_ui(service: Service) -> gr.Blocks:
                                 True, label="字级时间戳 Timestamps", elem_id="single-timestamps"
                             )
                             single_fmt = gr.Radio(
-                                ["txt", "srt", "json"],
+                                ["txt", "srt", "vtt", "json"],
                                 value="txt",
                                 label="输出格式 Output format",
                                 elem_id="single-format",
                             )
+                        _single_long = _long_controls("single", service)
                         single_run = gr.Button("开始识别 Transcribe", variant="primary", elem_id="single-run")
                     with gr.Column():
                         single_text = gr.Textbox(label="识别结果 Result", lines=8, elem_id="single-result")
@@ -209,7 +243,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 single_run.click(
                     transcribe_single,
-                    [audio, single_hotwords, single_ts, single_fmt],
+                    [audio, single_hotwords, single_ts, single_fmt, *_single_long],
                     [single_text, single_stats, single_table, single_files],
                     concurrency_limit=None,
                     queue=not direct,
@@ -232,6 +266,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 batch_hotwords = gr.Textbox(
                     lines=3, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="batch-hotwords"
                 )
+                _batch_long = _long_controls("batch", service)
                 batch_run = gr.Button("开始批量处理 Start batch", variant="primary", elem_id="batch-run")
                 # batch_opt.js renders its parallel-upload progress here; empty without the script.
                 gr.HTML("", elem_id="batch-js-panel")
@@ -247,7 +282,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 batch_run.click(
                     run_batch,
-                    [batch_files, batch_folder, batch_hotwords],
+                    [batch_files, batch_folder, batch_hotwords, *_batch_long],
                     [batch_progress, batch_table, batch_zip],
                     concurrency_limit=None,
                     api_name="run_batch",

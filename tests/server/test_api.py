@@ -254,3 +254,25 @@ def test_no_gradio_queue_sends_single_file_events_directly(
         # Gradio never limits how many events run at once: the scheduler batches them.
         mount = next(r for r in app.routes if isinstance(r, Mount))
         assert all(fn.concurrency_limit is None for fn in mount.app.get_blocks().fns.values())
+
+
+def test_transcribe_with_vad_and_punctuation_options_returns_sentences(client) -> None:
+    from speech import SENTENCES, recording, require_espeak
+
+    require_espeak()
+    import io
+
+    import soundfile as sf
+
+    rec = recording(SENTENCES[:3], [1.5])
+    buf = io.BytesIO()
+    sf.write(buf, rec.audio, 16000, format="WAV", subtype="PCM_16")
+    resp = client.post("/api/transcribe", files={"file": ("a.wav", buf.getvalue(), "audio/wav")},
+                       data={"vad": "on", "punc": "on"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["vad"] is True and body["sentences"]
+    assert all(0 <= s["start_ms"] < s["end_ms"] <= len(rec.audio) / 16 + 1 for s in body["sentences"])
+    # The test settings name no reachable punctuation model: reported, not a failure.
+    assert body["punctuated"] is False and body["punctuation_unavailable"]
+    assert [seg["start"] for seg in body["segments"]] == [s["start_ms"] / 1000 for s in body["sentences"]]

@@ -30,10 +30,11 @@ def test_stored_results_render_in_every_format() -> None:
     result = json.loads(json.dumps(transcript_to_result(_transcript(), 2.0, (), 0.5, timestamps=True)))
     assert render_result(result, "txt") == "今天好。明天见\n"
     srt = render_result(result, "srt")
+    # Cues stay up at least 0.5 s (asr.subtitles) where the next cue and the file's end allow.
     assert srt.startswith(
-        "1\n00:00:00,000 --> 00:00:00,320\n今天好。\n\n2\n00:00:01,500 --> 00:00:01,800\n明天见"
+        "1\n00:00:00,000 --> 00:00:00,500\n今天好。\n\n2\n00:00:01,500 --> 00:00:02,000\n明天见"
     )
-    assert render_result(result, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:00.320\n今天好。")
+    assert render_result(result, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:00.500\n今天好。")
     assert json.loads(render_result(result, "json")) == result
 
 
