@@ -70,6 +70,7 @@ class FileTask:
     path: Path
     hotwords: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class JobStore:
         """Mark the oldest pending file as running and return it, or None when none waits."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options "
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options, f.size "
                 "FROM files f JOIN jobs j ON j.id = f.job_id "
                 "LEFT JOIN job_options o ON o.job_id = f.job_id WHERE f.status='pending' "
                 "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
@@ -237,7 +238,7 @@ class JobStore:
                 (time.time(), row[0], row[1]),
             )
         options = json.loads(row[5]) if row[5] else {}
-        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options)
+        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options, row[6])
 
     def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         """Store a file's result; returns False if it was already finished (stored once)."""
@@ -354,12 +355,23 @@ class JobWorker:
     """
 
     def __init__(
-        self, store: JobStore, process: ProcessFn, *, concurrency: int = 16, retention_s: float | None = None
+        self,
+        store: JobStore,
+        process: ProcessFn,
+        *,
+        concurrency: int = 16,
+        retention_s: float | None = None,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self.store = store
         self._retention_s = retention_s
         self._process = process
         self._slots = asyncio.Semaphore(max(1, concurrency))
+        # Files in flight are read into memory and decoded: besides the count, their stored
+        # sizes are bounded too (one file always runs, however large).
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._room = asyncio.Event()  # set whenever a file in flight finishes
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -414,9 +426,18 @@ class JobWorker:
                 self._slots.release()
                 await self._wake.wait()
                 continue
+            while not self._has_room(task.size):
+                self._room.clear()
+                await self._room.wait()
+            self._inflight_bytes += task.size
             worker = asyncio.create_task(self._handle(task))
             self._inflight.add(worker)
             worker.add_done_callback(self._inflight.discard)
+
+    def _has_room(self, size: int) -> bool:
+        if self._max_inflight_bytes is None or self._inflight_bytes == 0:
+            return True
+        return self._inflight_bytes + size <= self._max_inflight_bytes
 
     async def _handle(self, task: FileTask) -> None:
         try:
@@ -447,6 +468,8 @@ class JobWorker:
             self._signal_change()
         finally:
             self._slots.release()
+            self._inflight_bytes -= task.size
+            self._room.set()
 
 
 def error_code(exc: ASRError) -> str:

@@ -111,6 +111,10 @@ class LimitSettings(BaseModel):
     max_job_mb: float = Field(default=4096.0, gt=0)
     """Largest batch job (all its files together), and the body limit of the batch and UI upload
     routes. Batch uploads stream to disk, so this bounds disk use, not memory."""
+    job_inflight_mb: float = Field(default=1024.0, gt=0)
+    """Stored size of the batch-job files being decoded and transcribed at once (at least one
+    always runs). Bounds the job worker's memory: compressed formats decode to about 10x their
+    size (64 kB per second of audio)."""
     max_audio_s: float = Field(default=4 * 3600.0, gt=0)
     """Longest accepted recording. A decoded second takes 64 kB of memory (float32, 16 kHz)."""
     max_files_per_job: int = Field(default=1000, ge=1)

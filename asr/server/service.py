@@ -120,6 +120,7 @@ class Service:
             self._process_job_file,
             concurrency=min(settings.engine.max_batch_size, 64),
             retention_s=settings.server.job_retention_h * 3600,
+            max_inflight_bytes=int(settings.limits.job_inflight_mb * 1048576),
         )
 
     def _on_batch(self, stats: Any) -> None:
