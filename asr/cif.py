@@ -131,6 +131,47 @@ def cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float) -> tuple[t
     return _cif(hidden, alphas, threshold, max(out_len, 0))
 
 
+def _lstm_directions(blstm: torch.nn.LSTM) -> tuple[torch.nn.LSTM, torch.nn.LSTM]:
+    """The forward and backward halves of a one-layer BLSTM as two plain LSTMs (cached)."""
+    cached = blstm.__dict__.get("_asr_directions")
+    weight = blstm.weight_ih_l0
+    if cached is not None and cached[0].weight_ih_l0.dtype == weight.dtype:
+        return cached
+    halves = []
+    for suffix in ("", "_reverse"):
+        lstm = torch.nn.LSTM(blstm.input_size, blstm.hidden_size, 1, bias=True, batch_first=True)
+        lstm = lstm.to(device=weight.device, dtype=weight.dtype).requires_grad_(False)
+        with torch.no_grad():
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                getattr(lstm, name).copy_(getattr(blstm, name + suffix))
+        lstm.flatten_parameters()
+        halves.append(lstm)
+    # Kept outside _modules so the model's state dict and .to() do not see the copies.
+    blstm.__dict__["_asr_directions"] = (halves[0], halves[1])
+    return blstm.__dict__["_asr_directions"]
+
+
+def _reverse_within(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Reverse each row's first lens[b] steps in place of time; padding stays where it is."""
+    steps = torch.arange(x.size(1), device=x.device)[None, :]
+    index = torch.where(steps < lens[:, None], lens[:, None] - 1 - steps, steps)
+    return x.gather(1, index[..., None].expand(-1, -1, x.size(2)))
+
+
+def _blstm_within_lengths(blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """A one-layer BLSTM whose backward direction starts at each row's own end.
+
+    Equal on valid steps to running it on a packed sequence, without packing: cuDNN's packed
+    path costs tens of milliseconds of host time per call. Values past each row's end are
+    meaningless and must be masked by the caller.
+    """
+    forward, backward = _lstm_directions(blstm)
+    x = x.to(forward.weight_ih_l0.dtype)
+    ahead, _ = forward(x)
+    behind, _ = backward(_reverse_within(x, lens))
+    return torch.cat([ahead, _reverse_within(behind, lens)], dim=-1)
+
+
 def _upsampled_hidden(
     predictor: Any,
     context: torch.Tensor,
@@ -144,17 +185,7 @@ def _upsampled_hidden(
         if lens is None:
             up, _ = predictor.blstm(up)
         else:
-            # The backward LSTM would otherwise start in the padding; packing needs CPU lengths.
-            total = up.size(1)
-            packed = torch.nn.utils.rnn.pack_padded_sequence(
-                up,
-                (lens * predictor.upsample_times).clamp(min=1).cpu(),
-                batch_first=True,
-                enforce_sorted=False,
-            )
-            up, _ = torch.nn.utils.rnn.pad_packed_sequence(
-                predictor.blstm(packed)[0], batch_first=True, total_length=total
-            )
+            up = _blstm_within_lengths(predictor.blstm, up, lens * predictor.upsample_times)
     elif predictor.upsample_type == "cnn_attn":
         up, _ = predictor.self_attn(up, mask[:, None, :])
     elif predictor.upsample_type != "cnn":

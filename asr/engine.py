@@ -45,7 +45,7 @@ class Transcript:
     """What the engine returns for one input."""
 
     text: str
-    """Characters joined the funasr way: CJK without spaces, English words spaced."""
+    """CJK characters without spaces, English words separated by one space."""
     tokens: list[str]
     """Units of `text` that `timestamps` refers to (characters, or whole English words)."""
     token_ids: list[int]
@@ -277,10 +277,27 @@ class Engine:
     def _run_clips(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> list[Transcript]:
         results: list[Transcript | None] = [None] * len(clips)
         for batch in self._plan(clips, hotwords):
-            for i, res in zip(batch.index, self._run_batch(batch)):
+            for i, res in zip(batch.index, self._run_splitting(batch), strict=True):
                 results[i] = res
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
+
+    def _run_splitting(self, batch: _Batch) -> list[Transcript]:
+        """Run a batch; on a GPU out-of-memory error, free the cache and run each half on its own
+        (down to single items), so a budget set too high for a busy card costs speed, not work."""
+        try:
+            return self._run_batch(batch)
+        except torch.OutOfMemoryError:
+            if len(batch.index) == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch.index) // 2
+        log.warning("out of GPU memory on a batch of %d; retrying as %d + %d",
+                    len(batch.index), half, len(batch.index) - half)
+        parts = [_Batch(batch.index[a:b], batch.audios[a:b], batch.hotwords[a:b])
+                 for a, b in ((0, half), (half, len(batch.index)))]
+        return [r for part in parts for r in self._run_splitting(part)]
 
     def _stitch(
         self, audios: Sequence[np.ndarray], owners: list[tuple[int, int]], parts: list[Transcript]
@@ -474,12 +491,18 @@ class Engine:
                 continue
             pieces = [self.token_list[t] for t in token_ids]
             spans = token_spans(fires[row], int(frames_h[row]), len(pieces))
-            text, stamps, words = sentence_postprocess(pieces, [list(x) for x in spans])
+            if all(_is_cjk_char(p) for p in pieces):
+                # The common case, where funasr's postprocess changes nothing: skip its Python.
+                words, stamps = pieces, spans
+            else:
+                # BPE pieces, <unk>, abbreviations: funasr's own rules.
+                _, stamps, words = sentence_postprocess(pieces, [list(x) for x in spans])
+                words = [w for w in words if w.strip()]
             end_ms = len(audio) * 1000 // SAMPLE_RATE
             results.append(
                 Transcript(
-                    text=text,
-                    tokens=[w for w in words if w.strip()],
+                    text=join_tokens(words),
+                    tokens=words,
                     token_ids=token_ids,
                     # LFR pads the last frame, so funasr's last end can pass the clip's end.
                     timestamps=[(min(int(s), end_ms), min(int(e), end_ms)) for s, e in stamps],
@@ -514,6 +537,19 @@ def _match_input_dtypes(model: torch.nn.Module) -> None:
         if isinstance(module, _CASTING_LAYERS) and not getattr(module, "_asr_casts_inputs", False):
             module.register_forward_pre_hook(_cast_to_weight)
             module._asr_casts_inputs = True
+
+
+def _is_cjk_char(piece: str) -> bool:
+    return len(piece) == 1 and "\u4e00" <= piece <= "\u9fff"
+
+
+def join_tokens(tokens: Sequence[str]) -> str:
+    """Readable text: CJK characters without spaces, English words separated by one space
+    (funasr puts a space between every unit when it computes timestamps)."""
+    out = ""
+    for token in tokens:
+        out = _join_text(out, token)
+    return out
 
 
 def _join_text(left: str, right: str) -> str:

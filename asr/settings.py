@@ -52,8 +52,6 @@ class EngineSettings(BaseModel):
     input length can exhaust memory (attention grows with the square of the clip length)."""
     hotword_cache_size: int = Field(default=256, ge=0)
     """Distinct hotword lists whose bias-encoder output stays cached on the device."""
-    compile: bool = False
-    """torch.compile the encoder (slow start, faster steady state on GPU)."""
     warmup: bool = True
     """Run the shapes that will be used once at start so the first request is not slow."""
     num_threads: int | None = None

@@ -161,7 +161,7 @@ def build_ui(service: Service) -> gr.Blocks:
             path = out / f"{stem}.{ext}"
             path.write_text(render_result(result, ext), encoding="utf-8")
             paths.append(str(path))
-        shown = render_result(result, fmt)
+        shown = render_result(result, fmt).rstrip("\n")  # a file ends with a newline; the box need not
         return shown, _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
