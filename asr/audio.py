@@ -17,9 +17,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import AudioError, LimitError
+from .errors import ASRError, AudioError, LimitError
 
 SAMPLE_RATE = 16000
+# Sample rates accepted from headers: telephone-band up to studio rates.
+MIN_RATE = 1000
+MAX_RATE = 384000
 # Decode in blocks so a header that lies about its length cannot make us allocate gigabytes.
 _BLOCK_FRAMES = 1 << 18
 
@@ -64,7 +67,8 @@ class _NotForSoundfile(Exception):
 
 def _too_long(max_duration_s: float | None) -> LimitError:
     return LimitError(
-        f"The audio is longer than the limit of {max_duration_s:g} seconds.", code="audio_too_long"
+        f"The audio is longer than the limit of {max_duration_s:g} seconds (limits.max_audio_s).",
+        code="audio_too_long",
     )
 
 
@@ -77,7 +81,13 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
         rate = handle.samplerate
         if rate <= 0:
             raise AudioError("The audio header gives an invalid sample rate.", code="bad_header")
+        _check_rate(rate)
         limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
+        # libsndfile clamps a header's length to the data really present, so a file whose header
+        # says it is too long is refused before any decoding (a 2-hour upload costs nothing).
+        # Unknown lengths are reported as huge values and are left to the block count below.
+        if limit is not None and limit < handle.frames < 2**62:
+            raise _too_long(max_duration_s)
         blocks: list[np.ndarray] = []
         total = 0
         try:
@@ -91,13 +101,37 @@ def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.nda
                     raise _too_long(max_duration_s)
         except sf.LibsndfileError as exc:
             if not blocks:
-                raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                raise AudioError(
+                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
+                ) from exc
             # A truncated tail: keep what decoded, as players do.
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     return samples, rate
 
 
 def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+    try:
+        return _decode_av_unchecked(data, max_duration_s)
+    except ASRError:
+        raise
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError) as exc:
+        # FFmpeg's demuxers accept odd streams (no sample rate, zero channels, broken layouts)
+        # that PyAV then fails to describe; for the user it is the same undecodable file.
+        raise AudioError(
+            f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
+        ) from exc
+
+
+def _check_rate(rate: int) -> None:
+    # A header's sample rate scales the work: 1 Hz audio would be resampled 16000-fold.
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(
+            f"The audio's sample rate of {rate} Hz is not supported ({MIN_RATE} to {MAX_RATE} Hz).",
+            code="bad_header",
+        )
+
+
+def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
     import av  # imported lazily: only compressed formats need FFmpeg
 
     try:
@@ -115,6 +149,7 @@ def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, i
         rate = stream.rate or stream.codec_context.sample_rate
         if not rate:
             raise AudioError("The audio stream has no sample rate.", code="bad_header")
+        _check_rate(rate)
         limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
         blocks: list[np.ndarray] = []
         total = 0
@@ -137,7 +172,9 @@ def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, i
                     raise _too_long(max_duration_s)
         except av.error.FFmpegError as exc:
             if not blocks:
-                raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                raise AudioError(
+                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
+                ) from exc
     if not blocks:
         raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
     return np.concatenate(blocks), rate

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -23,9 +24,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-from asr.errors import ASRError
+from asr.errors import ASRError, LimitError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class FileTask:
     path: Path
     hotwords: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,28 +141,51 @@ class JobStore:
 
     def create_job(
         self,
-        files: Sequence[tuple[str, bytes]],
+        files: Sequence[tuple[str, UploadSource]],
         hotwords: Sequence[str],
         options: dict[str, Any] | None = None,
+        *,
+        check_file: Callable[[int, str], None] | None = None,
+        max_total_bytes: int | None = None,
     ) -> str:
         """Write the uploads to disk, record the job, and return its unguessable id.
 
-        ``options`` (JSON-ready) are handed to the worker with every file of the job.
+        ``files`` holds bytes or binary file objects (copied in blocks). ``options`` (JSON-ready)
+        are handed to the worker with every file of the job. ``check_file(size, name)`` may raise
+        to refuse a file as soon as it grows past a limit; ``max_total_bytes`` bounds the whole
+        job. A refused job leaves nothing behind.
         """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
         job_dir.mkdir()
         now = time.time()
         rows = []
-        for idx, (name, data) in enumerate(files):
-            # Generated names only: the client's name never touches the file system.
-            path = job_dir / f"{idx:05d}.upload"
-            with open(path, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            rows.append((job_id, idx, name, str(path), len(data), now))
-        _fsync_dir(job_dir)
+        total = 0
+        try:
+            for idx, (name, source) in enumerate(files):
+                shown = display_name(name, idx)
+                # Generated names only: the client's name never touches the file system.
+                path = job_dir / f"{idx:05d}.upload"
+                size = 0
+                with open(path, "wb") as fh:
+                    for block in _blocks(source):
+                        size += len(block)
+                        total += len(block)
+                        if check_file is not None:
+                            check_file(size, shown)
+                        if max_total_bytes is not None and total > max_total_bytes:
+                            raise LimitError(
+                                f"The job's files add up to more than {max_total_bytes / 1048576:g} MB "
+                                "(limits.max_job_mb)."
+                            )
+                        fh.write(block)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                rows.append((job_id, idx, shown, str(path), size, now))
+            _fsync_dir(job_dir)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         with self._tx() as db:
             db.execute(
                 "INSERT INTO jobs(id, created_at, hotwords) VALUES (?, ?, ?)",
@@ -177,6 +202,18 @@ class JobStore:
                 )
         return job_id
 
+    def remove_orphan_uploads(self) -> int:
+        """Delete upload folders without a job row (the process died between writing the files
+        and committing the job, so the client never got an id). Call only at start-up."""
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+        removed = 0
+        for entry in self.upload_dir.iterdir():
+            if entry.is_dir() and entry.name not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
     def requeue_unfinished(self) -> int:
         """Put files that were being processed when the service stopped back to pending."""
         with self._tx() as db:
@@ -189,7 +226,7 @@ class JobStore:
         """Mark the oldest pending file as running and return it, or None when none waits."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options "
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options, f.size "
                 "FROM files f JOIN jobs j ON j.id = f.job_id "
                 "LEFT JOIN job_options o ON o.job_id = f.job_id WHERE f.status='pending' "
                 "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
@@ -201,7 +238,7 @@ class JobStore:
                 (time.time(), row[0], row[1]),
             )
         options = json.loads(row[5]) if row[5] else {}
-        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options)
+        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options, row[6])
 
     def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         """Store a file's result; returns False if it was already finished (stored once)."""
@@ -241,13 +278,19 @@ class JobStore:
         return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
 
     def delete_finished_before(self, cutoff: float) -> list[str]:
-        """Delete finished jobs created before ``cutoff`` (epoch seconds), uploads included."""
+        """Delete jobs whose last file finished before ``cutoff`` (epoch seconds), uploads included.
+
+        Counting from the finish (not the creation) keeps a long job's results downloadable for
+        the whole retention time.
+        """
         with self._tx() as db:
             ids = [
                 row[0]
                 for row in db.execute(
-                    "SELECT id FROM jobs WHERE created_at < ? AND NOT EXISTS "
-                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running'))",
+                    "SELECT id FROM jobs WHERE NOT EXISTS "
+                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running')) "
+                    "AND COALESCE((SELECT MAX(updated_at) FROM files WHERE files.job_id = jobs.id), "
+                    "created_at) < ?",
                     (cutoff,),
                 )
             ]
@@ -263,6 +306,29 @@ class JobStore:
                     "SELECT COUNT(*) FROM files WHERE status IN ('pending', 'running')"
                 ).fetchone()[0]
             )
+
+
+UploadSource = bytes | BinaryIO
+_COPY_BLOCK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 255
+
+
+def _blocks(source: UploadSource) -> Iterator[bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+        return
+    while block := source.read(_COPY_BLOCK):
+        yield block
+
+
+def display_name(name: str | None, index: int) -> str:
+    """The client's file name as shown in status and zip listings: control characters (NUL
+    included) removed, at most 255 characters. It is never used as a path."""
+    cleaned = _CONTROL.sub("", name or "").strip()
+    if len(cleaned) > _MAX_NAME:
+        cleaned = cleaned[: _MAX_NAME - 1] + "…"
+    return cleaned or f"file{index + 1}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -289,12 +355,23 @@ class JobWorker:
     """
 
     def __init__(
-        self, store: JobStore, process: ProcessFn, *, concurrency: int = 16, retention_s: float | None = None
+        self,
+        store: JobStore,
+        process: ProcessFn,
+        *,
+        concurrency: int = 16,
+        retention_s: float | None = None,
+        max_inflight_bytes: int | None = None,
     ) -> None:
         self.store = store
         self._retention_s = retention_s
         self._process = process
         self._slots = asyncio.Semaphore(max(1, concurrency))
+        # Files in flight are read into memory and decoded: besides the count, their stored
+        # sizes are bounded too (one file always runs, however large).
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._room = asyncio.Event()  # set whenever a file in flight finishes
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -302,6 +379,9 @@ class JobWorker:
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        orphans = self.store.remove_orphan_uploads()
+        if orphans:
+            log.info("removed %d upload folder(s) of jobs that were never accepted", orphans)
         requeued = self.store.requeue_unfinished()
         if requeued:
             log.info("re-queued %d unfinished file(s) from before the restart", requeued)
@@ -346,9 +426,18 @@ class JobWorker:
                 self._slots.release()
                 await self._wake.wait()
                 continue
+            while not self._has_room(task.size):
+                self._room.clear()
+                await self._room.wait()
+            self._inflight_bytes += task.size
             worker = asyncio.create_task(self._handle(task))
             self._inflight.add(worker)
             worker.add_done_callback(self._inflight.discard)
+
+    def _has_room(self, size: int) -> bool:
+        if self._max_inflight_bytes is None or self._inflight_bytes == 0:
+            return True
+        return self._inflight_bytes + size <= self._max_inflight_bytes
 
     async def _handle(self, task: FileTask) -> None:
         try:
@@ -356,13 +445,17 @@ class JobWorker:
                 data = await asyncio.to_thread(task.path.read_bytes)
                 result = await self._process(data, task.hotwords, task.options)
             except ASRError as exc:
+                log.warning(
+                    "job %s file %d (%s) failed: [%s] %s", task.job_id, task.index, task.name,
+                    error_code(exc), exc,
+                )  # fmt: skip
                 await asyncio.to_thread(
                     self.store.fail_file, task.job_id, task.index, error_code(exc), str(exc)
                 )
             except asyncio.CancelledError:
                 raise  # shutting down: the file stays 'running' and is re-queued on start-up
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
-                log.exception("file %s/%d failed", task.job_id, task.index)
+                log.exception("job %s file %d (%s) failed", task.job_id, task.index, task.name)
                 await asyncio.to_thread(
                     self.store.fail_file,
                     task.job_id,
@@ -375,6 +468,8 @@ class JobWorker:
             self._signal_change()
         finally:
             self._slots.release()
+            self._inflight_bytes -= task.size
+            self._room.set()
 
 
 def error_code(exc: ASRError) -> str:

@@ -103,11 +103,20 @@ class LongformSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    """Limits on what one request may ask for."""
+    """Limits on what one request may ask for (docs/limits-and-security.md)."""
 
     max_upload_mb: float = Field(default=512.0, gt=0)
+    """Largest single audio file. Request bodies of single-file routes are cut off (413) as soon
+    as they pass this size, before they are read any further."""
+    max_job_mb: float = Field(default=4096.0, gt=0)
+    """Largest batch job (all its files together), and the body limit of the batch and UI upload
+    routes. Batch uploads stream to disk, so this bounds disk use, not memory."""
+    job_inflight_mb: float = Field(default=1024.0, gt=0)
+    """Stored size of the batch-job files being decoded and transcribed at once (at least one
+    always runs). Bounds the job worker's memory: compressed formats decode to about 10x their
+    size (64 kB per second of audio)."""
     max_audio_s: float = Field(default=4 * 3600.0, gt=0)
-    """Longest accepted recording."""
+    """Longest accepted recording. A decoded second takes 64 kB of memory (float32, 16 kHz)."""
     max_files_per_job: int = Field(default=1000, ge=1)
     max_hotwords: int = Field(default=1000, ge=0)
     max_hotword_chars: int = Field(default=32, ge=1)
@@ -115,6 +124,8 @@ class LimitSettings(BaseModel):
     max_queue: int = Field(default=512, ge=1)
     """Items waiting for the GPU before new requests get 503 + Retry-After."""
     request_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest a synchronous transcription (decode + queue + engine) may take before the client
+    gets 504. Batch-job files have no timeout: they wait for their turn."""
 
 
 class ServerSettings(BaseModel):
@@ -129,7 +140,8 @@ class ServerSettings(BaseModel):
     batch_wait_ms: float = Field(default=8.0, ge=0)
     """How long the scheduler waits for more requests to join a batch."""
     job_retention_h: float = Field(default=72.0, gt=0)
-    """Finished batch jobs (results and uploads) are deleted this long after they were created."""
+    """Finished batch jobs (results and uploads) are deleted this long after their last file
+    finished."""
     jobs_db: Path | None = None
     """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
     gradio_queue: bool = True

@@ -88,3 +88,36 @@ def test_finished_jobs_expire_with_their_uploads(tmp_path: Path) -> None:
     assert store.delete_finished_before(time.time() + 1) == [done]  # the unfinished job stays
     assert store.get_job(done) is None and not (tmp_path / "uploads" / done).exists()
     assert store.get_job(open_job) is not None
+
+
+def test_worker_bounds_the_bytes_in_flight(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3", tmp_path)
+    in_flight: list[int] = []
+    peak_bytes = 0
+
+    async def process(data: bytes, hotwords: Sequence[str], options: Any = None) -> dict[str, Any]:
+        nonlocal peak_bytes
+        in_flight.append(len(data))
+        peak_bytes = max(peak_bytes, sum(in_flight))
+        await asyncio.sleep(0.02)
+        in_flight.remove(len(data))
+        return {"text": str(len(data))}
+
+    async def main() -> None:
+        # 25-byte budget: two 10-byte files at once, the 40-byte file alone.
+        worker = JobWorker(store, process, concurrency=8, max_inflight_bytes=25)
+        await worker.start()
+        files = [(f"{i}.wav", b"x" * (40 if i == 3 else 10)) for i in range(8)]
+        job_id = store.create_job(files, [])
+        worker.notify()
+        for _ in range(200):
+            job = store.get_job(job_id)
+            if job is not None and job.status == "done":
+                break
+            await worker.wait_for_change(0.5)
+        await worker.stop()
+        job = store.get_job(job_id)
+        assert job is not None and job.count("done") == 8
+
+    asyncio.run(main())
+    assert peak_bytes == 40  # the large file ran, alone; the small ones two at a time

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 from asr.server import health, jobs, openai_compat, transcribe
 from asr.server.auth import install_token_auth
 from asr.server.errors import install_error_handlers
+from asr.server.limits import BodySizeLimit, body_limit_for
 from asr.server.service import EngineLike, Service
 from asr.server.ui import build_ui
 from asr.settings import Settings
@@ -68,6 +69,10 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
             service.metrics.observe_request(path, response.status_code, time.perf_counter() - t0)
         return response
 
+    # Outside the request counter, inside the token check: bodies over the limit are refused
+    # while they stream in, before any route or Gradio handler reads them.
+    app.add_middleware(BodySizeLimit, limit_for=body_limit_for(settings.limits))
+
     if settings.server.api_token:
         # Added last, so it runs first: nothing is counted or served before the token is checked.
         install_token_auth(app, settings.server.api_token)
@@ -88,6 +93,10 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     blocks = build_ui(service)
     blocks.queue(default_concurrency_limit=None, max_size=settings.limits.max_queue)
+    # Gradio only checks that a file path sent by the client is one it stored itself (its upload
+    # folder) once the Blocks "has launched"; mount_gradio_app never sets that, which would let a
+    # client make the UI read any file on the server. The flag has no other use in Gradio.
+    blocks.has_launched = True
     return gr.mount_gradio_app(
         app,
         blocks,

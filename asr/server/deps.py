@@ -17,6 +17,11 @@ def get_service(request: Request) -> Service:
 async def read_upload(service: Service, upload: UploadFile) -> bytes:
     """Read an uploaded file, refusing it as soon as it passes the upload limit."""
     name = upload.filename or "upload"
+    if upload.size is not None:
+        # The web server spooled the upload (to disk past 1 MB) and knows its size: check it,
+        # then read it with one allocation (joining chunks would hold the file twice).
+        service.check_upload_size(upload.size, name)
+        return await upload.read()
     chunks: list[bytes] = []
     size = 0
     while chunk := await upload.read(_CHUNK):

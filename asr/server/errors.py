@@ -9,16 +9,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
 from asr.jobs import error_code
-from asr.server.service import JobNotFoundError
+from asr.server.service import (
+    EngineFailedError,
+    EngineOverloadedError,
+    JobNotFoundError,
+    RequestTimeoutError,
+)
 
 log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides the status.
 _STATUS: tuple[tuple[type[ASRError], int], ...] = (
     (QueueFullError, 503),
+    (EngineOverloadedError, 503),
+    (RequestTimeoutError, 504),
+    (EngineFailedError, 500),
     (LimitError, 413),
     (HotwordError, 422),
     (AudioError, 400),
@@ -51,8 +60,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _asr_error(request: Request, exc: ASRError) -> JSONResponse:
         status = status_for(exc)
         headers = {}
-        if isinstance(exc, QueueFullError):
-            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        retry_after = getattr(exc, "retry_after_s", None)
+        if status == 503 and retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if status >= 500 and status != 503:
             log.error("request %s failed: %s", request.url.path, exc)
         return JSONResponse(error_body(error_code(exc), str(exc)), status_code=status, headers=headers)
@@ -69,6 +79,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Form parsing problems (Starlette's multipart parser, FastAPI's body reader): say
+            # what was wrong, and treat an oversized form field as the limit it is.
+            cause = exc.__cause__
+            reason = str(cause) if isinstance(cause, MultiPartException) else str(exc.detail)
+            if "maximum size" in reason:
+                return JSONResponse(
+                    error_body(
+                        "limit_exceeded",
+                        f"A form field is too large ({reason}): hotwords and options must stay "
+                        "under 1 MB, and within limits.max_hotwords and limits.max_hotword_chars.",
+                    ),
+                    status_code=413,
+                )
+            return JSONResponse(
+                error_body("invalid_request", f"The request could not be read: {reason}"), status_code=400
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)),

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from asr.errors import LimitError
-from asr.server.deps import get_service, read_upload
+from asr.server.deps import get_service
 from asr.server.service import Service, job_to_dict, long_request
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
@@ -33,7 +33,9 @@ async def batch_async(
     before this returns.
     """
     words = service.parse_hotwords(hotwords)
-    uploads = [(f.filename or f"file{i + 1}", await read_upload(service, f)) for i, f in enumerate(files)]
+    # The web server has spooled each upload to a temporary file; the job store copies them to
+    # the data directory block by block, so the job never sits in memory whole.
+    uploads = [(f.filename or f"file{i + 1}", f.file) for i, f in enumerate(files)]
     job_id = await service.create_job(uploads, words, long_request(vad, punc, speakers, num_speakers))
     return {
         "job_id": job_id,

@@ -24,7 +24,7 @@ from asr import formats
 from asr.audio import SAMPLE_RATE, decode_audio
 from asr.errors import ASRError, LimitError
 from asr.hotwords import HotwordList, parse_hotwords
-from asr.jobs import JobState, JobStore, JobWorker, error_code
+from asr.jobs import JobState, JobStore, JobWorker, UploadSource, error_code
 from asr.longform import LongformModels, LongRequest, LongTranscript, from_transcripts, transcribe_files_long
 from asr.punc import Punctuator
 from asr.scheduler import Scheduler, SchedulerOptions
@@ -38,6 +38,44 @@ class JobNotFoundError(ASRError):
     """No job has this id (or it was removed)."""
 
     code = "job_not_found"
+
+
+class RequestTimeoutError(ASRError):
+    """A synchronous request took longer than ``limits.request_timeout_s`` (HTTP 504)."""
+
+    code = "request_timeout"
+
+
+class EngineOverloadedError(ASRError):
+    """The device ran out of memory on this input; worth retrying later (HTTP 503)."""
+
+    code = "out_of_memory"
+    retry_after_s = 5.0
+
+
+class EngineFailedError(ASRError):
+    """The engine raised an unexpected error on this input (HTTP 500); it is logged."""
+
+    code = "engine_error"
+
+
+def engine_failure(exc: Exception) -> ASRError:
+    """The typed error a client sees for an unexpected engine exception."""
+    if _is_out_of_memory(exc):
+        return EngineOverloadedError(
+            "The GPU ran out of memory on this file. Retry in a moment, or send a shorter file."
+        )
+    return EngineFailedError(f"Recognition failed on this file ({type(exc).__name__}: {str(exc)[:200]}).")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the engine
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 class EngineLike(Protocol):
@@ -82,6 +120,7 @@ class Service:
             self._process_job_file,
             concurrency=min(settings.engine.max_batch_size, 64),
             retention_s=settings.server.job_retention_h * 3600,
+            max_inflight_bytes=int(settings.limits.job_inflight_mb * 1048576),
         )
 
     def _on_batch(self, stats: Any) -> None:
@@ -116,7 +155,7 @@ class Service:
         if size > limit:
             raise LimitError(
                 f"The file '{name}' is {size / 1048576:.1f} MB; the limit is "
-                f"{self.settings.limits.max_upload_mb:g} MB."
+                f"{self.settings.limits.max_upload_mb:g} MB (limits.max_upload_mb)."
             )
 
     async def transcribe_bytes(
@@ -135,6 +174,31 @@ class Service:
         ``background=True`` (batch jobs) waits for room in a full queue instead of failing.
         """
         self.check_upload_size(len(data))
+        work = self._transcribe_bytes(data, hotwords, timestamps=timestamps, background=background, long=long)
+        if background:
+            return await work
+        timeout = self.settings.limits.request_timeout_s
+        try:
+            # Cancelling the wait cancels the request's scheduler futures: queued items are
+            # skipped and results of a batch already running are dropped.
+            return await asyncio.wait_for(work, timeout)
+        except asyncio.TimeoutError:
+            log.warning("request timed out after %.1f s (limits.request_timeout_s)", timeout)
+            raise RequestTimeoutError(
+                f"The transcription did not finish within {timeout:g} s (limits.request_timeout_s): "
+                "the server is busy or the file is long. Retry later, or send long files to "
+                "/api/batch_async."
+            ) from None
+
+    async def _transcribe_bytes(
+        self,
+        data: bytes,
+        hotwords: HotwordList,
+        *,
+        timestamps: bool,
+        background: bool,
+        long: LongRequest | None,
+    ) -> dict[str, Any]:
         request = long or LongRequest()
         t0 = time.perf_counter()
         audio = await asyncio.to_thread(decode_audio, data, max_duration_s=self.settings.limits.max_audio_s)
@@ -142,12 +206,20 @@ class Service:
         punc = await self._punctuator(request)
         transcript: Any
         use_vad = self.longform.use_vad(duration, request)
-        if use_vad:
-            transcript = (await self.transcribe_long([audio], [hotwords], request, background=background))[0]
-        else:
-            transcript = await self.scheduler.submit(audio, hotwords, block=background)
-            if punc is not None:
-                transcript = (await asyncio.to_thread(from_transcripts, [transcript], [duration], punc))[0]
+        try:
+            if use_vad:
+                long_results = await self.transcribe_long([audio], [hotwords], request, background=background)
+                transcript = long_results[0]
+            else:
+                transcript = await self.scheduler.submit(audio, hotwords, block=background)
+                if punc is not None:
+                    punctuated = await asyncio.to_thread(from_transcripts, [transcript], [duration], punc)
+                    transcript = punctuated[0]
+        except ASRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
+            log.error("engine failed on a %.1f s recording: %r", duration, exc)
+            raise engine_failure(exc) from exc
         elapsed = time.perf_counter() - t0
         result = transcript_to_result(transcript, duration, hotwords, elapsed, timestamps)
         result["vad"] = use_vad
@@ -200,18 +272,33 @@ class Service:
     # ---- batch jobs ------------------------------------------------------------------------
 
     async def create_job(
-        self, files: Sequence[tuple[str, bytes]], hotwords: HotwordList, long: LongRequest | None = None
+        self,
+        files: Sequence[tuple[str, UploadSource]],
+        hotwords: HotwordList,
+        long: LongRequest | None = None,
     ) -> str:
-        """Store the uploads durably and queue them; returns the job id once they are on disk."""
+        """Store the uploads durably and queue them; returns the job id once they are on disk.
+
+        Each file is bytes or a binary file object (an upload spooled by the web server); file
+        objects are copied to the data directory in blocks, so a job never sits in memory whole.
+        """
         limits = self.settings.limits
         if not files:
             raise LimitError("A batch job needs at least one file.", code="no_files")
         if len(files) > limits.max_files_per_job:
-            raise LimitError(f"{len(files)} files sent; a job takes at most {limits.max_files_per_job}.")
-        for name, data in files:
-            self.check_upload_size(len(data), name)
+            raise LimitError(
+                f"{len(files)} files sent; a job takes at most {limits.max_files_per_job} "
+                "(limits.max_files_per_job)."
+            )
         options = long_request_to_dict(long) if long is not None else None
-        job_id = await asyncio.to_thread(self.jobs.create_job, files, hotwords, options)
+        job_id = await asyncio.to_thread(
+            self.jobs.create_job,
+            files,
+            hotwords,
+            options,
+            check_file=self.check_upload_size,
+            max_total_bytes=int(limits.max_job_mb * 1048576),
+        )
         self.job_worker.notify()
         return job_id
 
@@ -397,7 +484,10 @@ def safe_stem(name: str) -> str:
 
 
 __all__ = [
+    "EngineFailedError",
+    "EngineOverloadedError",
     "JobNotFoundError",
+    "RequestTimeoutError",
     "Service",
     "error_code",
     "job_to_dict",

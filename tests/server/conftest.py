@@ -141,18 +141,27 @@ class LiveServer:
             self.process.wait()
 
 
-def start_server(model_dir: Path, work: Path, port: int | None = None) -> LiveServer:
-    """Start ``webui.py`` as users do and wait until /healthz says ready."""
+def start_server(
+    model_dir: Path,
+    work: Path,
+    port: int | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> LiveServer:
+    """Start ``webui.py`` as users do and wait until /healthz says ready.
+
+    ``env`` adds ASR_* settings (e.g. ``ASR_LIMITS__MAX_QUEUE``); ``args`` adds flags."""
     port = port or free_port()
     log_path = work / f"server-{port}-{time.monotonic_ns()}.log"
     cmd = [
         sys.executable, str(REPO / "webui.py"),
         "--config", "cpu", "--model", str(model_dir), "--port", str(port),
-        "--data-dir", str(work / "data"), "--max-batch-size", "16", "--no-autolaunch",
+        "--data-dir", str(work / "data"), "--max-batch-size", "16", "--no-autolaunch", *(args or []),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + 120
     while True:

@@ -1,17 +1,17 @@
-"""Against a real server process on loopback: the OpenAI client and 32 concurrent requests."""
+"""Against a real server process on loopback: the OpenAI client and 32 concurrent requests.
+
+SIGKILL in the middle of a batch job: tests/server/test_durability_live.py."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import signal
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import LiveServer, start_server, wav_bytes
+from .conftest import LiveServer
 
 
 def test_openai_client_transcribes_through_v1(live_server: LiveServer, audio_dir: Path) -> None:
@@ -110,26 +110,3 @@ def test_server_binds_loopback_and_serves_ui(live_server: LiveServer) -> None:
     info = httpx.get(live_server.url + "/api/info").json()
     assert info["scheduler"]["max_batch_size"] == 16  # --max-batch-size reached the scheduler
     assert info["engine"]
-
-
-def test_batch_job_survives_sigkill(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Accepted uploads are durable: kill -9 the server mid-job, restart it, the job finishes."""
-    files = [("files", (f"f{i}.wav", wav_bytes(2.0 + i % 4, seed=i))) for i in range(40)]
-    server = start_server(tiny_model_dir, tmp_path)
-    try:
-        job_id = httpx.post(server.url + "/api/batch_async", files=files, timeout=60).json()["job_id"]
-        server.process.send_signal(signal.SIGKILL)
-        server.process.wait(10)
-    finally:
-        server.stop()
-    restarted = start_server(tiny_model_dir, tmp_path)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            job = httpx.get(f"{restarted.url}/api/jobs/{job_id}").json()
-            if job["status"] == "done" or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-    finally:
-        restarted.stop()
-    assert (job["status"], job["done"], job["failed"]) == ("done", 40, 0)

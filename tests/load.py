@@ -1,0 +1,223 @@
+"""Load and soak test: many concurrent clients against a real server process on loopback.
+
+    python -m tests.load --duration 60                 # start a server on the tiny model, 200 clients
+    python -m tests.load --url http://127.0.0.1:7860 --pid 1234 --duration 60   # an existing server
+
+Each client posts a short clip to /api/transcribe in a loop until the time is up, honouring
+Retry-After on 503. Reported: requests, answers per status, errors (anything but 200 and the
+documented 503), p50/p95/p99 latency of answered requests, throughput, and the server's resident
+memory sampled through the run (with --pid or a server started here). The report is printed and
+written to test-output/load-<duration>s.json. The default test run uses a short form of the same
+code (tests/server/test_live_limits.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_DIR = ROOT / "test-output"
+
+
+@dataclass
+class LoadReport:
+    duration_s: float
+    concurrency: int
+    sent: int = 0
+    answered: int = 0
+    ok: int = 0
+    busy_503: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies_s:
+            return None
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def rss_window(self, start: float, end: float) -> float | None:
+        """Median resident memory (MB) between two fractions of the run."""
+        values = [mb for t, mb in self.rss_mb if start * self.duration_s <= t <= end * self.duration_s]
+        return statistics.median(values) if values else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "duration_s": self.duration_s,
+            "concurrency": self.concurrency,
+            "sent": self.sent,
+            "answered": self.answered,
+            "ok": self.ok,
+            "busy_503": self.busy_503,
+            "errors": len(self.errors),
+            "first_errors": self.errors[:5],
+            "throughput_rps": round(self.ok / self.duration_s, 1),
+            "latency_p50_s": _round(self.percentile(0.50)),
+            "latency_p95_s": _round(self.percentile(0.95)),
+            "latency_p99_s": _round(self.percentile(0.99)),
+            "latency_max_s": _round(max(self.latencies_s, default=0.0)),
+            "rss_mb_after_warmup": _round(self.rss_window(0.3, 0.45)),
+            "rss_mb_at_end": _round(self.rss_window(0.85, 1.0)),
+            "rss_mb_peak": _round(max((mb for _, mb in self.rss_mb), default=0.0)),
+            "client_cpu_s": _round(self.client_cpu_s),
+            "server_cpu_s": _round(self.server_cpu_s),
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def make_clips(n: int = 10, rate: int = 16000) -> list[bytes]:
+    """Short 16-bit WAV clips (0.6-1.4 s) of gated tones over noise."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    clips = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        t = np.arange(int((0.6 + 0.2 * (i % 5)) * rate)) / rate
+        x = 0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
+        x = (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
+        clips.append(buf.getvalue())
+    return clips
+
+
+async def run_load(
+    url: str,
+    *,
+    duration_s: float = 12.0,
+    concurrency: int = 200,
+    pid: int | None = None,
+    clips: list[bytes] | None = None,
+    request_timeout_s: float = 120.0,
+) -> LoadReport:
+    """Run ``concurrency`` looping clients for ``duration_s`` seconds (127.0.0.1 only)."""
+    if not url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]")):
+        raise ValueError("the load test only talks to a server on this machine")
+    clips = clips or make_clips()
+    report = LoadReport(duration_s, concurrency)
+    start = time.monotonic()
+    deadline = start + duration_s
+
+    async def client(n: int, http: httpx.AsyncClient) -> None:
+        i = n
+        while time.monotonic() < deadline:
+            data = clips[i % len(clips)]
+            i += concurrency
+            report.sent += 1
+            t0 = time.monotonic()
+            try:
+                resp = await http.post("/api/transcribe", files={"file": ("load.wav", data)})
+            except httpx.HTTPError as exc:
+                report.errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            report.answered += 1
+            if resp.status_code == 200:
+                report.ok += 1
+                report.latencies_s.append(time.monotonic() - t0)
+            elif resp.status_code == 503 and "Retry-After" in resp.headers:
+                report.busy_503 += 1
+                wait = float(resp.headers["Retry-After"])
+                await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+            else:
+                report.errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+
+    def sample_rss() -> None:
+        # A thread, not a task: a busy event loop must not leave gaps in the memory readings.
+        while pid is not None and time.monotonic() < deadline:
+            report.rss_mb.append((time.monotonic() - start, rss_mb(pid)))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    cpu0 = time.process_time()
+    server_cpu0 = cpu_s(pid) if pid is not None else None
+    # No keep-alive: a connection the server closed while this client was busy would otherwise
+    # be reused and fail, which would be the client's race, not a lost request.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=request_timeout_s, limits=limits) as http:
+        await asyncio.gather(*(client(n, http) for n in range(concurrency)))
+    sampler.join()
+    report.client_cpu_s = time.process_time() - cpu0
+    if pid is not None and server_cpu0 is not None:
+        report.server_cpu_s = cpu_s(pid) - server_cpu0
+    return report
+
+
+def write_report(report: LoadReport, name: str) -> Path:
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    path = OUTPUT_DIR / name
+    body = {"summary": report.summary(), "rss_mb": report.rss_mb}
+    path.write_text(json.dumps(body, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="a running server (loopback only); default: start one on the tiny model")
+    p.add_argument("--pid", type=int, help="the server's process id, for memory sampling")
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--concurrency", type=int, default=200)
+    args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    server = None
+    url, pid = args.url, args.pid
+    if url is None:
+        from asr.testmodel import make_model_dir
+        from tests.server.conftest import start_server
+
+        work = Path(tempfile.mkdtemp(prefix="asr-load-"))
+        model = make_model_dir(work / "tiny", "tiny", seed=0)
+        server = start_server(model, work, env={"ASR_LIMITS__MAX_QUEUE": "256"})
+        url, pid = server.url, server.process.pid
+    try:
+        report = asyncio.run(run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid))
+    finally:
+        if server is not None:
+            server.stop()
+    path = write_report(report, f"load-{args.duration:g}s.json")
+    print(json.dumps(report.summary(), indent=1))
+    print(f"report written to {path}")
+    return 0 if not report.errors and report.answered == report.sent else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
