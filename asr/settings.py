@@ -144,6 +144,8 @@ class ServerSettings(BaseModel):
     finished."""
     jobs_db: Path | None = None
     """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
+    ui: bool = True
+    """Serve the web UI at /; false serves the HTTP API alone (and does not load gradio)."""
     gradio_queue: bool = True
     """Route single-file UI events through Gradio's queue. The queue never limits concurrency
     either way (every request goes to the one batching scheduler); False sends them directly."""

@@ -38,6 +38,7 @@ class LoadReport:
     concurrency: int
     sent: int = 0
     answered: int = 0
+    audio_s: float = 0.0
     ok: int = 0
     busy_503: int = 0
     errors: list[str] = field(default_factory=list)
@@ -68,6 +69,7 @@ class LoadReport:
             "errors": len(self.errors),
             "first_errors": self.errors[:5],
             "throughput_rps": round(self.ok / self.duration_s, 1),
+            "audio_s_per_s": round(self.audio_s / self.duration_s, 1),
             "latency_p50_s": _round(self.percentile(0.50)),
             "latency_p95_s": _round(self.percentile(0.95)),
             "latency_p99_s": _round(self.percentile(0.99)),
@@ -98,8 +100,8 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def make_clips(n: int = 10, rate: int = 16000) -> list[bytes]:
-    """Short 16-bit WAV clips (0.6-1.4 s) of gated tones over noise."""
+def make_clips(n: int = 10, rate: int = 16000, seconds: float | None = None) -> list[bytes]:
+    """16-bit WAV clips of gated tones over noise: 0.6-1.4 s, or all `seconds` long."""
     import io
 
     import numpy as np
@@ -108,7 +110,8 @@ def make_clips(n: int = 10, rate: int = 16000) -> list[bytes]:
     clips = []
     for i in range(n):
         rng = np.random.default_rng(i)
-        t = np.arange(int((0.6 + 0.2 * (i % 5)) * rate)) / rate
+        length = seconds if seconds is not None else 0.6 + 0.2 * (i % 5)
+        t = np.arange(int(length * rate)) / rate
         x = 0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
         x = (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
         buf = io.BytesIO()
@@ -149,6 +152,7 @@ async def run_load(
             report.answered += 1
             if resp.status_code == 200:
                 report.ok += 1
+                report.audio_s += (len(data) - 44) / 32000  # 16-bit mono 16 kHz WAV
                 report.latencies_s.append(time.monotonic() - t0)
             elif resp.status_code == 503 and "Retry-After" in resp.headers:
                 report.busy_503 += 1
@@ -193,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, help="the server's process id, for memory sampling")
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--clip-seconds", type=float, help="every clip this long (default: 0.6-1.4 s)")
     args = p.parse_args(argv)
     import logging
 
@@ -209,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(model, work, env={"ASR_LIMITS__MAX_QUEUE": "256"})
         url, pid = server.url, server.process.pid
     try:
-        report = asyncio.run(run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid))
+        clips = make_clips(seconds=args.clip_seconds) if args.clip_seconds else None
+        report = asyncio.run(
+            run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid, clips=clips)
+        )
     finally:
         if server is not None:
             server.stop()

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import gradio as gr
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse
 
@@ -17,7 +16,6 @@ from asr.server.auth import install_token_auth
 from asr.server.errors import install_error_handlers
 from asr.server.limits import BodySizeLimit, body_limit_for
 from asr.server.service import EngineLike, Service
-from asr.server.ui import build_ui
 from asr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +77,12 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     for module in (transcribe, jobs, openai_compat, health):
         app.include_router(module.router)
+
+    if not settings.server.ui:
+        return app  # the HTTP API alone: gradio is not even imported
+    import gradio as gr
+
+    from asr.server.ui import build_ui
 
     head = ""
     if BATCH_SCRIPT.is_file():

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send single-file UI events directly instead of through Gradio's queue. Gradio never "
         "limits concurrency either way: every request goes to the one batching scheduler",
     )
+    p.add_argument("--no-ui", action="store_true", help="serve the HTTP API alone, without the web UI")
     p.add_argument(
         "--share", action="store_true", help="open a public gradio.live link (exposes the service!)"
     )
@@ -132,6 +133,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             server[key] = value
     if args.no_gradio_queue:
         server["gradio_queue"] = False
+    if args.no_ui:
+        server["ui"] = False
     if args.share:
         server["share"] = True
     if args.autolaunch is not None:
