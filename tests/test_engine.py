@@ -230,3 +230,16 @@ def test_out_of_memory_on_one_item_is_raised(engine: Engine, clips, monkeypatch)
     monkeypatch.setattr(engine, "_forward", forward)
     with pytest.raises(torch.OutOfMemoryError):
         engine.transcribe(clips[:1])
+
+
+def test_model_generation_is_deterministic(tiny_model_dir, tmp_path) -> None:
+    from asr.testmodel import make_model_dir
+
+    again = make_model_dir(tmp_path / "again", "tiny", seed=0)
+    for name in ("config.yaml", "tokens.json", "am.mvn", "seg_dict", "configuration.json"):
+        assert (again / name).read_bytes() == (tiny_model_dir / name).read_bytes(), name
+    a = torch.load(again / "model.pt", weights_only=True)
+    b = torch.load(tiny_model_dir / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = torch.load(make_model_dir(tmp_path / "other", "tiny", seed=1) / "model.pt", weights_only=True)
+    assert any(not torch.equal(a[k], other[k]) for k in a)

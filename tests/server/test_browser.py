@@ -48,7 +48,8 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _batch_files(audio_dir: Path, tmp_path: Path) -> list[Path]:
-    names = ["clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav", "clip4.wav", "clip.mp3", "corrupt.wav"]
+    names = ["clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav", "clip4.wav", "clip.mp3", "clip.m4a", "clip.ogg",
+             "corrupt.wav"]
     out = []
     for name in names:
         dst = tmp_path / name
@@ -77,6 +78,9 @@ def test_batch_tab_uploads_groups_in_parallel_and_shows_every_result(
     files = _batch_files(audio_dir, tmp_path)
     extra = tmp_path / "removed-again.wav"
     shutil.copy(audio_dir / "clip0.wav", extra)
+    tenth = tmp_path / "clip5.wav"
+    shutil.copy(audio_dir / "clip2.wav", tenth)
+    files.append(tenth)
     page.set_input_files("#batch-files input[type=file]", [str(f) for f in [*files, extra]])
     page.wait_for_selector('#batch-files td.filename[aria-label="removed-again.wav"]')
     # A file removed in the Gradio component is not uploaded by the script either.
@@ -89,18 +93,19 @@ def test_batch_tab_uploads_groups_in_parallel_and_shows_every_result(
     uploads = [e for e in events if e[1].endswith("/api/batch_async")]
     sent = [t for kind, _, t in uploads if kind == "request"]
     answered = [t for kind, _, t in uploads if kind == "response"]
-    assert len(sent) == 2 and len(answered) == 2  # 7 files -> groups of 4 and 3
-    assert max(sent) < min(answered)  # both groups were in flight at once
+    assert len(sent) == 3 and len(answered) == 3  # 10 files -> groups of 4, 4 and 2
+    assert max(sent) < min(answered)  # all groups were in flight at once
 
     summary = page.locator("#batch-js-summary")
-    assert summary.get_attribute("data-total") == "7"
-    assert summary.get_attribute("data-done") == "6" and summary.get_attribute("data-failed") == "1"
+    assert summary.get_attribute("data-total") == "10"
+    assert summary.get_attribute("data-done") == "9" and summary.get_attribute("data-failed") == "1"
     rows = page.locator("#batch-js-table tr[data-status]")
-    assert rows.count() == 7
-    by_name = {rows.nth(i).get_attribute("data-name"): rows.nth(i) for i in range(7)}
+    assert rows.count() == 10
+    by_name = {rows.nth(i).get_attribute("data-name"): rows.nth(i) for i in range(10)}
     assert by_name["corrupt.wav"].get_attribute("data-status") == "failed"
     assert by_name["corrupt.wav"].locator(".batch-js-text").inner_text().strip()
-    for name in ("clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav", "clip4.wav", "clip.mp3"):
+    for name in ("clip0.wav", "clip1.wav", "clip2.wav", "clip3.wav", "clip4.wav", "clip5.wav", "clip.mp3",
+                 "clip.m4a", "clip.ogg"):
         assert by_name[name].get_attribute("data-status") == "done"
 
     # The texts shown are the ones the API gives for each file alone.
@@ -120,7 +125,7 @@ def test_batch_tab_uploads_groups_in_parallel_and_shows_every_result(
     dl.value.save_as(archive)
     import zipfile
 
-    assert len(zipfile.ZipFile(archive).namelist()) == 6 * 3 + 1
+    assert len(zipfile.ZipFile(archive).namelist()) == 9 * 3 + 1
     page.screenshot(path=str(SHOTS / "tab-batch.png"), full_page=True)
 
     page.click("#tab-system-button")
