@@ -143,6 +143,19 @@ def load_seg_dict(path: Path | None) -> dict[str, list[str]]:
     return table
 
 
+def read_model_config(model_dir: Path, model_class: str, what: str) -> dict[str, Any]:
+    """A funasr model directory's config.yaml, checked to describe `model_class` (`what` names it
+    for the user). Fails here rather than in funasr, which treats a missing directory as a hub id
+    and retries the network for ~20 s."""
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        raise ModelLoadError(f"No {what} model at {model_dir}: config.yaml is missing.")
+    conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(conf, dict) or conf.get("model") != model_class:
+        raise ModelLoadError(f"{path} does not describe a {what} model ({model_class}).")
+    return conf
+
+
 def _read_cmvn(path: Path) -> np.ndarray:
     from .frontend import load_cmvn
 

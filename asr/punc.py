@@ -76,15 +76,10 @@ class Punctuator:
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
-        import yaml
+        from .model import read_model_config
 
         model_dir = Path(model_dir)
-        config = model_dir / "config.yaml"
-        if not config.is_file():
-            raise ModelLoadError(f"No punctuation model at {model_dir}: config.yaml is missing.")
-        conf = yaml.safe_load(config.read_text(encoding="utf-8"))
-        if not isinstance(conf, dict) or conf.get("model") != "CTTransformer":
-            raise ModelLoadError(f"{config} does not describe a CT-Transformer punctuation model.")
+        conf = read_model_config(model_dir, "CTTransformer", "CT-Transformer punctuation")
         for name in ("model.pt", "tokens.json"):
             if not (model_dir / name).is_file():
                 raise ModelLoadError(f"The punctuation model at {model_dir} has no {name}.")

@@ -117,15 +117,10 @@ class SpeakerEmbedder:
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
-        import yaml
+        from .model import read_model_config
 
         model_dir = Path(model_dir)
-        config = model_dir / "config.yaml"
-        if not config.is_file():
-            raise ModelLoadError(f"No speaker model at {model_dir}: config.yaml is missing.")
-        conf = yaml.safe_load(config.read_text(encoding="utf-8"))
-        if not isinstance(conf, dict) or conf.get("model") != "CAMPPlus":
-            raise ModelLoadError(f"{config} does not describe a CAM++ speaker model (CAMPPlus).")
+        conf = read_model_config(model_dir, "CAMPPlus", "CAM++ speaker")
         weights = _weights_file(model_dir)
         try:
             import funasr  # noqa: F401  (fills funasr's registry)

@@ -501,16 +501,9 @@ class _SileroRegions:
 
 
 def _load_config(model_dir: Path) -> dict[str, Any]:
-    import yaml
+    from .model import read_model_config
 
-    path = model_dir / "config.yaml"
-    if not path.is_file():
-        # funasr would treat a missing directory as a hub id and retry the network for ~20 s.
-        raise ModelLoadError(f"No VAD model at {model_dir}: config.yaml is missing.")
-    conf = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(conf, dict) or conf.get("model") != "FsmnVADStreaming":
-        raise ModelLoadError(f"{path} does not describe an FSMN-VAD model (FsmnVADStreaming).")
-    return conf
+    return read_model_config(model_dir, "FsmnVADStreaming", "FSMN-VAD")
 
 
 class FsmnVad(_Segmenter):
