@@ -213,9 +213,12 @@ class Engine:
         return out
 
     def close(self) -> None:
-        """Drop cached device tensors (hotword embeddings); the model stays loaded."""
+        """Drop cached device tensors (hotword embeddings) and stop the helper thread. The engine
+        is not to be used afterwards."""
         with self._cache_lock:
             self._bias_cache.clear()
+        if self._side_pool is not None:
+            self._side_pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------- input handling
     @staticmethod
