@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_fixtures import encode_av
 from fastapi.testclient import TestClient
 
 from asr.settings import Settings, load_settings
@@ -57,20 +57,7 @@ def encoded_bytes(fmt: str, seconds: float = 1.5, seed: int = 0) -> bytes:
     audio = _signal(seconds, seed)
     rate = 48000 if fmt == "ogg" else 44100
     audio = np.interp(np.arange(int(len(audio) * rate / SR)) * SR / rate, np.arange(len(audio)), audio)
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=container_fmt) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.layout = "mono"
-        frame_size = 1152
-        for start in range(0, len(audio), frame_size):
-            chunk = audio[start : start + frame_size].astype(np.float32)[None, :]
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
+    return encode_av(audio.astype(np.float32), rate, codec, container_fmt)
 
 
 CORRUPT = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 20  # a WAV header that ends mid-way
