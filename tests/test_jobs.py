@@ -61,13 +61,7 @@ def test_worker_processes_files_concurrently_and_isolates_failures(tmp_path: Pat
         await worker.start()
         files = [(f"{i}.wav", b"bad" if i == 3 else f"t{i}".encode()) for i in range(10)]
         job_id = store.create_job(files, ["词"])
-        worker.notify()
-        for _ in range(200):
-            job = store.get_job(job_id)
-            if job is not None and job.status == "done":
-                break
-            await worker.wait_for_change(0.5)
-        await worker.stop()
+        await _finish(store, worker, job_id)
         job = store.get_job(job_id)
         assert job is not None and job.status == "done"
         assert job.files[3].status == "failed" and job.files[3].error_code == "corrupt_audio"
@@ -109,15 +103,20 @@ def test_worker_bounds_the_bytes_in_flight(tmp_path: Path) -> None:
         await worker.start()
         files = [(f"{i}.wav", b"x" * (40 if i == 3 else 10)) for i in range(8)]
         job_id = store.create_job(files, [])
-        worker.notify()
-        for _ in range(200):
-            job = store.get_job(job_id)
-            if job is not None and job.status == "done":
-                break
-            await worker.wait_for_change(0.5)
-        await worker.stop()
+        await _finish(store, worker, job_id)
         job = store.get_job(job_id)
         assert job is not None and job.count("done") == 8
 
     asyncio.run(main())
     assert peak_bytes == 40  # the large file ran, alone; the small ones two at a time
+
+
+async def _finish(store, worker, job_id: str) -> None:
+    """Wake the worker, wait (bounded) until the job is done, stop the worker."""
+    worker.notify()
+    for _ in range(200):
+        job = store.get_job(job_id)
+        if job is not None and job.status == "done":
+            break
+        await worker.wait_for_change(0.5)
+    await worker.stop()
