@@ -28,7 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cif", "cif_wo_hidden", "predict"]
+from . import lstm as lstm_kernels
+
+__all__ = ["LSTM_KERNELS", "cif", "cif_wo_hidden", "predict"]
+
+LSTM_KERNELS = ("auto", "fused", "cudnn")
 
 
 def _as_fp32(value: float) -> float:
@@ -159,17 +163,34 @@ def _reverse_within(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.size(2)))
 
 
-def _blstm_within_lengths(blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+def _blstm_within_lengths(
+    blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor, kernel: str = "auto"
+) -> torch.Tensor:
     """A one-layer BLSTM whose backward direction starts at each row's own end.
 
     Equal on valid steps to running it on a packed sequence, without packing: cuDNN's packed
     path costs tens of milliseconds of host time per call. Values past each row's end are
     meaningless and must be masked by the caller.
+
+    kernel: "fused" runs both directions in one persistent kernel (`asr.lstm`: CUDA, fp16/bf16),
+    "cudnn" runs torch's LSTM per direction, "auto" picks the fused kernel where it can run.
     """
-    forward, backward = _lstm_directions(blstm)
-    x = x.to(forward.weight_ih_l0.dtype)
-    ahead, _ = forward(x)
-    behind, _ = backward(_reverse_within(x, lens))
+    if kernel not in LSTM_KERNELS:
+        raise ValueError(f"unknown LSTM kernel {kernel!r}; choose one of {LSTM_KERNELS}")
+    dtype = blstm.weight_ih_l0.dtype
+    if dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    x = x.to(dtype)
+    use_fused = kernel != "cudnn" and lstm_kernels.fused_available(x.device, dtype)
+    if kernel == "fused" and not use_fused:
+        raise RuntimeError("the fused LSTM kernel needs Triton, a CUDA device and fp16/bf16 weights")
+    x_reversed = _reverse_within(x, lens)
+    if use_fused:
+        ahead, behind = lstm_kernels.blstm(blstm, x, x_reversed)
+    else:
+        forward, backward = _lstm_directions(blstm)
+        ahead, _ = forward(x)
+        behind, _ = backward(x_reversed)
     return torch.cat([ahead, _reverse_within(behind, lens)], dim=-1)
 
 
@@ -179,6 +200,7 @@ def _upsampled_hidden(
     conv_out: torch.Tensor,
     mask: torch.Tensor,
     lens: torch.Tensor | None,
+    lstm_kernel: str = "auto",
 ) -> torch.Tensor:
     source = conv_out if predictor.use_cif1_cnn else context
     up = predictor.upsample_cnn(source).transpose(1, 2)
@@ -186,7 +208,7 @@ def _upsampled_hidden(
         if lens is None:
             up, _ = predictor.blstm(up)
         else:
-            up = _blstm_within_lengths(predictor.blstm, up, lens * predictor.upsample_times)
+            up = _blstm_within_lengths(predictor.blstm, up, lens * predictor.upsample_times, lstm_kernel)
     elif predictor.upsample_type == "cnn_attn":
         up, _ = predictor.self_attn(up, mask[:, None, :])
     elif predictor.upsample_type != "cnn":
@@ -278,10 +300,11 @@ def predict_tokens(
 
 @torch.no_grad()
 def predict_timestamps(
-    predictor: Any, state: TimestampInputs, token_num: torch.Tensor
+    predictor: Any, state: TimestampInputs, token_num: torch.Tensor, *, lstm_kernel: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The timestamp half of `predict`: upsampled weights rescaled to `token_num`, and peaks."""
-    up = _upsampled_hidden(predictor, state.context, state.conv_out, state.mask, state.lens)
+    """The timestamp half of `predict`: upsampled weights rescaled to `token_num`, and peaks.
+    `lstm_kernel` picks the BLSTM's implementation (see `_blstm_within_lengths`)."""
+    up = _upsampled_hidden(predictor, state.context, state.conv_out, state.mask, state.lens, lstm_kernel)
     up_logits = predictor.cif_output2(up).squeeze(-1).to(torch.float32)
     us_alphas = torch.relu(torch.sigmoid(up_logits) * predictor.smooth_factor2 - predictor.noise_threshold2)
     us_alphas = us_alphas * state.mask.to(torch.float32).repeat_interleave(predictor.upsample_times, dim=1)

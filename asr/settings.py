@@ -53,6 +53,12 @@ class EngineSettings(BaseModel):
     hotword_cache_size: int = Field(default=256, ge=0)
     """Distinct hotword lists whose bias-encoder output stays cached on the device."""
     overlap_timestamps: bool = True
+    cuda_graphs: bool = True
+    """On a GPU, replay the encoder as CUDA graphs (one per padded batch shape, captured on first
+    use) instead of launching its ~1,100 kernels one by one from Python."""
+    lstm_kernel: Literal["auto", "fused", "cudnn"] = "auto"
+    """The timestamp head's BLSTM: 'fused' is one persistent Triton kernel (CUDA, fp16/bf16);
+    'cudnn' is torch's LSTM; 'auto' uses the fused kernel where it can run."""
     """On a GPU, run the timestamp head on a side stream beside the decoder."""
     warmup: bool = True
     """Run the shapes that will be used once at start so the first request is not slow."""

@@ -1,0 +1,118 @@
+"""The timestamp head's BLSTM: the fused persistent kernel against torch's LSTM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr import lstm as lstm_kernels
+from asr.cif import _blstm_within_lengths
+from asr.engine import Engine
+from asr.model import load_model
+from asr.settings import EngineSettings
+
+needs_kernel = pytest.mark.skipif(
+    not lstm_kernels.fused_available(torch.device("cuda"), torch.bfloat16),
+    reason="the fused LSTM kernel needs a CUDA GPU and Triton",
+)
+
+
+def _reference(lstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor) -> list[torch.Tensor]:
+    """Each row alone through torch's fp32 LSTM (what a packed sequence computes)."""
+    lstm = lstm.float()
+    with torch.no_grad():
+        return [lstm(x[b : b + 1, : int(n)].float())[0][0] for b, n in enumerate(lens)]
+
+
+def _random_lengths(batch: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    lens = torch.randint(1, steps + 1, (batch,), generator=gen)
+    lens[0] = steps  # the longest row sets the padded length
+    return lens
+
+
+def test_cpu_engine_uses_torch_lstm(tiny_model_dir) -> None:
+    device = torch.device("cpu")
+    engine = Engine(load_model(tiny_model_dir, device), EngineSettings(model=str(tiny_model_dir), warmup=False), device)
+    assert engine.info()["timestamp_lstm"] == "cudnn"
+
+
+def test_fused_kernel_is_refused_where_it_cannot_run(tiny_model_dir) -> None:
+    device = torch.device("cpu")
+    settings = EngineSettings(model=str(tiny_model_dir), warmup=False, lstm_kernel="fused")
+    with pytest.raises(ValueError, match="fused"):
+        Engine(load_model(tiny_model_dir, device), settings, device)
+    lstm = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+    x, lens = torch.randn(2, 5, 8), torch.tensor([5, 3])
+    with pytest.raises(RuntimeError, match="fused"):
+        _blstm_within_lengths(lstm, x, lens, "fused")
+    with pytest.raises(ValueError, match="unknown LSTM kernel"):
+        _blstm_within_lengths(lstm, x, lens, "persistent")
+
+
+def test_torch_path_equals_each_row_alone() -> None:
+    """The unpacked two-direction path (CPU here) equals packed sequences on valid steps."""
+    gen = torch.Generator().manual_seed(3)
+    lstm = torch.nn.LSTM(12, 16, batch_first=True, bidirectional=True)
+    x = torch.randn(5, 9, 12, generator=gen)
+    lens = _random_lengths(5, 9, gen)
+    out = _blstm_within_lengths(lstm, x, lens, "cudnn")
+    for b, ref in enumerate(_reference(lstm, x, lens)):
+        torch.testing.assert_close(out[b, : int(lens[b])], ref, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("hidden", "batch", "steps"),
+    [(512, 1, 500), (512, 3, 37), (512, 40, 300), (512, 100, 64), (512, 600, 150), (32, 7, 50), (256, 20, 1)],
+)
+def test_fused_kernel_matches_torch_lstm(dtype, hidden, batch, steps) -> None:
+    """600 rows make ten row blocks per direction: more programs than an H100 has SMs."""
+    gen = torch.Generator().manual_seed(hidden * 1000 + batch + steps)
+    lstm = torch.nn.LSTM(hidden, hidden, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for p in lstm.parameters():  # trained-like scale: gates neither saturated nor flat
+            p.copy_(torch.randn(p.shape, generator=gen) * hidden**-0.5)
+    x = torch.randn(batch, steps, hidden, generator=gen)
+    lens = _random_lengths(batch, steps, gen)
+    ref = _reference(lstm, x, lens)
+    cuda = lstm.to("cuda", dtype)
+    out = _blstm_within_lengths(cuda, x.to("cuda"), lens.to("cuda"), "fused").float().cpu()
+    assert out.shape == (batch, steps, 2 * hidden)
+    for b, want in enumerate(ref):
+        got = out[b, : int(lens[b])]
+        assert torch.isfinite(got).all()
+        err = (got - want).norm() / want.norm()
+        assert err < 2e-2, f"row {b} (length {int(lens[b])}): relative error {err:.3g}"
+
+
+@needs_kernel
+def test_fused_kernel_agrees_with_cudnn_in_the_same_precision() -> None:
+    gen = torch.Generator().manual_seed(11)
+    lstm = torch.nn.LSTM(512, 512, batch_first=True, bidirectional=True).to("cuda", torch.bfloat16)
+    x = torch.randn(24, 200, 512, generator=gen).to("cuda", torch.bfloat16)
+    lens = _random_lengths(24, 200, gen).to("cuda")
+    fused = _blstm_within_lengths(lstm, x, lens, "fused").float()
+    cudnn = _blstm_within_lengths(lstm, x, lens, "cudnn").float()
+    valid = (torch.arange(200, device="cuda")[None, :] < lens[:, None])[..., None]
+    diff = ((fused - cudnn) * valid).norm() / (cudnn * valid).norm()
+    assert diff < 1e-2
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_engine_with_fused_kernel_keeps_tokens_and_timestamps(tiny_model_dir, clips, dtype) -> None:
+    device = torch.device("cuda")
+    loaded = load_model(tiny_model_dir, device)
+    fused = Engine(loaded, EngineSettings(model=str(tiny_model_dir), warmup=False, dtype=dtype), device)
+    assert fused.info()["timestamp_lstm"] == "fused"
+    loaded = load_model(tiny_model_dir, device)
+    settings = EngineSettings(model=str(tiny_model_dir), warmup=False, dtype=dtype, lstm_kernel="cudnn")
+    cudnn = Engine(loaded, settings, device)
+    a, b = fused.transcribe(clips), cudnn.transcribe(clips)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]  # the head never changes tokens
+    spans_a = [s for r in a for span in r.timestamps for s in span]
+    spans_b = [s for r in b for span in r.timestamps for s in span]
+    assert len(spans_a) == len(spans_b) > 0
+    close = sum(abs(p - q) <= 60 for p, q in zip(spans_a, spans_b, strict=True))
+    assert close / len(spans_a) > 0.95
