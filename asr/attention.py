@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKENDS", "available_backends", "patch_attention"]
+__all__ = ["BACKENDS", "attach_prefix_mask", "available_backends", "patch_attention"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,15 @@ def _mask_info(mask: torch.Tensor) -> _MaskInfo:
     with contextlib.suppress(AttributeError, RuntimeError):
         setattr(mask, _MASK_INFO_ATTR, info)
     return info
+
+
+def attach_prefix_mask(mask: torch.Tensor, lens: torch.Tensor) -> None:
+    """Give `mask` ([B, 1, T], nonzero for each clip's first lens[b] frames, every lens[b] >= 1) its
+    digest without the host sync `_mask_info` needs, so the attention can run inside a CUDA graph
+    capture. The digest is computed from `lens` on the device, so it follows new lengths on replay.
+    """
+    info = _MaskInfo(sdpa_mask=(mask != 0)[:, None], empty_rows=None, key_lens=lens.to(torch.int32))
+    setattr(mask, _MASK_INFO_ATTR, info)
 
 
 def _varlen_attend(

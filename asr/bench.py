@@ -10,9 +10,11 @@ audio already decoded in memory; agreement is measured against the fp32 referenc
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import platform
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
@@ -137,13 +139,26 @@ def _profile(engine: Any, clips: list[np.ndarray], path: Path) -> None:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         engine.transcribe(clips)
         _sync()
+        wall_ms = (time.perf_counter() - start) * 1000
     table = prof.key_averages()
     sort_dev = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    text = table.table(sort_by=sort_dev, row_limit=30) + "\n\n" + table.table(sort_by="cpu_time_total", row_limit=30)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.time_range.elapsed_us() for e in kernels) / 1000
+    head = (f"pass wall {wall_ms:.1f} ms (under the profiler); device kernels {len(kernels)}, "
+            f"summed kernel time {busy_ms:.1f} ms (streams may overlap)\n\n")
+    text = head + table.table(sort_by=sort_dev, row_limit=30)
+    text += "\n\n" + table.table(sort_by="cpu_time_total", row_limit=30)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+    # The timeline (chrome://tracing, Perfetto): where the GPU waits and what the host does then.
+    trace = path.with_suffix(".trace.json")
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    trace.unlink()
 
 
 def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[str, Any]], latency_runs: int,
@@ -167,8 +182,9 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
         settings = EngineSettings(model=str(model_dir), warmup=False, **{**base, **variant})
         engine = Engine(load_model(model_dir, device), settings, device)
         label = (f"engine {engine.info()['dtype']} attn={engine.attention_backend} fe={engine.frontend_kind} "
+                 f"lstm={engine.lstm_kernel} "
                  f"budget={settings.batch_budget_s:g}s")
-        measure = _timed(label, lambda engine=engine: engine.transcribe(clips), audio_s, repeat=2)
+        measure = _timed(label, lambda engine=engine: engine.transcribe(clips), audio_s, repeat=5)
         row = measure.row() | {"settings": variant}
         lat = []
         for _ in range(latency_runs):
@@ -183,6 +199,7 @@ def bench_engine(model_dir: Path, clips: list[np.ndarray], variants: list[dict[s
         rows.append(row)
         if profile_dir is not None and variant is variants[-1]:
             _profile(engine, clips, profile_dir / f"profile-{len(rows)}.txt")
+            _profile(engine, [ten_s], profile_dir / f"profile-{len(rows)}-10s.txt")
         params = sum(p.numel() for p in engine.model.parameters())
         engine.close()
         del engine

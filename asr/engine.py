@@ -22,15 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import graphs
+from . import lstm as lstm_kernels
 from .attention import patch_attention
 from .audio import SAMPLE_RATE
 from .cif import TimestampInputs, predict_timestamps, predict_tokens
 from .errors import AudioError
 from .frontend import BatchFrontend, FrontendOptions
+from .graphs import GraphedEncoder
 from .hotwords import HotwordList, HotwordTokenizer
 from .model import LoadedModel, default_device, load_model, resolve_model_dir
 from .settings import EngineSettings
-from .timestamps import fire_positions, token_spans
+from .timestamps import fire_mask, token_spans
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +70,57 @@ class Transcript:
         }
 
 
+def _stage(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A named range in torch.profiler traces (python -m asr bench --profile-dir)."""
+    return torch.profiler.record_function(f"asr.{name}")
+
+
 def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "fp32" or (setting == "auto" and device.type != "cuda"):
         return torch.float32
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+class _Staging(threading.local):
+    """Per-thread reusable host buffers for copies to and from the GPU.
+
+    Copies are asynchronous only from page-locked memory (from pageable memory a copy waits for
+    all work queued on the GPU, which is the other batch's), and pinning fresh memory
+    (cudaHostAlloc) took 50-100 ms per large batch on the benchmark machine. One thread has one
+    batch in flight at a time, and reads its results before it stages the next, so one buffer
+    per direction and thread is enough.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(
+        self, direction: str, shapes: list[tuple[tuple[int, ...], torch.dtype]], pinned: bool
+    ) -> list[torch.Tensor]:
+        """Tensors of the given shapes and dtypes, carved out of this thread's buffer."""
+        sizes = [int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size() for shape, dtype in shapes]
+        offsets = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])  # 64-byte aligned parts
+        buffer = self.buffers.get(direction)
+        if buffer is None or buffer.numel() < offsets[-1]:
+            size = 1 << max(20, int(offsets[-1] - 1).bit_length())
+            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
+            self.buffers[direction] = buffer
+        return [buffer[int(o) : int(o) + n].view(dtype).view(shape)
+                for (shape, dtype), o, n in zip(shapes, offsets[:-1], sizes, strict=True)]
+
+
+@dataclass
+class _HostResults:
+    """A batch's results on their way to the host (see `Engine._copy_results`)."""
+
+    tensors: dict[str, torch.Tensor]
+    event: torch.cuda.Event | None
+
+    def ready(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
 
 
 @dataclass
@@ -110,16 +158,23 @@ class Engine:
         self._no_bias = int(getattr(self.model, "NO_BIAS", -1))
         self.hotword_tokenizer = HotwordTokenizer(self.token_list, loaded.seg_dict, self._sos)
         self._gpu_lock = threading.Lock()
+        self._pinned = device.type == "cuda"
+        self._staging = _Staging()
         self._cache_lock = threading.Lock()
         self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
         overlap = device.type == "cuda" and settings.overlap_timestamps
         self._side_stream = torch.cuda.Stream(device) if overlap else None
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="asr-timestamps") if overlap else None
+        cuda = device.type == "cuda"
+        self._batch_pool = ThreadPoolExecutor(2, thread_name_prefix="asr-batches") if cuda else None
         self.frontend_kind = "funasr" if settings.frontend == "funasr" else "torch"
         self._frontend = self._build_frontend()
         self.attention_backend = patch_attention(self.model, self._attention_choice())
-        log.info("engine: device=%s dtype=%s attention=%s frontend=%s model=%s", device, self.dtype,
-                 self.attention_backend, self.frontend_kind, loaded.files.root)
+        self._fused_lstm = self._choose_lstm_kernel() == "fused"
+        self._graphed_encoder = self._build_graphs()
+        log.info("engine: device=%s dtype=%s attention=%s frontend=%s timestamp-lstm=%s cuda-graphs=%s model=%s",
+                 device, self.dtype, self.attention_backend, self.frontend_kind, self.lstm_kernel,
+                 self._graphed_encoder is not None, loaded.files.root)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -140,6 +195,29 @@ class Engine:
         # On the CPU the fused kernels gain nothing over funasr's own attention.
         return "auto" if self.device.type == "cuda" else "eager"
 
+    def _choose_lstm_kernel(self) -> str:
+        """'fused' or 'cudnn' for the timestamp head's BLSTM (see `asr.lstm`)."""
+        usable = lstm_kernels.fused_available(self.device, self.dtype)
+        choice = self.settings.lstm_kernel
+        if choice == "fused" and not usable:
+            raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")
+        self.lstm_kernel = "fused" if usable and choice != "cudnn" else "cudnn"
+        return self.lstm_kernel
+
+    def _build_graphs(self) -> GraphedEncoder | None:
+        """The encoder as CUDA graphs where that is possible and wanted (see `asr.graphs`)."""
+        if self.device.type != "cuda" or not self.settings.cuda_graphs:
+            return None
+        reason = graphs.supported(self.model.encoder)
+        if self.attention_backend == "eager":
+            reason = "funasr's own attention is the reference path"
+        elif getattr(self.model, "normalize", None) is not None:
+            reason = "the model normalises features inside encode()"
+        if reason:
+            log.info("encoder CUDA graphs off: %s", reason)
+            return None
+        return GraphedEncoder(self.model.encoder, self.device, self._autocast)
+
     def _build_frontend(self) -> Any:
         conf = self.loaded.frontend_conf
         if self.frontend_kind == "torch":
@@ -159,6 +237,8 @@ class Engine:
             "gpu": gpu,
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention_backend,
+            "timestamp_lstm": self.lstm_kernel,
+            "cuda_graphs": self._graphed_encoder is not None,
             "frontend": self.frontend_kind,
             "batch_budget_s": self.settings.batch_budget_s,
             "max_batch_size": self.settings.max_batch_size,
@@ -171,6 +251,8 @@ class Engine:
         rng = np.random.default_rng(0)
         clips = [rng.normal(0, 0.05, int(s * SAMPLE_RATE)).astype(np.float32) for s in (1.0, 8.0)]
         start = time.perf_counter()
+        if self._fused_lstm:
+            lstm_kernels.compile_all(self.model.predictor.blstm, self.dtype)
         self.transcribe(clips)
         self.transcribe(clips[:1], hotwords=["热词"])
         log.info("engine warm-up took %.2f s", time.perf_counter() - start)
@@ -205,7 +287,7 @@ class Engine:
         out: list[dict[str, torch.Tensor]] = [{} for _ in clips]
         for batch in self._plan(clips, [()] * len(clips)):
             with torch.inference_mode(), self._gpu_lock:
-                res = self._forward(*self._features(batch.audios), batch.hotwords)
+                res = self._forward(*self._features(batch.audios), batch.hotwords, logits=True)
             for row, i in enumerate(batch.index):
                 n, t = int(res["token_len"][row]), int(res["enc_lens"][row])
                 out[i] = {"enc": res["enc"][row, :t].float().cpu(), "token_len": res["token_len"][row].cpu(),
@@ -217,8 +299,9 @@ class Engine:
         is not to be used afterwards."""
         with self._cache_lock:
             self._bias_cache.clear()
-        if self._side_pool is not None:
-            self._side_pool.shutdown(wait=True)
+        for pool in (self._side_pool, self._batch_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------- input handling
     @staticmethod
@@ -284,8 +367,13 @@ class Engine:
 
     def _run_clips(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> list[Transcript]:
         results: list[Transcript | None] = [None] * len(clips)
-        for batch in self._plan(clips, hotwords):
-            for i, res in zip(batch.index, self._run_splitting(batch), strict=True):
+        batches = list(self._plan(clips, hotwords))
+        # Two batches in flight on a GPU: while one holds the GPU, the other pads its audio or
+        # turns its results into text, so the GPU does not wait for host work between batches.
+        runs = self._batch_pool.map(self._run_splitting, batches) if len(batches) > 1 and self._batch_pool \
+            else map(self._run_splitting, batches)
+        for batch, batch_results in zip(batches, runs, strict=True):
+            for i, res in zip(batch.index, batch_results, strict=True):
                 results[i] = res
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
@@ -299,6 +387,8 @@ class Engine:
             if len(batch.index) == 1:
                 raise
         if self.device.type == "cuda":
+            # The failed batch's copy from this thread's staging buffer may still be queued.
+            torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
         half = len(batch.index) // 2
         log.warning("out of GPU memory on a batch of %d; retrying as %d + %d",
@@ -363,13 +453,25 @@ class Engine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(a) for a in audios])
-        waves = torch.zeros(len(audios), int(lengths.max()), pin_memory=self.device.type == "cuda")
+    def _pad(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as one zero-padded (pinned, on a GPU box) host tensor: host work that needs
+        no GPU lock."""
+        longest = max(len(a) for a in audios)
+        waves, lengths = self._staging.take(
+            "in", [((len(audios), longest), torch.float32), ((len(audios),), torch.int64)], self._pinned
+        )
+        lengths.copy_(torch.tensor([len(a) for a in audios]))
         for row, a in enumerate(audios):
             waves[row, : len(a)] = torch.from_numpy(a)
+            waves[row, len(a) :] = 0.0
+        return waves, lengths
+
+    def _features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._features_of(*self._pad(audios))
+
+    def _features_of(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.frontend_kind == "torch":
-            return self._frontend(waves.to(self.device, non_blocking=True), lengths.to(self.device))
+            return self._frontend(waves.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
         feats, feat_lens = self._frontend(waves, lengths)
         return feats.to(self.device, non_blocking=True), feat_lens.to(self.device)
 
@@ -382,24 +484,49 @@ class Engine:
         audios = [batch.audios[k] for k in keep]
         hotwords = [batch.hotwords[k] for k in keep]
         t0 = time.perf_counter()
-        with self._gpu_lock:
-            feats, feat_lens = self._features(audios)
+        with _stage("pad"):
+            waves, lengths = self._pad(audios)
+        pad_s = time.perf_counter() - t0
+        with _stage("gpu_lock_wait"):
+            self._gpu_lock.acquire()
+        try:
             t1 = time.perf_counter()
-            out = self._forward(feats, feat_lens, hotwords)
+            with _stage("features"):
+                feats, feat_lens = self._features_of(waves, lengths)
             t2 = time.perf_counter()
-        timings = {"frontend_s": t1 - t0, "model_s": t2 - t1, "batch_size": float(len(keep))}
-        for k, res in zip(keep, self._decode_results(out, audios, timings)):
-            results[k] = res
+            out = self._forward(feats, feat_lens, hotwords)
+            with _stage("copy_results"):
+                host = self._copy_results(out)
+        finally:
+            self._gpu_lock.release()
+        # The GPU lock is free again: the next batch's work is queued while this one's results
+        # travel to the host and are turned into text.
+        with _stage("results_wait"):
+            host.ready()
+        timings = {"frontend_s": pad_s + t2 - t1, "model_s": time.perf_counter() - t2, "batch_size": float(len(keep))}
+        with _stage("text"):
+            for k, res in zip(keep, self._decode_results(host, audios, timings)):
+                results[k] = res
         return results
 
     def _forward(
-        self, feats: torch.Tensor, feat_lens: torch.Tensor, hotwords: list[HotwordList]
+        self, feats: torch.Tensor, feat_lens: torch.Tensor, hotwords: list[HotwordList], *, logits: bool = False
     ) -> dict[str, torch.Tensor]:
+        """The network on one batch. Returns device tensors; decoder log-probabilities ("logp")
+        only when `logits` is set (they are the largest tensor of the pass)."""
         model = self.model
         if self.dtype == torch.bfloat16:
             feats = feats.to(torch.bfloat16)
-        with self._autocast():
-            enc, enc_lens = model.encode(feats, feat_lens)
+        with self._autocast(), _stage("encode"):
+            enc = None
+            if self._graphed_encoder is not None:
+                try:
+                    enc, enc_lens = self._graphed_encoder(feats, feat_lens)
+                except graphs.CaptureError as exc:
+                    log.warning("%s; the encoder runs without CUDA graphs from now on", exc)
+                    self._graphed_encoder = None
+            if enc is None:
+                enc, enc_lens = model.encode(feats, feat_lens)
             if isinstance(enc, tuple):
                 enc = enc[0]
         enc32 = enc.float()
@@ -414,23 +541,29 @@ class Engine:
                 enc = enc32
         # batch_invariant: padding frames must not reach any item (CIF's tail step and the
         # timestamp BLSTM would read them in funasr), so each item gets its result run alone.
-        embeds, token_len, ts_inputs = predict_tokens(model.predictor, enc32, enc_lens, batch_invariant=True)
-        timestamps = self._start_timestamps(ts_inputs, token_len)
+        with _stage("predict_tokens"):
+            embeds, token_len, ts_inputs = predict_tokens(model.predictor, enc32, enc_lens, batch_invariant=True)
+        with _stage("start_timestamps"):
+            timestamps = self._start_timestamps(ts_inputs, token_len)
         if embeds.shape[1] == 0:
-            logp = enc32.new_zeros(enc.shape[0], 0, len(self.token_list))
+            ids = token_len.new_zeros(enc.shape[0], 0)
+            logp = enc32.new_zeros(enc.shape[0], 0, len(self.token_list)) if logits else None
         else:
-            with self._autocast():
-                logp = self._decode(enc, enc_lens, embeds.to(enc.dtype), token_len, hotwords)
-        us_alphas, us_peaks = timestamps()
-        return {
+            with self._autocast(), _stage("decode"):
+                ids, logp = self._decode(enc, enc_lens, embeds.to(enc.dtype), token_len, hotwords, logits)
+        with _stage("timestamps_wait"):
+            us_alphas, us_peaks = timestamps()
+        out = {
             "enc": enc32,
-            "logp": logp,
-            "ids": logp.argmax(-1),
+            "ids": ids,
             "token_len": token_len,
             "enc_lens": enc_lens,
             "us_alphas": us_alphas.float(),
             "us_peaks": us_peaks.float(),
         }
+        if logp is not None:
+            out["logp"] = logp
+        return out
 
     def _start_timestamps(
         self, inputs: TimestampInputs, token_len: torch.Tensor
@@ -442,10 +575,19 @@ class Engine:
         the GPU spends on them, and torch releases the GIL while launching them.
         """
         predictor = self.model.predictor
-        # Measured on an H100: +7% throughput on 1,200 s batches, but +20 ms on a lone 10 s clip
-        # (the hand-off to the helper thread), so small batches run the head inline.
-        if self._side_stream is None or len(token_len) < _OVERLAP_MIN_BATCH:
-            result = predict_timestamps(predictor, inputs, token_len)
+        kernel = self.lstm_kernel
+
+        def head() -> tuple[torch.Tensor, torch.Tensor]:
+            with self._autocast():  # per thread: the helper thread enters it too
+                return predict_timestamps(predictor, inputs, token_len, lstm_kernel=kernel)
+
+        # cuDNN's BLSTM costs more host time than GPU time, so it is launched from a helper
+        # thread; measured on an H100: +7% throughput on 1,200 s batches, but +20 ms on a lone
+        # 10 s clip (the hand-off), so small batches run it inline. The fused kernel is a handful
+        # of launches and goes on the side stream from this thread, for any batch.
+        threaded = not self._fused_lstm and len(token_len) >= _OVERLAP_MIN_BATCH
+        if self._side_stream is None or not (self._fused_lstm or threaded):
+            result = head()
             return lambda: result
         main = torch.cuda.current_stream(self.device)
         side = self._side_stream
@@ -453,15 +595,20 @@ class Engine:
         def run() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.inference_mode(), torch.cuda.stream(side):
                 side.wait_stream(main)
-                out = predict_timestamps(predictor, inputs, token_len)
+                out = head()
                 for tensor in (inputs.context, inputs.conv_out, inputs.mask, token_len):
                     tensor.record_stream(side)  # made on the main stream, read here
                 return out
 
-        future = self._side_pool.submit(run)
+        if threaded:
+            future = self._side_pool.submit(run)
+            result_of = future.result
+        else:
+            done = run()
+            result_of = lambda: done  # noqa: E731
 
         def wait() -> tuple[torch.Tensor, torch.Tensor]:
-            us_alphas, us_peaks = future.result()
+            us_alphas, us_peaks = result_of()
             main.wait_stream(side)
             us_alphas.record_stream(main)
             us_peaks.record_stream(main)
@@ -476,29 +623,45 @@ class Engine:
         embeds: torch.Tensor,
         token_len: torch.Tensor,
         hotwords: list[HotwordList],
-    ) -> torch.Tensor:
+        logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids [B, N] (and log-probabilities [B, N, V] if `logits`). The argmax is taken on
+        the raw scores: log_softmax does not change it, and skipping it saves three passes over
+        the largest tensor of the batch."""
         model = self.model
         dec_out, dec_hidden, _ = model.decoder(
             enc, enc_lens, embeds, token_len, return_hidden=True, return_both=True
         )
-        logp = torch.log_softmax(dec_out.float(), dim=-1)
+        ids = dec_out.argmax(-1)
+        logp = torch.log_softmax(dec_out.float(), dim=-1) if logits else None
         rows = [r for r, h in enumerate(hotwords) if h]
         if not rows or not hasattr(model, "seaco_decoder"):
-            return logp
+            return ids, logp
         bias = [self._select_bias(hotwords[r], dec_hidden[r : r + 1], token_len[r : r + 1]) for r in rows]
-        n = torch.tensor([b.shape[0] for b in bias], device=enc.device)
-        context = torch.zeros(len(rows), int(n.max()), bias[0].shape[-1], device=enc.device, dtype=bias[0].dtype)
+        sizes = [b.shape[0] for b in bias]
+        n = self._to_device(sizes)
+        context = torch.zeros(len(rows), max(sizes), bias[0].shape[-1], device=enc.device, dtype=bias[0].dtype)
         for i, b in enumerate(bias):
             context[i, : b.shape[0]] = b
-        idx = torch.tensor(rows, device=enc.device)
+        idx = self._to_device(rows)
         lens = token_len[idx]
         cif_att, _ = model.seaco_decoder(context, n, embeds[idx], lens)
         dec_att, _ = model.seaco_decoder(context, n, dec_hidden[idx], lens)
-        dha = torch.log_softmax(model.hotword_output_layer(model._merge(cif_att, dec_att)).float(), dim=-1)
+        bias_scores = model.hotword_output_layer(model._merge(cif_att, dec_att))
+        bias_ids = bias_scores.argmax(-1)
         # SeACo's merge (seaco_weight 1): where the bias head says "no bias", keep the decoder.
-        no_bias = (dha.argmax(-1) == self._no_bias).unsqueeze(-1)
-        logp[idx] = torch.where(no_bias, logp[idx], dha)
-        return logp
+        no_bias = bias_ids == self._no_bias
+        ids[idx] = torch.where(no_bias, ids[idx], bias_ids)
+        if logp is not None:
+            dha = torch.log_softmax(bias_scores.float(), dim=-1)
+            logp[idx] = torch.where(no_bias.unsqueeze(-1), logp[idx], dha)
+        return ids, logp
+
+    def _to_device(self, values: list[int]) -> torch.Tensor:
+        """A small int64 tensor on the device without waiting for queued GPU work (as a copy from
+        pageable memory would)."""
+        host = torch.tensor(values, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        return host.to(self.device, non_blocking=True)
 
     def _select_bias(self, words: HotwordList, hidden: torch.Tensor, token_len: torch.Tensor) -> torch.Tensor:
         """The item's bias embeddings; over ASF_KEEP words, only the ones this item attends to."""
@@ -516,19 +679,32 @@ class Engine:
     def _empty(self, audio: np.ndarray) -> Transcript:
         return Transcript("", [], [], [], len(audio) / SAMPLE_RATE, {})
 
-    def _decode_results(
-        self, out: dict[str, torch.Tensor], audios: list[np.ndarray], timings: dict[str, float]
-    ) -> list[Transcript]:
-        from funasr.utils.postprocess_utils import sentence_postprocess
-
+    def _copy_results(self, out: dict[str, torch.Tensor]) -> _HostResults:
+        """Start copying what the text needs to the host, without waiting for the GPU."""
         ids = out["ids"]
         in_range = torch.arange(ids.shape[1], device=ids.device)[None, :] < out["token_len"][:, None]
         keep = in_range & (ids != self._sos) & (ids != self._eos) & (ids != self._blank)
-        n_tokens = keep.sum(-1)
         frames = out["enc_lens"] * _UPSAMPLE
-        fires = fire_positions(out["us_alphas"], out["us_peaks"], frames, n_tokens)
-        # One transfer per tensor for the whole batch; the rest is host work per item.
-        ids_h, keep_h, frames_h = ids.cpu().numpy(), keep.cpu().numpy(), frames.cpu().numpy()
+        fires = fire_mask(out["us_alphas"], out["us_peaks"], frames, keep.sum(-1))
+        # Copies into pinned memory that complete in stream order; `ready` waits for them only.
+        tensors = {"ids": ids, "keep": keep, "frames": frames, "fires": fires}
+        staged = self._staging.take("out", [(tuple(t.shape), t.dtype) for t in tensors.values()], self._pinned)
+        host = {}
+        for (name, tensor), dst in zip(tensors.items(), staged, strict=True):
+            host[name] = dst.copy_(tensor, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        return _HostResults(host, event)
+
+    def _decode_results(
+        self, host: _HostResults, audios: list[np.ndarray], timings: dict[str, float]
+    ) -> list[Transcript]:
+        from funasr.utils.postprocess_utils import sentence_postprocess
+
+        ids_h, keep_h = host.tensors["ids"].numpy(), host.tensors["keep"].numpy()
+        frames_h, fires_h = host.tensors["frames"].numpy(), host.tensors["fires"].numpy()
         results = []
         for row, audio in enumerate(audios):
             token_ids = ids_h[row][keep_h[row]].tolist()
@@ -537,7 +713,7 @@ class Engine:
                 results.append(Transcript("", [], [], [], duration, dict(timings)))
                 continue
             pieces = [self.token_list[t] for t in token_ids]
-            spans = token_spans(fires[row], int(frames_h[row]), len(pieces))
+            spans = token_spans(np.flatnonzero(fires_h[row]), int(frames_h[row]), len(pieces))
             if all(_is_cjk_char(p) for p in pieces):
                 # The common case, where funasr's postprocess changes nothing: skip its Python.
                 words, stamps = pieces, spans

@@ -21,10 +21,11 @@ _MAX_TOKEN = 12  # MAX_TOKEN_DURATION in upsampled frames
 _FRAME_S = 10.0 * 6 / 1000 / 3  # LFR 6 x 10 ms, upsampled 3 times
 
 
-def fire_positions(
+def fire_mask(
     us_alphas: torch.Tensor, us_peaks: torch.Tensor, frames: torch.Tensor, n_tokens: torch.Tensor
-) -> list[np.ndarray]:
-    """Fire frame indices per item, re-integrated where the head fired a wrong number of times.
+) -> torch.Tensor:
+    """[B, T] bool: where each item's timestamp head fires, re-integrated where it fired a wrong
+    number of times. No host sync, so the caller can queue the next batch before reading it.
 
     us_alphas, us_peaks: [B, T] upsampled weights and integrate-and-fire peaks; frames: [B] valid
     upsampled frames; n_tokens: [B] tokens decoded. Each item must fire n_tokens + 1 times; where
@@ -33,13 +34,19 @@ def fire_positions(
     valid = torch.arange(us_alphas.shape[1], device=us_alphas.device)[None, :] < frames[:, None]
     fires = (us_peaks >= _FIRE) & valid
     wrong = fires.sum(-1) != n_tokens + 1
-    if bool(wrong.any()):
-        rows = wrong.nonzero().flatten()
-        alphas = us_alphas[rows] * valid[rows]
-        alphas = alphas / (alphas.sum(-1, keepdim=True) / (n_tokens[rows, None] + 1)).clamp_min(1e-12)
-        fires[rows] = (cif_wo_hidden(alphas, _FIRE) >= _FIRE) & valid[rows]
-    fires_host = fires.cpu().numpy()
-    return [np.flatnonzero(row) for row in fires_host]
+    # Every row is re-integrated (a few batched ops) and the wrong ones take it: cheaper than a
+    # host sync to find out which rows need it.
+    alphas = us_alphas * valid
+    alphas = alphas / (alphas.sum(-1, keepdim=True) / (n_tokens[:, None] + 1)).clamp_min(1e-12)
+    refired = (cif_wo_hidden(alphas, _FIRE) >= _FIRE) & valid
+    return torch.where(wrong[:, None], refired, fires)
+
+
+def fire_positions(
+    us_alphas: torch.Tensor, us_peaks: torch.Tensor, frames: torch.Tensor, n_tokens: torch.Tensor
+) -> list[np.ndarray]:
+    """Fire frame indices per item (see `fire_mask`)."""
+    return [np.flatnonzero(row) for row in fire_mask(us_alphas, us_peaks, frames, n_tokens).cpu().numpy()]
 
 
 def token_spans(fires: np.ndarray, num_frames: int, n_tokens: int) -> list[tuple[int, int]]:

@@ -1,0 +1,91 @@
+"""The encoder's CUDA-graph path: the sync-free forward it captures, bucketing, and (on a GPU)
+replays that follow new inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asr import graphs
+from asr.attention import patch_attention
+from asr.engine import Engine
+from asr.model import load_model
+from asr.settings import EngineSettings
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+
+def test_buckets_cover_the_batch_and_stay_few() -> None:
+    for batch in range(1, 70):
+        for frames in range(1, 400, 7):
+            rows, padded = graphs.bucket(batch, frames)
+            assert rows >= batch and padded >= frames
+            assert padded - frames < graphs.FRAME_BUCKET
+            assert rows == batch if batch <= 4 else rows % 8 == 0 and rows - batch < 8
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_sync_free_forward_equals_funasr_on_a_padded_bucket(tiny_model_dir, attention) -> None:
+    """What the graph runs equals funasr's encoder for every valid frame, though rows and frames
+    are padded to the bucket."""
+    model = load_model(tiny_model_dir, torch.device("cpu")).model
+    patch_attention(model, attention)
+    gen = torch.Generator().manual_seed(5)
+    lens = torch.tensor([37, 21, 5])
+    feats = torch.randn(3, 37, 560, generator=gen)
+    with torch.inference_mode():
+        want, want_lens, _ = model.encoder(feats, lens)
+        rows, padded = graphs.bucket(3, 37)
+        big = torch.zeros(rows, padded, 560)
+        big[:3, :37] = feats
+        for b, n in enumerate(lens):
+            big[b, n:] = 0.0
+        big_lens = torch.ones(rows, dtype=torch.int64)
+        big_lens[:3] = lens
+        got = graphs.encode_without_sync(model.encoder, big, big_lens)
+    assert torch.equal(want_lens, lens)
+    for b, n in enumerate(lens.tolist()):
+        torch.testing.assert_close(got[b, :n], want[b, :n], atol=2e-5, rtol=2e-5)
+
+
+def test_unsupported_encoders_are_named(tiny_model_dir) -> None:
+    model = load_model(tiny_model_dir, torch.device("cpu")).model
+    assert graphs.supported(model.encoder) is None
+    assert "not a SANM encoder" in graphs.supported(model.decoder)
+
+
+def test_cpu_engine_runs_without_graphs(engine) -> None:
+    assert engine.info()["cuda_graphs"] is False
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_graph_replays_follow_new_lengths(tiny_model_dir, clips, dtype) -> None:
+    """Two batches in one bucket with different lengths: the second replay must use its own
+    lengths (a stale mask would change the result), and both must match the eager encoder."""
+    device = torch.device("cuda")
+    eager = Engine(load_model(tiny_model_dir, device),
+                   EngineSettings(model=str(tiny_model_dir), warmup=False, dtype=dtype, cuda_graphs=False), device)
+    graphed = Engine(load_model(tiny_model_dir, device),
+                     EngineSettings(model=str(tiny_model_dir), warmup=False, dtype=dtype, cuda_graphs=True), device)
+    assert graphed.info()["cuda_graphs"] is True
+    first = [clips[0][:16000], clips[1][:12000]]
+    second = [clips[2][:15900], clips[3][:4000]]  # same bucket (2 rows, <= 1 s), other lengths
+    tol = 1e-4 if dtype == "fp32" else 3e-2
+    for batch in (first, second, first):
+        want, got = eager.probe(batch), graphed.probe(batch)
+        for w, g in zip(want, got, strict=True):
+            assert w["enc"].shape == g["enc"].shape
+            assert (w["enc"] - g["enc"]).abs().max() < tol * max(1.0, w["enc"].abs().max())
+    assert len(graphed._graphed_encoder.graphs) == 1
+
+
+@needs_cuda
+def test_engine_with_graphs_keeps_results(tiny_model_dir, clips) -> None:
+    device = torch.device("cuda")
+    runs = []
+    for on in (False, True):
+        settings = EngineSettings(model=str(tiny_model_dir), warmup=False, dtype="fp32", cuda_graphs=on)
+        runs.append(Engine(load_model(tiny_model_dir, device), settings, device).transcribe(clips))
+    same = sum(a.token_ids == b.token_ids for a, b in zip(*runs, strict=True))
+    assert same >= len(clips) - 1  # fp32: only a float-rounding tie could flip a token count
