@@ -29,7 +29,7 @@ from .audio import SAMPLE_RATE
 from .cif import TimestampInputs, predict_timestamps, predict_tokens
 from .errors import AudioError
 from .frontend import BatchFrontend, FrontendOptions
-from .graphs import GraphedEncoder
+from .graphs import GraphedModel
 from .hotwords import HotwordList, HotwordTokenizer
 from .model import LoadedModel, default_device, load_model, resolve_model_dir
 from .settings import EngineSettings
@@ -171,10 +171,10 @@ class Engine:
         self._frontend = self._build_frontend()
         self.attention_backend = patch_attention(self.model, self._attention_choice())
         self._fused_lstm = self._choose_lstm_kernel() == "fused"
-        self._graphed_encoder = self._build_graphs()
+        self._graphs = self._build_graphs()
         log.info("engine: device=%s dtype=%s attention=%s frontend=%s timestamp-lstm=%s cuda-graphs=%s model=%s",
                  device, self.dtype, self.attention_backend, self.frontend_kind, self.lstm_kernel,
-                 self._graphed_encoder is not None, loaded.files.root)
+                 self._graphs is not None, loaded.files.root)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -204,11 +204,11 @@ class Engine:
         self.lstm_kernel = "fused" if usable and choice != "cudnn" else "cudnn"
         return self.lstm_kernel
 
-    def _build_graphs(self) -> GraphedEncoder | None:
-        """The encoder as CUDA graphs where that is possible and wanted (see `asr.graphs`)."""
+    def _build_graphs(self) -> GraphedModel | None:
+        """Encoder and decoder as CUDA graphs where that is possible and wanted (`asr.graphs`)."""
         if self.device.type != "cuda" or not self.settings.cuda_graphs:
             return None
-        reason = graphs.supported(self.model.encoder)
+        reason = graphs.supported(self.model.encoder, self.model.decoder)
         if self.attention_backend == "eager":
             reason = "funasr's own attention is the reference path"
         elif getattr(self.model, "normalize", None) is not None:
@@ -216,7 +216,7 @@ class Engine:
         if reason:
             log.info("encoder CUDA graphs off: %s", reason)
             return None
-        return GraphedEncoder(self.model.encoder, self.device, self._autocast)
+        return GraphedModel(self.model, self.device, self._autocast)
 
     def _build_frontend(self) -> Any:
         conf = self.loaded.frontend_conf
@@ -238,7 +238,7 @@ class Engine:
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention_backend,
             "timestamp_lstm": self.lstm_kernel,
-            "cuda_graphs": self._graphed_encoder is not None,
+            "cuda_graphs": self._graphs is not None,
             "frontend": self.frontend_kind,
             "batch_budget_s": self.settings.batch_budget_s,
             "max_batch_size": self.settings.max_batch_size,
@@ -519,12 +519,9 @@ class Engine:
             feats = feats.to(torch.bfloat16)
         with self._autocast(), _stage("encode"):
             enc = None
-            if self._graphed_encoder is not None:
-                try:
-                    enc, enc_lens = self._graphed_encoder(feats, feat_lens)
-                except graphs.CaptureError as exc:
-                    log.warning("%s; the encoder runs without CUDA graphs from now on", exc)
-                    self._graphed_encoder = None
+            if self._graphs is not None:
+                enc = self._graphed(lambda g: g.encode(feats, feat_lens))
+                enc_lens = feat_lens
             if enc is None:
                 enc, enc_lens = model.encode(feats, feat_lens)
             if isinstance(enc, tuple):
@@ -564,6 +561,16 @@ class Engine:
         if logp is not None:
             out["logp"] = logp
         return out
+
+    def _graphed(self, run: Callable[[GraphedModel], Any]) -> Any:
+        """run(graphs), or None (and graphs off from now on) if a capture fails."""
+        assert self._graphs is not None
+        try:
+            return run(self._graphs)
+        except graphs.CaptureError as exc:
+            log.warning("%s; the engine runs without CUDA graphs from now on", exc)
+            self._graphs = None
+            return None
 
     def _start_timestamps(
         self, inputs: TimestampInputs, token_len: torch.Tensor
@@ -629,11 +636,18 @@ class Engine:
         the raw scores: log_softmax does not change it, and skipping it saves three passes over
         the largest tensor of the batch."""
         model = self.model
-        dec_out, dec_hidden, _ = model.decoder(
-            enc, enc_lens, embeds, token_len, return_hidden=True, return_both=True
-        )
-        ids = dec_out.argmax(-1)
-        logp = torch.log_softmax(dec_out.float(), dim=-1) if logits else None
+        graphed = None
+        if self._graphs is not None and not logits:
+            graphed = self._graphed(lambda g: g.decode(enc, enc_lens, embeds, token_len))
+        if graphed is not None:
+            ids, dec_hidden = graphed[0].clone(), graphed[1]
+            logp = None
+        else:
+            dec_out, dec_hidden, _ = model.decoder(
+                enc, enc_lens, embeds, token_len, return_hidden=True, return_both=True
+            )
+            ids = dec_out.argmax(-1)
+            logp = torch.log_softmax(dec_out.float(), dim=-1) if logits else None
         rows = [r for r, h in enumerate(hotwords) if h]
         if not rows or not hasattr(model, "seaco_decoder"):
             return ids, logp

@@ -48,10 +48,38 @@ def test_sync_free_forward_equals_funasr_on_a_padded_bucket(tiny_model_dir, atte
         torch.testing.assert_close(got[b, :n], want[b, :n], atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_sync_free_decoder_equals_funasr_on_a_padded_bucket(tiny_model_dir, attention) -> None:
+    model = load_model(tiny_model_dir, torch.device("cpu")).model
+    patch_attention(model, attention)
+    gen = torch.Generator().manual_seed(9)
+    mem_lens, tok_lens = torch.tensor([30, 12, 7]), torch.tensor([9, 4, 0])
+    memory = torch.randn(3, 30, 32, generator=gen)
+    embeds = torch.randn(3, 9, 32, generator=gen)
+    with torch.inference_mode():
+        scores, want_hidden, _ = model.decoder(memory, mem_lens, embeds, tok_lens, return_hidden=True, return_both=True)
+        rows, frames = graphs.bucket(3, 30)
+        tokens = 16
+        big_mem, big_emb = torch.zeros(rows, frames, 32), torch.zeros(rows, tokens, 32)
+        big_mem[:3, :30], big_emb[:3, :9] = memory, embeds
+        for b in range(3):
+            big_mem[b, mem_lens[b]:] = 0.0
+            big_emb[b, tok_lens[b]:] = 0.0
+        big_mem_lens = torch.ones(rows, dtype=torch.int64)
+        big_mem_lens[:3] = mem_lens
+        big_tok_lens = torch.zeros(rows, dtype=torch.int64)
+        big_tok_lens[:3] = tok_lens
+        ids, hidden = graphs.decode_without_sync(model.decoder, big_mem, big_mem_lens, big_emb, big_tok_lens)
+    for b, n in enumerate(tok_lens.tolist()):
+        torch.testing.assert_close(hidden[b, :n], want_hidden[b, :n], atol=2e-5, rtol=2e-5)
+        assert torch.equal(ids[b, :n], scores[b, :n].argmax(-1))
+
+
 def test_unsupported_encoders_are_named(tiny_model_dir) -> None:
     model = load_model(tiny_model_dir, torch.device("cpu")).model
-    assert graphs.supported(model.encoder) is None
-    assert "not a SANM encoder" in graphs.supported(model.decoder)
+    assert graphs.supported(model.encoder, model.decoder) is None
+    assert "not a SANM encoder" in graphs.supported(model.decoder, model.decoder)
+    assert "not a Paraformer SANM decoder" in graphs.supported(model.encoder, model.encoder)
 
 
 def test_cpu_engine_runs_without_graphs(engine) -> None:
@@ -77,15 +105,20 @@ def test_graph_replays_follow_new_lengths(tiny_model_dir, clips, dtype) -> None:
         for w, g in zip(want, got, strict=True):
             assert w["enc"].shape == g["enc"].shape
             assert (w["enc"] - g["enc"]).abs().max() < tol * max(1.0, w["enc"].abs().max())
-    assert len(graphed._graphed_encoder.graphs) == 1
+    assert len(graphed._graphs.encoders.graphs) == 1
 
 
 @needs_cuda
 def test_engine_with_graphs_keeps_results(tiny_model_dir, clips) -> None:
+    """Encoder and decoder graphs, with and without hotwords (the bias decoder reads the decoder
+    graph's hidden states)."""
     device = torch.device("cuda")
-    runs = []
+    lists = [("丁七", "万丈"), (), ("hello",), (), ("七万",)][: len(clips)]
+    runs, engines = [], []
     for on in (False, True):
         settings = EngineSettings(model=str(tiny_model_dir), warmup=False, dtype="fp32", cuda_graphs=on)
-        runs.append(Engine(load_model(tiny_model_dir, device), settings, device).transcribe(clips))
+        engines.append(Engine(load_model(tiny_model_dir, device), settings, device))
+        runs.append(engines[-1].transcribe(clips, hotwords=lists) + engines[-1].transcribe(clips))
     same = sum(a.token_ids == b.token_ids for a, b in zip(*runs, strict=True))
-    assert same >= len(clips) - 1  # fp32: only a float-rounding tie could flip a token count
+    assert same >= len(runs[0]) - 1  # fp32: only a float-rounding tie could flip a token count
+    assert engines[1]._graphs.decoders.graphs and engines[1]._graphs.encoders.graphs
