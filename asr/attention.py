@@ -4,7 +4,10 @@ funasr's ``MultiHeadedAttentionSANM`` (encoder self-attention plus an FSMN memor
 ``MultiHeadedAttentionCrossAtt`` (decoder and SeACo bias decoder) compute
 ``softmax(QK^T / sqrt(d)) V`` with explicit matmuls, a ``-inf`` fill and a second pass that zeroes
 masked probabilities. :func:`patch_attention` swaps only that product for a fused kernel on the
-module instances; the projections, the FSMN branch and the weights stay funasr's own.
+module instances; the projections and the weights stay funasr's own. On CUDA the same layers also
+take two fused kernels that are not attention: the encoder's FSMN memory as one Triton kernel whose
+output the output projection accumulates onto (``asr.fsmn``), and the feed-forward block's ReLU in
+its first matrix product's epilogue.
 
 Backends:
 
@@ -36,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import fsmn
 
 __all__ = ["BACKENDS", "attach_prefix_mask", "available_backends", "patch_attention"]
 
@@ -151,7 +156,8 @@ def attach_prefix_mask(mask: torch.Tensor, lens: torch.Tensor) -> None:
 
 
 def _varlen_attend(
-    backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lens: torch.Tensor, scale: float
+    backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lens: torch.Tensor, scale: float,
+    may_be_empty: bool = True,
 ) -> torch.Tensor:
     """[B, H, T1, D] queries over per-clip key prefixes -> [B, T1, H * D]."""
     batch, heads, t_q, dim = q.shape
@@ -182,6 +188,8 @@ def _varlen_attend(
         else:
             out = _FLASH_ATTN(q_, k_, v_, cu_q, cu_k, t_q, t_k, dropout_p=0.0, softmax_scale=scale)
     out = out.view(batch, t_q, heads * dim)
+    if not may_be_empty:
+        return out
     # A clip with no keys at all gives zeros, as in funasr.
     return torch.where((key_lens > 0)[:, None, None], out, 0.0)
 
@@ -202,7 +210,7 @@ def _attend(
         and q.dtype in (torch.float16, torch.bfloat16)
         and not (module.training and module.dropout.p > 0)
     ):
-        return _varlen_attend(backend, q, k, v, info.key_lens, scale)
+        return _varlen_attend(backend, q, k, v, info.key_lens, scale, may_be_empty=info.empty_rows is not None)
     out = F.scaled_dot_product_attention(
         q,
         k,
@@ -227,8 +235,32 @@ def _sanm_forward(
     if mask_att_chunk_encoder is not None:  # streaming chunk masks: funasr's own code
         return type(self).forward(self, x, mask, mask_shfit_chunk, mask_att_chunk_encoder)
     q_h, k_h, v_h, v = self.forward_qkv(x)
+    info = _mask_info(mask) if mask is not None else None
+    if info is not None and info.key_lens is not None and mask_shfit_chunk is None and _fused_fsmn_fits(self, v):
+        # One kernel for the FSMN memory (plus the output bias), then projection and residual
+        # as one matrix product that accumulates onto it.
+        memory = fsmn.fsmn_memory(v, self.fsmn_block.weight, info.key_lens, self.pad_fn.padding[0],
+                                  self.linear_out.bias)
+        attended = _attend(self, q_h, k_h, v_h, mask)
+        batch, steps, dim = memory.shape
+        out = torch.addmm(memory.view(-1, dim), attended.reshape(batch * steps, -1), self.linear_out.weight.t())
+        return out.view(batch, steps, dim)
     fsmn_memory = self.forward_fsmn(v, mask, mask_shfit_chunk)
     return self.linear_out(_attend(self, q_h, k_h, v_h, mask)) + fsmn_memory
+
+
+def _fused_fsmn_fits(module: nn.Module, v: torch.Tensor) -> bool:
+    """Whether the FSMN memory of `module` can take the fused kernel (`asr.fsmn`)."""
+    conv = module.fsmn_block
+    return (
+        fsmn.available(v.device)
+        and not module.training
+        and type(module.linear_out) is nn.Linear
+        and conv.stride == (1,)
+        and conv.dilation == (1,)
+        and conv.groups == conv.in_channels == v.size(-1)
+        and sum(module.pad_fn.padding) == conv.kernel_size[0] - 1
+    )
 
 
 def _cross_forward(
@@ -242,6 +274,16 @@ def _cross_forward(
         return type(self).forward(self, x, memory, memory_mask, ret_attn=True)
     q_h, k_h, v_h = self.forward_qkv(x, memory)
     return self.linear_out(_attend(self, q_h, k_h, v_h, memory_mask))
+
+
+def _ffn_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """funasr's PositionwiseFeedForward (Linear, ReLU, Linear) with the ReLU in the first matrix
+    product's epilogue (cuBLASLt), which saves a pass over the 4x-wide hidden activations."""
+    w_1 = self.w_1
+    if not (x.is_cuda and x.dtype == w_1.weight.dtype and not self.training and w_1.bias is not None):
+        return type(self).forward(self, x)
+    hidden = torch._addmm_activation(w_1.bias, x.reshape(-1, x.size(-1)), w_1.weight.t())
+    return self.w_2(hidden.view(*x.shape[:-1], -1))
 
 
 def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
@@ -260,6 +302,7 @@ def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
         The backend actually chosen.
     """
     from funasr.models.sanm.attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANM
+    from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
 
     chosen, reason = _resolve(backend)
     patched = 0
@@ -268,9 +311,11 @@ def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
             forward = _sanm_forward
         elif isinstance(module, MultiHeadedAttentionCrossAtt):
             forward = _cross_forward
+        elif type(module) is PositionwiseFeedForward and isinstance(module.activation, nn.ReLU):
+            forward = _ffn_forward  # not attention, but the same layers' fused-kernel path
         else:
             continue
-        patched += 1
+        patched += isinstance(module, (MultiHeadedAttentionSANM, MultiHeadedAttentionCrossAtt))
         if chosen == "eager":
             module.__dict__.pop("forward", None)
             module.__dict__.pop(_BACKEND_ATTR, None)

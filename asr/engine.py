@@ -299,6 +299,7 @@ class Engine:
         is not to be used afterwards."""
         with self._cache_lock:
             self._bias_cache.clear()
+        self._graphs = None  # the graphs hold their memory pool until dropped
         for pool in (self._side_pool, self._batch_pool):
             if pool is not None:
                 pool.shutdown(wait=True)

@@ -62,7 +62,7 @@ if triton is not None:
         gate_o = tl.load(x_t + 3 * H, mask=row_ok[:, None], other=0.0).to(tl.float32)
         return gate_i, gate_f, gate_g, gate_o
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["B", "T"])  # one compiled kernel for every batch shape
     def _blstm_kernel(
         xg_ptr,  # [2, B, T, 4H]: input projection + both biases; direction 1 already time-reversed
         w_ptr,  # [2, 4, H, H]: recurrent weights as (direction, gate, input unit k, hidden unit j)
