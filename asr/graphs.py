@@ -20,6 +20,7 @@ each replay's output is consumed, in stream order, before the next replay.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -170,6 +171,7 @@ class _GraphCache:
         make_inputs: Callable[[], tuple[list[torch.Tensor], list[torch.Tensor]]],
         forward: Callable[..., Sequence[torch.Tensor]],
     ) -> _Graph:
+        start = time.perf_counter()
         with self.context():
             inputs, keep = make_inputs()
         current = torch.cuda.current_stream(self.device)
@@ -183,7 +185,8 @@ class _GraphCache:
         # thread_local: other threads may allocate pinned memory or wait on events meanwhile.
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), self.context():
             outputs = tuple(forward(*inputs, *keep))
-        log.info("%s graph captured for shape %s (%d cached)", self.name, key[:-1], len(self.graphs) + 1)
+        log.info("%s graph captured for shape %s in %.0f ms (%d cached)", self.name, key[:-1],
+                 (time.perf_counter() - start) * 1000, len(self.graphs) + 1)
         return _Graph(graph, inputs, outputs, keep)
 
 
