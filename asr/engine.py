@@ -223,7 +223,7 @@ class Engine:
         if reason:
             log.info("encoder CUDA graphs off: %s", reason)
             return None
-        return GraphedModel(self.model, self.device, self._autocast)
+        return GraphedModel(self.model, self.device, self._autocast, self.settings.cuda_graph_cache)
 
     def _build_frontend(self) -> Any:
         conf = self.loaded.frontend_conf
@@ -585,9 +585,8 @@ class Engine:
     ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
         """Start the timestamp head; the returned function waits for it.
 
-        On a GPU it runs on a side stream from a helper thread, beside the decoder: its BLSTM is
-        a chain of thousands of tiny per-step kernels whose launches cost more host time than
-        the GPU spends on them, and torch releases the GIL while launching them.
+        On a GPU it runs on a side stream, beside the decoder: the fused BLSTM kernel occupies
+        few SMs for many sequential steps, so the decoder fills the rest of the GPU meanwhile.
         """
         predictor = self.model.predictor
         kernel = self.lstm_kernel
