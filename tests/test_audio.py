@@ -124,3 +124,18 @@ def test_sf_roundtrip_sanity() -> None:
     # soundfile itself must be able to read what encode_soundfile wrote (fixture sanity).
     y, rate = sf.read(io.BytesIO(FORMATS["pcm16_16k.wav"]))
     assert rate == 16000 and len(y) == 24000
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm16_wav_fast_path_equals_libsndfile(channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asr import audio as audio_module
+
+    rng = np.random.default_rng(channels)
+    x = rng.normal(0, 0.3, (16000 * 2 + 3, channels)).clip(-1, 1).astype(np.float32)
+    data = encode_soundfile(x, 16000, "WAV", "PCM_16")
+    want, rate = audio_module._decode_soundfile(data, None)
+    monkeypatch.setattr(audio_module, "_decode_soundfile", lambda *a: pytest.fail("took the libsndfile path"))
+    got = decode_audio(data)
+    assert rate == 16000 and got.dtype == np.float32 and np.array_equal(got, want)
+    with pytest.raises(LimitError, match="1 seconds"):
+        decode_audio(data, max_duration_s=1)

@@ -9,10 +9,10 @@ batch_opt.js) then carry the cookie. /healthz stays open for load balancers.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asr.server.errors import error_body
 
@@ -20,19 +20,29 @@ COOKIE = "asr_token"
 OPEN_PATHS = frozenset({"/healthz"})
 
 
-def install_token_auth(app: FastAPI, token: str) -> None:
-    """Refuse every request but /healthz without the token (401 with the JSON error shape)."""
+class TokenAuth:
+    """Refuse every HTTP request but /healthz without the token (401 with the JSON error shape).
 
-    def matches(value: str | None) -> bool:
-        return value is not None and secrets.compare_digest(value.encode(), token.encode())
+    A plain ASGI middleware (see `asr.server.app.RequestMetrics` for why not
+    ``@app.middleware("http")``); it reads only the request line, headers and cookies.
+    """
 
-    @app.middleware("http")
-    async def _require_token(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    def _matches(self, value: str | None) -> bool:
+        return value is not None and secrets.compare_digest(value.encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         if request.url.path in OPEN_PATHS:
-            return await call_next(request)
-        if matches(request.query_params.get("token")):
+            await self.app(scope, receive, send)
+            return
+        if self._matches(request.query_params.get("token")):
             query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             target = (
                 request.url.replace_query_params(**dict(query))
@@ -40,14 +50,17 @@ def install_token_auth(app: FastAPI, token: str) -> None:
                 else request.url.remove_query_params("token")
             )
             redirect = RedirectResponse(str(target), status_code=303)
-            redirect.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return redirect
+            redirect.set_cookie(COOKIE, self.token.decode(), httponly=True, samesite="strict")
+            await redirect(scope, receive, send)
+            return
         header = request.headers.get("authorization", "")
         bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
-        if matches(bearer) or matches(request.cookies.get(COOKIE)):
-            return await call_next(request)
-        return JSONResponse(
+        if self._matches(bearer) or self._matches(request.cookies.get(COOKIE)):
+            await self.app(scope, receive, send)
+            return
+        refusal = JSONResponse(
             error_body("unauthorized", "This service needs a token: send 'Authorization: Bearer <token>'."),
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+        await refusal(scope, receive, send)

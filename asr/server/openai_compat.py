@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from asr.server.deps import get_service, read_upload
 from asr.server.service import Service, long_request, render_result
@@ -36,7 +36,7 @@ async def create_transcription(
     punc: Annotated[Literal["auto", "on", "off"], Form(description="Extension: punctuation")] = "auto",
     speakers: Annotated[bool, Form(description="Extension: speaker labels on segments")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=32)] = None,
-) -> dict[str, Any] | PlainTextResponse:
+) -> dict[str, Any] | JSONResponse | PlainTextResponse:
     words = service.parse_hotwords(prompt)
     data = await read_upload(service, file)
     want_words = "word" in (timestamp_granularities or [])
@@ -73,7 +73,7 @@ async def create_transcription(
         body["words"] = [
             {"word": t["text"], "start": t["start"], "end": t["end"]} for t in result.get("tokens", [])
         ]
-    return body
+    return JSONResponse(body)  # plain JSON data: skips FastAPI's per-value encoder walk
 
 
 @router.get("/models", summary="Models served (OpenAI-compatible listing)")
