@@ -86,25 +86,28 @@ def words_from_tokens(
     return words
 
 
+_ASCII_MARKS = {"，": ",", "。": ".", "？": "?", "、": ","}
+
+
+def _joined(prev: TimedWord | None, w: TimedWord) -> str:
+    """What `w` adds to `join_words` after `prev`: a space between ASCII words, the word, its mark."""
+    is_ascii = w.text.isascii()
+    space = " " if is_ascii and prev is not None and prev.text.isascii() and not prev.punc else ""
+    mark = _ASCII_MARKS.get(w.punc, w.punc) if w.punc and is_ascii else w.punc
+    return space + w.text + mark
+
+
 def join_words(words: Sequence[TimedWord]) -> str:
     """Text the funasr way: CJK without spaces, ASCII words separated by one space."""
-    out = ""
-    prev_ascii = False
-    for w in words:
-        is_ascii = w.text.isascii()
-        if is_ascii and prev_ascii:
-            out += " "
-        out += w.text
-        mark = w.punc
-        if mark and is_ascii:
-            mark = {"，": ",", "。": ".", "？": "?", "、": ","}.get(mark, mark)
-        out += mark
-        prev_ascii = is_ascii and not mark
-    return out
+    return "".join(_joined(words[i - 1] if i else None, w) for i, w in enumerate(words))
 
 
 def _width(text: str) -> float:
     return sum(0.5 if ch.isascii() else 1.0 for ch in text)
+
+
+def _joined_width(words: Sequence[TimedWord]) -> float:
+    return _width(join_words(words))
 
 
 def build_sentences(
@@ -118,24 +121,27 @@ def build_sentences(
     opts = opts or SubtitleOptions()
     sentences: list[Sentence] = []
     current: list[TimedWord] = []
+    width = 0.0  # of join_words(current), kept as words come (recomputing it was quadratic)
 
     def flush(upto: int | None = None) -> None:
-        nonlocal current
+        nonlocal current, width
         take = current if upto is None else current[:upto]
         rest = [] if upto is None else current[upto:]
         text = join_words(take).strip()
         if take and text:
             sentences.append(Sentence(text, take[0].start_ms, take[-1].end_ms, take[0].speaker))
         current = rest
+        width = _joined_width(rest)
 
     for w in words:
         if current and (
             w.start_ms - current[-1].end_ms >= opts.split_gap_ms or w.speaker != current[-1].speaker
         ):
             flush()
+        width += _width(_joined(current[-1] if current else None, w))
         current.append(w)
         while current and (
-            _width(join_words(current)) > opts.max_chars
+            width > opts.max_chars
             or current[-1].end_ms - current[0].start_ms > opts.max_duration_ms
         ) and len(current) > 1:
             commas = [i for i, cw in enumerate(current[:-1]) if cw.punc in _PAUSE]

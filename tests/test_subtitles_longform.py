@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from speech import SENTENCES, recording, require_espeak
 
 from asr.longform import transcribe_files_long, transcribe_long
@@ -15,6 +17,7 @@ from asr.subtitles import (
     SubtitleError,
     TimedWord,
     build_sentences,
+    join_words,
     to_paragraphs,
     to_srt,
     to_vtt,
@@ -166,3 +169,40 @@ def test_real_engine_and_punctuation_wiring(engine, punctuator):
         assert validate_srt(result.srt()) == len(result.sentences)
         assert validate_vtt(result.vtt()) == len(result.sentences)
         assert result.text.endswith(("。", ".", "？", "?", "！", "!"))
+
+
+def _join_words_reference(words) -> str:
+    """The straightforward join (a word at a time), which build_sentences's running width follows."""
+    out, prev_ascii = "", False
+    for w in words:
+        is_ascii = w.text.isascii()
+        if is_ascii and prev_ascii:
+            out += " "
+        out += w.text
+        mark = w.punc
+        if mark and is_ascii:
+            mark = {"，": ",", "。": ".", "？": "?", "、": ","}.get(mark, mark)
+        out += mark
+        prev_ascii = is_ascii and not mark
+    return out
+
+
+_WORDS = st.builds(
+    TimedWord,
+    st.sampled_from(["你", "好", "hello", "GPU", "ok", "达摩院", "x"]),
+    st.just(0),
+    st.just(10),
+    st.sampled_from(["", "", "，", "。", "？", "、", "!"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_WORDS, max_size=30))
+def test_join_and_running_width_follow_the_reference(words) -> None:
+    from asr.subtitles import _joined, _width
+
+    assert join_words(words) == _join_words_reference(words)
+    width = 0.0
+    for i, w in enumerate(words):
+        width += _width(_joined(words[i - 1] if i else None, w))
+        assert width == _width(_join_words_reference(words[: i + 1]))
