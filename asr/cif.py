@@ -181,9 +181,9 @@ def _blstm_within_lengths(
     if dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     x = x.to(dtype)
-    use_fused = kernel != "cudnn" and lstm_kernels.fused_available(x.device, dtype)
+    use_fused = kernel != "cudnn" and lstm_kernels.fused_available(x.device, dtype, blstm.hidden_size)
     if kernel == "fused" and not use_fused:
-        raise RuntimeError("the fused LSTM kernel needs Triton, a CUDA device and fp16/bf16 weights")
+        raise RuntimeError("the fused LSTM kernel needs Triton, a CUDA device with enough SMs and fp16/bf16 weights")
     x_reversed = _reverse_within(x, lens)
     if use_fused:
         ahead, behind = lstm_kernels.blstm(blstm, x, x_reversed)

@@ -204,7 +204,8 @@ class Engine:
 
     def _choose_lstm_kernel(self) -> str:
         """'fused' or 'cudnn' for the timestamp head's BLSTM (see `asr.lstm`)."""
-        usable = lstm_kernels.fused_available(self.device, self.dtype)
+        blstm = getattr(self.model.predictor, "blstm", None)
+        usable = blstm is not None and lstm_kernels.fused_available(self.device, self.dtype, blstm.hidden_size)
         choice = self.settings.lstm_kernel
         if choice == "fused" and not usable:
             raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")

@@ -38,9 +38,21 @@ except ImportError:  # pragma: no cover - depends on the install
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def fused_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether `blstm` can run the fused kernel for tensors on `device` in `dtype`."""
-    return triton is not None and device.type == "cuda" and dtype in _HALF
+def fused_available(device: torch.device, dtype: torch.dtype, hidden: int = 512) -> bool:
+    """Whether `blstm` can run the fused kernel for a `hidden`-unit LSTM on `device` in `dtype`:
+    a group of programs that wait for each other must fit on the GPU at once."""
+    if triton is None or device.type != "cuda" or dtype not in _HALF:
+        return False
+    return bool(_fitting(_CANDIDATES[_BLOCK_B[0]], hidden, _sm_count(device)))
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _fitting(candidates: tuple[LaunchConfig, ...], hidden: int, sm_count: int) -> tuple[LaunchConfig, ...]:
+    """The configurations whose groups (hidden / block_h programs, one per SM at worst) fit."""
+    return tuple(c for c in candidates if hidden // min(c.block_h, hidden) <= sm_count)
 
 
 if triton is not None:
@@ -205,7 +217,7 @@ def blstm(lstm: torch.nn.LSTM, x: torch.Tensor, x_reversed: torch.Tensor) -> tup
     Returns:
         (forward hidden states [B, T, H], backward hidden states [B, T, H] in x_reversed's order).
     """
-    if not fused_available(x.device, x.dtype):
+    if not fused_available(x.device, x.dtype, lstm.hidden_size):
         raise RuntimeError("the fused BLSTM kernel needs Triton, a CUDA device and fp16/bf16 inputs")
     weights = packed(lstm, x.dtype)
     batch, steps, _ = x.shape
@@ -216,7 +228,7 @@ def blstm(lstm: torch.nn.LSTM, x: torch.Tensor, x_reversed: torch.Tensor) -> tup
     block_b = next((b for b in _BLOCK_B if batch <= b), _BLOCK_B[-1])
     row_blocks = triton.cdiv(batch, block_b)
     key = (block_b, hidden, x.dtype, x.device.index or 0)
-    candidates = (_chosen[key],) if key in _chosen else _CANDIDATES[block_b]
+    candidates = (_chosen[key],) if key in _chosen else _fitting(_CANDIDATES[block_b], hidden, _sm_count(x.device))
     for config in candidates:
         block_h = min(config.block_h, hidden)
         sync = torch.zeros(2 * row_blocks, device=x.device, dtype=torch.int32)

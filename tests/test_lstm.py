@@ -116,3 +116,13 @@ def test_engine_with_fused_kernel_keeps_tokens_and_timestamps(tiny_model_dir, cl
     assert len(spans_a) == len(spans_b) > 0
     close = sum(abs(p - q) <= 60 for p, q in zip(spans_a, spans_b, strict=True))
     assert close / len(spans_a) > 0.95
+
+
+def test_only_configurations_whose_groups_fit_the_gpu_are_tried() -> None:
+    """Programs of a group spin until all of them ran a step: a group larger than the GPU's SM
+    count could wait forever, so such configurations are never launched."""
+    candidates = lstm_kernels._CANDIDATES[16]
+    assert lstm_kernels._fitting(candidates, 512, 132) == candidates
+    streamed_only = lstm_kernels._fitting(candidates, 512, 20)  # 32 resident programs do not fit
+    assert streamed_only and all(not c.resident for c in streamed_only)
+    assert lstm_kernels._fitting(candidates, 512, 8) == ()
