@@ -160,14 +160,14 @@ class Engine:
         self._no_bias = int(getattr(self.model, "NO_BIAS", -1))
         self.hotword_tokenizer = HotwordTokenizer(self.token_list, loaded.seg_dict, self._sos)
         self._gpu_lock = threading.Lock()
-        self._pinned = device.type == "cuda"
+        cuda = device.type == "cuda"
+        self._pinned = cuda  # staging buffers are page-locked on a GPU box
         self._staging = _Staging()
         self._cache_lock = threading.Lock()
         self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
-        overlap = device.type == "cuda" and settings.overlap_timestamps
+        overlap = cuda and settings.overlap_timestamps
         self._side_stream = torch.cuda.Stream(device) if overlap else None
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="asr-timestamps") if overlap else None
-        cuda = device.type == "cuda"
         self._batch_pool = ThreadPoolExecutor(2, thread_name_prefix="asr-batches") if cuda else None
         if cuda and sys.getswitchinterval() > _GIL_SWITCH_S:
             # A thread launching GPU work gives up the GIL at every torch call; while another
@@ -177,7 +177,7 @@ class Engine:
         self.frontend_kind = "funasr" if settings.frontend == "funasr" else "torch"
         self._frontend = self._build_frontend()
         self.attention_backend = patch_attention(self.model, self._attention_choice())
-        self._fused_lstm = self._choose_lstm_kernel() == "fused"
+        self.lstm_kernel = self._choose_lstm_kernel()
         self._graphs = self._build_graphs()
         log.info("engine: device=%s dtype=%s attention=%s frontend=%s timestamp-lstm=%s cuda-graphs=%s model=%s",
                  device, self.dtype, self.attention_backend, self.frontend_kind, self.lstm_kernel,
@@ -209,8 +209,7 @@ class Engine:
         choice = self.settings.lstm_kernel
         if choice == "fused" and not usable:
             raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")
-        self.lstm_kernel = "fused" if usable and choice != "cudnn" else "cudnn"
-        return self.lstm_kernel
+        return "fused" if usable and choice != "cudnn" else "cudnn"
 
     def _build_graphs(self) -> GraphedModel | None:
         """Encoder and decoder as CUDA graphs where that is possible and wanted (`asr.graphs`)."""
@@ -259,7 +258,7 @@ class Engine:
         rng = np.random.default_rng(0)
         clips = [rng.normal(0, 0.05, int(s * SAMPLE_RATE)).astype(np.float32) for s in (1.0, 8.0)]
         start = time.perf_counter()
-        if self._fused_lstm:
+        if self.lstm_kernel == "fused":
             lstm_kernels.compile_all(self.model.predictor.blstm, self.dtype)
         self.transcribe(clips)
         self.transcribe(clips[:1], hotwords=["热词"])
@@ -600,8 +599,9 @@ class Engine:
         # thread; measured on an H100: +7% throughput on 1,200 s batches, but +20 ms on a lone
         # 10 s clip (the hand-off), so small batches run it inline. The fused kernel is a handful
         # of launches and goes on the side stream from this thread, for any batch.
-        threaded = not self._fused_lstm and len(token_len) >= _OVERLAP_MIN_BATCH
-        if self._side_stream is None or not (self._fused_lstm or threaded):
+        fused = kernel == "fused"
+        threaded = not fused and len(token_len) >= _OVERLAP_MIN_BATCH
+        if self._side_stream is None or not (fused or threaded):
             result = head()
             return lambda: result
         main = torch.cuda.current_stream(self.device)
