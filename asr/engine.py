@@ -102,7 +102,7 @@ class _Staging(threading.local):
         self, direction: str, shapes: list[tuple[tuple[int, ...], torch.dtype]], pinned: bool
     ) -> list[torch.Tensor]:
         """Tensors of the given shapes and dtypes, carved out of this thread's buffer."""
-        sizes = [int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size() for shape, dtype in shapes]
+        sizes = [int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes]
         offsets = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])  # 64-byte aligned parts
         buffer = self.buffers.get(direction)
         if buffer is None or buffer.numel() < offsets[-1]:

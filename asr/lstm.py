@@ -18,6 +18,7 @@ group (H / BLOCK_H programs) always fits on the GPU at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,14 @@ def fused_available(device: torch.device, dtype: torch.dtype, hidden: int = 512)
 
 
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count_of(index: int) -> int:
+    # Asked on every BLSTM call (twice: the caller's check and the launch); a device's SM count
+    # never changes.
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _fitting(candidates: tuple[LaunchConfig, ...], hidden: int, sm_count: int) -> tuple[LaunchConfig, ...]:
