@@ -10,7 +10,7 @@
 #   --no-gradio-queue  --share  --no-autolaunch  --enable-xformers (= memory-efficient SDPA attention)
 #
 # This script only sets the environment and flags; profile choice, warm-up and serving are in Python
-# (asr/server/launch.py). The model is loaded and warmed up before the port accepts connections.
+# (asr/web/launch.py). The model is loaded and warmed up before the port accepts connections.
 set -euo pipefail
 cd "$(dirname "$0")"
 

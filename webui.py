@@ -7,7 +7,7 @@ Flags are documented in ``python webui.py --help``; everything else is a setting
 (configs/*.yaml or ASR_* environment variables, see asr/settings.py).
 """
 
-from asr.server.launch import main
+from asr.web.launch import main
 
 if __name__ == "__main__":
     main()

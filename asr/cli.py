@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .errors import ASRError
+from asr.errors import ASRError
+from asr.pipeline.audio import SAMPLE_RATE
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm", ".mp4",
                   ".wma", ".amr", ".aiff", ".aif", ".mka"}
@@ -34,7 +34,7 @@ def find_audio_files(paths: Sequence[str]) -> list[Path]:
 
 def _decoded(files: list[Path], max_audio_s: float) -> Iterator[tuple[Path, np.ndarray | ASRError]]:
     """Decode on worker threads (codecs release the GIL) while the engine runs."""
-    from .audio import decode_audio
+    from asr.pipeline.audio import decode_audio
 
     def load(path: Path) -> np.ndarray | ASRError:
         try:
@@ -56,11 +56,11 @@ def _output_name(path: Path, roots: list[Path]) -> str:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .engine import Engine
-    from .formats import render
-    from .hotwords import parse_hotwords
-    from .longform import LongformModels, LongRequest, from_transcripts, transcribe_files_long
-    from .settings import load_settings
+    from asr.engine.core import Engine
+    from asr.pipeline.formats import render
+    from asr.pipeline.hotwords import parse_hotwords
+    from asr.pipeline.longform import LongformModels, LongRequest, from_transcripts, transcribe_files_long
+    from asr.settings import load_settings
 
     overrides: dict = {"engine": {"warmup": False}, "longform": {}}
     for key in ("model", "device", "dtype", "attention"):
@@ -141,7 +141,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
-    from .testmodel import make_model_dir
+    from asr.devtools.testmodel import make_model_dir
 
     path = make_model_dir(args.output, args.size, seed=args.seed)
     print(path)
@@ -149,7 +149,7 @@ def cmd_make_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .formats import FORMATS
+    from asr.pipeline.formats import FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m asr", description="SeACo-Paraformer speech recognition")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0)
     mk.set_defaults(func=cmd_make_model)
 
-    from .bench import add_parser as add_bench
-    from .bench_long import add_parser as add_bench_long
+    from asr.devtools.bench import add_parser as add_bench
+    from asr.devtools.bench_long import add_parser as add_bench_long
 
     add_bench(sub)
     add_bench_long(sub)

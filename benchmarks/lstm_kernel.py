@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from asr.cif import _blstm_within_lengths
+from asr.engine.cif import _blstm_within_lengths
 
 SHAPES = [(1, 500), (8, 1500), (40, 1500), (128, 450), (400, 150)]  # (clips, upsampled steps)
 

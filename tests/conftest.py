@@ -15,14 +15,14 @@ OUTPUT_DIR = ROOT / "test-output"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SeACo-Paraformer directory in funasr's format with seeded random weights."""
-    from asr.testmodel import make_model_dir
+    from asr.devtools.testmodel import make_model_dir
 
     return make_model_dir(tmp_path_factory.mktemp("models") / "tiny", "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path):
-    from asr.engine import Engine
+    from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
     return Engine.from_settings(EngineSettings(model=str(tiny_model_dir), device="cpu", warmup=False))

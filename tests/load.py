@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url, pid = args.url, args.pid
     if url is None:
-        from asr.testmodel import make_model_dir
+        from asr.devtools.testmodel import make_model_dir
         from tests.server.conftest import start_server
 
         work = Path(tempfile.mkdtemp(prefix="asr-load-"))

@@ -15,7 +15,7 @@ from funasr.models.sanm.attention import (  # noqa: E402
     MultiHeadedAttentionSANM,
 )
 
-from asr.attention import available_backends, patch_attention  # noqa: E402
+from asr.engine.attention import available_backends, patch_attention  # noqa: E402
 
 DIM, HEADS = 64, 4
 ATOL = 1e-5
@@ -195,7 +195,7 @@ def test_unavailable_backend_falls_back_with_one_log_line(caplog: pytest.LogCapt
     if torch.cuda.is_available():
         pytest.skip("fallback is only forced on machines without CUDA")
     encoder = _encoder()
-    with caplog.at_level(logging.INFO, logger="asr.attention"):
+    with caplog.at_level(logging.INFO, logger="asr.engine.attention"):
         assert patch_attention(encoder, "varlen") == "sdpa"
         assert patch_attention(encoder, "flash-attn") == "sdpa"
         assert patch_attention(encoder, "auto") == "sdpa"
@@ -262,7 +262,7 @@ def _fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, seqused_k=Non
 
 @pytest.mark.parametrize("layout", ["seqused_k", "filler", "filler-no-scale-arg", "flash-attn"])
 def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
-    import asr.attention as attention
+    import asr.engine.attention as attention
 
     backend = "flash-attn" if layout == "flash-attn" else "varlen"
     monkeypatch.setattr(attention, "_VARLEN", _fake_varlen)

@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 from audio_fixtures import all_formats, encode_soundfile, tone_with_noise
 
-from asr.audio import SAMPLE_RATE, decode_audio
 from asr.errors import AudioError, LimitError
+from asr.pipeline.audio import SAMPLE_RATE, decode_audio
 
 FORMATS = all_formats(1.5)
 
@@ -128,7 +128,7 @@ def test_sf_roundtrip_sanity() -> None:
 
 @pytest.mark.parametrize("channels", [1, 2])
 def test_pcm16_wav_fast_path_equals_libsndfile(channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    from asr import audio as audio_module
+    from asr.pipeline import audio as audio_module
 
     rng = np.random.default_rng(channels)
     x = rng.normal(0, 0.3, (16000 * 2 + 3, channels)).clip(-1, 1).astype(np.float32)

@@ -9,7 +9,7 @@ funasr_bicif = pytest.importorskip("funasr.models.bicif_paraformer.cif_predictor
 funasr_para = pytest.importorskip("funasr.models.paraformer.cif_predictor")
 from funasr.models.transformer.utils.nets_utils import make_pad_mask  # noqa: E402
 
-from asr.cif import cif, cif_wo_hidden, predict  # noqa: E402
+from asr.engine.cif import cif, cif_wo_hidden, predict  # noqa: E402
 
 ATOL = 1e-5
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from asr.engine import MIN_SAMPLES, Engine, join_tokens
+from asr.engine.core import MIN_SAMPLES, Engine, join_tokens
+from asr.engine.model import load_model, resolve_model_dir
 from asr.errors import AudioError, ModelLoadError
-from asr.hotwords import parse_hotwords
-from asr.model import load_model, resolve_model_dir
+from asr.pipeline.hotwords import parse_hotwords
 
 HOTWORDS = ("丁七", "万丈", "hello", "三上")
 
@@ -233,7 +233,7 @@ def test_out_of_memory_on_one_item_is_raised(engine: Engine, clips, monkeypatch)
 
 
 def test_model_generation_is_deterministic(tiny_model_dir, tmp_path) -> None:
-    from asr.testmodel import make_model_dir
+    from asr.devtools.testmodel import make_model_dir
 
     again = make_model_dir(tmp_path / "again", "tiny", seed=0)
     for name in ("config.yaml", "tokens.json", "am.mvn", "seg_dict", "configuration.json"):

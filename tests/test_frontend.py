@@ -10,7 +10,7 @@ import torch
 
 wav_frontend = pytest.importorskip("funasr.frontends.wav_frontend")
 
-from asr.frontend import BatchFrontend, FrontendOptions, load_cmvn  # noqa: E402
+from asr.engine.frontend import BatchFrontend, FrontendOptions, load_cmvn  # noqa: E402
 
 # Largest allowed |ours - funasr| on features after CMVN (CMVN scales here are up to 0.5, so the
 # log-mel difference this allows is about 2e-3). Two fp32 FFTs differ by rounding only.

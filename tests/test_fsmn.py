@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr import fsmn
-from asr.attention import patch_attention
+from asr.engine import fsmn
+from asr.engine.attention import patch_attention
 
 pytestmark = pytest.mark.skipif(
     not fsmn.available(torch.device("cuda")), reason="the fused FSMN kernel needs a CUDA GPU and Triton"

@@ -17,8 +17,8 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asr.audio import decode_audio
 from asr.errors import ASRError
+from asr.pipeline.audio import decode_audio
 
 
 def _wav_header(rate: int, channels: int, bits: int, fmt: int, n_bytes: int) -> bytes:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from asr.engine import Engine
-from asr.model import load_model
+from asr.engine.core import Engine
+from asr.engine.model import load_model
 from asr.settings import EngineSettings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr import graphs
-from asr.attention import patch_attention
-from asr.engine import Engine
-from asr.model import load_model
+from asr.engine import graphs
+from asr.engine.attention import patch_attention
+from asr.engine.core import Engine
+from asr.engine.model import load_model
 from asr.settings import EngineSettings
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")

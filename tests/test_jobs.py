@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from asr.errors import AudioError
-from asr.jobs import JobStore, JobWorker
+from asr.service.jobs import JobStore, JobWorker
 
 
 def test_job_is_durable_and_resumable(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asr.server.launch import build_parser, profile_for_gpu, resolve_config, settings_from_args
+from asr.web.launch import build_parser, profile_for_gpu, resolve_config, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_every_profile_loads(tmp_path: Path) -> None:
 
 def test_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: 'auto' must pick the CPU profile
-    assert resolve_config("auto") == str(REPO / "configs" / "cpu.yaml")
+    assert Path(resolve_config("auto")).resolve() == (REPO / "configs" / "cpu.yaml").resolve()
     args = build_parser().parse_args(
         ["--config", "auto", "--port", "9001", "--max-batch-size", "7", "--no-gradio-queue",
          "--enable-xformers", "--model", str(tmp_path), "--data-dir", str(tmp_path / "d"), "--no-autolaunch"]

@@ -10,9 +10,9 @@ import soundfile as sf
 from speech import SENTENCES, recording, require_espeak
 
 from asr.cli import main
-from asr.longform import LongformOptions, transcribe_long
-from asr.speakers import SpeakerEmbedder, SpeakerOptions, cluster_speakers, make_campplus_dir
-from asr.subtitles import validate_srt, validate_vtt
+from asr.pipeline.longform import LongformOptions, transcribe_long
+from asr.pipeline.speakers import SpeakerEmbedder, SpeakerOptions, cluster_speakers, make_campplus_dir
+from asr.pipeline.subtitles import validate_srt, validate_vtt
 
 SR = 16000
 
@@ -130,7 +130,7 @@ def test_streaming_memory_does_not_grow_with_length(engine, long_rec):
     recording, as a file reader would yield it."""
     import tracemalloc
 
-    from asr.vad import SileroVad
+    from asr.pipeline.vad import SileroVad
 
     vad = SileroVad()
     opts = LongformOptions(group_s=15.0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asr import lstm as lstm_kernels
-from asr.cif import _blstm_within_lengths
-from asr.engine import Engine
-from asr.model import load_model
+from asr.engine import lstm as lstm_kernels
+from asr.engine.cif import _blstm_within_lengths
+from asr.engine.core import Engine
+from asr.engine.model import load_model
 from asr.settings import EngineSettings
 
 needs_kernel = pytest.mark.skipif(

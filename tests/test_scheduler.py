@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from asr.errors import HotwordError, QueueFullError
-from asr.scheduler import BatchStats, Scheduler, SchedulerOptions
+from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
 
 
 class RecordingTranscribe:

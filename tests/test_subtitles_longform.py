@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from speech import SENTENCES, recording, require_espeak
 
-from asr.longform import transcribe_files_long, transcribe_long
-from asr.punc import Punctuator, make_punc_model_dir, split_words
-from asr.subtitles import (
+from asr.pipeline.longform import transcribe_files_long, transcribe_long
+from asr.pipeline.punc import Punctuator, make_punc_model_dir, split_words
+from asr.pipeline.subtitles import (
     Sentence,
     SubtitleError,
     TimedWord,
@@ -25,7 +25,7 @@ from asr.subtitles import (
     validate_vtt,
     words_from_tokens,
 )
-from asr.vad import SileroVad, VadOptions
+from asr.pipeline.vad import SileroVad, VadOptions
 
 SR = 16000
 
@@ -129,7 +129,7 @@ def test_timeline_maps_back_to_known_positions():
     rec = recording(SENTENCES[:6], [2.0, 1.2], noise=0.002)
     calls: list = []
     opts_vad = VadOptions(min_segment_s=0, merge_gap_s=0)
-    from asr.longform import LongformOptions
+    from asr.pipeline.longform import LongformOptions
 
     result = transcribe_long(_marker_engine(calls), rec.audio, SileroVad(), hotwords=["会议"],
                              opts=LongformOptions(vad=opts_vad))
@@ -199,7 +199,7 @@ _WORDS = st.builds(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_WORDS, max_size=30))
 def test_join_and_running_width_follow_the_reference(words) -> None:
-    from asr.subtitles import _joined, _width
+    from asr.pipeline.subtitles import _joined, _width
 
     assert join_words(words) == _join_words_reference(words)
     width = 0.0

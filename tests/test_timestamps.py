@@ -7,8 +7,8 @@ import pytest
 import torch
 from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
 
-from asr.cif import cif_wo_hidden
-from asr.timestamps import fire_positions, token_spans
+from asr.engine.cif import cif_wo_hidden
+from asr.engine.timestamps import fire_positions, token_spans
 
 
 def _case(rng: np.random.Generator, frames: int, n_tokens: int, exact: bool) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from speech import SENTENCES, recording, require_espeak, say
 
-from asr.vad import FsmnVad, SileroVad, VadOptions, VadOptionsError, make_fsmn_vad_dir, quietest_cut
+from asr.pipeline.vad import FsmnVad, SileroVad, VadOptions, VadOptionsError, make_fsmn_vad_dir, quietest_cut
 
 SR = 16000
 # Silero decides 32 ms frames and keeps 30-100 ms of hysteresis: boundaries within 150 ms.

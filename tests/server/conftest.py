@@ -97,7 +97,7 @@ def shared_engine(engine: Any) -> Any:
 @pytest.fixture()
 def client(tiny_model_dir: Path, shared_engine: Any, tmp_path: Path) -> Iterator[TestClient]:
     """The full app (API + UI) in process, behind an httpx-based ASGI client; lifespan runs."""
-    from asr.server import create_app
+    from asr.web import create_app
 
     app = create_app(service_settings(tiny_model_dir, tmp_path / "data"), engine=shared_engine)
     with TestClient(app) as c:

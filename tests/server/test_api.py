@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
-from asr.audio import decode_audio
-from asr.jobs import JobStore
-from asr.server import create_app
+from asr.pipeline.audio import decode_audio
+from asr.service.jobs import JobStore
+from asr.web import create_app
 
 from .conftest import CORRUPT, service_settings, wav_bytes
 

@@ -12,7 +12,7 @@ from .conftest import service_settings, wav_bytes
 
 
 def test_api_only_app_serves_the_api_and_no_page(tiny_model_dir: Path, shared_engine, tmp_path: Path) -> None:
-    from asr.server import create_app
+    from asr.web import create_app
 
     settings = service_settings(tiny_model_dir, tmp_path / "data", server={"ui": False})
     with TestClient(create_app(settings, engine=shared_engine)) as client:
@@ -24,8 +24,8 @@ def test_api_only_app_serves_the_api_and_no_page(tiny_model_dir: Path, shared_en
 
 def test_api_only_does_not_import_gradio(tiny_model_dir: Path, tmp_path: Path) -> None:
     code = (
-        "import sys; from asr.server.launch import settings_from_args, build_parser\n"
-        "from asr.server import create_app\n"
+        "import sys; from asr.web.launch import settings_from_args, build_parser\n"
+        "from asr.web import create_app\n"
         f"s = settings_from_args(build_parser().parse_args(['--no-ui', '--model', {str(tiny_model_dir)!r},"
         f" '--config', 'cpu', '--data-dir', {str(tmp_path)!r}]))\n"
         "assert s.server.ui is False\n"

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from asr.audio import decode_audio
-from asr.server import create_app
+from asr.pipeline.audio import decode_audio
+from asr.web import create_app
 
 from .conftest import service_settings, wav_bytes
 

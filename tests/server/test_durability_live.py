@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from asr.audio import decode_audio
+from asr.pipeline.audio import decode_audio
 
 from .conftest import start_server, wav_bytes
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from asr.engine import Transcript
-from asr.server.service import render_result, safe_stem, transcript_to_result
+from asr.engine.core import Transcript
+from asr.service.core import render_result, safe_stem, transcript_to_result
 
 
 def _transcript() -> Transcript:
@@ -30,7 +30,7 @@ def test_stored_results_render_in_every_format() -> None:
     result = json.loads(json.dumps(transcript_to_result(_transcript(), 2.0, (), 0.5, timestamps=True)))
     assert render_result(result, "txt") == "今天好。明天见\n"
     srt = render_result(result, "srt")
-    # Cues stay up at least 0.5 s (asr.subtitles) where the next cue and the file's end allow.
+    # Cues stay up at least 0.5 s (asr.pipeline.subtitles) where the next cue and the file's end allow.
     assert srt.startswith(
         "1\n00:00:00,000 --> 00:00:00,500\n今天好。\n\n2\n00:00:01,500 --> 00:00:02,000\n明天见"
     )

@@ -1,0 +1,329 @@
+"""Fused attention for Paraformer's SANM encoder and decoder cross-attention.
+
+funasr's ``MultiHeadedAttentionSANM`` (encoder self-attention plus an FSMN memory block) and
+``MultiHeadedAttentionCrossAtt`` (decoder and SeACo bias decoder) compute
+``softmax(QK^T / sqrt(d)) V`` with explicit matmuls, a ``-inf`` fill and a second pass that zeroes
+masked probabilities. :func:`patch_attention` swaps only that product for a fused kernel on the
+module instances; the projections and the weights stay funasr's own. On CUDA the same layers also
+take two fused kernels that are not attention: the encoder's FSMN memory as one Triton kernel whose
+output the output projection accumulates onto (``asr.engine.fsmn``), and the feed-forward block's ReLU in
+its first matrix product's epilogue.
+
+Backends:
+
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with a boolean key mask when the
+  batch is padded and no mask when it is not (so the flash kernel can run on CUDA).
+* ``varlen``: PyTorch's variable-length flash attention, ``torch.nn.attention.varlen.varlen_attn``
+  (CUDA, fp16/bf16). Padded keys are skipped without copying K/V: ``seqused_k`` where the torch
+  build has it, otherwise zero-query filler sequences that swallow each clip's padding.
+* ``flash-attn``: ``flash_attn_varlen_func`` from the optional ``flash_attn`` package, same layout.
+* ``eager``: funasr's own code.
+
+Masking semantics follow funasr exactly: masks hide keys only, so padded query rows still attend
+to their clip's keys (their values reach the CIF tail token, see ``asr.engine.cif.predict``), and a row
+whose keys are all masked gives zeros instead of NaN. Calls the fused kernels cannot serve
+(``ret_attn=True``, streaming chunk masks, fp32 or CPU tensors for the varlen kernels) take the
+next path down: varlen/flash-attn -> sdpa, and sdpa -> eager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MethodType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asr.engine import fsmn
+
+__all__ = ["BACKENDS", "attach_prefix_mask", "available_backends", "patch_attention"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "flash-attn", "varlen", "sdpa", "eager")
+_BACKEND_ATTR = "_asr_attention_backend"
+_MASK_INFO_ATTR = "_asr_mask_info"
+
+
+def _varlen_fn() -> Callable[..., torch.Tensor] | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _flash_attn_fn() -> Callable[..., torch.Tensor] | None:
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+_VARLEN = _varlen_fn()
+_VARLEN_PARAMS = set(inspect.signature(_VARLEN).parameters) if _VARLEN is not None else set()
+# seqused_k (torch >= 2.12) skips padded keys in place; older builds get filler sequences instead.
+_VARLEN_SEQUSED_K = "seqused_k" in _VARLEN_PARAMS
+_FLASH_ATTN = _flash_attn_fn()
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, fastest first."""
+    cuda = torch.cuda.is_available()
+    found = []
+    if cuda and _FLASH_ATTN is not None:
+        found.append("flash-attn")
+    if cuda and _VARLEN is not None:
+        found.append("varlen")
+    return [*found, "sdpa", "eager"]
+
+
+def _resolve(requested: str) -> tuple[str, str | None]:
+    """The backend to use for ``requested`` and, when it differs, why."""
+    if requested not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {requested!r}")
+    usable = available_backends()
+    if requested == "auto":
+        # PyTorch's own varlen kernel needs no extra package; prefer it over flash-attn.
+        for name in ("varlen", "flash-attn", "sdpa"):
+            if name in usable:
+                return name, None
+    if requested in usable:
+        return requested, None
+    if not torch.cuda.is_available():
+        reason = "no CUDA device"
+    elif requested == "flash-attn":
+        reason = "the flash_attn package is not installed"
+    else:
+        reason = f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
+    fallback = "varlen" if requested == "flash-attn" and "varlen" in usable else "sdpa"
+    return fallback, reason
+
+
+@dataclass(frozen=True)
+class _MaskInfo:
+    # Boolean mask for SDPA, [B, 1, T1|1, T2]; rows without any key are opened up (and zeroed
+    # after) because a fully masked SDPA row is NaN on some kernels. None: no padding at all.
+    sdpa_mask: torch.Tensor | None
+    # [B, 1, T1|1, 1] rows whose keys are all masked, or None if there are none.
+    empty_rows: torch.Tensor | None
+    # [B] int32 key lengths when the mask is one key-prefix per clip, else None.
+    key_lens: torch.Tensor | None
+
+
+def _mask_info(mask: torch.Tensor) -> _MaskInfo:
+    """Digest a funasr mask (1 = keep; [B, 1, T2] or [B, T1, T2]) once per mask tensor.
+
+    Encoder layers share one mask tensor, as do a decoder's layers, so the digest (and its one
+    host sync) happens once per forward, not once per layer.
+    """
+    cached = getattr(mask, _MASK_INFO_ATTR, None)
+    if cached is not None:
+        return cached
+    valid = mask != 0
+    row_has_key = valid.any(dim=-1, keepdim=True)
+    key_lens = valid[:, 0].sum(dim=-1)
+    positions = torch.arange(valid.size(-1), device=mask.device)
+    prefix = (valid == (positions < key_lens[:, None])[:, None, :]).all()
+    if valid.size(1) != 1:
+        prefix = torch.zeros_like(prefix)
+    all_valid, any_empty, is_prefix = torch.stack([valid.all(), ~row_has_key.all(), prefix]).tolist()
+    info = _MaskInfo(
+        sdpa_mask=None if all_valid else (valid | ~row_has_key)[:, None],
+        empty_rows=(~row_has_key)[:, None] if any_empty else None,
+        key_lens=key_lens.to(torch.int32) if is_prefix else None,
+    )
+    # Some tensor subclasses refuse Python attributes; they just miss the cache.
+    with contextlib.suppress(AttributeError, RuntimeError):
+        setattr(mask, _MASK_INFO_ATTR, info)
+    return info
+
+
+def attach_prefix_mask(mask: torch.Tensor, lens: torch.Tensor) -> None:
+    """Give `mask` ([B, 1, T], nonzero for each clip's first lens[b] frames, every lens[b] >= 1) its
+    digest without the host sync `_mask_info` needs, so the attention can run inside a CUDA graph
+    capture. The digest is computed from `lens` on the device, so it follows new lengths on replay.
+    """
+    info = _MaskInfo(sdpa_mask=(mask != 0)[:, None], empty_rows=None, key_lens=lens.to(torch.int32))
+    setattr(mask, _MASK_INFO_ATTR, info)
+
+
+def _varlen_attend(
+    backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lens: torch.Tensor, scale: float,
+    may_be_empty: bool = True,
+) -> torch.Tensor:
+    """[B, H, T1, D] queries over per-clip key prefixes -> [B, T1, H * D]."""
+    batch, heads, t_q, dim = q.shape
+    t_k = k.size(2)
+    q_ = q.transpose(1, 2).reshape(batch * t_q, heads, dim)
+    k_ = k.transpose(1, 2).reshape(batch * t_k, heads, dim)
+    v_ = v.transpose(1, 2).reshape(batch * t_k, heads, dim)
+    idx = torch.arange(batch + 1, device=q.device, dtype=torch.int32)
+    extra: dict[str, Any] = {}
+    if backend == "varlen":
+        if "scale" in _VARLEN_PARAMS:
+            extra["scale"] = scale
+        elif abs(scale * dim**0.5 - 1.0) > 1e-6:
+            # Early varlen_attn builds take no scale and use 1/sqrt(head_dim), funasr's own
+            # scale; anything else is folded into the queries.
+            q_ = q_ * (scale * dim**0.5)
+    if backend == "varlen" and _VARLEN_SEQUSED_K:
+        out = _VARLEN(q_, k_, v_, idx * t_q, idx * t_k, t_q, t_k, seqused_k=key_lens, **extra)
+    else:
+        # 2B sequences: clip b (all its queries, its first key_lens[b] keys), then a filler with
+        # no queries that takes the clip's padded keys. No copy, no host sync.
+        starts = idx[:-1] * t_k
+        cu_k = torch.stack([starts, starts + key_lens], dim=1).reshape(-1)
+        cu_k = torch.cat([cu_k, idx[-1:] * t_k])
+        cu_q = (torch.arange(2 * batch + 1, device=q.device, dtype=torch.int32) + 1) // 2 * t_q
+        if backend == "varlen":
+            out = _VARLEN(q_, k_, v_, cu_q, cu_k, t_q, t_k, **extra)
+        else:
+            out = _FLASH_ATTN(q_, k_, v_, cu_q, cu_k, t_q, t_k, dropout_p=0.0, softmax_scale=scale)
+    out = out.view(batch, t_q, heads * dim)
+    if not may_be_empty:
+        return out
+    # A clip with no keys at all gives zeros, as in funasr.
+    return torch.where((key_lens > 0)[:, None, None], out, 0.0)
+
+
+def _attend(
+    module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with funasr's masking, [B, H, T1, D] -> [B, T1, H * D]."""
+    backend = getattr(module, _BACKEND_ATTR)
+    scale = module.d_k**-0.5
+    info = _mask_info(mask) if mask is not None else None
+    if (
+        backend in ("varlen", "flash-attn")
+        and info is not None
+        and info.sdpa_mask is not None
+        and info.key_lens is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and not (module.training and module.dropout.p > 0)
+    ):
+        return _varlen_attend(backend, q, k, v, info.key_lens, scale, may_be_empty=info.empty_rows is not None)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=None if info is None else info.sdpa_mask,
+        dropout_p=module.dropout.p if module.training else 0.0,
+        scale=scale,
+    )
+    if info is not None and info.empty_rows is not None:
+        out = out.masked_fill(info.empty_rows, 0.0)
+    batch, heads, t_q, dim = out.shape
+    return out.transpose(1, 2).reshape(batch, t_q, heads * dim)
+
+
+def _sanm_forward(
+    self: nn.Module,
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    mask_shfit_chunk: torch.Tensor | None = None,
+    mask_att_chunk_encoder: torch.Tensor | None = None,
+) -> torch.Tensor:
+    if mask_att_chunk_encoder is not None:  # streaming chunk masks: funasr's own code
+        return type(self).forward(self, x, mask, mask_shfit_chunk, mask_att_chunk_encoder)
+    q_h, k_h, v_h, v = self.forward_qkv(x)
+    info = _mask_info(mask) if mask is not None else None
+    if info is not None and info.key_lens is not None and mask_shfit_chunk is None and _fused_fsmn_fits(self, v):
+        # One kernel for the FSMN memory (plus the output bias), then projection and residual
+        # as one matrix product that accumulates onto it.
+        memory = fsmn.fsmn_memory(v, self.fsmn_block.weight, info.key_lens, self.pad_fn.padding[0],
+                                  self.linear_out.bias)
+        attended = _attend(self, q_h, k_h, v_h, mask)
+        batch, steps, dim = memory.shape
+        out = torch.addmm(memory.view(-1, dim), attended.reshape(batch * steps, -1), self.linear_out.weight.t())
+        return out.view(batch, steps, dim)
+    fsmn_memory = self.forward_fsmn(v, mask, mask_shfit_chunk)
+    return self.linear_out(_attend(self, q_h, k_h, v_h, mask)) + fsmn_memory
+
+
+def _fused_fsmn_fits(module: nn.Module, v: torch.Tensor) -> bool:
+    """Whether the FSMN memory of `module` can take the fused kernel (`asr.engine.fsmn`)."""
+    conv = module.fsmn_block
+    return (
+        fsmn.available(v.device)
+        and not module.training
+        and type(module.linear_out) is nn.Linear
+        and conv.stride == (1,)
+        and conv.dilation == (1,)
+        and conv.groups == conv.in_channels == v.size(-1)
+        and sum(module.pad_fn.padding) == conv.kernel_size[0] - 1
+    )
+
+
+def _cross_forward(
+    self: nn.Module,
+    x: torch.Tensor,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor | None,
+    ret_attn: bool = False,
+) -> Any:
+    if ret_attn:  # SeACo's hotword filter reads the attention matrix: funasr's own code
+        return type(self).forward(self, x, memory, memory_mask, ret_attn=True)
+    q_h, k_h, v_h = self.forward_qkv(x, memory)
+    return self.linear_out(_attend(self, q_h, k_h, v_h, memory_mask))
+
+
+def _ffn_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """funasr's PositionwiseFeedForward (Linear, ReLU, Linear) with the ReLU in the first matrix
+    product's epilogue (cuBLASLt), which saves a pass over the 4x-wide hidden activations."""
+    w_1 = self.w_1
+    if not (x.is_cuda and x.dtype == w_1.weight.dtype and not self.training and w_1.bias is not None):
+        return type(self).forward(self, x)
+    hidden = torch._addmm_activation(w_1.bias, x.reshape(-1, x.size(-1)), w_1.weight.t())
+    return self.w_2(hidden.view(*x.shape[:-1], -1))
+
+
+def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
+    """Route every SANM / cross attention in ``model`` through ``backend``.
+
+    Replaces ``forward`` on the attention instances (weights untouched); ``'eager'`` restores
+    funasr's own. Calling it again switches backends. Logs one line with the choice.
+
+    Args:
+        model: any module tree holding funasr ``MultiHeadedAttentionSANM`` or
+            ``MultiHeadedAttentionCrossAtt`` instances (encoder, decoders, a whole model).
+        backend: one of ``BACKENDS``; an unavailable one falls back (flash-attn -> varlen ->
+            sdpa). ``'auto'`` picks the fastest available.
+
+    Returns:
+        The backend actually chosen.
+    """
+    from funasr.models.sanm.attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANM
+    from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
+
+    chosen, reason = _resolve(backend)
+    patched = 0
+    for module in model.modules():
+        if isinstance(module, MultiHeadedAttentionSANM):
+            forward = _sanm_forward
+        elif isinstance(module, MultiHeadedAttentionCrossAtt):
+            forward = _cross_forward
+        elif type(module) is PositionwiseFeedForward and isinstance(module.activation, nn.ReLU):
+            forward = _ffn_forward  # not attention, but the same layers' fused-kernel path
+        else:
+            continue
+        patched += isinstance(module, (MultiHeadedAttentionSANM, MultiHeadedAttentionCrossAtt))
+        if chosen == "eager":
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop(_BACKEND_ATTR, None)
+        else:
+            module.forward = MethodType(forward, module)
+            setattr(module, _BACKEND_ATTR, chosen)
+    if reason:
+        logger.info("attention: %s requested, using %s (%s); %d modules", backend, chosen, reason, patched)
+    else:
+        logger.info("attention: using %s for %d modules", chosen, patched)
+    return chosen

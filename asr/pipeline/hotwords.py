@@ -1,0 +1,77 @@
+"""Hotwords: parse what users type, enforce limits, and turn words into token ids ourselves.
+
+We never hand user text to funasr as a hotword string: funasr reads an existing `.txt` path from
+the server's disk and downloads a URL it is given. Tokenisation follows the SeACo recipe: a word
+found in seg_dict maps to its pieces; a word of CJK characters and digits maps character by
+character; anything else becomes <unk>.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from asr.errors import HotwordError
+
+_CJK_OR_DIGITS = re.compile(r"^[\u4E00-\u9FA50-9]+$")
+_SEPARATORS = re.compile(r"[\s,，;；、]+")
+
+HotwordList = tuple[str, ...]
+
+
+def parse_hotwords(
+    text: str | Iterable[str] | None, *, max_count: int = 1000, max_chars: int = 32
+) -> HotwordList:
+    """Split user input (one per line, or separated by spaces/commas) into a clean, de-duplicated
+    tuple, keeping order. Raises HotwordError naming the limit that was broken."""
+    if text is None:
+        return ()
+    raw = _SEPARATORS.split(text) if isinstance(text, str) else [
+        w for item in text for w in _SEPARATORS.split(str(item))
+    ]
+    words: list[str] = []
+    seen: set[str] = set()
+    for word in raw:
+        word = word.strip()
+        if not word or word in seen:
+            continue
+        if "\x00" in word:
+            raise HotwordError("Hotwords must not contain NUL characters.")
+        if len(word) > max_chars:
+            raise HotwordError(
+                f"The hotword '{word[:20]}…' has {len(word)} characters; the limit is {max_chars}."
+            )
+        seen.add(word)
+        words.append(word)
+        if len(words) > max_count:
+            raise HotwordError(f"Too many hotwords: the limit is {max_count}.")
+    return tuple(words)
+
+
+class HotwordTokenizer:
+    """Maps hotwords to the token-id lists the SeACo bias encoder takes."""
+
+    def __init__(self, token_list: Sequence[str], seg_dict: dict[str, list[str]], sos_id: int) -> None:
+        self._ids = {tok: i for i, tok in enumerate(token_list)}
+        self._unk = self._ids.get("<unk>", len(token_list) - 1)
+        self._seg = seg_dict
+        self.sos_id = sos_id
+
+    def pieces(self, word: str) -> list[str]:
+        word = word.lower()
+        if word in self._seg:
+            return list(self._seg[word])
+        if self._seg and _CJK_OR_DIGITS.match(word):
+            return [" ".join(self._seg[c]) if c in self._seg else "<unk>" for c in word]
+        if not self._seg:
+            return list(word)
+        return ["<unk>"]
+
+    def encode(self, words: HotwordList) -> list[list[int]]:
+        """Token ids per word, then the closing [<s>] entry SeACo uses as the 'no bias' choice."""
+        out = []
+        for word in words:
+            pieces = [p for piece in self.pieces(word) for p in piece.split()]
+            out.append([self._ids.get(p, self._unk) for p in pieces])
+        out.append([self.sos_id])
+        return out

@@ -1,0 +1,675 @@
+"""Cut long recordings into speech segments that the recogniser handles well.
+
+Two voice-activity backends sit behind one interface (`VadBackend`): Silero VAD, whose trained
+weights ship inside the `silero-vad` wheel, and FunASR's FSMN-VAD (`FsmnVADStreaming`) loaded from a
+model directory in funasr's format. Both only find raw speech regions; the shared `_Segmenter` then
+pads, merges and cuts those regions into segments:
+
+* a region longer than `max_segment_s` is cut at the quietest point below the cap, so a word is
+  never split when there is a pause to cut at;
+* neighbouring regions are merged while the result stays under the cap, so the engine gets fewer,
+  similar-length segments and its length-sorted batches carry little padding.
+
+Everything works on a stream of audio blocks: memory is bounded by the segment budget (one
+segment plus one VAD block), not by the length of the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from asr.errors import ASRError, AudioError, ModelLoadError
+
+SAMPLE_RATE = 16000
+
+
+class VadOptionsError(ASRError, ValueError):
+    """VAD options that cannot work together."""
+
+    code = "invalid_vad_options"
+
+
+@dataclass(frozen=True)
+class VadOptions:
+    """How speech is found and cut into segments. Change per request with `dataclasses.replace`."""
+
+    # Paraformer-large was trained on utterances of mostly under 15 s. FunASR's own VAD allows
+    # 60 s segments, but the CIF timestamps drift and attention cost grows quadratically with
+    # length, and a batch is padded to its longest member: 20 s keeps accuracy and batches tight.
+    max_segment_s: float = 20.0
+    # A segment shorter than this is merged with the next one across any pause, as long as the
+    # merged segment stays under `max_segment_s`: many 1-2 s clips waste per-segment overhead.
+    min_segment_s: float = 4.0
+    # Neighbouring regions whose pause is at most this long are merged (under the cap).
+    merge_gap_s: float = 1.0
+    # Audio kept on each side of a speech region, so soft word onsets and endings are not clipped.
+    speech_pad_ms: int = 200
+    # A pause at least this long ends a speech region.
+    min_silence_ms: int = 300
+    # Speech regions shorter than this are treated as noise (clicks, coughs).
+    min_speech_ms: int = 250
+    # Silero: a frame is speech above `threshold`; speech continues until it drops below
+    # `threshold - 0.15` (hysteresis, as in Silero's own `get_speech_timestamps`).
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_segment_s < 1.0:
+            raise VadOptionsError("max_segment_s must be at least 1 second.")
+        if not 0.0 <= self.min_segment_s <= self.max_segment_s:
+            raise VadOptionsError("min_segment_s must lie between 0 and max_segment_s.")
+        if self.merge_gap_s < 0 or self.speech_pad_ms < 0 or self.min_speech_ms < 0:
+            raise VadOptionsError("merge_gap_s, speech_pad_ms and min_speech_ms cannot be negative.")
+        if self.min_silence_ms < 32:
+            raise VadOptionsError("min_silence_ms must be at least 32 ms (one VAD frame).")
+        if 2 * self.speech_pad_ms >= self.max_segment_s * 1000:
+            raise VadOptionsError("speech_pad_ms is too large for max_segment_s.")
+        if not 0.2 <= self.threshold < 1.0:
+            raise VadOptionsError("threshold must lie in [0.2, 1).")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A span of the input, in samples at 16 kHz, end exclusive."""
+
+    start_sample: int
+    end_sample: int
+
+    @property
+    def start_ms(self) -> int:
+        return self.start_sample * 1000 // SAMPLE_RATE
+
+    @property
+    def end_ms(self) -> int:
+        return self.end_sample * 1000 // SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_sample - self.start_sample) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """A segment together with its audio, as yielded by the streaming form."""
+
+    segment: Segment
+    audio: np.ndarray = field(repr=False)
+
+
+class RegionStream(Protocol):
+    """A backend's per-stream state: turns audio blocks into raw speech regions (in samples)."""
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        """Feed the next block; return the speech regions that closed, in order."""
+
+    def finish(self) -> list[tuple[int, int]]:
+        """End of input; return the regions still open or unreported."""
+
+    @property
+    def open_start(self) -> int | None:
+        """Start sample of a speech region that began but has not ended yet, else None."""
+
+    @property
+    def frontier(self) -> int:
+        """Every region starting before this sample has been reported (closed or open)."""
+
+
+class VadBackend(Protocol):
+    """A voice-activity detector; `segment` and `stream` come from `_Segmenter`."""
+
+    name: str
+
+    def open_stream(self, opts: VadOptions) -> RegionStream: ...
+
+    def segment(self, audio: np.ndarray, opts: VadOptions | None = None) -> list[Segment]: ...
+
+    def stream(
+        self, blocks: Iterable[np.ndarray], opts: VadOptions | None = None
+    ) -> Iterator[SpeechChunk]: ...
+
+
+def _check_block(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise AudioError("Audio for VAD must be mono (a one-dimensional array).")
+    if audio.dtype != np.float32:
+        if np.issubdtype(audio.dtype, np.integer):
+            # Integer PCM fed as-is would be scaled wrongly (funasr scales int16 a second time).
+            raise AudioError("Audio for VAD must be float32 in [-1, 1], not integer PCM.")
+        audio = audio.astype(np.float32)
+    return audio
+
+
+def _frame_energy_db(audio: np.ndarray, hop: int = 160, win: int = 400) -> np.ndarray:
+    """Short-time energy in dB per 10 ms hop, smoothed over 100 ms so a cut lands in a pause."""
+    if len(audio) < win:
+        return np.full(1, 10 * np.log10(float(np.mean(audio**2)) + 1e-10))
+    n = (len(audio) - win) // hop + 1
+    power = np.square(audio.astype(np.float64))
+    csum = np.concatenate(([0.0], np.cumsum(power)))
+    starts = np.arange(n) * hop
+    energy = (csum[starts + win] - csum[starts]) / win
+    kernel = np.ones(10) / 10
+    smooth = np.convolve(energy, kernel, mode="same")
+    return 10 * np.log10(smooth + 1e-10)
+
+
+def quietest_cut(audio: np.ndarray, lo: int, hi: int) -> int:
+    """Sample index in [lo, hi) of `audio` where the smoothed energy is lowest.
+
+    Among near-equal minima (within 1 dB) the latest one wins, so segments stay long.
+    """
+    lo = max(0, lo)
+    hi = min(len(audio), hi)
+    if hi - lo < 800:
+        return hi
+    hop = 160
+    db = _frame_energy_db(audio[lo:hi], hop=hop)
+    best = float(db.min())
+    idx = int(np.nonzero(db <= best + 1.0)[0][-1])
+    # The energy frame covers [idx*hop, idx*hop + 400); its centre is the cut.
+    return lo + idx * hop + 200
+
+
+class _Segmenter:
+    """Turns a backend's raw regions into padded, merged, capped segments over a block stream."""
+
+    name = "base"
+
+    def open_stream(self, opts: VadOptions) -> RegionStream:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def segment(self, audio: np.ndarray, opts: VadOptions | None = None) -> list[Segment]:
+        """Segments of a whole recording (float32 mono 16 kHz), in order, non-overlapping."""
+        audio = _check_block(audio)
+        block = SAMPLE_RATE * 60
+        blocks = (audio[i : i + block] for i in range(0, len(audio), block))
+        return [c.segment for c in self.stream(blocks, opts)]
+
+    def stream(
+        self, blocks: Iterable[np.ndarray], opts: VadOptions | None = None
+    ) -> Iterator[SpeechChunk]:
+        """Segments with their audio, yielded as soon as they are final.
+
+        `blocks` is any iterable of float32 mono 16 kHz arrays (of any sizes). Audio is kept only
+        from the start of the segment being built, so memory does not grow with the input.
+        """
+        opts = opts or VadOptions()
+        state = _SegmentState(opts)
+        regions = self.open_stream(opts)
+        for block in blocks:
+            block = _check_block(block)
+            if len(block) == 0:
+                continue
+            state.append(block)
+            closed = regions.push(block)
+            yield from state.step(closed, regions.open_start, regions.frontier, final=False)
+        closed = regions.finish()
+        yield from state.step(closed, None, state.total, final=True)
+
+
+class _SegmentState:
+    """Audio buffer plus the pad / merge / cut rules shared by all backends (all in samples)."""
+
+    def __init__(self, opts: VadOptions) -> None:
+        self.max_len = int(opts.max_segment_s * SAMPLE_RATE)
+        self.min_len = int(opts.min_segment_s * SAMPLE_RATE)
+        self.merge_gap = int(opts.merge_gap_s * SAMPLE_RATE)
+        self.pad = opts.speech_pad_ms * SAMPLE_RATE // 1000
+        self.min_speech = opts.min_speech_ms * SAMPLE_RATE // 1000
+        self.buf = np.zeros(0, dtype=np.float32)
+        self.buf_start = 0  # absolute index of buf[0]
+        self.total = 0  # samples received so far
+        self.cursor = 0  # speech before this has been emitted
+        self.last_end = 0  # end of the last emitted segment (padding included)
+        # Merged speech not yet emitted: (start, end, starts_at_forced_cut).
+        self.pending: tuple[int, int, bool] | None = None
+
+    def append(self, block: np.ndarray) -> None:
+        self.buf = np.concatenate((self.buf, block))
+        self.total += len(block)
+
+    def _emit(self, next_start: int | None) -> SpeechChunk:
+        assert self.pending is not None
+        start, end, cut = self.pending
+        self.pending = None
+        left = start if cut else max(start - self.pad, self.last_end, self.buf_start)
+        right = end + self.pad
+        if next_start is not None:
+            # Never pad into the next segment's speech.
+            right = min(right, max(end, (end + next_start) // 2))
+        right = min(right, self.total)
+        self.last_end = right
+        self.cursor = max(self.cursor, end)
+        audio = self.buf[left - self.buf_start : right - self.buf_start].copy()
+        return SpeechChunk(Segment(left, right), audio)
+
+    def _fits(self, start: int, end: int) -> bool:
+        return (end - start) + 2 * self.pad <= self.max_len
+
+    def _mergeable(self, start: int) -> bool:
+        """Can speech starting at `start` join the pending span (given it ends by the cap)?"""
+        if self.pending is None:
+            return False
+        p_start, p_end, _ = self.pending
+        short = (p_end - p_start) < self.min_len
+        return start <= p_end or start - p_end <= self.merge_gap or short
+
+    def _add(self, start: int, end: int) -> Iterator[SpeechChunk]:
+        start = max(start, self.cursor)
+        if end <= start:
+            return
+        if self.pending is not None:
+            p_start, p_end, p_cut = self.pending
+            if self._mergeable(start) and (start <= p_end or self._fits(p_start, end)):
+                self.pending = (p_start, max(p_end, end), p_cut)
+                yield from self._cut_long()
+                return
+            yield self._emit(start)
+            start = max(start, self.cursor)
+        self.pending = (start, end, False)
+        yield from self._cut_long()
+
+    def _cut_long(self) -> Iterator[SpeechChunk]:
+        """While the pending span is over the cap, cut it at the quietest point below the cap."""
+        while self.pending is not None and not self._fits(self.pending[0], self.pending[1]):
+            p_start, p_end, p_cut = self.pending
+            # Search the later three quarters: a cut near the start would leave a tiny segment.
+            lo = p_start + self.max_len // 4
+            hi = p_start + self.max_len - 2 * self.pad
+            cut = self.buf_start + quietest_cut(
+                self.buf, lo - self.buf_start, hi - self.buf_start
+            )
+            cut = min(max(cut, p_start + 1), hi)
+            self.pending = (p_start, cut, p_cut)
+            yield self._emit(cut)
+            self.pending = (cut, p_end, True)
+            self.cursor = cut
+
+    def step(
+        self,
+        closed: list[tuple[int, int]],
+        open_start: int | None,
+        frontier: int,
+        final: bool,
+    ) -> Iterator[SpeechChunk]:
+        for start, end in closed:
+            if end - start >= self.min_speech:
+                yield from self._add(start, min(end, self.total))
+        if open_start is not None:
+            # Speech still going on. Fold it in once it would break the cap, so a long monologue
+            # is cut now instead of piling up in memory until the backend closes it.
+            o_start = max(open_start, self.cursor)
+            decided = min(frontier, self.total)  # speech is only known up to the frontier
+            base = self.pending[0] if self._mergeable(o_start) and self.pending else o_start
+            if decided > o_start and not self._fits(base, decided):
+                yield from self._add(o_start, decided)
+        if self.pending is not None:
+            p_start, p_end, _ = self.pending
+            next_start = open_start if open_start is not None else frontier
+            no_merge = next_start - p_end > max(self.merge_gap, self.pad) and (
+                p_end - p_start >= self.min_len
+            )
+            if final or no_merge or not self._fits(p_start, next_start):
+                yield self._emit(None if open_start is None else open_start)
+        # Keep audio only from where a future segment may still begin (padding included).
+        keep = frontier - self.pad
+        if self.pending is not None:
+            keep = min(keep, self.pending[0] - (0 if self.pending[2] else self.pad))
+        if open_start is not None:
+            keep = min(keep, max(open_start, self.cursor) - self.pad)
+        keep = min(max(keep, self.last_end, self.buf_start), self.total)
+        if keep > self.buf_start:
+            self.buf = self.buf[keep - self.buf_start :].copy()
+            self.buf_start = keep
+
+
+# --------------------------------------------------------------------------------------------
+# Silero VAD
+
+
+_SILERO_FRAME = 512  # samples per Silero decision at 16 kHz (32 ms)
+_SILERO_CONTEXT = 64  # samples of the previous frame Silero sees with each frame
+
+
+def _silero_model_path() -> Path:
+    # Locate the weights without importing `silero_vad`: its package import calls
+    # torch.set_num_threads(1), which would slow every other torch user in the process.
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "Silero VAD is not installed; install the 'silero-vad' package (its weights ship "
+            "inside it)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise ModelLoadError(f"Silero VAD weights are missing from the package ({path}).")
+    return path
+
+
+class SileroVad(_Segmenter):
+    """Silero VAD (trained; weights ship in the `silero-vad` wheel), run with onnxruntime on CPU.
+
+    The ONNX form is used rather than TorchScript because its recurrent state is passed in and
+    out explicitly: one loaded model serves any number of threads without a lock, and there is no
+    TorchScript profiling warm-up that makes the first minutes of audio slow.
+
+    Silero decides one 32 ms frame per call. To cut the per-call overhead, a block of audio is
+    split into `lanes` slices decided side by side as one batch; each slice first replays the
+    `warmup_s` of audio before it, so its recurrent state is warm where its own frames begin.
+    """
+
+    name = "silero"
+
+    def __init__(
+        self, lanes: int = 16, lane_s: float = 8.0, warmup_s: float = 1.0, threads: int = 1
+    ) -> None:
+        try:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            # A tiny model: more threads only contend with the recogniser for the cores.
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(
+                str(_silero_model_path()), so, providers=["CPUExecutionProvider"]
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # missing onnxruntime, corrupt file
+            raise ModelLoadError(f"Silero VAD could not be loaded: {exc}") from exc
+        if lanes < 1 or lane_s <= 0 or warmup_s < 0:
+            raise VadOptionsError("lanes, lane_s and warmup_s must be positive.")
+        self.lanes = lanes
+        self.lane_frames = max(1, int(lane_s * SAMPLE_RATE) // _SILERO_FRAME)
+        self.warm_frames = int(warmup_s * SAMPLE_RATE) // _SILERO_FRAME
+
+    def open_stream(self, opts: VadOptions) -> RegionStream:
+        return _SileroRegions(self, opts)
+
+    def frame_probs(self, history: np.ndarray, audio: np.ndarray) -> np.ndarray:
+        """Speech probability of each 512-sample frame of `audio` (zero-padded at the end).
+
+        `history` is the audio just before `audio`; its last `warmup_s` warm the first lane.
+        """
+        frame, ctx = _SILERO_FRAME, _SILERO_CONTEXT
+        n_frames = -(-len(audio) // frame)
+        if n_frames == 0:
+            return np.zeros(0, dtype=np.float32)
+        warm = self.warm_frames * frame
+        history = history[len(history) - min(len(history), warm + ctx) :]
+        head = warm + ctx
+        ext = np.concatenate(
+            (np.zeros(head - len(history), np.float32), history, audio,
+             np.zeros(n_frames * frame - len(audio), np.float32))
+        )
+        lane = self.lane_frames * frame
+        n_lanes = -(-n_frames // self.lane_frames)
+        steps = self.warm_frames + min(self.lane_frames, n_frames)
+        width = steps * frame + ctx
+        lanes = np.zeros((n_lanes, width), dtype=np.float32)
+        for i in range(n_lanes):
+            piece = ext[i * lane : i * lane + width]
+            lanes[i, : len(piece)] = piece
+        state = np.zeros((2, n_lanes, 128), dtype=np.float32)
+        sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        out = np.empty((n_lanes, steps), dtype=np.float32)
+        for j in range(steps):
+            # Each call sees 64 samples of context before its 512-sample frame, as Silero expects.
+            x = lanes[:, j * frame : j * frame + frame + ctx]
+            prob, state = self._session.run(None, {"input": x, "state": state, "sr": sr})
+            out[:, j] = prob[:, 0]
+        return out[:, self.warm_frames :].reshape(-1)[:n_frames]
+
+
+class _SileroRegions:
+    """Hysteresis over Silero frame probabilities (the rules of Silero's get_speech_timestamps)."""
+
+    def __init__(self, vad: SileroVad, opts: VadOptions) -> None:
+        self.vad = vad
+        self.threshold = opts.threshold
+        self.neg_threshold = max(opts.threshold - 0.15, 0.01)
+        self.min_silence = opts.min_silence_ms * SAMPLE_RATE // 1000
+        self.block = vad.lanes * vad.lane_frames * _SILERO_FRAME
+        self.todo = np.zeros(0, dtype=np.float32)  # received, not yet decided
+        self.history = np.zeros(0, dtype=np.float32)  # decided audio kept for warm-up
+        self.done = 0  # samples decided so far
+        self.total = 0
+        self.speech_start: int | None = None
+        self.temp_end: int | None = None
+
+    @property
+    def open_start(self) -> int | None:
+        return self.speech_start
+
+    @property
+    def frontier(self) -> int:
+        return min(self.done, self.total)
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        self.todo = np.concatenate((self.todo, audio))
+        self.total += len(audio)
+        regions: list[tuple[int, int]] = []
+        while len(self.todo) >= self.block:
+            regions += self._decide(self.todo[: self.block])
+            self.todo = self.todo[self.block :]
+        return regions
+
+    def finish(self) -> list[tuple[int, int]]:
+        regions = self._decide(self.todo) if len(self.todo) else []
+        self.todo = self.todo[:0]
+        if self.speech_start is not None:
+            end = self.temp_end if self.temp_end is not None else self.total
+            regions.append((self.speech_start, end))
+            self.speech_start = None
+        return regions
+
+    def _decide(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        probs = self.vad.frame_probs(self.history, audio)
+        keep = self.vad.warm_frames * _SILERO_FRAME + _SILERO_CONTEXT
+        self.history = np.concatenate((self.history, audio))[-keep:]
+        regions = []
+        base = self.done
+        for i, p in enumerate(probs.tolist()):
+            pos = base + i * _SILERO_FRAME
+            if self.speech_start is None:
+                if p >= self.threshold:
+                    self.speech_start = pos
+                    self.temp_end = None
+                continue
+            if p >= self.threshold:
+                self.temp_end = None
+            elif p < self.neg_threshold:
+                if self.temp_end is None:
+                    self.temp_end = pos
+                if pos - self.temp_end >= self.min_silence:
+                    regions.append((self.speech_start, self.temp_end))
+                    self.speech_start = None
+                    self.temp_end = None
+        self.done = base + len(audio)
+        return regions
+
+
+# --------------------------------------------------------------------------------------------
+# FSMN-VAD (FunASR)
+
+
+def _load_config(model_dir: Path) -> dict[str, Any]:
+    from asr.engine.model import read_model_config
+
+    return read_model_config(model_dir, "FsmnVADStreaming", "FSMN-VAD")
+
+
+class FsmnVad(_Segmenter):
+    """FunASR's FSMN-VAD (`FsmnVADStreaming` + `WavFrontendOnline`) from a funasr-format model dir.
+
+    The model and frontend are built through funasr's registry exactly as `AutoModel` would, but
+    without `AutoModel`'s side effects (logging.basicConfig, a version print, torch.set_num_threads,
+    hub look-ups). funasr's VAD writes per-call values into the shared model (`vad_opts`), so calls
+    are serialised with a lock; each stream keeps its own funasr cache.
+    """
+
+    name = "fsmn"
+
+    def __init__(self, model_dir: str | Path, chunk_ms: int = 2000) -> None:
+        model_dir = Path(model_dir)
+        conf = _load_config(model_dir)
+        for name in ("model.pt", "am.mvn"):
+            if not (model_dir / name).is_file():
+                raise ModelLoadError(f"The VAD model at {model_dir} has no {name}.")
+        try:
+            import funasr  # noqa: F401  (fills funasr's registry)
+            import torch
+            from funasr.register import tables
+
+            frontend_cls = tables.frontend_classes.get(conf["frontend"])
+            model_cls = tables.model_classes.get(conf["model"])
+            if frontend_cls is None or model_cls is None:
+                raise ModelLoadError(
+                    "funasr could not register the FSMN-VAD classes; "
+                    f"import errors: {getattr(funasr, 'get_import_errors', lambda: '?')()}"
+                )
+            self._frontend = frontend_cls(
+                cmvn_file=str(model_dir / "am.mvn"), **conf.get("frontend_conf", {})
+            )
+            self._model = model_cls(
+                encoder=conf["encoder"], encoder_conf=conf["encoder_conf"],
+                **conf.get("model_conf", {}),
+            )
+            state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+            self._model.load_state_dict(state, strict=True)
+            self._model.eval()
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"The VAD model at {model_dir} could not be loaded: {exc}") from exc
+        self._torch = torch
+        self._lock = threading.Lock()
+        self.chunk_ms = chunk_ms
+        self.model_dir = model_dir
+
+    def open_stream(self, opts: VadOptions) -> RegionStream:
+        return _FsmnRegions(self, opts)
+
+    def _infer(self, cache: dict, audio: np.ndarray, final: bool, opts: VadOptions) -> list:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            results, _ = self._model.inference(
+                [torch.from_numpy(audio)],
+                key=["stream"],
+                frontend=self._frontend,
+                cache=cache,
+                is_final=final,
+                # Streaming events ([start, -1], [-1, end], [start, end]) so a started region is
+                # known before it ends; an explicit end silence also fixes funasr's threshold
+                # (its dynamic schedule would change it with the amount of speech seen).
+                is_streaming_input=True,
+                chunk_size=self.chunk_ms,
+                max_end_silence_time=opts.min_silence_ms,
+                device="cpu",
+            )
+        return results[0]["value"]
+
+
+class _FsmnRegions:
+    """Turns funasr's streaming VAD events into regions (samples)."""
+
+    def __init__(self, vad: FsmnVad, opts: VadOptions) -> None:
+        self.vad = vad
+        self.opts = opts
+        self.cache: dict = {}
+        # funasr ignores an empty final call, so the latest block is held back until the next
+        # block (or the end) arrives and is sent with is_final set on the last one.
+        self.held: np.ndarray | None = None
+        self.sent = 0
+        self.speech_start: int | None = None
+
+    @property
+    def open_start(self) -> int | None:
+        return self.speech_start
+
+    @property
+    def frontier(self) -> int:
+        # funasr keeps audio shorter than its chunk in the cache unprocessed, and confirms a
+        # speech start up to a detection window (200 ms) after it: stay a second behind that.
+        unprocessed = len(self.cache.get("prev_samples", ()))
+        return max(0, self.sent - unprocessed - SAMPLE_RATE)
+
+    def _events(self, audio: np.ndarray, final: bool) -> list[tuple[int, int]]:
+        regions = []
+        for beg, end in self.vad._infer(self.cache, audio, final, self.opts):
+            ms = SAMPLE_RATE // 1000
+            if beg >= 0:
+                self.speech_start = beg * ms
+            if end >= 0 and self.speech_start is not None:
+                regions.append((self.speech_start, end * ms))
+                self.speech_start = None
+        self.sent += len(audio)
+        return regions
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        held, self.held = self.held, audio
+        return self._events(held, final=False) if held is not None else []
+
+    def finish(self) -> list[tuple[int, int]]:
+        regions = self._events(self.held, final=True) if self.held is not None else []
+        self.held = None
+        if self.speech_start is not None:
+            regions.append((self.speech_start, self.sent))
+            self.speech_start = None
+        return regions
+
+
+def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -30.0) -> Path:
+    """Write an FSMN-VAD model dir in funasr's format with seeded random weights (for tests).
+
+    Random FSMN weights call every frame speech, so `decibel_thres` makes the model a
+    deterministic energy VAD: frames quieter than it (dB of the 25 ms frame's energy) are silence.
+    """
+    from importlib import resources
+
+    import funasr  # noqa: F401
+    import torch
+    import yaml
+    from funasr.register import tables
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    conf = yaml.safe_load(
+        resources.files("asr.engine.model_configs").joinpath("fsmn_vad.config.yaml").read_text("utf-8")
+    )
+    conf["model_conf"]["decibel_thres"] = float(decibel_thres)
+    torch.manual_seed(seed)
+    model = tables.model_classes.get(conf["model"])(
+        encoder=conf["encoder"], encoder_conf=conf["encoder_conf"], **conf["model_conf"]
+    )
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "config.yaml").write_text(yaml.safe_dump(conf, allow_unicode=True), encoding="utf-8")
+    dim = conf["encoder_conf"]["input_dim"]
+    rng = np.random.default_rng(seed)
+
+    def row(values: np.ndarray) -> str:
+        return "<LearnRateCoef> 0 [ " + " ".join(f"{v:.6f}" for v in values) + " ]"
+
+    lines = ["<Nnet>", f"<Splice> {dim} {dim}", "[ 0 ]", f"<AddShift> {dim} {dim}",
+             row(-rng.normal(8.0, 2.0, dim)), f"<Rescale> {dim} {dim}",
+             row(1.0 / rng.uniform(2.0, 4.0, dim)), "</Nnet>"]
+    (out / "am.mvn").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def load_vad(kind: str = "silero", model_dir: str | Path | None = None) -> VadBackend:
+    """Build a VAD backend: 'silero' (weights from the silero-vad package) or 'fsmn' (model_dir)."""
+    if kind == "silero":
+        return SileroVad()
+    if kind == "fsmn":
+        if model_dir is None:
+            raise ModelLoadError("The FSMN VAD needs a model directory.")
+        return FsmnVad(model_dir)
+    raise VadOptionsError(f"Unknown VAD '{kind}'; choose 'silero' or 'fsmn'.")

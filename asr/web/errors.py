@@ -1,0 +1,104 @@
+"""The one place where typed errors become HTTP responses: ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
+from asr.service.core import (
+    EngineFailedError,
+    EngineOverloadedError,
+    JobNotFoundError,
+    RequestTimeoutError,
+)
+from asr.service.jobs import error_code
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class decides the status.
+_STATUS: tuple[tuple[type[ASRError], int], ...] = (
+    (QueueFullError, 503),
+    (EngineOverloadedError, 503),
+    (RequestTimeoutError, 504),
+    (EngineFailedError, 500),
+    (LimitError, 413),
+    (HotwordError, 422),
+    (AudioError, 400),
+    (JobNotFoundError, 404),
+    (ModelLoadError, 503),
+)
+# Audio the decoder does not understand at all is a media-type problem, not a bad request.
+_AUDIO_415 = {"unsupported_format", "no_audio_stream"}
+
+
+def status_for(exc: ASRError) -> int:
+    """HTTP status of a typed error."""
+    if isinstance(exc, AudioError) and error_code(exc) in _AUDIO_415:
+        return 415
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    # "type" mirrors OpenAI's error shape so its client shows our message unchanged.
+    return {"error": {"code": code, "message": message, "type": "invalid_request_error"}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map ASRError subclasses, validation errors and HTTP errors to the JSON error shape."""
+
+    @app.exception_handler(ASRError)
+    async def _asr_error(request: Request, exc: ASRError) -> JSONResponse:
+        status = status_for(exc)
+        headers = {}
+        retry_after = getattr(exc, "retry_after_s", None)
+        if status == 503 and retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        if status >= 500 and status != 503:
+            log.error("request %s failed: %s", request.url.path, exc)
+        return JSONResponse(error_body(error_code(exc), str(exc)), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse(
+            error_body("invalid_request", "; ".join(parts) or "Invalid request."), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Form parsing problems (Starlette's multipart parser, FastAPI's body reader): say
+            # what was wrong, and treat an oversized form field as the limit it is.
+            cause = exc.__cause__
+            reason = str(cause) if isinstance(cause, MultiPartException) else str(exc.detail)
+            if "maximum size" in reason:
+                return JSONResponse(
+                    error_body(
+                        "limit_exceeded",
+                        f"A form field is too large ({reason}): hotwords and options must stay "
+                        "under 1 MB, and within limits.max_hotwords and limits.max_hotword_chars.",
+                    ),
+                    status_code=413,
+                )
+            return JSONResponse(
+                error_body("invalid_request", f"The request could not be read: {reason}"), status_code=400
+            )
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

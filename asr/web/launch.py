@@ -1,0 +1,211 @@
+"""Command line of ``webui.py``: flags -> one settings object -> app -> uvicorn.
+
+Also picks the hardware profile (``configs/<name>.yaml``) from the GPU that CUDA will use, so
+``run.sh`` only sets environment variables and passes flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+import webbrowser
+from pathlib import Path
+from typing import Any
+
+from asr.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+# Hardware profiles ship inside the package (the repository root links to them as configs/).
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# Known GPU names (as nvidia-smi prints them) -> profile. First match wins, so "A100" is tested
+# before "A10".
+_GPU_PROFILES: tuple[tuple[str, str], ...] = (
+    ("H200", "h100"),
+    ("H100", "h100"),
+    ("H800", "h100"),
+    ("A100", "a100"),
+    ("A800", "a100"),
+    ("A10", "a10"),
+    ("4090", "rtx4090"),
+    ("3060", "rtx3060"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Chinese ASR service: web UI and HTTP API on one port.",
+    )
+    p.add_argument("--config", default=None, help="settings YAML; 'auto' picks configs/<gpu>.yaml")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--model", default=None, help="model directory or ModelScope id")
+    p.add_argument("--data-dir", default=None, help="where batch uploads and the job database live")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="most requests merged into one engine call by the scheduler (engine.max_batch_size)",
+    )
+    p.add_argument(
+        "--no-gradio-queue",
+        action="store_true",
+        help="send single-file UI events directly instead of through Gradio's queue. Gradio never "
+        "limits concurrency either way: every request goes to the one batching scheduler",
+    )
+    p.add_argument("--no-ui", action="store_true", help="serve the HTTP API alone, without the web UI")
+    p.add_argument(
+        "--share", action="store_true", help="open a public gradio.live link (exposes the service!)"
+    )
+    p.add_argument("--autolaunch", action=argparse.BooleanOptionalAction, default=None, help="open a browser")
+    p.add_argument(
+        "--enable-xformers",
+        action="store_true",
+        help="accepted for compatibility: selects the memory-efficient attention backend "
+        "(PyTorch SDPA); the xformers package itself is not used by this model",
+    )
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING ...")
+    return p
+
+
+def gpu_name() -> str | None:
+    """Name of the first GPU CUDA will use (honours CUDA_VISIBLE_DEVICES), or None."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    if shutil.which("nvidia-smi") is None:
+        return None
+    cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+    if visible:
+        cmd += ["-i", visible.split(",")[0].strip()]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return names[0] if names else None
+
+
+def profile_for_gpu(name: str | None) -> str:
+    """Profile name for a GPU name; 'cpu' without a GPU, 'rtx4090' for an unknown one."""
+    if name is None:
+        return "cpu"
+    upper = name.upper()
+    for key, profile in _GPU_PROFILES:
+        if key in upper:
+            return profile
+    return "rtx4090"
+
+
+def resolve_config(config: str | None, configs_dir: Path = CONFIGS_DIR) -> str | None:
+    """'auto' -> the profile file of the detected GPU; a bare profile name -> its file."""
+    if config is None:
+        return None
+    if config == "auto":
+        name = gpu_name()
+        profile = profile_for_gpu(name)
+        log.info("GPU %s -> profile %s", name or "none", profile)
+        return str(configs_dir / f"{profile}.yaml")
+    if not config.endswith((".yaml", ".yml")) and (configs_dir / f"{config}.yaml").is_file():
+        return str(configs_dir / f"{config}.yaml")
+    return config
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags override the profile and ASR_* environment variables."""
+    engine: dict[str, Any] = {}
+    server: dict[str, Any] = {}
+    if args.model:
+        engine["model"] = args.model
+    if args.max_batch_size is not None:
+        engine["max_batch_size"] = args.max_batch_size
+    if args.enable_xformers:
+        engine["attention"] = "sdpa"
+    for flag, key in (("host", "host"), ("port", "port"), ("data_dir", "data_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            server[key] = value
+    if args.no_gradio_queue:
+        server["gradio_queue"] = False
+    if args.no_ui:
+        server["ui"] = False
+    if args.share:
+        server["share"] = True
+    if args.autolaunch is not None:
+        server["autolaunch"] = args.autolaunch
+    overrides: dict[str, Any] = {}
+    if engine:
+        overrides["engine"] = engine
+    if server:
+        overrides["server"] = server
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    return load_settings(resolve_config(args.config), **overrides)
+
+
+def _when_ready(url: str, action: Any, timeout_s: float = 600.0) -> None:
+    """Run ``action`` once /healthz answers (the model is loaded and warmed up)."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        action()
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+
+    threading.Thread(target=wait, daemon=True, name="asr-when-ready").start()
+
+
+def _open_share_tunnel(host: str, port: int) -> None:
+    import secrets
+
+    from gradio import networking
+
+    try:
+        url = networking.setup_tunnel(host, port, secrets.token_urlsafe(32), None, None)
+    except Exception as exc:  # noqa: BLE001 - a failed tunnel must not stop the local service
+        log.error("could not open the public share link: %s", exc)
+        return
+    log.warning("PUBLIC URL: %s  (anyone with this link can use the service)", url)
+
+
+def serve(settings: Settings) -> None:
+    """Load the model, warm it up, then listen (uvicorn binds only after start-up finished)."""
+    import uvicorn
+
+    from asr.web.app import create_app
+
+    server = settings.server
+    if server.share:
+        log.warning("--share exposes this service to the public internet through gradio.live.")
+    if server.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines", server.host)
+    app = create_app(settings)
+    local = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}/"
+    if server.share:
+        _when_ready(local, lambda: _open_share_tunnel(server.host, server.port))
+    if server.autolaunch:
+        _when_ready(local, lambda: webbrowser.open(local))
+    uvicorn.run(app, host=server.host, port=server.port, log_level=settings.log_level.lower())
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(args.log_level or "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = settings_from_args(args)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    serve(settings)

@@ -1,0 +1,78 @@
+"""Durable batch jobs: POST /api/batch_async, GET /api/jobs/{id}, GET /api/jobs/{id}/download."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import Response
+
+from asr.errors import LimitError
+from asr.service.core import Service, job_to_dict, long_request
+from asr.web.deps import get_service
+
+router = APIRouter(prefix="/api", tags=["batch jobs"])
+
+
+@router.post("/batch_async", status_code=202, summary="Queue many files as one job")
+async def batch_async(
+    service: Annotated[Service, Depends(get_service)],
+    files: Annotated[list[UploadFile], File(description="Audio files")],
+    hotwords: Annotated[
+        str, Form(description="Hotwords for every file, one per line or space separated")
+    ] = "",
+    vad: Annotated[Literal["auto", "on", "off"], Form(description="VAD segmentation")] = "auto",
+    punc: Annotated[Literal["auto", "on", "off"], Form(description="Punctuation")] = "auto",
+    speakers: Annotated[bool, Form(description="Speaker labels per sentence")] = False,
+    num_speakers: Annotated[int | None, Form(ge=1, le=32, description="Number of speakers")] = None,
+) -> dict[str, Any]:
+    """Store the uploads and return a job id at once; the files are transcribed in the background.
+
+    The job survives a restart of the service: uploads are on disk and state is in SQLite
+    before this returns.
+    """
+    words = service.parse_hotwords(hotwords)
+    # The web server has spooled each upload to a temporary file; the job store copies them to
+    # the data directory block by block, so the job never sits in memory whole.
+    uploads = [(f.filename or f"file{i + 1}", f.file) for i, f in enumerate(files)]
+    job_id = await service.create_job(uploads, words, long_request(vad, punc, speakers, num_speakers))
+    return {
+        "job_id": job_id,
+        "files": len(uploads),
+        "status_url": f"/api/jobs/{job_id}",
+        "download_url": f"/api/jobs/{job_id}/download",
+    }
+
+
+@router.get("/jobs/{job_id}", summary="Job status, per-file progress and results")
+async def get_job(
+    service: Annotated[Service, Depends(get_service)],
+    job_id: str,
+    results: Annotated[bool, Query(description="Include each finished file's full result")] = True,
+) -> dict[str, Any]:
+    return job_to_dict(service.get_job(job_id), with_results=results)
+
+
+@router.get("/jobs/{job_id}/download", summary="All results of a job as a zip (txt, srt, json per file)")
+async def download_job(service: Annotated[Service, Depends(get_service)], job_id: str) -> Response:
+    return _zip_response(service.jobs_zip([service.get_job(job_id)]), f"asr-{job_id[:8]}.zip")
+
+
+@router.get("/jobs_zip", summary="Results of several jobs as one zip (files numbered across jobs)")
+async def download_jobs(
+    service: Annotated[Service, Depends(get_service)],
+    job_ids: Annotated[list[str], Query(description="Job ids, in the order their files are numbered")],
+) -> Response:
+    if len(job_ids) > 1000:
+        raise LimitError("At most 1000 jobs per download.")
+    jobs = [service.get_job(job_id) for job_id in job_ids]
+    return _zip_response(service.jobs_zip(jobs), "asr-results.zip")
+
+
+def _zip_response(data: bytes, filename: str) -> Response:
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
+    )

@@ -1,0 +1,307 @@
+"""The Gradio UI (Chinese first, English where useful): single file, batch, system information.
+
+Handlers are async and only await the shared service: none holds the GPU, so Gradio's event
+concurrency is unlimited and the scheduler batches requests from every user together.
+Every element that scripts or tests touch has an ``elem_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from asr.errors import ASRError
+from asr.service.core import Service, long_request, render_result, safe_stem
+from asr.service.jobs import JobState
+
+STATUS_ZH = {
+    "pending": "等待 pending",
+    "running": "处理中 running",
+    "done": "完成 done",
+    "failed": "失败 failed",
+}
+_DOWNLOAD_TTL_S = 3600.0
+
+HOTWORD_NOTE = (
+    "每行一个，或用空格分隔。SeACo 只接受纯词语，不支持权重（如 `词 20` 会被当作两个词）。 "
+    "One per line or space separated; SeACo takes plain words, no weights."
+)
+
+
+class _Downloads:
+    """Per-request folders for generated files, removed after an hour."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.gettempdir()) / "asr-ui-downloads"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def new_dir(self) -> Path:
+        now = time.time()
+        for old in self.root.iterdir():
+            try:
+                if now - old.stat().st_mtime > _DOWNLOAD_TTL_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:
+                pass
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+
+def _timings_rows(result: dict[str, Any]) -> list[list[Any]]:
+    return [[t["text"], round(t["start"], 3), round(t["end"], 3)] for t in result.get("tokens", [])]
+
+
+def _stats_md(result: dict[str, Any]) -> str:
+    rtf = result.get("rtf")
+    speed = f"{1 / rtf:.1f}× 实时 real time" if rtf else "—"
+    return (
+        f"**音频时长 Duration:** {result['duration_s']:.2f} s · **处理时间 Processing:** "
+        f"{result['processing_s']:.3f} s · **实时率 RTF:** {rtf if rtf is not None else '—'} ({speed})"
+    )
+
+
+def _job_rows(job: JobState) -> list[list[Any]]:
+    rows = []
+    for f in job.files:
+        detail = (f.result or {}).get("text", "") if f.status == "done" else (f.error or "")
+        rows.append([f.index + 1, f.name, STATUS_ZH.get(f.status, f.status), detail])
+    return rows
+
+
+def _job_progress_md(job: JobState) -> str:
+    done, failed = job.count("done"), job.count("failed")
+    return (
+        f"**进度 Progress:** {done + failed}/{job.total} · 完成 done {done} · 失败 failed {failed} "
+        f"· 作业 job `{job.id}`"
+    )
+
+
+def _system_md(info: dict[str, Any], settings: Any) -> str:
+    # The engine reports what it chose; the settings fill in what it does not report.
+    eng = {**settings.engine.model_dump(mode="json"), **info.get("engine", {})}
+    sch = info["scheduler"]
+    thr = info["throughput"]
+    lines = [
+        "| 项目 Item | 值 Value |",
+        "|---|---|",
+        f"| GPU | {info.get('gpu') or eng.get('gpu') or '无 none (CPU)'} |",
+        f"| 模型 Model | `{eng.get('model', '')}` |",
+        f"| 设备 Device | {eng.get('device', '')} |",
+        f"| 精度 Precision | {eng.get('dtype', '')} |",
+        f"| 注意力 Attention backend | {eng.get('attention', '')} |",
+        f"| 引擎批预算 Engine batch budget | {eng.get('batch_budget_s', '')} s padded audio |",
+        f"| 调度批大小 Scheduler max batch | {sch['max_batch_size']} requests, "
+        f"wait {sch['max_wait_ms']} ms |",
+        f"| 队列深度 Queue depth | {sch['queue_depth']} / {sch['max_queue']} |",
+        f"| 批处理文件待处理 Job files pending | {info['jobs']['files_pending']} |",
+        f"| 吞吐 Throughput ({thr['window_s']:.0f} s) | {thr['x_realtime_wall']:.2f}× real time "
+        f"({thr['x_realtime_engine']:.1f}× while busy), {thr['batches']} batches |",
+        f"| 已处理 Processed | {sch['items_run']} clips in {sch['batches_run']} batches |",
+    ]
+    return "\n".join(lines)
+
+
+VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
+
+
+def _long_options(vad: str, punc: bool, speakers: bool, num_speakers: float | None) -> Any:
+    n = int(num_speakers) if num_speakers and num_speakers >= 1 else None
+    return long_request(vad or "auto", "auto" if punc else "off", bool(speakers), n)
+
+
+def _long_controls(prefix: str, service: Service) -> list[Any]:
+    """VAD, punctuation and speaker options (elem_ids `{prefix}-vad`, `-punc`, `-speakers`,
+    `-num-speakers`); defaults: VAD for long audio, punctuation when available, no speakers."""
+    auto_s = service.settings.longform.auto_vad_s
+    with gr.Accordion("长音频 Long audio: VAD / 标点 punctuation / 说话人 speakers", open=False,
+                      elem_id=f"{prefix}-long"), gr.Row():
+        vad = gr.Radio(VAD_CHOICES, value="auto", label="语音分段 VAD",
+                       info=f"自动：超过 {auto_s:g} 秒的音频分段识别 auto: on above {auto_s:g} s",
+                       elem_id=f"{prefix}-vad")
+        punc = gr.Checkbox(True, label="标点 Punctuation (模型可用时 when available)",
+                           elem_id=f"{prefix}-punc")
+        speakers = gr.Checkbox(False, label="说话人 Speakers", elem_id=f"{prefix}-speakers")
+        num = gr.Number(0, minimum=0, maximum=32, precision=0,
+                        label="人数 Number of speakers (0 = 自动 auto)",
+                        elem_id=f"{prefix}-num-speakers")
+    return [vad, punc, speakers, num]
+
+
+def build_ui(service: Service) -> gr.Blocks:
+    """The three tabs, wired to ``service``."""
+    downloads = _Downloads()
+    limits = service.settings.limits
+    direct = not service.settings.server.gradio_queue
+
+    async def transcribe_single(
+        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str,
+        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
+    ) -> tuple[str, str, list[list[Any]], list[str]]:
+        if not audio_path:
+            raise gr.Error("请先上传或录制音频。 Please upload or record audio first.")
+        try:
+            words = service.parse_hotwords(hotwords)
+            data = await asyncio.to_thread(Path(audio_path).read_bytes)
+            result = await service.transcribe_bytes(
+                data, words, timestamps=timestamps, long=_long_options(vad, punc, speakers, num_speakers)
+            )
+        except ASRError as exc:
+            raise gr.Error(str(exc)) from None
+        out = downloads.new_dir()
+        stem = safe_stem(Path(audio_path).name)
+        paths = []
+        for ext in ("txt", "srt", "json"):
+            path = out / f"{stem}.{ext}"
+            path.write_text(render_result(result, ext), encoding="utf-8")
+            paths.append(str(path))
+        shown = render_result(result, fmt).rstrip("\n")  # a file ends with a newline; the box need not
+        return shown, _stats_md(result), _timings_rows(result), paths
+
+    async def run_batch(
+        files: list[str] | None, folder: list[str] | None, hotwords: str,
+        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
+    ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
+        paths = [Path(p) for p in (files or []) + (folder or [])]
+        if not paths:
+            raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.")
+        try:
+            words = service.parse_hotwords(hotwords)
+            uploads = await asyncio.to_thread(lambda: [(p.name, p.read_bytes()) for p in paths])
+            job_id = await service.create_job(
+                uploads, words, _long_options(vad, punc, speakers, num_speakers)
+            )
+        except ASRError as exc:
+            raise gr.Error(str(exc)) from None
+        # The job runs in the background worker; this only follows its progress.
+        while True:
+            job = service.get_job(job_id)
+            if job.status == "done":
+                break
+            yield _job_progress_md(job), _job_rows(job), None
+            await service.job_worker.wait_for_change(1.0)
+        zip_path = downloads.new_dir() / f"asr-{job_id[:8]}.zip"
+        zip_path.write_bytes(service.jobs_zip([job]))
+        yield _job_progress_md(job), _job_rows(job), str(zip_path)
+
+    def system_info() -> tuple[str, dict[str, Any]]:
+        info = service.info()
+        return _system_md(info, service.settings), info
+
+    # delete_cache: uploads and generated files in Gradio's cache are removed after an hour.
+    with gr.Blocks(
+        title="中文语音识别 Chinese ASR · SeACo-Paraformer",
+        analytics_enabled=False,
+        delete_cache=(3600, 3600),
+    ) as demo:
+        gr.Markdown("# 中文语音识别 Chinese speech recognition\nSeACo-Paraformer · 热词增强 hotword biasing")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("单文件识别 Single file", id="single", elem_id="tab-single"):
+                with gr.Row():
+                    with gr.Column():
+                        audio = gr.Audio(
+                            sources=["upload", "microphone"],
+                            type="filepath",
+                            label="音频 Audio",
+                            elem_id="single-audio",
+                        )
+                        single_hotwords = gr.Textbox(
+                            lines=4, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="single-hotwords"
+                        )
+                        with gr.Row():
+                            single_ts = gr.Checkbox(
+                                True, label="字级时间戳 Timestamps", elem_id="single-timestamps"
+                            )
+                            single_fmt = gr.Radio(
+                                ["txt", "srt", "vtt", "json"],
+                                value="txt",
+                                label="输出格式 Output format",
+                                elem_id="single-format",
+                            )
+                        _single_long = _long_controls("single", service)
+                        single_run = gr.Button("开始识别 Transcribe", variant="primary", elem_id="single-run")
+                    with gr.Column():
+                        single_text = gr.Textbox(label="识别结果 Result", lines=8, elem_id="single-result")
+                        single_stats = gr.Markdown(elem_id="single-stats")
+                        single_files = gr.File(
+                            label="下载 Downloads (txt / srt / json)",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id="single-downloads",
+                        )
+                single_table = gr.Dataframe(
+                    headers=["字符 Char", "开始 Start (s)", "结束 End (s)"],
+                    interactive=False,
+                    label="字级时间 Per-character timings",
+                    elem_id="single-timings",
+                )
+                single_run.click(
+                    transcribe_single,
+                    [audio, single_hotwords, single_ts, single_fmt, *_single_long],
+                    [single_text, single_stats, single_table, single_files],
+                    concurrency_limit=None,
+                    queue=not direct,
+                    api_name="transcribe_single",
+                )
+
+            with gr.Tab("批量处理 Batch", id="batch", elem_id="tab-batch"):
+                gr.Markdown(
+                    f"每个作业最多 {limits.max_files_per_job} 个文件，"
+                    f"单个文件最大 {limits.max_upload_mb:g} MB。"
+                    f" Up to {limits.max_files_per_job} files per job."
+                )
+                with gr.Row():
+                    batch_files = gr.File(
+                        file_count="multiple", label="选择文件 Files", elem_id="batch-files"
+                    )
+                    batch_folder = gr.File(
+                        file_count="directory", label="或选择文件夹 Or a folder", elem_id="batch-folder"
+                    )
+                batch_hotwords = gr.Textbox(
+                    lines=3, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="batch-hotwords"
+                )
+                _batch_long = _long_controls("batch", service)
+                batch_run = gr.Button("开始批量处理 Start batch", variant="primary", elem_id="batch-run")
+                # batch_opt.js renders its parallel-upload progress here; empty without the script.
+                gr.HTML("", elem_id="batch-js-panel")
+                batch_progress = gr.Markdown(elem_id="batch-progress")
+                batch_table = gr.Dataframe(
+                    headers=["#", "文件 File", "状态 Status", "文本 / 错误 Text / Error"],
+                    interactive=False,
+                    label="结果 Results",
+                    elem_id="batch-table",
+                )
+                batch_zip = gr.File(
+                    label="全部下载 Download all (zip)", interactive=False, elem_id="batch-zip"
+                )
+                batch_run.click(
+                    run_batch,
+                    [batch_files, batch_folder, batch_hotwords, *_batch_long],
+                    [batch_progress, batch_table, batch_zip],
+                    concurrency_limit=None,
+                    api_name="run_batch",
+                )
+
+            with gr.Tab("系统信息 System", id="system", elem_id="tab-system"):
+                sys_md = gr.Markdown(elem_id="sys-summary")
+                sys_json = gr.JSON(label="详细 Details", elem_id="sys-json")
+                sys_refresh = gr.Button("刷新 Refresh", elem_id="sys-refresh")
+                sys_timer = gr.Timer(2.0)
+                for trigger in (sys_refresh.click, sys_timer.tick, demo.load):
+                    trigger(
+                        system_info,
+                        None,
+                        [sys_md, sys_json],
+                        concurrency_limit=None,
+                        show_progress="hidden",
+                        queue=False,
+                    )
+    return demo
+
+
+__all__ = ["build_ui"]

@@ -1,0 +1,2 @@
+"""Developer tools apart from the product: model directories with seeded random weights and the
+benchmarks."""

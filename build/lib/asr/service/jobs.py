@@ -1,0 +1,481 @@
+"""Durable batch jobs: uploads on disk, job and per-file state in SQLite, one async worker.
+
+A job is accepted only after every uploaded file is written (and fsynced) under a generated
+name in the data directory and the job's rows are committed, so a job that was answered with an
+id survives a crash or SIGKILL. SQLite runs in WAL mode: readers (status polls) never block the
+worker's writes. On start-up, files that were in progress are put back to pending and the worker
+carries on; each file's result is stored once (a finished file is never overwritten).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from asr.errors import ASRError, LimitError
+
+log = logging.getLogger(__name__)
+
+FileStatus = Literal["pending", "running", "done", "failed"]
+JobStatus = Literal["queued", "running", "done"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    hotwords    TEXT NOT NULL               -- JSON list of plain words
+);
+CREATE TABLE IF NOT EXISTS files (
+    job_id      TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    name        TEXT NOT NULL,              -- the client's file name, for display and the zip only
+    path        TEXT NOT NULL,              -- generated name under the data directory
+    size        INTEGER NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'pending',
+    result      TEXT,                       -- JSON, set once when the file is done
+    error_code  TEXT,
+    error       TEXT,
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS job_options (     -- per-job processing options (VAD, punctuation, ...)
+    job_id      TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    options     TEXT NOT NULL               -- JSON object
+);
+CREATE INDEX IF NOT EXISTS files_status ON files(status, job_id, idx);
+"""
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One file of a job, as handed to the worker."""
+
+    job_id: str
+    index: int
+    name: str
+    path: Path
+    hotwords: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class FileState:
+    index: int
+    name: str
+    size: int
+    status: FileStatus
+    result: dict[str, Any] | None
+    error_code: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobState:
+    id: str
+    created_at: float
+    hotwords: tuple[str, ...]
+    files: tuple[FileState, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.files)
+
+    def count(self, status: FileStatus) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def status(self) -> JobStatus:
+        if all(f.status in ("done", "failed") for f in self.files):
+            return "done"
+        if all(f.status == "pending" for f in self.files):
+            return "queued"
+        return "running"
+
+
+class JobStore:
+    """SQLite-backed job state plus the upload directory. Safe to use from several threads."""
+
+    def __init__(self, db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> None:
+        self.db_path = Path(db_path)
+        self.upload_dir = Path(data_dir) / "uploads"
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode loses nothing when the process dies; only a power cut can drop
+        # the last commits, which is the trade every WAL service makes for write speed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def create_job(
+        self,
+        files: Sequence[tuple[str, UploadSource]],
+        hotwords: Sequence[str],
+        options: dict[str, Any] | None = None,
+        *,
+        check_file: Callable[[int, str], None] | None = None,
+        max_total_bytes: int | None = None,
+    ) -> str:
+        """Write the uploads to disk, record the job, and return its unguessable id.
+
+        ``files`` holds bytes or binary file objects (copied in blocks). ``options`` (JSON-ready)
+        are handed to the worker with every file of the job. ``check_file(size, name)`` may raise
+        to refuse a file as soon as it grows past a limit; ``max_total_bytes`` bounds the whole
+        job. A refused job leaves nothing behind.
+        """
+        job_id = secrets.token_urlsafe(16)
+        job_dir = self.upload_dir / job_id
+        job_dir.mkdir()
+        now = time.time()
+        rows = []
+        total = 0
+        try:
+            for idx, (name, source) in enumerate(files):
+                shown = display_name(name, idx)
+                # Generated names only: the client's name never touches the file system.
+                path = job_dir / f"{idx:05d}.upload"
+                size = 0
+                with open(path, "wb") as fh:
+                    for block in _blocks(source):
+                        size += len(block)
+                        total += len(block)
+                        if check_file is not None:
+                            check_file(size, shown)
+                        if max_total_bytes is not None and total > max_total_bytes:
+                            raise LimitError(
+                                f"The job's files add up to more than {max_total_bytes / 1048576:g} MB "
+                                "(limits.max_job_mb)."
+                            )
+                        fh.write(block)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                rows.append((job_id, idx, shown, str(path), size, now))
+            _fsync_dir(job_dir)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs(id, created_at, hotwords) VALUES (?, ?, ?)",
+                (job_id, now, json.dumps(list(hotwords), ensure_ascii=False)),
+            )
+            db.executemany(
+                "INSERT INTO files(job_id, idx, name, path, size, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if options:
+                db.execute(
+                    "INSERT INTO job_options(job_id, options) VALUES (?, ?)",
+                    (job_id, json.dumps(options, ensure_ascii=False)),
+                )
+        return job_id
+
+    def remove_orphan_uploads(self) -> int:
+        """Delete upload folders without a job row (the process died between writing the files
+        and committing the job, so the client never got an id). Call only at start-up."""
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+        removed = 0
+        for entry in self.upload_dir.iterdir():
+            if entry.is_dir() and entry.name not in known:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def requeue_unfinished(self) -> int:
+        """Put files that were being processed when the service stopped back to pending."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE files SET status='pending', updated_at=? WHERE status='running'", (time.time(),)
+            )
+            return cur.rowcount
+
+    def claim_next(self) -> FileTask | None:
+        """Mark the oldest pending file as running and return it, or None when none waits."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT f.job_id, f.idx, f.name, f.path, j.hotwords, o.options, f.size "
+                "FROM files f JOIN jobs j ON j.id = f.job_id "
+                "LEFT JOIN job_options o ON o.job_id = f.job_id WHERE f.status='pending' "
+                "ORDER BY j.created_at, f.job_id, f.idx LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE files SET status='running', updated_at=? WHERE job_id=? AND idx=?",
+                (time.time(), row[0], row[1]),
+            )
+        options = json.loads(row[5]) if row[5] else {}
+        return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options, row[6])
+
+    def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
+        """Store a file's result; returns False if it was already finished (stored once)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE files SET status='done', result=?, updated_at=? "
+                "WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed')",
+                (json.dumps(result, ensure_ascii=False), time.time(), job_id, index),
+            )
+            return cur.rowcount == 1
+
+    def fail_file(self, job_id: str, index: int, code: str, message: str) -> bool:
+        """Record why a file failed; the rest of its job goes on."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE files SET status='failed', error_code=?, error=?, updated_at=? "
+                "WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed')",
+                (code, message, time.time(), job_id, index),
+            )
+            return cur.rowcount == 1
+
+    def get_job(self, job_id: str) -> JobState | None:
+        with self._lock:
+            job = self._db.execute(
+                "SELECT id, created_at, hotwords FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+            if job is None:
+                return None
+            rows = self._db.execute(
+                "SELECT idx, name, size, status, result, error_code, error "
+                "FROM files WHERE job_id=? ORDER BY idx",
+                (job_id,),
+            ).fetchall()
+        files = tuple(
+            FileState(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6]) for r in rows
+        )
+        return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
+
+    def delete_finished_before(self, cutoff: float) -> list[str]:
+        """Delete jobs whose last file finished before ``cutoff`` (epoch seconds), uploads included.
+
+        Counting from the finish (not the creation) keeps a long job's results downloadable for
+        the whole retention time.
+        """
+        with self._tx() as db:
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM jobs WHERE NOT EXISTS "
+                    "(SELECT 1 FROM files WHERE files.job_id = jobs.id AND status IN ('pending', 'running')) "
+                    "AND COALESCE((SELECT MAX(updated_at) FROM files WHERE files.job_id = jobs.id), "
+                    "created_at) < ?",
+                    (cutoff,),
+                )
+            ]
+            db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        for job_id in ids:
+            shutil.rmtree(self.upload_dir / job_id, ignore_errors=True)
+        return ids
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM files WHERE status IN ('pending', 'running')"
+                ).fetchone()[0]
+            )
+
+
+UploadSource = bytes | BinaryIO
+_COPY_BLOCK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 255
+
+
+def _blocks(source: UploadSource) -> Iterator[bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield bytes(source)
+        return
+    while block := source.read(_COPY_BLOCK):
+        yield block
+
+
+def display_name(name: str | None, index: int) -> str:
+    """The client's file name as shown in status and zip listings: control characters (NUL
+    included) removed, at most 255 characters. It is never used as a path."""
+    cleaned = _CONTROL.sub("", name or "").strip()
+    if len(cleaned) > _MAX_NAME:
+        cleaned = cleaned[: _MAX_NAME - 1] + "…"
+    return cleaned or f"file{index + 1}"
+
+
+def _fsync_dir(path: Path) -> None:
+    # The directory entry must be durable too, or a crash can lose a freshly written file.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# (file bytes, hotwords, the job's options) -> JSON-ready result
+ProcessFn = Callable[[bytes, Sequence[str], dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class JobWorker:
+    """Feeds pending files to ``process`` (decode + scheduler), ``concurrency`` at a time.
+
+    Several files are in flight at once so the scheduler can batch them with each other and with
+    interactive requests. The worker sleeps on an event while nothing is pending.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        process: ProcessFn,
+        *,
+        concurrency: int = 16,
+        retention_s: float | None = None,
+        max_inflight_bytes: int | None = None,
+    ) -> None:
+        self.store = store
+        self._retention_s = retention_s
+        self._process = process
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        # Files in flight are read into memory and decoded: besides the count, their stored
+        # sizes are bounded too (one file always runs, however large).
+        self._max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._room = asyncio.Event()  # set whenever a file in flight finishes
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._cleanup: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        orphans = self.store.remove_orphan_uploads()
+        if orphans:
+            log.info("removed %d upload folder(s) of jobs that were never accepted", orphans)
+        requeued = self.store.requeue_unfinished()
+        if requeued:
+            log.info("re-queued %d unfinished file(s) from before the restart", requeued)
+        self._task = asyncio.create_task(self._run(), name="asr-job-worker")
+        if self._retention_s is not None:
+            self._cleanup = asyncio.create_task(self._expire_loop(self._retention_s), name="asr-job-expiry")
+
+    async def _expire_loop(self, retention_s: float) -> None:
+        while True:
+            removed = await asyncio.to_thread(self.store.delete_finished_before, time.time() - retention_s)
+            if removed:
+                log.info("deleted %d finished job(s) older than %.0f h", len(removed), retention_s / 3600)
+            await asyncio.sleep(min(3600.0, retention_s / 4))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, self._cleanup, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._cleanup = None
+
+    def notify(self) -> None:
+        """Tell the worker new files are pending."""
+        self._wake.set()
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Wait until any file finishes (or ``timeout_s`` passes); for progress displays."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    def _signal_change(self) -> None:
+        # Replace the event so each waiter wakes once per change.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            self._wake.clear()
+            task = await asyncio.to_thread(self.store.claim_next)
+            if task is None:
+                self._slots.release()
+                await self._wake.wait()
+                continue
+            while not self._has_room(task.size):
+                self._room.clear()
+                await self._room.wait()
+            self._inflight_bytes += task.size
+            worker = asyncio.create_task(self._handle(task))
+            self._inflight.add(worker)
+            worker.add_done_callback(self._inflight.discard)
+
+    def _has_room(self, size: int) -> bool:
+        if self._max_inflight_bytes is None or self._inflight_bytes == 0:
+            return True
+        return self._inflight_bytes + size <= self._max_inflight_bytes
+
+    async def _handle(self, task: FileTask) -> None:
+        try:
+            try:
+                data = await asyncio.to_thread(task.path.read_bytes)
+                result = await self._process(data, task.hotwords, task.options)
+            except ASRError as exc:
+                log.warning(
+                    "job %s file %d (%s) failed: [%s] %s", task.job_id, task.index, task.name,
+                    error_code(exc), exc,
+                )  # fmt: skip
+                await asyncio.to_thread(
+                    self.store.fail_file, task.job_id, task.index, error_code(exc), str(exc)
+                )
+            except asyncio.CancelledError:
+                raise  # shutting down: the file stays 'running' and is re-queued on start-up
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
+                log.exception("job %s file %d (%s) failed", task.job_id, task.index, task.name)
+                await asyncio.to_thread(
+                    self.store.fail_file,
+                    task.job_id,
+                    task.index,
+                    "internal_error",
+                    f"Processing failed: {exc}",
+                )
+            else:
+                await asyncio.to_thread(self.store.finish_file, task.job_id, task.index, result)
+            self._signal_change()
+        finally:
+            self._slots.release()
+            self._inflight_bytes -= task.size
+            self._room.set()
+
+
+def error_code(exc: ASRError) -> str:
+    """The short machine code of an ASRError (its class name in snake case as a fallback)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    name = type(exc).__name__
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))

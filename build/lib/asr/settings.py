@@ -1,0 +1,213 @@
+"""One settings object for the whole product, loaded from a YAML profile and ASR_* variables.
+
+Precedence (highest first): explicit overrides passed to `load_settings`, environment variables
+(`ASR_ENGINE__DTYPE=fp16`, nested with `__`), the YAML file (`--config` or `ASR_CONFIG`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from asr.errors import ASRError
+
+DEFAULT_MODEL = "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
+DEFAULT_VAD_MODEL = "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"
+DEFAULT_PUNC_MODEL = "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"
+DEFAULT_SPEAKER_MODEL = "iic/speech_campplus_sv_zh-cn_16k-common"
+
+
+class ConfigError(ASRError):
+    """A settings file or value is invalid."""
+
+    code = "invalid_config"
+
+
+class EngineSettings(BaseModel):
+    """How the recognition engine loads and runs the model."""
+
+    model: str = DEFAULT_MODEL
+    """A local funasr model directory, or a ModelScope model id downloaded once into `model_cache`."""
+    model_cache: Path = Path(os.path.expanduser("~/.cache/asr-models"))
+    """Where ModelScope ids are downloaded to and looked up in."""
+    device: str = "auto"
+    """'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    attention: Literal["auto", "flash-attn", "varlen", "sdpa", "eager"] = "auto"
+    """Attention kernel; 'auto' picks the fastest available and logs the choice."""
+    frontend: Literal["auto", "torch", "funasr"] = "auto"
+    """Feature extraction: 'torch' computes fbank for a whole batch on the model's device;
+    'funasr' uses funasr's per-clip kaldi frontend (the reference)."""
+    batch_budget_s: float = Field(default=240.0, gt=0)
+    """Padded audio seconds per batch (batch size x longest clip): bounds activation memory."""
+    max_batch_size: int = Field(default=128, ge=1)
+    max_clip_s: float = Field(default=60.0, gt=1)
+    """Clips longer than this are cut at their quietest points and stitched back together, so no
+    input length can exhaust memory (attention grows with the square of the clip length)."""
+    hotword_cache_size: int = Field(default=256, ge=0)
+    """Distinct hotword lists whose bias-encoder output stays cached on the device."""
+    overlap_timestamps: bool = True
+    cuda_graphs: bool = True
+    """On a GPU, replay the encoder and decoder as CUDA graphs (one per padded batch shape,
+    captured on first use: 40-660 ms on an H100) instead of launching their ~1,500 kernels one by
+    one from Python."""
+    cuda_graph_cache: int = Field(default=64, ge=1)
+    """Graphs kept per network (least recently used dropped). Each holds its padded inputs and
+    outputs on the GPU (about 70 MB for a 40 x 30 s batch); a service whose batch shapes vary
+    more than this recaptures often (see the INFO log lines 'graph captured')."""
+    lstm_kernel: Literal["auto", "fused", "cudnn"] = "auto"
+    """The timestamp head's BLSTM: 'fused' is one persistent Triton kernel (CUDA, fp16/bf16);
+    'cudnn' is torch's LSTM; 'auto' uses the fused kernel where it can run."""
+    """On a GPU, run the timestamp head on a side stream beside the decoder."""
+    warmup: bool = True
+    """Run the shapes that will be used once at start so the first request is not slow."""
+    num_threads: int | None = None
+    """CPU threads for torch; None keeps torch's default."""
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class LongformSettings(BaseModel):
+    """Long recordings: VAD segmentation, punctuation, sentence timestamps and speakers.
+
+    Extra models (FSMN-VAD, punctuation, CAM++) are ModelScope ids resolved like the ASR model
+    (from `engine.model_cache`), or local directories. They load on first use.
+    """
+
+    vad: Literal["silero", "fsmn"] = "silero"
+    """'silero' needs no download (its weights ship in the silero-vad package); 'fsmn' is
+    FunASR's FSMN-VAD from `vad_model`."""
+    vad_model: str = DEFAULT_VAD_MODEL
+    """FSMN-VAD model directory or ModelScope id (used when `vad` is 'fsmn')."""
+    auto_vad_s: float = Field(default=45.0, ge=0)
+    """With VAD on 'auto', recordings longer than this take the long path (VAD segments,
+    sentences); shorter ones are one engine clip."""
+    max_segment_s: float = Field(default=20.0, ge=1)
+    """Longest VAD segment handed to the engine."""
+    group_s: float = Field(default=600.0, gt=0)
+    """Seconds of segment audio per engine call: bounds memory, keeps batches full."""
+    punc_model: str | None = DEFAULT_PUNC_MODEL
+    """CT-Transformer punctuation model directory or ModelScope id; empty/None turns it off.
+    When it cannot be loaded, results say punctuation is unavailable (no failure)."""
+    punc_device: str = "cpu"
+    """Device of the punctuation model ('cpu', 'cuda', 'cuda:N'); it is small and runs once per
+    file, so the CPU keeps the GPU for recognition."""
+    speaker_model: str = DEFAULT_SPEAKER_MODEL
+    """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
+    speaker_device: str = "cpu"
+    max_speakers: int = Field(default=8, ge=1)
+    """Most speakers found when the number is not given."""
+    speaker_threshold: float = Field(default=0.5, gt=0, lt=2)
+    """Cosine distance above which two groups of speech are different speakers (when the
+    number of speakers is estimated)."""
+
+
+class LimitSettings(BaseModel):
+    """Limits on what one request may ask for (docs/limits-and-security.md)."""
+
+    max_upload_mb: float = Field(default=512.0, gt=0)
+    """Largest single audio file. Request bodies of single-file routes are cut off (413) as soon
+    as they pass this size, before they are read any further."""
+    max_job_mb: float = Field(default=4096.0, gt=0)
+    """Largest batch job (all its files together), and the body limit of the batch and UI upload
+    routes. Batch uploads stream to disk, so this bounds disk use, not memory."""
+    job_inflight_mb: float = Field(default=1024.0, gt=0)
+    """Stored size of the batch-job files being decoded and transcribed at once (at least one
+    always runs). Bounds the job worker's memory: compressed formats decode to about 10x their
+    size (64 kB per second of audio)."""
+    max_audio_s: float = Field(default=4 * 3600.0, gt=0)
+    """Longest accepted recording. A decoded second takes 64 kB of memory (float32, 16 kHz)."""
+    max_files_per_job: int = Field(default=1000, ge=1)
+    max_hotwords: int = Field(default=1000, ge=0)
+    max_hotword_chars: int = Field(default=32, ge=1)
+    """Longest single hotword, in characters."""
+    max_queue: int = Field(default=512, ge=1)
+    """Items waiting for the GPU before new requests get 503 + Retry-After."""
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest a synchronous transcription (decode + queue + engine) may take before the client
+    gets 504. Batch-job files have no timeout: they wait for their turn."""
+
+
+class ServerSettings(BaseModel):
+    """The HTTP service and web UI."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=7860, ge=0, le=65535)
+    data_dir: Path = Path("data")
+    """Uploaded batch files and the job database live here."""
+    api_token: str | None = None
+    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    batch_wait_ms: float = Field(default=8.0, ge=0)
+    """How long the scheduler waits for more requests to join a batch."""
+    job_retention_h: float = Field(default=72.0, gt=0)
+    """Finished batch jobs (results and uploads) are deleted this long after their last file
+    finished."""
+    jobs_db: Path | None = None
+    """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
+    ui: bool = True
+    """Serve the web UI at /; false serves the HTTP API alone (and does not load gradio)."""
+    gradio_queue: bool = True
+    """Route single-file UI events through Gradio's queue. The queue never limits concurrency
+    either way (every request goes to the one batching scheduler); False sends them directly."""
+    share: bool = False
+    """Open a public gradio.live link: exposes the service to the internet."""
+    autolaunch: bool = False
+    """Open the UI in a browser once the server is ready."""
+
+
+class Settings(BaseSettings):
+    """Everything the product can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="ASR_", env_nested_delimiter="__", extra="forbid")
+
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    longform: LongformSettings = LongformSettings()
+    server: ServerSettings = ServerSettings()
+    log_level: str = "INFO"
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_values() -> dict[str, Any]:
+    """What the ASR_* environment says, as a nested dict (pydantic-settings parses it)."""
+    return Settings().model_dump(exclude_unset=True)
+
+
+def load_settings(config_path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Build the settings: YAML profile < environment < `overrides` (nested dicts allowed)."""
+    config_path = config_path or os.environ.get("ASR_CONFIG")
+    values: dict[str, Any] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"Config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping at the top level.")
+        values = loaded
+    try:
+        values = _deep_merge(values, _env_values())
+        values = _deep_merge(values, overrides)
+        return Settings.model_validate(values)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid settings: {exc}") from exc
