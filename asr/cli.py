@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from asr.errors import ASRError
-from asr.pipeline.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from asr.pipeline.options import Options
+    from asr.pipeline.pipeline import EngineLike
+    from asr.pipeline.result import Result
+    from asr.settings import Settings
 
 AUDIO_SUFFIXES = {".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".webm", ".mp4",
                   ".wma", ".amr", ".aiff", ".aif", ".mka"}
-# Files per engine call: large enough for full batches, small enough for a lively progress bar.
-_CHUNK = 64
 
 
 def find_audio_files(paths: Sequence[str]) -> list[Path]:
@@ -32,20 +34,6 @@ def find_audio_files(paths: Sequence[str]) -> list[Path]:
     return found
 
 
-def _decoded(files: list[Path], max_audio_s: float) -> Iterator[tuple[Path, np.ndarray | ASRError]]:
-    """Decode on worker threads (codecs release the GIL) while the engine runs."""
-    from asr.pipeline.audio import decode_audio
-
-    def load(path: Path) -> np.ndarray | ASRError:
-        try:
-            return decode_audio(path, max_duration_s=max_audio_s)
-        except ASRError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        yield from zip(files, pool.map(load, files))
-
-
 def _output_name(path: Path, roots: list[Path]) -> str:
     for root in roots:
         if root.is_dir() and path.is_relative_to(root):
@@ -54,13 +42,10 @@ def _output_name(path: Path, roots: list[Path]) -> str:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from asr.engine.core import Engine
-    from asr.pipeline.formats import render
-    from asr.pipeline.hotwords import parse_hotwords
-    from asr.pipeline.longform import LongformModels, LongRequest, from_transcripts, transcribe_files_long
-    from asr.settings import load_settings
+    from asr.engine import Engine
+    from asr.pipeline.options import Options
+    from asr.runtime import configure_process
+    from asr.settings import load_settings, resolve_config
 
     overrides: dict = {"engine": {"warmup": False}, "longform": {}}
     for key in ("model", "device", "dtype", "attention"):
@@ -70,73 +55,80 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                       ("speaker_model", "speaker_model")):
         if getattr(args, name):
             overrides["longform"][key] = getattr(args, name)
-    settings = load_settings(args.config, **overrides)
-    request = LongRequest(
-        vad=args.vad, punc=args.punc, speakers=args.speakers is not None,
-        n_speakers=args.speakers or None,
-    )
-    models = LongformModels(settings.longform, settings.engine.model_cache)
-    hotword_text = args.hotwords
+    settings = load_settings(resolve_config(args.config), **overrides)
+    hotword_text = args.hotwords or ""
     if args.hotword_file:
-        hotword_text = (hotword_text or "") + "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
-    hotwords = parse_hotwords(
-        hotword_text, max_count=settings.limits.max_hotwords, max_chars=settings.limits.max_hotword_chars
+        hotword_text += "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
+    switch = {None: "auto", True: "on", False: "off"}
+    options = Options.from_form(
+        hotwords=hotword_text, vad=switch[args.vad], punc=switch[args.punc],
+        speakers=args.speakers is not None, num_speakers=args.speakers or None,
+        max_hotwords=settings.limits.max_hotwords, max_hotword_chars=settings.limits.max_hotword_chars,
     )
     files = find_audio_files(args.inputs)
     if not files:
         print("no audio files found", file=sys.stderr)
         return 2
+    configure_process(settings)
     engine = Engine.from_settings(settings.engine)
+    return asyncio.run(_transcribe_files(settings, engine, files, options, args))
+
+
+async def _transcribe_files(
+    settings: Settings, engine: EngineLike, files: list[Path], options: Options, args: argparse.Namespace
+) -> int:
+    """Every file through the one pipeline, `pipeline.files_in_flight` at a time, so the scheduler
+    batches segments of many files together; outputs are written as each file finishes."""
+    from tqdm import tqdm
+
+    from asr.pipeline.formats import render
+    from asr.pipeline.pipeline import Pipeline
+
+    pipeline = Pipeline(settings, engine)
+    await pipeline.start()
     out_dir = Path(args.output_dir)
     roots = [Path(p) for p in args.inputs]
-    failed: list[tuple[Path, str]] = []
+    failed = 0
     done = 0
-    warned_punc = False
+    noticed: set[str] = set()
     bar = tqdm(total=len(files), unit="file", disable=args.quiet or None)
-    decoded = _decoded(files, settings.limits.max_audio_s)
-    while True:
-        chunk = [item for _, item in zip(range(_CHUNK), decoded)]
-        if not chunk:
-            break
-        good = [(p, a) for p, a in chunk if isinstance(a, np.ndarray)]
-        for path, err in ((p, a) for p, a in chunk if not isinstance(a, np.ndarray)):
-            failed.append((path, str(err)))
-            tqdm.write(f"FAILED {path}: {err}", file=sys.stderr)
-        long_items = [(p, a) for p, a in good if models.use_vad(len(a) / SAMPLE_RATE, request)]
-        short_items = [(p, a) for p, a in good if not models.use_vad(len(a) / SAMPLE_RATE, request)]
-        outputs: list[tuple[Path, object]] = []
-        if short_items:
-            results = engine.transcribe([a for _, a in short_items], hotwords=hotwords)
-            # Short files are punctuated only when asked (--punc): the default keeps them
-            # exactly what the engine heard, one clip each.
-            punc = models.punctuator() if args.punc else None
-            if args.punc and punc is None:
-                tqdm.write(f"punctuation unavailable: {models.punctuation_unavailable()}", file=sys.stderr)
-            if punc is not None:
-                results = from_transcripts(results, [len(a) / SAMPLE_RATE for _, a in short_items], punc)
-            outputs += [(p, r) for (p, _), r in zip(short_items, results)]
-        if long_items:
-            punc = models.punctuator() if args.punc is not False else None
-            if args.punc is not False and punc is None and not warned_punc:
-                warned_punc = True
-                tqdm.write(f"punctuation unavailable: {models.punctuation_unavailable()}", file=sys.stderr)
-            embedder = models.embedder() if request.speakers else None
-            # All segments of all long files in this chunk share the engine's batches.
-            longs = transcribe_files_long(
-                engine.transcribe, [a for _, a in long_items], models.vad(), punc, hotwords,
-                models.options(request), embedder=embedder,
-            )
-            outputs += [(p, r) for (p, _), r in zip(long_items, longs)]
-        for path, result in outputs:
-            name = _output_name(path, roots)
-            for fmt in args.format:
-                target = out_dir / f"{name}.{fmt}"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(render(result, fmt, source=str(path)), encoding="utf-8")
+    slots = asyncio.Semaphore(settings.pipeline.files_in_flight)
+
+    def write(path: Path, result: Result) -> None:
+        name = _output_name(path, roots)
+        for fmt in args.format:
+            target = out_dir / f"{name}.{fmt}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(render(result, fmt), encoding="utf-8")
+
+    async def one(path: Path) -> None:
+        nonlocal failed, done
+        try:
+            result = await pipeline.transcribe(path, options, background=True)
+            await asyncio.to_thread(write, path, result)
+        except ASRError as exc:
+            failed += 1
+            tqdm.write(f"FAILED {path}: {exc}", file=sys.stderr)
+        else:
             done += 1
-        bar.update(len(chunk))
-    bar.close()
-    print(f"{done} transcribed, {len(failed)} failed; outputs in {out_dir}", file=sys.stderr)
+            for notice in result.notices:
+                if notice.code not in noticed:  # once per run, not once per file
+                    noticed.add(notice.code)
+                    tqdm.write(notice.message, file=sys.stderr)
+        finally:
+            slots.release()
+            bar.update(1)
+
+    try:
+        tasks = []
+        for path in files:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(path)))
+        await asyncio.gather(*tasks)
+    finally:
+        bar.close()
+        await pipeline.stop()
+    print(f"{done} transcribed, {failed} failed; outputs in {out_dir}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -161,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
     tr.add_argument("--output-dir", default="transcripts")
     tr.add_argument("--model", help="model directory or ModelScope id")
-    tr.add_argument("--config", help="settings YAML (configs/*.yaml)")
+    tr.add_argument("--config", help="settings YAML, a profile name (configs/<name>.yaml) or auto (by GPU)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
     tr.add_argument("--attention", choices=["auto", "flash-attn", "varlen", "sdpa", "eager"])
@@ -169,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cut recordings into speech segments (sentence timestamps, any length); "
                     "default: on for files longer than longform.auto_vad_s (45 s)")
     tr.add_argument("--punc", action=argparse.BooleanOptionalAction, default=None,
-                    help="add punctuation (CT-Transformer); default: on the VAD path when the "
-                    "model is available")
+                    help="add punctuation (CT-Transformer); default: on whenever the model is "
+                    "available")
     tr.add_argument("--speakers", nargs="?", type=int, const=0, default=None, metavar="N",
                     help="label sentences with speakers (CAM++); N = number of speakers, "
                     "omitted = estimate")

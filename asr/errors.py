@@ -1,19 +1,64 @@
-"""Typed errors. Each carries a short machine code and a sentence a user understands.
+"""Every error the product raises on purpose, with its machine code, and the one table that maps
+codes to HTTP statuses.
 
-The web layer maps these to HTTP status codes in one place; the CLI prints them and goes on.
+An error carries a short `code` (stable, for scripts) and a sentence a user understands. A class
+has a default code; a raise site may name a more precise one (`AudioError(..., code="empty_file")`),
+which must be listed in `HTTP_STATUS`, so no error reaches a client without a status chosen on
+purpose. The web layer reads `http_status(exc)`; the CLI prints the message and goes on.
 """
 
 from __future__ import annotations
+
+# code -> HTTP status. One row per code any ASRError may carry.
+HTTP_STATUS: dict[str, int] = {
+    "asr_error": 500,
+    # The input audio
+    "invalid_audio": 400,
+    "empty_file": 400,
+    "empty_audio": 400,
+    "corrupt_audio": 400,
+    "bad_header": 400,
+    "non_finite_audio": 400,
+    "file_not_found": 400,
+    "unsupported_format": 415,  # not audio the decoders know: a media-type problem
+    "no_audio_stream": 415,
+    # What a request asks for
+    "invalid_hotwords": 422,
+    "invalid_options": 422,
+    "invalid_vad_options": 422,
+    "invalid_punc_options": 422,
+    "invalid_speaker_options": 422,
+    "invalid_subtitles": 500,  # we produced subtitles players would reject: our bug
+    # Limits
+    "limit_exceeded": 413,
+    "audio_too_long": 413,
+    "no_files": 422,
+    # Capacity: worth retrying later
+    "queue_full": 503,
+    "busy": 503,
+    "out_of_memory": 503,
+    "request_timeout": 504,
+    # Lookups
+    "job_not_found": 404,
+    # The server's own state
+    "model_load_failed": 503,
+    "invalid_config": 500,
+    "engine_error": 500,
+}
 
 
 class ASRError(Exception):
     """Base class of every error the product raises on purpose."""
 
     code = "asr_error"
+    retry_after_s: float | None = None
+    """Set on capacity errors: what a client is told to wait before retrying (503 Retry-After)."""
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
+            if code not in HTTP_STATUS:
+                raise ValueError(f"error code {code!r} has no HTTP status in asr.errors.HTTP_STATUS")
             self.code = code
 
     @property
@@ -21,8 +66,16 @@ class ASRError(Exception):
         return str(self)
 
 
+def http_status(exc: ASRError) -> int:
+    """The HTTP status of a typed error (500 for a code missing from the table)."""
+    return HTTP_STATUS.get(exc.code, 500)
+
+
+# ---- input ----------------------------------------------------------------------------------
+
+
 class AudioError(ASRError):
-    """The input is not audio we can decode, or it is empty, corrupt, non-finite or too long."""
+    """The input is not audio we can decode, or it is empty, corrupt or non-finite."""
 
     code = "invalid_audio"
 
@@ -33,10 +86,37 @@ class HotwordError(ASRError):
     code = "invalid_hotwords"
 
 
-class ModelLoadError(ASRError):
-    """The model could not be found, downloaded or loaded."""
+class OptionsError(ASRError, ValueError):
+    """Request options that cannot work (or together)."""
 
-    code = "model_load_failed"
+    code = "invalid_options"
+
+
+class VadOptionsError(OptionsError):
+    """VAD options that cannot work together."""
+
+    code = "invalid_vad_options"
+
+
+class PuncOptionsError(OptionsError):
+    """Punctuation options that cannot work."""
+
+    code = "invalid_punc_options"
+
+
+class SpeakerOptionsError(OptionsError):
+    """Speaker options that cannot work together."""
+
+    code = "invalid_speaker_options"
+
+
+class SubtitleError(ASRError, ValueError):
+    """A subtitle file that players would reject (bad numbering, times or text)."""
+
+    code = "invalid_subtitles"
+
+
+# ---- limits and capacity --------------------------------------------------------------------
 
 
 class LimitError(ASRError):
@@ -53,3 +133,83 @@ class QueueFullError(ASRError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class BusyError(ASRError):
+    """The memory budget for decoded audio stayed full for longer than a request may wait."""
+
+    code = "busy"
+
+    def __init__(self, message: str, *, retry_after_s: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineOverloadedError(ASRError):
+    """The device ran out of memory on this input; worth retrying later."""
+
+    code = "out_of_memory"
+    retry_after_s = 5.0
+
+
+class RequestTimeoutError(ASRError):
+    """A synchronous request took longer than ``limits.request_timeout_s``."""
+
+    code = "request_timeout"
+
+
+# ---- lookups and the server's own state -----------------------------------------------------
+
+
+class JobNotFoundError(ASRError):
+    """No job has this id (or it was removed)."""
+
+    code = "job_not_found"
+
+
+class ModelLoadError(ASRError):
+    """The model could not be found, downloaded or loaded."""
+
+    code = "model_load_failed"
+
+
+class ConfigError(ASRError):
+    """A settings file or value is invalid."""
+
+    code = "invalid_config"
+
+
+class EngineFailedError(ASRError):
+    """The engine raised an unexpected error on this input; it is logged."""
+
+    code = "engine_error"
+
+
+def engine_failure(exc: BaseException) -> ASRError:
+    """The typed error a client sees for an unexpected engine exception."""
+    if _is_out_of_memory(exc):
+        return EngineOverloadedError(
+            "The GPU ran out of memory on this file. Retry in a moment, or send a shorter file."
+        )
+    return EngineFailedError(f"Recognition failed on this file ({type(exc).__name__}: {str(exc)[:200]}).")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the engine
+        return False
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def all_error_classes() -> list[type[ASRError]]:
+    """ASRError and every subclass defined anywhere in the product (for tests and docs)."""
+    out: list[type[ASRError]] = []
+    todo: list[type[ASRError]] = [ASRError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out

@@ -6,7 +6,10 @@ Precedence (highest first): explicit overrides passed to `load_settings`, enviro
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,18 +17,15 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from asr.errors import ASRError
+from asr.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch"
 DEFAULT_VAD_MODEL = "iic/speech_fsmn_vad_zh-cn-16k-common-pytorch"
 DEFAULT_PUNC_MODEL = "iic/punc_ct-transformer_zh-cn-common-vocab272727-pytorch"
 DEFAULT_SPEAKER_MODEL = "iic/speech_campplus_sv_zh-cn_16k-common"
 
-
-class ConfigError(ASRError):
-    """A settings file or value is invalid."""
-
-    code = "invalid_config"
 
 
 class EngineSettings(BaseModel):
@@ -95,8 +95,15 @@ class LongformSettings(BaseModel):
     sentences); shorter ones are one engine clip."""
     max_segment_s: float = Field(default=20.0, ge=1)
     """Longest VAD segment handed to the engine."""
+    min_segment_s: float = Field(default=4.0, ge=0)
+    """A VAD segment shorter than this is merged with the next one across any pause (while the
+    result stays under `max_segment_s`): many 1-2 s clips waste per-clip work."""
+    merge_gap_s: float = Field(default=1.0, ge=0)
+    """Neighbouring speech regions whose pause is at most this long are merged (under the cap)."""
     group_s: float = Field(default=600.0, gt=0)
-    """Seconds of segment audio per engine call: bounds memory, keeps batches full."""
+    """Streaming window: seconds of decoded audio one recording may have in flight (segments
+    waiting for or in the engine). Large enough to fill the engine's batches from one file;
+    bounds a long recording's memory (64 kB per second)."""
     punc_model: str | None = DEFAULT_PUNC_MODEL
     """CT-Transformer punctuation model directory or ModelScope id; empty/None turns it off.
     When it cannot be loaded, results say punctuation is unavailable (no failure)."""
@@ -134,9 +141,27 @@ class LimitSettings(BaseModel):
     """Longest single hotword, in characters."""
     max_queue: int = Field(default=512, ge=1)
     """Items waiting for the GPU before new requests get 503 + Retry-After."""
+    decoded_audio_mb: float = Field(default=2048.0, gt=0)
+    """Decoded audio (float32 at 16 kHz: 64 kB per second) that all transcriptions together may
+    hold in memory. A request reserves its length (from the header) or, for long and unknown
+    lengths, the streaming window (`longform.group_s`); recordings of any length are decoded as a
+    stream, so the reservation bounds its memory. A request that finds no room waits (batch
+    jobs, the CLI) or, after `budget_wait_s`, gets 503 with Retry-After."""
+    budget_wait_s: float = Field(default=30.0, ge=0)
+    """How long a synchronous request waits for room in `decoded_audio_mb` before 503."""
     request_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a synchronous transcription (decode + queue + engine) may take before the client
     gets 504. Batch-job files have no timeout: they wait for their turn."""
+
+
+class PipelineSettings(BaseModel):
+    """The pipeline's own threads and how many files the CLI and batch jobs run at once."""
+
+    workers: int = Field(default=8, ge=1)
+    """Threads for decoding, VAD, punctuation and speaker embeddings (shared by all requests)."""
+    files_in_flight: int = Field(default=64, ge=1)
+    """Files the CLI and the batch-job worker transcribe at once, so the scheduler can fill its
+    batches from them (memory stays within `limits.decoded_audio_mb`)."""
 
 
 class ServerSettings(BaseModel):
@@ -174,6 +199,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
     longform: LongformSettings = LongformSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     server: ServerSettings = ServerSettings()
     log_level: str = "INFO"
 
@@ -211,3 +237,65 @@ def load_settings(config_path: str | os.PathLike | None = None, **overrides: Any
         return Settings.model_validate(values)
     except ValueError as exc:
         raise ConfigError(f"Invalid settings: {exc}") from exc
+
+
+# ---- hardware profiles (configs/<name>.yaml) ---------------------------------------------
+
+# Hardware profiles ship inside the package (the repository root links to them as configs/).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+# Known GPU names (as nvidia-smi prints them) -> profile. First match wins, so "A100" is tested
+# before "A10".
+_GPU_PROFILES: tuple[tuple[str, str], ...] = (
+    ("H200", "h100"),
+    ("H100", "h100"),
+    ("H800", "h100"),
+    ("A100", "a100"),
+    ("A800", "a100"),
+    ("A10", "a10"),
+    ("4090", "rtx4090"),
+    ("3060", "rtx3060"),
+)
+
+
+def gpu_name() -> str | None:
+    """Name of the first GPU CUDA will use (honours CUDA_VISIBLE_DEVICES), or None."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return None
+    if shutil.which("nvidia-smi") is None:
+        return None
+    cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+    if visible:
+        cmd += ["-i", visible.split(",")[0].strip()]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return names[0] if names else None
+
+
+def profile_for_gpu(name: str | None) -> str:
+    """Profile name for a GPU name; 'cpu' without a GPU, 'rtx4090' for an unknown one."""
+    if name is None:
+        return "cpu"
+    upper = name.upper()
+    for key, profile in _GPU_PROFILES:
+        if key in upper:
+            return profile
+    return "rtx4090"
+
+
+def resolve_config(config: str | None, configs_dir: Path = CONFIGS_DIR) -> str | None:
+    """'auto' -> the profile file of the detected GPU; a bare profile name -> its file."""
+    if config is None:
+        return None
+    if config == "auto":
+        name = gpu_name()
+        profile = profile_for_gpu(name)
+        log.info("GPU %s -> profile %s", name or "none", profile)
+        return str(configs_dir / f"{profile}.yaml")
+    if not config.endswith((".yaml", ".yml")) and (configs_dir / f"{config}.yaml").is_file():
+        return str(configs_dir / f"{config}.yaml")
+    return config

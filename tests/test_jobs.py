@@ -46,8 +46,9 @@ def test_worker_processes_files_concurrently_and_isolates_failures(tmp_path: Pat
     in_flight = 0
     peak = 0
 
-    async def process(data: bytes, hotwords: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
+    async def process(path: Path, hotwords: Sequence[str], options: dict[str, Any]) -> dict[str, Any]:
         nonlocal in_flight, peak
+        data = path.read_bytes()  # the worker hands over the stored file, not its bytes
         in_flight += 1
         peak = max(peak, in_flight)
         await asyncio.sleep(0.02)
@@ -89,8 +90,9 @@ def test_worker_bounds_the_bytes_in_flight(tmp_path: Path) -> None:
     in_flight: list[int] = []
     peak_bytes = 0
 
-    async def process(data: bytes, hotwords: Sequence[str], options: Any = None) -> dict[str, Any]:
+    async def process(path: Path, hotwords: Sequence[str], options: Any = None) -> dict[str, Any]:
         nonlocal peak_bytes
+        data = path.read_bytes()
         in_flight.append(len(data))
         peak_bytes = max(peak_bytes, sum(in_flight))
         await asyncio.sleep(0.02)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asr.web.launch import build_parser, profile_for_gpu, resolve_config, settings_from_args
+from asr.settings import profile_for_gpu, resolve_config
+from asr.web.launch import build_parser, settings_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,11 @@ import soundfile as sf
 from speech import SENTENCES, recording, require_espeak
 
 from asr.cli import main
-from asr.pipeline.longform import LongformOptions, transcribe_long
+from asr.pipeline.options import Options
+from asr.pipeline.pipeline import blocks_stream, transcribe_files
 from asr.pipeline.speakers import SpeakerEmbedder, SpeakerOptions, cluster_speakers, make_campplus_dir
 from asr.pipeline.subtitles import validate_srt, validate_vtt
+from asr.settings import load_settings
 
 SR = 16000
 
@@ -37,10 +39,11 @@ def test_cli_vad_writes_valid_subtitles_on_the_original_timeline(tiny_model_dir,
     assert validate_srt(srt) == len(payload["sentences"]) > 0
     assert validate_vtt(vtt) == len(payload["sentences"])
     duration_ms = len(long_rec.audio) * 1000 // SR
-    assert abs(payload["duration_s"] * 1000 - duration_ms) <= 1
+    assert payload["duration_ms"] == duration_ms
+    assert payload["applied"]["vad"] is True
     # VAD segments cover every sentence of the recording (Silero's 32 ms frames, 200 ms padding:
     # 300 ms tolerance), and nothing lies in the long pauses.
-    segs = payload["vad_segments"]
+    segs = [(s["start_ms"], s["end_ms"]) for s in payload["segments"]]
     for start, end in long_rec.spans:
         s_ms, e_ms = start * 1000 // SR, end * 1000 // SR
         assert any(a - 300 <= s_ms and e_ms <= b + 300 for a, b in segs), (s_ms, e_ms, segs)
@@ -50,7 +53,8 @@ def test_cli_vad_writes_valid_subtitles_on_the_original_timeline(tiny_model_dir,
         # so a sentence may span the short pauses a segment contains, not the long ones).
         assert sent["end_ms"] <= duration_ms and sent["start_ms"] < sent["end_ms"]
         assert any(a <= sent["start_ms"] <= b for a, b in _merge(speech, 2600)), sent
-    assert payload["timestamps"] == sorted(payload["timestamps"])
+    starts = [t["start_ms"] for t in payload["tokens"]]
+    assert starts and starts == sorted(starts)
     assert (out / "meeting.txt").read_text(encoding="utf-8").strip() == payload["text"]
 
 
@@ -72,7 +76,8 @@ def test_cli_auto_vad_keeps_short_files_on_one_clip(tiny_model_dir, tmp_path):
     assert main(["transcribe", str(wav), "--model", str(tiny_model_dir), "--device", "cpu",
                  "--format", "json", "--output-dir", str(tmp_path / "o"), "--quiet"]) == 0
     payload = json.loads((tmp_path / "o" / "short.json").read_text(encoding="utf-8"))
-    assert "sentences" not in payload and "timings" in payload  # the engine's own transcript
+    assert payload["applied"]["vad"] is False
+    assert payload["segments"] == [{"start_ms": 0, "end_ms": len(rec.audio) * 1000 // SR}]
 
 
 @pytest.fixture(scope="module")
@@ -121,19 +126,17 @@ def test_clustering_separates_distinct_embeddings_and_honours_the_count():
     assert len(set(cluster_speakers(big, SpeakerOptions(max_points=100)).tolist())) == 3
 
 
-def test_streaming_memory_does_not_grow_with_length(engine, long_rec):
-    """The long path holds one group of segments at a time, not the recording: the peak of
-    Python/numpy memory (tracemalloc, which numpy reports to; free of allocator noise) for a
-    9-minute stream equals that of a 5-minute one within 4 MB, where holding the extra 4 minutes
-    of audio alone would add 15 MB. Both are longer than Silero's 128 s decision block, which sets
-    the fixed part of the peak. The stream is generated block by block from a real espeak
-    recording, as a file reader would yield it."""
+def test_streaming_memory_does_not_grow_with_length(tiny_model_dir, engine, long_rec):
+    """A recording streams through the pipeline: the peak of Python/numpy memory (tracemalloc,
+    which numpy reports to; free of allocator noise) for a 9-minute stream equals that of a
+    5-minute one within 4 MB, where holding the extra 4 minutes of audio alone would add 15 MB.
+    Both are longer than Silero's 128 s decision block, which sets the fixed part of the peak.
+    The stream is generated block by block from a real espeak recording, as a decoder yields it."""
     import tracemalloc
 
-    from asr.pipeline.vad import SileroVad
-
-    vad = SileroVad()
-    opts = LongformOptions(group_s=15.0)
+    settings = load_settings(None, engine={"model": str(tiny_model_dir), "device": "cpu"},
+                             longform={"group_s": 15.0, "punc_model": None})
+    options = Options(vad=True, punctuation=False)
     block = 10 * SR
 
     def stream(minutes: float):
@@ -142,15 +145,14 @@ def test_streaming_memory_does_not_grow_with_length(engine, long_rec):
             offset = start % (len(long_rec.audio) - block)
             yield long_rec.audio[offset : offset + min(block, total - start)].copy()
 
-    transcribe_long(engine.transcribe, stream(0.5), vad, opts=opts)  # warm-up: lazy imports, caches
+    transcribe_files(settings, engine, [blocks_stream(stream(0.5))], options)  # warm-up: lazy imports
     peaks = {}
     for minutes in (5, 9):
         tracemalloc.start()
         try:
-            result = transcribe_long(engine.transcribe, stream(minutes), vad, opts=opts)
+            (result,) = transcribe_files(settings, engine, [blocks_stream(stream(minutes))], options)
             peaks[minutes] = tracemalloc.get_traced_memory()[1] / 2**20
         finally:
             tracemalloc.stop()
-        assert result.duration_s == pytest.approx(minutes * 60, abs=1) and result.segments
+        assert result.duration_ms == pytest.approx(minutes * 60_000, abs=1000) and result.segments
     assert peaks[9] - peaks[5] < 4, peaks
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from speech import SENTENCES, recording, require_espeak
 
-from asr.pipeline.longform import transcribe_files_long, transcribe_long
+from asr.pipeline.formats import render
+from asr.pipeline.options import Options
+from asr.pipeline.pipeline import transcribe_files
 from asr.pipeline.punc import Punctuator, make_punc_model_dir, split_words
 from asr.pipeline.subtitles import (
     Sentence,
@@ -25,7 +28,7 @@ from asr.pipeline.subtitles import (
     validate_vtt,
     words_from_tokens,
 )
-from asr.pipeline.vad import SileroVad, VadOptions
+from asr.settings import load_settings
 
 SR = 16000
 
@@ -83,9 +86,14 @@ def test_paragraphs_per_speaker():
 
 
 @pytest.fixture(scope="module")
-def punctuator(tmp_path_factory):
+def punc_dir(tmp_path_factory):
     vocab = sorted({c for s in SENTENCES for c in s if not c.isascii()})
-    return Punctuator(make_punc_model_dir(tmp_path_factory.mktemp("punc"), vocab, seed=0))
+    return make_punc_model_dir(tmp_path_factory.mktemp("punc"), vocab, seed=0)
+
+
+@pytest.fixture(scope="module")
+def punctuator(punc_dir):
+    return Punctuator(punc_dir)
 
 
 def test_punctuation_batched_equals_single_and_funasr(punctuator):
@@ -109,11 +117,14 @@ class _FakeTranscript:
     timestamps: list[tuple[int, int]]
 
 
-def _marker_engine(calls):
+class _MarkerEngine:
     """Stand-in for pure timeline mapping: one token per clip spanning its audible part."""
 
-    def transcribe(audios, hotwords):
-        calls.append((len(audios), hotwords))
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list]] = []
+
+    def transcribe(self, audios, hotwords):
+        self.calls.append((len(audios), hotwords))
         out = []
         for a in audios:
             loud = np.nonzero(np.abs(a) > 0.05)[0]
@@ -121,54 +132,85 @@ def _marker_engine(calls):
             out.append(_FakeTranscript("字", ["字"], [ms]))
         return out
 
-    return transcribe
+    def info(self):
+        return {}
+
+
+def _settings(**longform):
+    return load_settings(None, engine={"device": "cpu"}, longform={"punc_model": None, **longform})
 
 
 def test_timeline_maps_back_to_known_positions():
     require_espeak()
     rec = recording(SENTENCES[:6], [2.0, 1.2], noise=0.002)
-    calls: list = []
-    opts_vad = VadOptions(min_segment_s=0, merge_gap_s=0)
-    from asr.pipeline.longform import LongformOptions
-
-    result = transcribe_long(_marker_engine(calls), rec.audio, SileroVad(), hotwords=["会议"],
-                             opts=LongformOptions(vad=opts_vad))
-    assert calls[0][1] == ["会议"]
-    assert len(result.segments) == len(rec.spans)
-    for seg, (start, end) in zip(result.segments, rec.spans):
-        w = seg.words[0]
-        assert abs(w.start_ms - start * 1000 // SR) <= 60
-        assert abs(w.end_ms - end * 1000 // SR) <= 60
-    assert validate_srt(result.srt()) == len(result.sentences)
-    assert abs(result.duration_s - len(rec.audio) / SR) < 1e-6
+    engine = _MarkerEngine()
+    # No merging of neighbouring regions: each sentence is its own segment.
+    settings = _settings(min_segment_s=0, merge_gap_s=0)
+    options = Options(hotwords=("会议",), vad=True, punctuation=False)
+    (result,) = transcribe_files(settings, engine, [_wav(rec.audio)], options)
+    assert all(h == ["会议"] for _, hw in engine.calls for h in hw)
+    assert len(result.segments) == len(rec.spans) == len(result.tokens)
+    for token, (start, end) in zip(result.tokens, rec.spans):
+        assert abs(token.start_ms - start * 1000 // SR) <= 60
+        assert abs(token.end_ms - end * 1000 // SR) <= 60
+    assert validate_srt(render(result, "srt")) == len(result.sentences)
+    assert result.duration_ms == len(rec.audio) * 1000 // SR
 
 
 def test_files_share_engine_calls_with_per_file_hotwords():
+    """Segments of two recordings in flight together are batched by the scheduler into shared
+    engine calls, each item with its own file's hotwords."""
     require_espeak()
     a = recording(SENTENCES[:2], [1.5])
     b = recording(SENTENCES[2:5], [1.5])
-    calls: list = []
-    res = transcribe_files_long(_marker_engine(calls), [a.audio, iter(np.array_split(b.audio, 4))],
-                                SileroVad(), hotwords=[["甲"], ["乙"]])
-    assert len(calls) == 1  # both files' segments went through one engine call
-    n_a, n_b = len(res[0].segments), len(res[1].segments)
-    assert calls[0][1] == [["甲"]] * n_a + [["乙"]] * n_b
-    assert res[1].segments[-1].segment.end_sample <= len(b.audio)
+    engine = _MarkerEngine()
+    settings = load_settings(None, engine={"device": "cpu", "max_batch_size": 64},
+                             server={"batch_wait_ms": 500}, longform={"punc_model": None})
+
+    async def run():
+        from asr.pipeline.pipeline import Pipeline
+
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            return await asyncio.gather(
+                pipeline.transcribe(_wav(a.audio), Options(hotwords=("甲",), vad=True)),
+                pipeline.transcribe(_wav(b.audio), Options(hotwords=("乙",), vad=True)),
+            )
+        finally:
+            await pipeline.stop()
+
+    res_a, res_b = asyncio.run(run())
+    items = [tuple(h) for _, hw in engine.calls for h in hw]
+    assert sorted(items) == sorted([("甲",)] * len(res_a.segments) + [("乙",)] * len(res_b.segments))
+    assert any({("甲",), ("乙",)} <= {tuple(h) for h in hw} for _, hw in engine.calls)  # shared calls
+    assert res_b.segments[-1].end_ms <= len(b.audio) * 1000 // SR
 
 
-def test_real_engine_and_punctuation_wiring(engine, punctuator):
+def test_real_engine_and_punctuation_wiring(tiny_model_dir, engine, punc_dir):
     """The project's tiny random-weight model: text is noise, but every piece must fit together."""
     require_espeak()
     rec = recording(SENTENCES[:4], [1.5, 0.8])
-    result = transcribe_long(engine.transcribe, rec.audio, SileroVad(), punc=punctuator)
-    assert result.segments
-    for seg in result.segments:
-        for w in seg.words:  # token times land inside their segment on the file's timeline
-            assert seg.segment.start_ms <= w.start_ms <= w.end_ms <= seg.segment.end_ms
-    if result.sentences:
-        assert validate_srt(result.srt()) == len(result.sentences)
-        assert validate_vtt(result.vtt()) == len(result.sentences)
-        assert result.text.endswith(("。", ".", "？", "?", "！", "!"))
+    settings = load_settings(None, engine={"model": str(tiny_model_dir), "device": "cpu"},
+                             longform={"punc_model": str(punc_dir)})
+    (result,) = transcribe_files(settings, engine, [_wav(rec.audio)], Options(vad=True))
+    assert result.segments and result.applied.punctuation and result.tokens
+    for token in result.tokens:  # token times land inside a segment on the file's timeline
+        assert any(seg.start_ms <= token.start_ms <= token.end_ms <= seg.end_ms for seg in result.segments)
+    assert result.sentences, "the tiny model yields tokens for this recording; sentences must follow"
+    assert validate_srt(render(result, "srt")) == len(result.sentences)
+    assert validate_vtt(render(result, "vtt")) == len(result.sentences)
+    assert result.text.endswith(("。", ".", "？", "?", "！", "!"))
+
+
+def _wav(audio) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
 
 
 def _join_words_reference(words) -> str:

@@ -68,38 +68,55 @@ def _peak_rss_mb() -> float:
 
 def measure(model: str, seconds: float, device: str = "auto", vad_dir: str | None = None,
             group_s: float = 600.0) -> dict[str, Any]:
-    """Transcribe one generated recording in this process; memory and speed figures."""
+    """Transcribe one generated recording in this process, through the pipeline every door uses;
+    memory and speed figures."""
+    import asyncio
+
     import torch
 
-    from asr.engine.core import Engine
-    from asr.pipeline.longform import LongformOptions, transcribe_long
-    from asr.pipeline.vad import FsmnVad, make_fsmn_vad_dir
-    from asr.settings import EngineSettings
+    from asr.engine import Engine
+    from asr.pipeline.options import Options
+    from asr.pipeline.pipeline import Pipeline, blocks_stream
+    from asr.pipeline.vad import make_fsmn_vad_dir
+    from asr.settings import load_settings
 
-    engine = Engine.from_settings(EngineSettings(model=model, device=device, warmup=False))
     if vad_dir is None:
         # -20 dB per 25 ms frame: the pauses' faint noise (-28 dB) is silence, utterances speech.
         vad_dir = str(make_fsmn_vad_dir(Path(tempfile.mkdtemp()) / "vad", seed=0, decibel_thres=-20.0))
-    vad = FsmnVad(vad_dir)
-    # Warm the engine on one group-sized call, so lazy allocations are not counted as growth.
-    transcribe_long(engine.transcribe, speech_like_blocks(30.0, seed=1), vad,
-                    opts=LongformOptions(group_s=group_s))
-    cuda = torch.cuda.is_available() and engine.info().get("device", "cpu").startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    base_rss = _rss_mb()
-    t0 = time.perf_counter()
-    result = transcribe_long(engine.transcribe, speech_like_blocks(seconds, seed=0), vad,
-                             opts=LongformOptions(group_s=group_s))
-    elapsed = time.perf_counter() - t0
+    settings = load_settings(
+        None,
+        engine={"model": model, "device": device, "warmup": False},
+        longform={"vad": "fsmn", "vad_model": vad_dir, "group_s": group_s, "punc_model": None},
+    )
+    engine = Engine.from_settings(settings.engine)
+    options = Options(vad=True, punctuation=False)
+
+    async def go() -> tuple[Any, float, float, bool]:
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            # Warm the engine on one window-sized recording, so lazy allocations are not growth.
+            await pipeline.transcribe(blocks_stream(speech_like_blocks(30.0, seed=1)), options)
+            cuda = torch.cuda.is_available() and engine.info().get("device", "cpu").startswith("cuda")
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            base_rss = _rss_mb()
+            t0 = time.perf_counter()
+            result = await pipeline.transcribe(blocks_stream(speech_like_blocks(seconds, seed=0)), options)
+            return result, time.perf_counter() - t0, base_rss, cuda
+        finally:
+            await pipeline.stop()
+
+    result, elapsed, base_rss, cuda = asyncio.run(go())
+    audio_s = result.duration_ms / 1000
     out = {
-        "audio_s": round(result.duration_s, 1),
-        "speech_s": round(result.speech_s, 1),
+        "audio_s": round(audio_s, 1),
+        "speech_s": round(sum(s.end_ms - s.start_ms for s in result.segments) / 1000, 1),
         "segments": len(result.segments),
         "sentences": len(result.sentences),
         "elapsed_s": round(elapsed, 2),
-        "x_realtime": round(result.duration_s / elapsed, 1),
+        "x_realtime": round(audio_s / elapsed, 1),
         "rss_before_mb": round(base_rss, 1),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "device": engine.info().get("device"),
@@ -142,7 +159,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="model directory (e.g. from make-model --size full)")
     p.add_argument("--device", default="auto")
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 120])
-    p.add_argument("--group-s", type=float, default=600.0, help="segment seconds per engine call")
+    p.add_argument("--group-s", type=float, default=600.0, help="streaming window: seconds in flight")
     p.add_argument("--vad-model", help="FSMN-VAD dir (default: a generated energy VAD)")
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)  # child process: one length, seconds
     p.set_defaults(func=run)

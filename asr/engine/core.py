@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -44,7 +43,6 @@ MIN_SAMPLES = 400
 ASF_KEEP = 50
 _UPSAMPLE = 3  # CifPredictorV3's timestamp head runs at three times the encoder frame rate
 _OVERLAP_MIN_BATCH = 8  # smaller batches run the timestamp head inline (see _start_timestamps)
-_GIL_SWITCH_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -169,11 +167,6 @@ class Engine:
         self._side_stream = torch.cuda.Stream(device) if overlap else None
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="asr-timestamps") if overlap else None
         self._batch_pool = ThreadPoolExecutor(2, thread_name_prefix="asr-batches") if cuda else None
-        if cuda and sys.getswitchinterval() > _GIL_SWITCH_S:
-            # A thread launching GPU work gives up the GIL at every torch call; while another
-            # thread turns results into text (pure Python), each re-acquire waits out the switch
-            # interval (5 ms by default): 15 ms GPU gaps were measured between batches.
-            sys.setswitchinterval(_GIL_SWITCH_S)
         self.frontend_kind = "funasr" if settings.frontend == "funasr" else "torch"
         self._frontend = self._build_frontend()
         self.attention_backend = patch_attention(self.model, self._attention_choice())
@@ -186,9 +179,8 @@ class Engine:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_settings(cls, settings: EngineSettings) -> Engine:
-        """Resolve, load and (optionally) warm up the model named in `settings`."""
-        if settings.num_threads:
-            torch.set_num_threads(settings.num_threads)
+        """Resolve, load and (optionally) warm up the model named in `settings`. Process-wide
+        settings (torch threads, the GIL switch interval) are `asr.runtime.configure_process`'s."""
         device = default_device(settings.device)
         model_dir = resolve_model_dir(settings.model, settings.model_cache)
         engine = cls(load_model(model_dir, device), settings, device)

@@ -1,19 +1,26 @@
-"""Audio decoding: any file or bytes a user sends in, float32 16 kHz mono out.
+"""Audio decoding: any file or bytes a user sends in, float32 16 kHz mono out, as a stream.
+
+`open_audio` reads the header (length, rate) and then decodes on demand, block by block, so a
+long or heavily compressed file never sits in memory decoded whole: a 4-hour 8 kHz mp3 of 14 MB
+would be 920 MB as float32 at 16 kHz. `decode_audio` joins the blocks for callers that want one
+array (short files, tests).
 
 16-bit PCM WAV, what recorders and scripts send most, is read by the standard library's `wave`
-and converted by numpy in one pass (libsndfile reads from memory through Python callbacks, which
-under a busy server's GIL cost more than the decoding). soundfile (libsndfile) reads the other
-WAV/FLAC/OGG/AIFF variants quickly and exactly; everything else (mp3, m4a/aac, webm/opus, ...)
-goes through PyAV, whose wheel ships FFmpeg's decoders, so no system ffmpeg is needed.
-Resampling uses soxr (the SoX resampler, 'HQ'): band-limited, phase-linear and fast, and audio
-already at 16 kHz is never resampled.
+and converted by numpy (libsndfile reads from memory through Python callbacks, which under a busy
+server's GIL cost more than the decoding). soundfile (libsndfile) reads the other WAV/FLAC/OGG/AIFF
+variants quickly and exactly; everything else (mp3, m4a/aac, webm/opus, ...) goes through PyAV,
+whose wheel ships FFmpeg's decoders, so no system ffmpeg is needed. Resampling uses soxr (the SoX
+resampler, 'HQ') as a stream, which gives the same samples as resampling the whole file at once;
+audio already at 16 kHz is never resampled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import wave
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,31 +31,130 @@ import soxr
 from asr.errors import ASRError, AudioError, LimitError
 
 SAMPLE_RATE = 16000
+BYTES_PER_SECOND = SAMPLE_RATE * 4  # decoded float32 mono audio
 # Sample rates accepted from headers: telephone-band up to studio rates.
 MIN_RATE = 1000
 MAX_RATE = 384000
-# Decode in blocks so a header that lies about its length cannot make us allocate gigabytes.
-_BLOCK_FRAMES = 1 << 18
+# Seconds of source audio per decoded block: small enough that a block of any rate is a few MB,
+# large enough that per-block overhead (VAD, resampling) stays negligible.
+BLOCK_S = 10.0
+
+# Containers libsndfile reads, by their first bytes: a file that starts like one but cannot be
+# opened is damaged (400), not an unknown format (415).
+_CONTAINER_MAGIC = {b"RIFF": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF"}
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 
+class AudioStream:
+    """An opened recording: its length from the header (when the format states one) and its
+    samples, decoded on demand as float32 mono 16 kHz blocks by `blocks()`.
+
+    Decoding errors surface from `blocks()` as `AudioError`/`LimitError`; a truncated tail keeps
+    what decoded, as players do. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        duration_s: float | None,
+        source_blocks: Iterator[np.ndarray],
+        close: Callable[[], None],
+        max_duration_s: float | None,
+    ) -> None:
+        self.rate = rate
+        self.duration_s = duration_s
+        """Length stated by the header (an estimate for compressed formats), None if unknown."""
+        self._source_blocks = source_blocks
+        self._close = close
+        self._limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
+        self._max_duration_s = max_duration_s
+        self.samples = 0
+        """16 kHz samples yielded so far."""
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The audio as float32 mono 16 kHz blocks (about `BLOCK_S` seconds each)."""
+        resampler = (
+            None if self.rate == SAMPLE_RATE
+            else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        )  # fmt: skip
+        source_total = 0
+        for block in self._source_blocks:
+            source_total += len(block)
+            if self._limit is not None and source_total > self._limit:
+                raise _too_long(self._max_duration_s)
+            if not np.isfinite(block).all():
+                if np.isnan(block).any():
+                    raise AudioError("The audio contains NaN sample values.", code="non_finite_audio")
+                raise AudioError("The audio contains infinite sample values.", code="non_finite_audio")
+            out = block if resampler is None else resampler.resample_chunk(block, last=False)
+            if len(out):
+                self.samples += len(out)
+                yield np.ascontiguousarray(out, dtype=np.float32)
+        if resampler is not None and source_total:
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                self.samples += len(tail)
+                yield np.ascontiguousarray(tail, dtype=np.float32)
+        if self.samples == 0:
+            raise AudioError("The audio contains no samples.", code="empty_audio")
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> AudioStream:
+    """Open `source` (bytes, a path or a seekable binary file object) for streamed decoding.
+
+    Raises AudioError for empty or undecodable input and LimitError when the header already says
+    the audio is longer than `max_duration_s` (a longer stream is refused while it decodes).
+    """
+    handle, owned = _open_source(source)
+    # libsndfile and FFmpeg read a path natively; a file object costs a Python callback per read.
+    name = str(source) if isinstance(source, (str, os.PathLike)) else None
+    try:
+        size = _size(handle)
+        if size == 0:
+            raise AudioError("The file is empty: it contains no bytes.", code="empty_file")
+        magic = handle.read(4)
+        for opener in (_open_wav_pcm16, _open_soundfile, _open_av):
+            handle.seek(0)
+            try:
+                stream = opener(handle if opener is _open_wav_pcm16 or name is None else name, size, max_duration_s)
+            except AudioError as exc:
+                if exc.code == "unsupported_format" and magic in _CONTAINER_MAGIC:
+                    # The container is one we know (its magic says so): it is damaged, not foreign.
+                    raise AudioError(
+                        f"The {_CONTAINER_MAGIC[magic]} audio file is damaged: its header could not be read.",
+                        code="corrupt_audio",
+                    ) from exc
+                raise
+            if stream is not None:
+                if owned:
+                    stream._close = lambda inner=stream._close: (inner(), handle.close())
+                return stream
+        raise AssertionError("unreachable: the PyAV opener never returns None")
+    except BaseException:
+        if owned:
+            handle.close()
+        raise
+
+
 def decode_audio(source: AudioSource, *, max_duration_s: float | None = None) -> np.ndarray:
-    """Decode `source` (bytes, a path or a binary file object) to float32 mono at 16 kHz.
+    """Decode `source` (bytes, a path or a binary file object) to one float32 mono 16 kHz array.
 
     Raises AudioError for empty, undecodable, truncated or non-finite input and LimitError when the
     audio is longer than `max_duration_s`.
     """
-    data = _read_source(source)
-    if not data:
-        raise AudioError("The file is empty: it contains no bytes.", code="empty_file")
-    decoded = _decode_wav_pcm16(data, max_duration_s)
-    if decoded is None:
-        try:
-            decoded = _decode_soundfile(data, max_duration_s)
-        except _NotForSoundfile:
-            decoded = _decode_av(data, max_duration_s)
-    return _finish(*decoded)
+    with open_audio(source, max_duration_s=max_duration_s) as stream:
+        blocks = list(stream.blocks())
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def duration_s(audio: np.ndarray) -> float:
@@ -56,19 +162,25 @@ def duration_s(audio: np.ndarray) -> float:
     return len(audio) / SAMPLE_RATE
 
 
-def _read_source(source: AudioSource) -> bytes:
+def _open_source(source: AudioSource) -> tuple[BinaryIO, bool]:
+    """A seekable binary handle for `source`, and whether we opened it (and must close it)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
+        return io.BytesIO(bytes(source)), True
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise AudioError(f"No such audio file: {path.name}", code="file_not_found")
-        return path.read_bytes()
-    return source.read()
+        return open(path, "rb"), True  # noqa: SIM115 - closed by the stream
+    if not source.seekable():
+        return io.BytesIO(source.read()), True
+    return source, False
 
 
-class _NotForSoundfile(Exception):
-    """libsndfile does not know the container; PyAV gets a try."""
+def _size(handle: BinaryIO) -> int:
+    handle.seek(0, io.SEEK_END)
+    size = handle.tell()
+    handle.seek(0)
+    return size
 
 
 def _too_long(max_duration_s: float | None) -> LimitError:
@@ -76,90 +188,6 @@ def _too_long(max_duration_s: float | None) -> LimitError:
         f"The audio is longer than the limit of {max_duration_s:g} seconds (limits.max_audio_s).",
         code="audio_too_long",
     )
-
-
-def _decode_wav_pcm16(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int] | None:
-    """Plain 16-bit PCM WAV, or None for anything else (soundfile then reads or diagnoses it).
-    Samples equal libsndfile's float32 reading (int / 32768); a truncated data chunk keeps what is
-    there, as libsndfile does."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    if int.from_bytes(data[4:8], "little") + 8 != len(data):
-        # A RIFF size that disagrees with the bytes (streamed or truncated files): libsndfile
-        # reads what is there, `wave` stops at the stated size. Leave those to libsndfile.
-        return None
-    try:
-        with wave.open(io.BytesIO(data)) as wav:
-            if wav.getsampwidth() != 2 or wav.getcomptype() != "NONE" or wav.getnchannels() < 1:
-                return None
-            rate, channels = wav.getframerate(), wav.getnchannels()
-            _check_rate(rate)
-            limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
-            # Refused from the header before any copy when the data present (the header's
-            # length, clamped to the bytes there) is clearly over the limit.
-            if limit is not None and min(wav.getnframes(), len(data) // (2 * channels)) > limit + 64:
-                raise _too_long(max_duration_s)
-            raw = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError, ValueError):
-        return None
-    frames = len(raw) // (2 * channels)
-    if limit is not None and frames > limit:
-        raise _too_long(max_duration_s)
-    if frames == 0:
-        return None  # soundfile says why (no data at all)
-    pcm = np.frombuffer(raw, dtype="<i2", count=frames * channels).reshape(frames, channels)
-    samples = pcm.astype(np.float32) * np.float32(1 / 32768)
-    return (samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]), rate
-
-
-def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
-    try:
-        handle = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise _NotForSoundfile from exc
-    with handle:
-        rate = handle.samplerate
-        if rate <= 0:
-            raise AudioError("The audio header gives an invalid sample rate.", code="bad_header")
-        _check_rate(rate)
-        limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
-        # libsndfile clamps a header's length to the data really present, so a file whose header
-        # says it is too long is refused before any decoding (a 2-hour upload costs nothing).
-        # Unknown lengths are reported as huge values and are left to the block count below.
-        if limit is not None and limit < handle.frames < 2**62:
-            raise _too_long(max_duration_s)
-        blocks: list[np.ndarray] = []
-        total = 0
-        try:
-            while True:
-                block = handle.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-                if not len(block):
-                    break
-                blocks.append(block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0])
-                total += len(block)
-                if limit is not None and total > limit:
-                    raise _too_long(max_duration_s)
-        except sf.LibsndfileError as exc:
-            if not blocks:
-                raise AudioError(
-                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
-                ) from exc
-            # A truncated tail: keep what decoded, as players do.
-    samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-    return samples, rate
-
-
-def _decode_av(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
-    try:
-        return _decode_av_unchecked(data, max_duration_s)
-    except ASRError:
-        raise
-    except (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError) as exc:
-        # FFmpeg's demuxers accept odd streams (no sample rate, zero channels, broken layouts)
-        # that PyAV then fails to describe; for the user it is the same undecodable file.
-        raise AudioError(
-            f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
-        ) from exc
 
 
 def _check_rate(rate: int) -> None:
@@ -171,17 +199,113 @@ def _check_rate(rate: int) -> None:
         )
 
 
-def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+def _mono(block: np.ndarray) -> np.ndarray:
+    """Channels averaged: [frames, channels] -> [frames]."""
+    return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+
+
+def _open_wav_pcm16(handle: BinaryIO, size: int, max_duration_s: float | None) -> AudioStream | None:
+    """Plain 16-bit PCM WAV, or None for anything else (soundfile then reads or diagnoses it).
+    Samples equal libsndfile's float32 reading (int / 32768)."""
+    head = handle.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    if int.from_bytes(head[4:8], "little") + 8 != size:
+        # A RIFF size that disagrees with the bytes (streamed or truncated files): libsndfile
+        # reads what is there, `wave` stops at the stated size. Leave those to libsndfile.
+        return None
+    handle.seek(0)
+    try:
+        wav = wave.open(handle)  # noqa: SIM115 - closed by the stream
+    except (wave.Error, EOFError, ValueError):
+        return None
+    try:
+        if wav.getsampwidth() != 2 or wav.getcomptype() != "NONE" or wav.getnchannels() < 1:
+            wav.close()
+            return None
+        rate, channels = wav.getframerate(), wav.getnchannels()
+        _check_rate(rate)
+        # The data present: the header's length, clamped to the bytes there.
+        frames = min(wav.getnframes(), size // (2 * channels))
+    except (wave.Error, EOFError, ValueError):
+        wav.close()
+        return None
+    except ASRError:
+        wav.close()
+        raise
+    if frames == 0:
+        wav.close()
+        return None  # soundfile says why (no data at all)
+    if max_duration_s is not None and frames > int(max_duration_s * rate) + 1 + 64:
+        wav.close()
+        raise _too_long(max_duration_s)
+    step = max(1, int(BLOCK_S * rate))
+
+    def blocks() -> Iterator[np.ndarray]:
+        while raw := wav.readframes(step):
+            n = len(raw) // (2 * channels)
+            if n == 0:
+                break
+            pcm = np.frombuffer(raw, dtype="<i2", count=n * channels).reshape(n, channels)
+            yield _mono(pcm.astype(np.float32) * np.float32(1 / 32768))
+
+    return AudioStream(rate, frames / rate, blocks(), wav.close, max_duration_s)
+
+
+def _open_soundfile(handle: BinaryIO | str, size: int, max_duration_s: float | None) -> AudioStream | None:
+    try:
+        snd = sf.SoundFile(handle)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None  # not a container libsndfile knows: PyAV gets a try
+    try:
+        rate = snd.samplerate
+        if rate <= 0:
+            raise AudioError("The audio header gives an invalid sample rate.", code="bad_header")
+        _check_rate(rate)
+        # libsndfile clamps a header's length to the data really present, so a file whose header
+        # says it is too long is refused before any decoding (a 2-hour upload costs nothing).
+        # Unknown lengths are reported as huge values and are left to the block count.
+        known = 0 < snd.frames < 2**62
+        if known and max_duration_s is not None and snd.frames > int(max_duration_s * rate) + 1:
+            raise _too_long(max_duration_s)
+    except BaseException:
+        snd.close()
+        raise
+    step = max(1, int(BLOCK_S * rate))
+
+    def blocks() -> Iterator[np.ndarray]:
+        decoded = False
+        while True:
+            try:
+                block = snd.read(step, dtype="float32", always_2d=True)
+            except sf.LibsndfileError as exc:
+                if not decoded:
+                    raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                return  # a truncated tail: keep what decoded
+            if not len(block):
+                return
+            decoded = True
+            yield _mono(block)
+
+    return AudioStream(rate, snd.frames / rate if known else None, blocks(), snd.close, max_duration_s)
+
+
+# FFmpeg's demuxers accept odd streams (no sample rate, zero channels, broken layouts) that PyAV
+# then fails to describe; for the user it is the same undecodable file.
+_AV_ODDITIES = (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError)
+
+
+def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) -> AudioStream:
     import av  # imported lazily: only compressed formats need FFmpeg
 
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        container = av.open(handle, mode="r")
+    except (av.error.FFmpegError, *_AV_ODDITIES) as exc:
         raise AudioError(
             "The file is not a recognised audio format (tried WAV/FLAC/OGG and FFmpeg's decoders).",
             code="unsupported_format",
         ) from exc
-    with container:
+    try:
         streams = [s for s in container.streams if s.type == "audio"]
         if not streams:
             raise AudioError("The file contains no audio stream.", code="no_audio_stream")
@@ -190,41 +314,66 @@ def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.
         if not rate:
             raise AudioError("The audio stream has no sample rate.", code="bad_header")
         _check_rate(rate)
-        limit = None if max_duration_s is None else int(max_duration_s * rate) + 1
-        blocks: list[np.ndarray] = []
-        total = 0
-        try:
-            for frame in container.decode(stream):
-                block = frame.to_ndarray()
-                if block.dtype.kind in "iu":
-                    info = np.iinfo(block.dtype)
-                    block = block.astype(np.float32) / float(max(abs(info.min), info.max))
-                block = block.astype(np.float32, copy=False)
-                if frame.format.is_planar:
-                    mono = block.mean(axis=0)
-                else:
-                    mono = block.reshape(-1, len(frame.layout.channels)).mean(axis=1)
-                if frame.sample_rate and frame.sample_rate != rate:
-                    mono = soxr.resample(mono, frame.sample_rate, rate, quality="HQ")
-                blocks.append(mono.astype(np.float32, copy=False))
-                total += len(mono)
-                if limit is not None and total > limit:
-                    raise _too_long(max_duration_s)
-        except av.error.FFmpegError as exc:
-            if not blocks:
+        estimate = None
+        if stream.duration is not None and stream.time_base is not None:
+            estimate = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            estimate = container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+    except ASRError:
+        container.close()
+        raise
+    except _AV_ODDITIES as exc:
+        container.close()
+        raise AudioError(f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio") from exc
+    step = max(1, int(BLOCK_S * rate))
+
+    def frames() -> Iterator[np.ndarray]:
+        for frame in container.decode(stream):
+            block = frame.to_ndarray()
+            if block.dtype.kind in "iu":
+                info = np.iinfo(block.dtype)
+                block = block.astype(np.float32) / float(max(abs(info.min), info.max))
+            block = block.astype(np.float32, copy=False)
+            if frame.format.is_planar:
+                mono = block.mean(axis=0)
+            else:
+                mono = block.reshape(-1, len(frame.layout.channels)).mean(axis=1)
+            if frame.sample_rate and frame.sample_rate != rate:
+                mono = soxr.resample(mono, frame.sample_rate, rate, quality="HQ")
+            yield mono.astype(np.float32, copy=False)
+
+    def blocks() -> Iterator[np.ndarray]:
+        # Codec frames are small (1,152 samples for mp3): they are gathered into blocks.
+        pending: list[np.ndarray] = []
+        held = 0
+        decoded = False
+        source = frames()
+        while True:
+            try:
+                mono = next(source)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                if not decoded and not pending:
+                    raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                break  # a truncated tail: keep what decoded
+            except _AV_ODDITIES as exc:
                 raise AudioError(
-                    f"The audio data could not be decoded ({exc}).", code="corrupt_audio"
+                    f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
                 ) from exc
-    if not blocks:
-        raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
-    return np.concatenate(blocks), rate
+            pending.append(mono)
+            held += len(mono)
+            if held >= step:
+                decoded = True
+                yield np.concatenate(pending)
+                pending, held = [], 0
+        if pending:
+            yield np.concatenate(pending)
+        elif not decoded:
+            raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
 
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            container.close()
 
-def _finish(samples: np.ndarray, rate: int) -> np.ndarray:
-    if samples.size == 0:
-        raise AudioError("The audio contains no samples.", code="empty_audio")
-    if not np.isfinite(samples).all():
-        raise AudioError("The audio contains NaN or infinite sample values.", code="non_finite_audio")
-    if rate != SAMPLE_RATE:
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(samples, dtype=np.float32)
+    return AudioStream(rate, estimate, blocks(), close, max_duration_s)

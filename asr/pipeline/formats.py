@@ -1,71 +1,79 @@
-"""Output formats for one transcript: plain text, JSON, SRT and WebVTT.
+"""Every output rendered from a `Result`: plain text, JSON, SRT, WebVTT and OpenAI's shapes.
 
-There is one way to make subtitles: words with times -> `asr.pipeline.subtitles.build_sentences` (cues end
-at sentence marks, long pauses, speaker changes or a readable length) -> `asr.pipeline.subtitles.to_srt` /
-`to_vtt` (cues never overlap, run backwards or outlast the file). A short transcript's tokens
-become words here; a long recording (`asr.pipeline.longform.LongTranscript`) already carries its sentences.
+Pure functions of the result: the CLI's files, the API's responses, the zip of a batch job and
+the web UI's boxes all come from here, so a result looks the same whichever door it left by.
+Subtitles come from the result's sentences (`asr.pipeline.subtitles.to_srt` / `to_vtt`: cues never
+overlap, run backwards or outlast the file).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any, Literal
 
-from asr.pipeline.subtitles import (
-    Sentence,
-    build_sentences,
-    to_paragraphs,
-    to_srt,
-    to_vtt,
-    words_from_tokens,
-)
+from asr.pipeline.result import Result
+from asr.pipeline.subtitles import to_paragraphs, to_srt, to_vtt
 
 Format = Literal["txt", "json", "srt", "vtt"]
 FORMATS: tuple[Format, ...] = ("txt", "json", "srt", "vtt")
+MEDIA_TYPES = {
+    "txt": "text/plain; charset=utf-8",
+    "json": "application/json",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+}
+
+OpenAIFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 
-def sentences_of(result: Any) -> list[Sentence]:
-    """The subtitle sentences of an engine `Transcript` or a `LongTranscript`."""
-    sentences = getattr(result, "sentences", None)
-    if sentences is not None:
-        return list(sentences)
-    tokens = list(result.tokens or [])
-    stamps = list(result.timestamps or [])
-    if tokens and len(stamps) == len(tokens):
-        return build_sentences(words_from_tokens(tokens, stamps))
-    text = result.text.strip()
-    return [Sentence(text, 0, max(1, round(result.duration_s * 1000)))] if text else []
-
-
-def sentences_from_dict(result: Mapping[str, Any]) -> list[Sentence]:
-    """Sentences of a stored JSON result (the service's `sentences`, else its `segments`)."""
-    if "sentences" in result:
-        return [Sentence(s["text"], int(s["start_ms"]), int(s["end_ms"]), s.get("speaker"))
-                for s in result["sentences"]]
-    return [Sentence(s["text"], round(s["start"] * 1000), round(s["end"] * 1000), s.get("speaker"))
-            for s in result.get("segments", [])]
-
-
-def render_sentences(sentences: list[Sentence], text: str, fmt: str, duration_s: float | None) -> str:
-    """txt, srt or vtt from sentences; speaker labels appear when the sentences have them."""
-    speakers = any(s.speaker for s in sentences)
-    until = None if duration_s is None else round(duration_s * 1000)
+def render(result: Result, fmt: str) -> str:
+    """`result` as txt, json, srt or vtt (each ends with a newline)."""
+    if fmt == "json":
+        return result.to_json(indent=1).decode() + "\n"
+    speakers = bool(result.speakers)
     if fmt == "txt":
-        return to_paragraphs(sentences) if speakers else text + "\n"
+        return to_paragraphs(list(result.sentences)) if speakers else result.text + "\n"
     if fmt == "srt":
-        return to_srt(sentences, speakers=speakers, until_ms=until)
+        return to_srt(result.sentences, speakers=speakers, until_ms=result.duration_ms)
     if fmt == "vtt":
-        return to_vtt(sentences, speakers=speakers, until_ms=until)
+        return to_vtt(result.sentences, speakers=speakers, until_ms=result.duration_ms)
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def render(result: Any, fmt: Format, *, source: str | None = None) -> str:
-    """Render a Transcript or LongTranscript (anything with text, to_dict and either sentences or
-    tokens/timestamps) in `fmt`."""
-    if fmt == "json":
-        payload = result.to_dict()
-        if source is not None:
-            payload = {"file": source, **payload}
-        return json.dumps(payload, ensure_ascii=False, indent=1) + "\n"
-    return render_sentences(sentences_of(result), result.text, fmt, getattr(result, "duration_s", None))
+def openai_response(result: Result, response_format: str, *, words: bool = False) -> dict[str, Any] | str:
+    """The body OpenAI's /v1/audio/transcriptions returns: a dict for json / verbose_json, text for
+    text / srt / vtt. verbose_json segments are the result's sentences (in seconds, `speaker` when
+    speakers are on); `words` adds per-character (per English word) times."""
+    if response_format == "json":
+        return {"text": result.text}
+    if response_format == "text":
+        return result.text + "\n"
+    if response_format in ("srt", "vtt"):
+        return render(result, response_format)
+    if response_format != "verbose_json":
+        raise ValueError(f"unknown response_format {response_format!r}")
+    body: dict[str, Any] = {
+        "task": "transcribe",
+        "language": "chinese",
+        "duration": result.duration_ms / 1000,
+        "text": result.text,
+        "segments": [
+            {
+                "id": i,
+                "start": s.start_ms / 1000,
+                "end": s.end_ms / 1000,
+                "text": s.text,
+                **({"speaker": s.speaker} if s.speaker else {}),
+                # Whisper's decoder statistics: neutral values, this model has none.
+                "seek": 0,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+            for i, s in enumerate(result.sentences)
+        ],
+    }
+    if words:
+        body["words"] = [{"word": t.text, "start": t.start_ms / 1000, "end": t.end_ms / 1000} for t in result.tokens]
+    return body

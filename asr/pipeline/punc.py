@@ -17,15 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from asr.errors import ASRError, ModelLoadError
+from asr.errors import ModelLoadError, PuncOptionsError
 
 SENTENCE_END = frozenset("。？！?!.")
 
-
-class PuncOptionsError(ASRError, ValueError):
-    """Punctuation options that cannot work."""
-
-    code = "invalid_punc_options"
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from asr.errors import ASRError, ModelLoadError
+from asr.errors import ModelLoadError, SpeakerOptionsError
 
 SAMPLE_RATE = 16000
 
-
-class SpeakerOptionsError(ASRError, ValueError):
-    """Speaker options that cannot work."""
-
-    code = "invalid_speaker_options"
 
 
 @dataclass(frozen=True)

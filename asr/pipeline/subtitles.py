@@ -1,6 +1,6 @@
 """Sentences on the file's timeline, and the SRT / VTT / text writers (pure Python).
 
-The engine gives per-token [start_ms, end_ms] relative to each segment; `longform` shifts them by
+The engine gives per-token [start_ms, end_ms] relative to each segment; the pipeline shifts them by
 the segment offset and hands `TimedWord`s here. Cues are built so that players accept them: they
 never overlap, never run backwards, always last at least a moment and are never empty.
 """
@@ -11,17 +11,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asr.errors import ASRError
+from asr.errors import SubtitleError
 
 _SENTENCE_END = frozenset("。？！?!.")
 _PAUSE = frozenset("，、；：,;:")
 _MARKS = _SENTENCE_END | _PAUSE | frozenset("！；")
 
-
-class SubtitleError(ASRError, ValueError):
-    """A subtitle file that players would reject (bad numbering, times or text)."""
-
-    code = "invalid_subtitles"
 
 
 @dataclass(frozen=True)
@@ -216,10 +211,11 @@ def to_vtt(
 
 
 def to_text(sentences: Sequence[Sentence]) -> str:
-    """Plain text: CJK sentences run on, a space between sentences that end in ASCII."""
+    """Plain text: sentences run on, with a space only between ASCII on both sides (as
+    `join_words` spaces English words), so unpunctuated text reads as the engine's."""
     out = ""
     for s in sentences:
-        if out and (out[-1].isascii() or s.text[:1].isascii()):
+        if out and out[-1].isascii() and s.text[:1].isascii():
             out += " "
         out += s.text
     return out + ("\n" if out else "")

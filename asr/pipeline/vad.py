@@ -25,15 +25,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asr.errors import ASRError, AudioError, ModelLoadError
+from asr.errors import AudioError, ModelLoadError, VadOptionsError
 
 SAMPLE_RATE = 16000
 
-
-class VadOptionsError(ASRError, ValueError):
-    """VAD options that cannot work together."""
-
-    code = "invalid_vad_options"
 
 
 @dataclass(frozen=True)
@@ -328,6 +323,49 @@ class _SegmentState:
         if keep > self.buf_start:
             self.buf = self.buf[keep - self.buf_start :].copy()
             self.buf_start = keep
+
+
+# --------------------------------------------------------------------------------------------
+# No VAD
+
+
+class WholeAudio(_Segmenter):
+    """No voice detection: the whole recording is one segment, cut only where it must be (over
+    `max_segment_s`) at its quietest points, as the engine cuts a long clip. Long audio then
+    streams through the same path as VAD segments instead of being decoded whole."""
+
+    name = "none"
+
+    def open_stream(self, opts: VadOptions) -> RegionStream:
+        return _AllSpeech()
+
+    @staticmethod
+    def options(max_segment_s: float) -> VadOptions:
+        """Options that keep every sample: no padding, no merging rules, no minimum length."""
+        return VadOptions(max_segment_s=max_segment_s, min_segment_s=0.0, merge_gap_s=0.0,
+                          speech_pad_ms=0, min_speech_ms=0)
+
+
+class _AllSpeech:
+    """One speech region from the first sample to the last."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    @property
+    def open_start(self) -> int | None:
+        return 0
+
+    @property
+    def frontier(self) -> int:
+        return self.total
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        self.total += len(audio)
+        return []
+
+    def finish(self) -> list[tuple[int, int]]:
+        return [(0, self.total)] if self.total else []
 
 
 # --------------------------------------------------------------------------------------------

@@ -343,8 +343,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# (file bytes, hotwords, the job's options) -> JSON-ready result
-ProcessFn = Callable[[bytes, Sequence[str], dict[str, Any]], Awaitable[dict[str, Any]]]
+# (the stored file, hotwords, the job's options) -> JSON-ready result
+ProcessFn = Callable[[Path, Sequence[str], dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class JobWorker:
@@ -442,15 +442,14 @@ class JobWorker:
     async def _handle(self, task: FileTask) -> None:
         try:
             try:
-                data = await asyncio.to_thread(task.path.read_bytes)
-                result = await self._process(data, task.hotwords, task.options)
+                result = await self._process(task.path, task.hotwords, task.options)
             except ASRError as exc:
                 log.warning(
                     "job %s file %d (%s) failed: [%s] %s", task.job_id, task.index, task.name,
-                    error_code(exc), exc,
+                    exc.code, exc,
                 )  # fmt: skip
                 await asyncio.to_thread(
-                    self.store.fail_file, task.job_id, task.index, error_code(exc), str(exc)
+                    self.store.fail_file, task.job_id, task.index, exc.code, str(exc)
                 )
             except asyncio.CancelledError:
                 raise  # shutting down: the file stays 'running' and is re-queued on start-up
@@ -470,12 +469,3 @@ class JobWorker:
             self._slots.release()
             self._inflight_bytes -= task.size
             self._room.set()
-
-
-def error_code(exc: ASRError) -> str:
-    """The short machine code of an ASRError (its class name in snake case as a fallback)."""
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code:
-        return code
-    name = type(exc).__name__
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))

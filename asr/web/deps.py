@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from typing import BinaryIO
+
 from fastapi import Request, UploadFile
 
 from asr.service.core import Service
-
-_CHUNK = 1 << 20
 
 
 def get_service(request: Request) -> Service:
@@ -14,18 +15,17 @@ def get_service(request: Request) -> Service:
     return request.app.state.service  # type: ignore[no-any-return]
 
 
-async def read_upload(service: Service, upload: UploadFile) -> bytes:
-    """Read an uploaded file, refusing it as soon as it passes the upload limit."""
-    name = upload.filename or "upload"
-    if upload.size is not None:
-        # The web server spooled the upload (to disk past 1 MB) and knows its size: check it,
-        # then read it with one allocation (joining chunks would hold the file twice).
-        service.check_upload_size(upload.size, name)
-        return await upload.read()
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await upload.read(_CHUNK):
-        size += len(chunk)
-        service.check_upload_size(size, name)
-        chunks.append(chunk)
-    return b"".join(chunks)
+def upload_source(service: Service, upload: UploadFile) -> BinaryIO:
+    """The uploaded file, checked against the upload limit, ready to be decoded as a stream.
+
+    The web server has spooled it (to disk past 1 MB), so it is handed on as a file object, never
+    read into memory whole.
+    """
+    handle = upload.file
+    size = upload.size
+    if size is None:
+        handle.seek(0, io.SEEK_END)
+        size = handle.tell()
+    service.check_upload_size(size, upload.filename or "upload")
+    handle.seek(0)
+    return handle

@@ -11,41 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
-from asr.service.core import (
-    EngineFailedError,
-    EngineOverloadedError,
-    JobNotFoundError,
-    RequestTimeoutError,
-)
-from asr.service.jobs import error_code
+from asr.errors import ASRError, http_status
 
 log = logging.getLogger(__name__)
-
-# Most specific first: the first matching class decides the status.
-_STATUS: tuple[tuple[type[ASRError], int], ...] = (
-    (QueueFullError, 503),
-    (EngineOverloadedError, 503),
-    (RequestTimeoutError, 504),
-    (EngineFailedError, 500),
-    (LimitError, 413),
-    (HotwordError, 422),
-    (AudioError, 400),
-    (JobNotFoundError, 404),
-    (ModelLoadError, 503),
-)
-# Audio the decoder does not understand at all is a media-type problem, not a bad request.
-_AUDIO_415 = {"unsupported_format", "no_audio_stream"}
-
-
-def status_for(exc: ASRError) -> int:
-    """HTTP status of a typed error."""
-    if isinstance(exc, AudioError) and error_code(exc) in _AUDIO_415:
-        return 415
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -58,14 +26,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ASRError)
     async def _asr_error(request: Request, exc: ASRError) -> JSONResponse:
-        status = status_for(exc)
+        status = http_status(exc)  # the one table, in asr.errors
         headers = {}
-        retry_after = getattr(exc, "retry_after_s", None)
+        retry_after = exc.retry_after_s
         if status == 503 and retry_after is not None:
             headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         if status >= 500 and status != 503:
             log.error("request %s failed: %s", request.url.path, exc)
-        return JSONResponse(error_body(error_code(exc), str(exc)), status_code=status, headers=headers)
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

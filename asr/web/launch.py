@@ -8,36 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
-import subprocess
 import threading
 import time
 import urllib.request
 import webbrowser
-from pathlib import Path
 from typing import Any
 
-from asr.settings import Settings, load_settings
+from asr.settings import Settings, load_settings, resolve_config
 
 log = logging.getLogger(__name__)
-
-# Hardware profiles ship inside the package (the repository root links to them as configs/).
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-# Known GPU names (as nvidia-smi prints them) -> profile. First match wins, so "A100" is tested
-# before "A10".
-_GPU_PROFILES: tuple[tuple[str, str], ...] = (
-    ("H200", "h100"),
-    ("H100", "h100"),
-    ("H800", "h100"),
-    ("A100", "a100"),
-    ("A800", "a100"),
-    ("A10", "a10"),
-    ("4090", "rtx4090"),
-    ("3060", "rtx3060"),
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -73,49 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING ...")
     return p
-
-
-def gpu_name() -> str | None:
-    """Name of the first GPU CUDA will use (honours CUDA_VISIBLE_DEVICES), or None."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return None
-    if shutil.which("nvidia-smi") is None:
-        return None
-    cmd = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-    if visible:
-        cmd += ["-i", visible.split(",")[0].strip()]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = [line.strip() for line in out.splitlines() if line.strip()]
-    return names[0] if names else None
-
-
-def profile_for_gpu(name: str | None) -> str:
-    """Profile name for a GPU name; 'cpu' without a GPU, 'rtx4090' for an unknown one."""
-    if name is None:
-        return "cpu"
-    upper = name.upper()
-    for key, profile in _GPU_PROFILES:
-        if key in upper:
-            return profile
-    return "rtx4090"
-
-
-def resolve_config(config: str | None, configs_dir: Path = CONFIGS_DIR) -> str | None:
-    """'auto' -> the profile file of the detected GPU; a bare profile name -> its file."""
-    if config is None:
-        return None
-    if config == "auto":
-        name = gpu_name()
-        profile = profile_for_gpu(name)
-        log.info("GPU %s -> profile %s", name or "none", profile)
-        return str(configs_dir / f"{profile}.yaml")
-    if not config.endswith((".yaml", ".yml")) and (configs_dir / f"{config}.yaml").is_file():
-        return str(configs_dir / f"{config}.yaml")
-    return config
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -185,8 +121,10 @@ def serve(settings: Settings) -> None:
     """Load the model, warm it up, then listen (uvicorn binds only after start-up finished)."""
     import uvicorn
 
+    from asr.runtime import configure_process
     from asr.web.app import create_app
 
+    configure_process(settings)
     server = settings.server
     if server.share:
         log.warning("--share exposes this service to the public internet through gradio.live.")

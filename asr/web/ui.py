@@ -18,7 +18,10 @@ from typing import Any
 import gradio as gr
 
 from asr.errors import ASRError
-from asr.service.core import Service, long_request, render_result, safe_stem
+from asr.pipeline.formats import render
+from asr.pipeline.options import Options
+from asr.pipeline.result import Result
+from asr.service.core import Service, safe_stem, stored_result
 from asr.service.jobs import JobState
 
 STATUS_ZH = {
@@ -53,23 +56,25 @@ class _Downloads:
         return Path(tempfile.mkdtemp(dir=self.root))
 
 
-def _timings_rows(result: dict[str, Any]) -> list[list[Any]]:
-    return [[t["text"], round(t["start"], 3), round(t["end"], 3)] for t in result.get("tokens", [])]
+def _timings_rows(result: Result) -> list[list[Any]]:
+    return [[t.text, t.start_ms / 1000, t.end_ms / 1000] for t in result.tokens]
 
 
-def _stats_md(result: dict[str, Any]) -> str:
-    rtf = result.get("rtf")
-    speed = f"{1 / rtf:.1f}× 实时 real time" if rtf else "—"
+def _stats_md(result: Result) -> str:
+    duration, processing = result.duration_ms / 1000, result.processing_ms / 1000
+    rtf = processing / duration if duration > 0 else None
+    speed = f"{duration / processing:.1f}× 实时 real time" if processing > 0 else "—"
+    notes = "".join(f" · ⚠ {n.message}" for n in result.notices)
     return (
-        f"**音频时长 Duration:** {result['duration_s']:.2f} s · **处理时间 Processing:** "
-        f"{result['processing_s']:.3f} s · **实时率 RTF:** {rtf if rtf is not None else '—'} ({speed})"
+        f"**音频时长 Duration:** {duration:.2f} s · **处理时间 Processing:** "
+        f"{processing:.3f} s · **实时率 RTF:** {f'{rtf:.5f}' if rtf is not None else '—'} ({speed}){notes}"
     )
 
 
 def _job_rows(job: JobState) -> list[list[Any]]:
     rows = []
     for f in job.files:
-        detail = (f.result or {}).get("text", "") if f.status == "done" else (f.error or "")
+        detail = stored_result(f.result).text if f.status == "done" and f.result else (f.error or "")
         rows.append([f.index + 1, f.name, STATUS_ZH.get(f.status, f.status), detail])
     return rows
 
@@ -110,9 +115,13 @@ def _system_md(info: dict[str, Any], settings: Any) -> str:
 VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
 
 
-def _long_options(vad: str, punc: bool, speakers: bool, num_speakers: float | None) -> Any:
+def _options(
+    service: Service, hotwords: str, vad: str, punc: bool, speakers: bool, num_speakers: float | None,
+    timestamps: bool = True,
+) -> Options:
     n = int(num_speakers) if num_speakers and num_speakers >= 1 else None
-    return long_request(vad or "auto", "auto" if punc else "off", bool(speakers), n)
+    return service.options(hotwords=hotwords, vad=vad or "auto", punc="auto" if punc else "off",
+                           speakers=bool(speakers), num_speakers=n, timestamps=timestamps)
 
 
 def _long_controls(prefix: str, service: Service) -> list[Any]:
@@ -146,11 +155,8 @@ def build_ui(service: Service) -> gr.Blocks:
         if not audio_path:
             raise gr.Error("请先上传或录制音频。 Please upload or record audio first.")
         try:
-            words = service.parse_hotwords(hotwords)
-            data = await asyncio.to_thread(Path(audio_path).read_bytes)
-            result = await service.transcribe_bytes(
-                data, words, timestamps=timestamps, long=_long_options(vad, punc, speakers, num_speakers)
-            )
+            options = _options(service, hotwords, vad, punc, speakers, num_speakers, timestamps)
+            result = await service.transcribe(Path(audio_path), options)
         except ASRError as exc:
             raise gr.Error(str(exc)) from None
         out = downloads.new_dir()
@@ -158,9 +164,9 @@ def build_ui(service: Service) -> gr.Blocks:
         paths = []
         for ext in ("txt", "srt", "json"):
             path = out / f"{stem}.{ext}"
-            path.write_text(render_result(result, ext), encoding="utf-8")
+            path.write_text(render(result, ext), encoding="utf-8")
             paths.append(str(path))
-        shown = render_result(result, fmt).rstrip("\n")  # a file ends with a newline; the box need not
+        shown = render(result, fmt).rstrip("\n")  # a file ends with a newline; the box need not
         return shown, _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
@@ -171,11 +177,9 @@ def build_ui(service: Service) -> gr.Blocks:
         if not paths:
             raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.")
         try:
-            words = service.parse_hotwords(hotwords)
+            options = _options(service, hotwords, vad, punc, speakers, num_speakers)
             uploads = await asyncio.to_thread(lambda: [(p.name, p.read_bytes()) for p in paths])
-            job_id = await service.create_job(
-                uploads, words, _long_options(vad, punc, speakers, num_speakers)
-            )
+            job_id = await service.create_job(uploads, options)
         except ASRError as exc:
             raise gr.Error(str(exc)) from None
         # The job runs in the background worker; this only follows its progress.

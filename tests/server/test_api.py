@@ -43,35 +43,35 @@ def test_transcribe_returns_the_engine_result_with_timings(
     resp = client.post("/api/transcribe", files={"file": (name, data)}, data={"hotwords": "北京\n上海 深圳"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
+    assert body["version"] == 1
     assert body["text"] == engine_text(shared_engine, data, ["北京", "上海", "深圳"])
-    assert body["hotwords"] == ["北京", "上海", "深圳"]
-    assert body["filename"] == name
-    duration = len(decode_audio(data)) / 16000
-    assert body["duration_s"] == pytest.approx(duration, abs=1e-3)
-    assert body["processing_s"] > 0 and body["rtf"] == pytest.approx(
-        body["processing_s"] / duration, rel=0.01
-    )
-    starts = [t["start"] for t in body["tokens"]]
+    assert body["applied"]["hotwords"] == ["北京", "上海", "深圳"]
+    duration_ms = len(decode_audio(data)) * 1000 // 16000
+    assert body["duration_ms"] == duration_ms
+    assert body["processing_ms"] > 0
+    starts = [t["start_ms"] for t in body["tokens"]]
     assert starts == sorted(starts)
-    assert all(0 <= t["start"] <= t["end"] <= duration + 0.1 for t in body["tokens"])
-    assert "".join(s["text"] for s in body["segments"]).replace(" ", "") == body["text"].replace(" ", "")
+    assert all(0 <= t["start_ms"] <= t["end_ms"] <= duration_ms for t in body["tokens"])
+    assert "".join(s["text"] for s in body["sentences"]).replace(" ", "") == body["text"].replace(" ", "")
+    assert body["segments"] == [{"start_ms": 0, "end_ms": duration_ms}]  # short: one clip, no VAD
 
 
 def test_subtitle_and_text_formats(client: TestClient, audio_dir: Path) -> None:
     data = (audio_dir / "clip4.wav").read_bytes()
     as_json = client.post("/api/transcribe", files={"file": ("a.wav", data)}).json()
+    assert as_json["text"], "the tiny random-weight model yields text for this clip; the checks below need it"
     txt = client.post("/api/transcribe", files={"file": ("a.wav", data)}, data={"format": "txt"})
     assert txt.status_code == 200 and txt.text == as_json["text"] + "\n"
     srt = client.post("/api/transcribe", files={"file": ("a.wav", data)}, data={"format": "srt"}).text
     vtt = client.post("/api/transcribe", files={"file": ("a.wav", data)}, data={"format": "vtt"}).text
     assert vtt.startswith("WEBVTT\n\n")
-    if as_json["text"]:
-        assert srt.startswith("1\n00:00:") and " --> " in srt
-        assert len(srt.strip().split("\n\n")) == len(as_json["segments"])
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    assert len(srt.strip().split("\n\n")) == len(as_json["sentences"])
     no_ts = client.post(
         "/api/transcribe", files={"file": ("a.wav", data)}, data={"timestamps": "false"}
     ).json()
-    assert "tokens" not in no_ts and no_ts["text"] == as_json["text"]
+    assert no_ts["tokens"] == [] and no_ts["text"] == as_json["text"]
+    assert no_ts["sentences"] == as_json["sentences"]  # sentences keep their times
 
 
 @pytest.mark.parametrize(
@@ -87,10 +87,8 @@ def test_bad_audio_is_a_client_error_with_a_message(
 ) -> None:
     resp = client.post("/api/transcribe", files={"file": ("x.wav", payload)})
     body = resp.json()
-    assert resp.status_code in (400, 415)
-    assert set(body["error"]) >= {"code", "message"} and body["error"]["message"]
-    if body["error"]["code"] == code:
-        assert resp.status_code == status
+    assert (resp.status_code, body["error"]["code"]) == (status, code)
+    assert body["error"]["message"]
 
 
 def test_hotword_and_request_errors(client: TestClient) -> None:
@@ -271,8 +269,10 @@ def test_transcribe_with_vad_and_punctuation_options_returns_sentences(client) -
                        data={"vad": "on", "punc": "on"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["vad"] is True and body["sentences"]
+    assert body["applied"]["vad"] is True and body["sentences"]
+    assert len(body["segments"]) >= 2  # the pause between sentences was found
     assert all(0 <= s["start_ms"] < s["end_ms"] <= len(rec.audio) / 16 + 1 for s in body["sentences"])
-    # The test settings name no reachable punctuation model: reported, not a failure.
-    assert body["punctuated"] is False and body["punctuation_unavailable"]
-    assert [seg["start"] for seg in body["segments"]] == [s["start_ms"] / 1000 for s in body["sentences"]]
+    # The test settings name no reachable punctuation model: reported, not a failure, no path shown.
+    assert body["applied"]["punctuation"] is False
+    assert [n["code"] for n in body["notices"]] == ["punctuation_unavailable"]
+    assert "/" not in body["notices"][0]["message"]

@@ -94,7 +94,8 @@ def assert_error(resp: Any, status: int, code: str, *words: str) -> None:
 
 REFUSED = [
     ("zero-length", b"", 400, "empty_file", ["empty"]),
-    ("truncated-header", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(6), 415, "unsupported_format", ["audio"]),
+    # A WAV (by its magic) that cannot be opened is damaged (400), not a foreign format (415).
+    ("truncated-header", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(6), 400, "corrupt_audio", ["damaged"]),
     ("png-named-wav", PNG, 415, None, ["audio"]),
     ("text-named-wav", "这不是音频，只是文字。\n".encode() * 40, 415, "unsupported_format", ["audio"]),
     ("nan-float-wav", _non_finite(float("nan")), 400, "non_finite_audio", ["NaN"]),
@@ -144,7 +145,7 @@ def test_unusual_but_valid_audio_is_transcribed(
     resp = api.post("/api/transcribe", files={"file": ("input.wav", data)})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["duration_s"] == pytest.approx(seconds, abs=0.01)
+    assert body["duration_ms"] / 1000 == pytest.approx(seconds, abs=0.01)
     assert body["text"] == shared_engine.transcribe([decode_audio(data)], [[]])[0].text
     assert_next_good_request_succeeds(api, good_text)
 
@@ -255,7 +256,7 @@ def test_hotwords_naming_a_file_or_url_are_only_words(api: TestClient, shared_en
                 resp = api.post(route, files={"file": ("a.wav", GOOD)}, data={field: words})
                 assert resp.status_code == 200, resp.text
         body = api.post("/api/transcribe", files={"file": ("a.wav", GOOD)}, data={"hotwords": name}).json()
-        assert body["hotwords"] == [name]
+        assert body["applied"]["hotwords"] == [name]
         # The same text as the engine gives for the literal word, which is not what the file's
         # contents would give if it were read as a hotword list.
         audio = decode_audio(GOOD)

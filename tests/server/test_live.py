@@ -23,6 +23,7 @@ def test_openai_client_transcribes_through_v1(live_server: LiveServer, audio_dir
         files={"file": (path.name, path.read_bytes())},
         data={"hotwords": "北京"},
     ).json()
+    assert native["text"], "the tiny random-weight model yields text for this clip; the checks below need it"
 
     with path.open("rb") as fh:
         result = client.audio.transcriptions.create(model="seaco-paraformer", file=fh, prompt="北京")
@@ -36,8 +37,7 @@ def test_openai_client_transcribes_through_v1(live_server: LiveServer, audio_dir
 
     with path.open("rb") as fh:
         srt = client.audio.transcriptions.create(model="x", file=fh, prompt="北京", response_format="srt")
-    if native["text"]:
-        assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> ", srt)
+    assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> ", srt)
 
     with path.open("rb") as fh:
         vtt = client.audio.transcriptions.create(model="x", file=fh, response_format="vtt")
@@ -49,8 +49,9 @@ def test_openai_client_transcribes_through_v1(live_server: LiveServer, audio_dir
             timestamp_granularities=["word", "segment"],
         )  # fmt: skip
     assert verbose.text == native["text"]
-    assert verbose.duration == pytest.approx(native["duration_s"])
-    assert [s.text for s in verbose.segments or []] == [s["text"] for s in native["segments"]]
+    assert verbose.duration == pytest.approx(native["duration_ms"] / 1000)
+    assert [s.text for s in verbose.segments or []] == [s["text"] for s in native["sentences"]]
+    assert [s.start for s in verbose.segments or []] == [s["start_ms"] / 1000 for s in native["sentences"]]
     assert [w.word for w in verbose.words or []] == [t["text"] for t in native["tokens"]]
 
     with pytest.raises(openai.APIStatusError) as info:
@@ -98,7 +99,7 @@ def test_32_concurrent_requests_all_succeed_and_match_single_runs(
     for (path, hw), resp in zip(jobs, responses, strict=True):
         got, want = resp.json(), alone[(path.name, hw)]
         assert got["text"] == want["text"], (path.name, hw)
-        assert [t["start"] for t in got["tokens"]] == [t["start"] for t in want["tokens"]]
+        assert got["tokens"] == want["tokens"]
     # The 32 requests were merged into fewer engine calls: the web layer does not serialise.
     assert batches_run() - before < 32
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
 from asr.service.core import Service
+from asr.service.metrics import CONTENT_TYPE_LATEST
 from asr.web.deps import get_service
-from asr.web.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["health"])
 

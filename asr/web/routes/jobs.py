@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import Response
 
 from asr.errors import LimitError
-from asr.service.core import Service, job_to_dict, long_request
+from asr.service.core import Service, job_to_dict
 from asr.web.deps import get_service
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
@@ -32,11 +32,11 @@ async def batch_async(
     The job survives a restart of the service: uploads are on disk and state is in SQLite
     before this returns.
     """
-    words = service.parse_hotwords(hotwords)
+    options = service.options(hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers)
     # The web server has spooled each upload to a temporary file; the job store copies them to
     # the data directory block by block, so the job never sits in memory whole.
     uploads = [(f.filename or f"file{i + 1}", f.file) for i, f in enumerate(files)]
-    job_id = await service.create_job(uploads, words, long_request(vad, punc, speakers, num_speakers))
+    job_id = await service.create_job(uploads, options)
     return {
         "job_id": job_id,
         "files": len(uploads),

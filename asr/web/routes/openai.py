@@ -12,14 +12,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from asr.service.core import Service, long_request, render_result
-from asr.web.deps import get_service, read_upload
+from asr.pipeline.formats import openai_response
+from asr.pipeline.options import MAX_SPEAKERS
+from asr.service.core import Service
+from asr.web.deps import get_service, upload_source
 
 router = APIRouter(prefix="/v1", tags=["openai compatible"])
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+Switch = Literal["auto", "on", "off"]
 
 
 @router.post("/audio/transcriptions", summary="OpenAI-compatible transcription", response_model=None)
@@ -32,60 +35,20 @@ async def create_transcription(
     language: Annotated[str | None, Form()] = None,
     temperature: Annotated[float | None, Form()] = None,
     timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
-    vad: Annotated[Literal["auto", "on", "off"], Form(description="Extension: VAD segmentation")] = "auto",
-    punc: Annotated[Literal["auto", "on", "off"], Form(description="Extension: punctuation")] = "auto",
+    vad: Annotated[Switch, Form(description="Extension: VAD segmentation")] = "auto",
+    punc: Annotated[Switch, Form(description="Extension: punctuation")] = "auto",
     speakers: Annotated[bool, Form(description="Extension: speaker labels on segments")] = False,
-    num_speakers: Annotated[int | None, Form(ge=1, le=32)] = None,
-) -> dict[str, Any] | JSONResponse | PlainTextResponse:
-    words = service.parse_hotwords(prompt)
-    data = await read_upload(service, file)
-    want_words = "word" in (timestamp_granularities or [])
-    result = await service.transcribe_bytes(
-        data, words, timestamps=response_format != "json" or want_words,
-        long=long_request(vad, punc, speakers, num_speakers),
-    )
-    if response_format == "json":
-        return {"text": result["text"]}
-    if response_format == "text":
-        return PlainTextResponse(result["text"] + "\n")
-    if response_format in ("srt", "vtt"):
-        return PlainTextResponse(render_result(result, response_format))
-    body: dict[str, Any] = {
-        "task": "transcribe",
-        "language": "chinese",
-        "duration": result["duration_s"],
-        "text": result["text"],
-        "segments": [
-            {
-                **seg,
-                # Whisper-specific decoder statistics: neutral values, this model has none.
-                "seek": 0,
-                "tokens": [],
-                "temperature": 0.0,
-                "avg_logprob": 0.0,
-                "compression_ratio": 1.0,
-                "no_speech_prob": 0.0,
-            }
-            for seg in result["segments"]
-        ],
-    }
-    if want_words:
-        body["words"] = [
-            {"word": t["text"], "start": t["start"], "end": t["end"]} for t in result.get("tokens", [])
-        ]
-    return JSONResponse(body)  # plain JSON data: skips FastAPI's per-value encoder walk
+    num_speakers: Annotated[int | None, Form(ge=1, le=MAX_SPEAKERS)] = None,
+) -> Response:
+    words = "word" in (timestamp_granularities or [])
+    options = service.options(hotwords=prompt, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers)
+    result = await service.transcribe(upload_source(service, file), options)
+    body = openai_response(result, response_format, words=words)
+    if isinstance(body, str):
+        return PlainTextResponse(body)
+    return JSONResponse(body)
 
 
 @router.get("/models", summary="Models served (OpenAI-compatible listing)")
 async def list_models(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": "seaco-paraformer",
-                "object": "model",
-                "owned_by": "local",
-                "root": service.settings.engine.model,
-            }
-        ],
-    }
+    return {"object": "list", "data": [{"id": "seaco-paraformer", "object": "model", "owned_by": "local"}]}

@@ -1,56 +1,56 @@
-"""POST /api/transcribe: one file in, one result out."""
+"""POST /api/transcribe: one file in, one `Result` out."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
-from asr.service.core import Service, long_request, render_result
-from asr.web.deps import get_service, read_upload
+from asr.pipeline.formats import MEDIA_TYPES, render
+from asr.pipeline.options import MAX_SPEAKERS
+from asr.pipeline.result import Result
+from asr.service.core import Service
+from asr.web.deps import get_service, upload_source
 
 router = APIRouter(prefix="/api", tags=["transcribe"])
 
-_MEDIA = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+Switch = Literal["auto", "on", "off"]
 
 
-@router.post("/transcribe", summary="Transcribe one audio file", response_model=None)
+@router.post(
+    "/transcribe",
+    summary="Transcribe one audio file",
+    response_model=None,
+    responses={200: {"model": Result, "description": "The result (format=json); txt/srt/vtt as text"}},
+)
 async def transcribe(
     service: Annotated[Service, Depends(get_service)],
     file: Annotated[UploadFile, File(description="Audio file (wav, mp3, m4a, ogg, flac, ...)")],
     hotwords: Annotated[
         str, Form(description="Hotwords, one per line or separated by spaces; plain words, no weights")
     ] = "",
-    timestamps: Annotated[bool, Form(description="Include per-character timings")] = True,
+    timestamps: Annotated[bool, Form(description="Include per-character times (`tokens`)")] = True,
     format: Annotated[Literal["json", "txt", "srt", "vtt"], Form(description="Response format")] = "json",
     vad: Annotated[
-        Literal["auto", "on", "off"],
-        Form(description="VAD segmentation; auto: on for audio longer than longform.auto_vad_s"),
+        Switch, Form(description="VAD segmentation; auto: on for audio longer than longform.auto_vad_s")
     ] = "auto",
     punc: Annotated[
-        Literal["auto", "on", "off"], Form(description="Punctuation (auto/on: when a model is available)")
+        Switch, Form(description="Punctuation; auto and on: whenever a punctuation model is available")
     ] = "auto",
     speakers: Annotated[bool, Form(description="Label each sentence with a speaker (CAM++)")] = False,
     num_speakers: Annotated[
-        int | None, Form(ge=1, le=32, description="Number of speakers; empty estimates it")
+        int | None, Form(ge=1, le=MAX_SPEAKERS, description="Number of speakers; empty estimates it")
     ] = None,
-) -> JSONResponse | PlainTextResponse:
-    """Decode the file, wait for its turn in the shared batch scheduler and return the result.
-
-    JSON results hold `text`, `duration_s`, `processing_s`, `rtf`, `vad`, `punctuated`,
-    `sentences` (`start_ms`/`end_ms` on the file's timeline, `speaker` when on), `segments` (the
-    same in seconds) and, with timestamps, `tokens` (each with `start`/`end` in seconds).
-    """
-    words = service.parse_hotwords(hotwords)
-    data = await read_upload(service, file)
-    result = await service.transcribe_bytes(
-        data, words, timestamps=timestamps or format in ("srt", "vtt"),
-        long=long_request(vad, punc, speakers, num_speakers),
+) -> Response:
+    """Decode the file as a stream, recognise it through the shared batch scheduler and return
+    the `Result` (docs/result.md) or its txt / srt / vtt rendering."""
+    options = service.options(
+        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, timestamps=timestamps
     )
-    result["filename"] = file.filename
+    result = await service.transcribe(upload_source(service, file), options)
     if format == "json":
-        # The result is plain JSON data (str, int, float, lists, dicts): rendered by json.dumps
-        # directly, FastAPI's encoder walk over every token cost a third of the server's CPU.
-        return JSONResponse(result)
-    return PlainTextResponse(render_result(result, format), media_type=_MEDIA[format] + "; charset=utf-8")
+        # Serialised by pydantic's Rust encoder: FastAPI's encoder walk over every token cost a
+        # third of the server's CPU.
+        return Response(result.to_json(), media_type=MEDIA_TYPES["json"])
+    return PlainTextResponse(render(result, format), media_type=MEDIA_TYPES[format])

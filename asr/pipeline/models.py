@@ -1,0 +1,82 @@
+"""The models around the recogniser: VAD, punctuation and speaker embeddings.
+
+Loaded once, on first use, and shared by every request (all thread-safe). The recogniser itself
+is not here: every clip goes through the same engine (and the same batching scheduler).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from asr.errors import ASRError
+from asr.pipeline.punc import Punctuator
+from asr.pipeline.speakers import SpeakerEmbedder
+from asr.pipeline.vad import VadBackend
+
+log = logging.getLogger(__name__)
+
+
+class StageModels:
+    """VAD, punctuation and speaker models from `settings.longform`, loaded lazily.
+
+    A punctuation model that cannot be loaded is reported, not raised: results then say
+    punctuation was unavailable (`punctuation_unavailable()` says why, without paths).
+    """
+
+    def __init__(self, settings: Any, cache_dir: Any) -> None:
+        self.settings = settings  # asr.settings.LongformSettings
+        self.cache_dir = Path(cache_dir)
+        self._lock = threading.Lock()
+        self._vad: VadBackend | None = None
+        self._punc: Punctuator | None = None
+        self._punc_error: str | None = None if settings.punc_model else "no punctuation model is configured"
+        self._embedder: SpeakerEmbedder | None = None
+
+    def _resolve(self, model: str, required: tuple[str, ...]) -> Any:
+        from asr.engine.model import resolve_model_dir
+
+        return resolve_model_dir(model, self.cache_dir, required)
+
+    def vad(self) -> VadBackend:
+        """The configured VAD backend (raises ModelLoadError when it cannot be loaded)."""
+        from asr.pipeline.vad import load_vad
+
+        with self._lock:
+            if self._vad is None:
+                if self.settings.vad == "fsmn":
+                    path = self._resolve(self.settings.vad_model, ("config.yaml", "model.pt", "am.mvn"))
+                    self._vad = load_vad("fsmn", path)
+                else:
+                    self._vad = load_vad("silero")
+            return self._vad
+
+    def punctuator(self) -> Punctuator | None:
+        """The punctuation model, or None when it is not configured or cannot be loaded."""
+        with self._lock:
+            if self._punc is None and self._punc_error is None:
+                try:
+                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"))
+                    self._punc = Punctuator(path, device=self.settings.punc_device)
+                except ASRError as exc:
+                    # The log keeps the detail (paths included); users get the sentence below.
+                    log.warning("punctuation unavailable: %s", exc)
+                    self._punc_error = (
+                        "the punctuation model (longform.punc_model) could not be loaded; "
+                        "the log says why"
+                    )
+            return self._punc
+
+    def punctuation_unavailable(self) -> str | None:
+        """Why punctuation is off for everyone (None when the model is loaded or not tried yet)."""
+        return self._punc_error
+
+    def embedder(self) -> SpeakerEmbedder:
+        """The CAM++ speaker model (raises ModelLoadError when it cannot be loaded)."""
+        with self._lock:
+            if self._embedder is None:
+                path = self._resolve(self.settings.speaker_model, ("config.yaml",))
+                self._embedder = SpeakerEmbedder(path, device=self.settings.speaker_device)
+            return self._embedder

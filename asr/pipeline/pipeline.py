@@ -1,0 +1,480 @@
+"""The one pipeline every door calls: decode -> segments -> engine (via the scheduler) ->
+punctuation, sentences, speakers -> `Result`.
+
+A recording is decoded as a stream (`asr.pipeline.audio.open_audio`) and cut into segments as it
+decodes: by the VAD, or, with VAD off, only where a clip would be too long (at quiet points).
+Each segment is submitted to the one batching scheduler as soon as it is cut, so segments of
+every file in flight share the engine's batches, and the decoded audio a request holds is bounded
+by its reservation in the global `AudioBudget`, whatever the recording's length. The blocking
+steps (decoding, VAD, punctuation, speaker embeddings) run on the pipeline's own worker threads;
+the event loop only awaits them and the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from asr.errors import ASRError, BusyError, engine_failure
+from asr.pipeline.audio import BLOCK_S, BYTES_PER_SECOND, SAMPLE_RATE, AudioSource, AudioStream, open_audio
+from asr.pipeline.models import StageModels
+from asr.pipeline.options import Options
+from asr.pipeline.punc import SENTENCE_END, PuncOptions, Punctuator
+from asr.pipeline.result import Applied, Notice, Result, Segment, Token
+from asr.pipeline.speakers import (
+    SpeakerOptions,
+    SpeakerWindow,
+    cluster_speakers,
+    majority_speaker,
+    speaker_name,
+    windows,
+)
+from asr.pipeline.subtitles import Sentence, SubtitleOptions, TimedWord, build_sentences, to_text, words_from_tokens
+from asr.pipeline.vad import SpeechChunk, VadOptions, WholeAudio
+from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
+from asr.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class EngineLike(Protocol):
+    """What the pipeline needs from `asr.engine.Engine`."""
+
+    def transcribe(self, audios: Sequence[np.ndarray], hotwords: Any = None) -> list[Any]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class TranscriptLike(Protocol):
+    """What the pipeline reads from the engine's `Transcript`."""
+
+    text: str
+    tokens: list[str]
+    timestamps: list[tuple[int, int]]
+
+
+class AudioBudget:
+    """Bytes of decoded audio that may be held at once, handed out first come, first served.
+
+    The service has one for all requests (`limits.decoded_audio_mb`); each request has one for
+    its own segments in flight. Use from one event loop.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = max(1, int(total_bytes))
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used
+
+    async def acquire(self, nbytes: int, timeout: float | None = None) -> int:
+        """Take `nbytes` (at most the whole budget); waits while others hold it. Raises BusyError
+        after `timeout` seconds (None waits as long as it takes). Returns what was taken."""
+        nbytes = min(max(0, int(nbytes)), self.total)
+        if not self._waiters and self.used + nbytes <= self.total:
+            self.used += nbytes
+            return nbytes
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (nbytes, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            if future.done() and not future.cancelled():
+                return nbytes  # granted as the wait ran out: keep it
+            self._waiters.remove(entry)
+            self._wake()
+            raise BusyError(
+                "The server is decoding as much audio as its memory budget allows "
+                "(limits.decoded_audio_mb). Please retry in a moment. 服务器繁忙，请稍后重试。"
+            ) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(nbytes)
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        # First come, first served: a large request at the head is not overtaken by small ones.
+        while self._waiters and self.used + self._waiters[0][0] <= self.total:
+            nbytes, future = self._waiters.popleft()
+            if future.done():
+                continue
+            self.used += nbytes
+            future.set_result(None)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, nbytes: int, timeout: float | None = None) -> AsyncIterator[int]:
+        taken = await self.acquire(nbytes, timeout)
+        try:
+            yield taken
+        finally:
+            self.release(taken)
+
+
+@dataclass
+class _Part:
+    """One segment's recognised words (on the file's timeline) and speaker windows."""
+
+    segment: Segment
+    words: list[TimedWord]
+    speaker_spans: list[SpeakerWindow]
+    speaker_embeddings: np.ndarray | None
+
+
+class _Source:
+    """A stream opened for one request; its blocking steps run one at a time on worker threads
+    (a decoder must not be closed while another thread reads from it)."""
+
+    def __init__(self, stream: AudioStream) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.chunks: Iterator[SpeechChunk] | None = None
+
+    def next_chunk(self) -> SpeechChunk | None:
+        with self.lock:
+            assert self.chunks is not None
+            return next(self.chunks, None)
+
+    def close(self) -> None:
+        with self.lock:
+            self.stream.close()
+
+
+class Pipeline:
+    """Recordings in, `Result`s out, for every door. Owns the scheduler in front of the engine,
+    the VAD / punctuation / speaker models, the decoded-audio budget and the worker threads."""
+
+    def __init__(
+        self, settings: Settings, engine: EngineLike, *, on_batch: Callable[[BatchStats], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.scheduler: Scheduler[Any] = Scheduler(
+            engine.transcribe,
+            SchedulerOptions(
+                max_batch_size=settings.engine.max_batch_size,
+                max_wait_ms=settings.server.batch_wait_ms,
+                max_queue=settings.limits.max_queue,
+            ),
+            sample_rate=SAMPLE_RATE,
+            on_batch=on_batch,
+        )
+        self.models = StageModels(settings.longform, settings.engine.model_cache)
+        self.budget = AudioBudget(int(settings.limits.decoded_audio_mb * 1048576))
+        self._workers = ThreadPoolExecutor(settings.pipeline.workers, thread_name_prefix="asr-pipeline")
+        self._whole = WholeAudio()
+        longform = settings.longform
+        self._vad_opts = VadOptions(
+            max_segment_s=longform.max_segment_s,
+            min_segment_s=min(longform.min_segment_s, longform.max_segment_s),
+            merge_gap_s=longform.merge_gap_s,
+        )
+        self._whole_opts = WholeAudio.options(settings.engine.max_clip_s)
+        self._window_s = longform.group_s
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    async def start(self, *, warmup: bool = False) -> None:
+        """Start the scheduler; optionally push one clip through it (CUDA modules, allocator)."""
+        await self.scheduler.start()
+        if warmup:
+            noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
+            t0 = time.perf_counter()
+            await self.scheduler.submit(noise, ())
+            log.info("warm-up transcription took %.2f s", time.perf_counter() - t0)
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    def options(self, **form: Any) -> Options:
+        """`Options.from_form` with this service's hotword limits."""
+        limits = self.settings.limits
+        return Options.from_form(**form, max_hotwords=limits.max_hotwords, max_hotword_chars=limits.max_hotword_chars)
+
+    # ---- one recording -----------------------------------------------------------------------
+
+    async def transcribe(
+        self, source: AudioSource | AudioStream, options: Options | None = None, *, background: bool = False
+    ) -> Result:
+        """Transcribe one recording (bytes, a path, a binary file object, or an opened stream).
+
+        `background=True` (batch jobs, the CLI) waits for room in the decoded-audio budget and in
+        a full scheduler queue; otherwise a request that cannot get room within
+        `limits.budget_wait_s` fails with BusyError (503) and a full queue with QueueFullError.
+        """
+        options = options or Options()
+        t0 = time.perf_counter()
+        limits = self.settings.limits
+        if isinstance(source, AudioStream):
+            stream = source
+        else:
+            stream = await self._run(open_audio, source, max_duration_s=limits.max_audio_s)
+        src = _Source(stream)
+        try:
+            reserve = self._reservation(stream.duration_s, options)
+            async with self.budget.hold(reserve, None if background else limits.budget_wait_s) as held:
+                use_vad = await self._run(self._open_segments, src, options)
+                parts = await self._recognise(src, options, held, background)
+        finally:
+            # On the worker threads, after any hop still running there: a decoder is never
+            # closed while another thread reads from it.
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is ending
+                self._workers.submit(src.close)
+        result = await self._run(self._assemble, parts, stream.samples, options, use_vad, t0)
+        return result
+
+    def _reservation(self, duration_s: float | None, options: Options) -> int:
+        """Decoded bytes a request may hold: its length (when the header says), else the
+        streaming window (`longform.group_s`), and never less than its longest clip plus one
+        decoded block (with VAD on 'auto', the head read to decide it)."""
+        longform = self.settings.longform
+        vad = self._uses_vad(options)
+        if vad is None:
+            floor = max(longform.auto_vad_s, self.settings.engine.max_clip_s)
+        else:
+            floor = longform.max_segment_s if vad else self.settings.engine.max_clip_s
+        floor += BLOCK_S
+        seconds = self._window_s if duration_s is None else min(duration_s + BLOCK_S, self._window_s)
+        return int(max(seconds, floor) * BYTES_PER_SECOND)
+
+    @staticmethod
+    def _uses_vad(options: Options) -> bool | None:
+        """Whether the options decide VAD (None: by the recording's length)."""
+        return True if options.speakers else options.vad
+
+    def _open_segments(self, src: _Source, options: Options) -> bool:
+        """Decide VAD (for 'auto', by decoding the head of the recording) and set up the segment
+        stream. Returns whether VAD is used."""
+        blocks = src.stream.blocks()
+        source: Iterator[np.ndarray] = blocks
+        use_vad = self._uses_vad(options)
+        if use_vad is None:
+            head: list[np.ndarray] = []
+            held = 0
+            limit = self.settings.longform.auto_vad_s * SAMPLE_RATE
+            use_vad = False
+            with src.lock:
+                for block in blocks:
+                    head.append(block)
+                    held += len(block)
+                    if held > limit:
+                        use_vad = True
+                        break
+            source = itertools.chain(head, blocks)
+        if use_vad:
+            src.chunks = self.models.vad().stream(source, self._vad_opts)
+        else:
+            src.chunks = self._whole.stream(source, self._whole_opts)
+        return use_vad
+
+    async def _recognise(self, src: _Source, options: Options, window_bytes: int, background: bool) -> list[_Part]:
+        """Submit segments as the stream yields them; at most `window_bytes` of them in flight."""
+        window = AudioBudget(window_bytes)
+        tasks: list[asyncio.Task[_Part]] = []
+        try:
+            while True:
+                chunk = await self._run(src.next_chunk)
+                if chunk is None:
+                    break
+                taken = await window.acquire(chunk.audio.nbytes)
+                tasks.append(asyncio.create_task(self._part(chunk, options, window, taken, background)))
+                for task in tasks:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _part(
+        self, chunk: SpeechChunk, options: Options, window: AudioBudget, taken: int, background: bool
+    ) -> _Part:
+        try:
+            try:
+                transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
+            except ASRError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
+                log.error("engine failed on a %.1f s segment: %r", chunk.segment.duration_s, exc)
+                raise engine_failure(exc) from exc
+            spans: list[SpeakerWindow] = []
+            embeddings = None
+            if options.speakers:
+                spans, embeddings = await self._run(self._embed, chunk, self._speaker_options(options))
+            segment = Segment(chunk.segment.start_ms, chunk.segment.end_ms)
+            return _Part(segment, segment_words(segment, transcript), spans, embeddings)
+        finally:
+            window.release(taken)
+
+    def _speaker_options(self, options: Options) -> SpeakerOptions:
+        longform = self.settings.longform
+        return SpeakerOptions(
+            n_speakers=options.num_speakers,
+            max_speakers=max(longform.max_speakers, options.num_speakers or 1),
+            threshold=longform.speaker_threshold,
+        )
+
+    def _embed(self, chunk: SpeechChunk, opts: SpeakerOptions) -> tuple[list[SpeakerWindow], np.ndarray]:
+        """Speaker embeddings of one segment's windows (small; the audio is not kept)."""
+        spans, clips = windows(chunk.audio, chunk.segment.start_sample, opts)
+        return spans, self.models.embedder().embed(clips)
+
+    def _assemble(
+        self, parts: list[_Part], samples: int, options: Options, use_vad: bool, t0: float
+    ) -> Result:
+        """Words -> punctuation -> sentences -> speakers -> Result."""
+        words = [w for p in parts for w in p.words]
+        notices: list[Notice] = []
+        punctuated = False
+        if options.punctuation:
+            punc = self.models.punctuator()
+            if punc is None:
+                reason = self.models.punctuation_unavailable() or "no punctuation model"
+                notices.append(Notice("punctuation_unavailable", f"Punctuation is unavailable: {reason}."))
+            else:
+                punctuated = True
+                if words:
+                    words = punctuate_words(punc, [words])[0]
+        sentences = build_sentences(words, SubtitleOptions())
+        speakers: list[str] = []
+        if options.speakers:
+            spans = [s for p in parts for s in p.speaker_spans]
+            embeddings = [p.speaker_embeddings for p in parts if p.speaker_embeddings is not None]
+            if spans and embeddings:
+                sentences, speakers = label_speakers(
+                    sentences, spans, np.concatenate(embeddings), self._speaker_options(options)
+                )
+        tokens = tuple(Token(w.text, w.start_ms, w.end_ms) for w in words) if options.timestamps else ()
+        return Result(
+            text=to_text(sentences).strip(),
+            duration_ms=samples * 1000 // SAMPLE_RATE,
+            sentences=tuple(sentences),
+            tokens=tokens,
+            segments=tuple(p.segment for p in parts),
+            speakers=tuple(speakers),
+            applied=Applied(
+                vad=use_vad, punctuation=punctuated, speakers=options.speakers,
+                timestamps=options.timestamps, hotwords=tuple(options.hotwords),
+            ),
+            notices=tuple(notices),
+            processing_ms=round((time.perf_counter() - t0) * 1000),
+        )
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._workers, lambda: fn(*args, **kwargs))
+
+
+# ---- the stages' pure pieces ------------------------------------------------------------------
+
+
+def segment_words(segment: Segment, result: TranscriptLike) -> list[TimedWord]:
+    """The engine's tokens of one segment as words on the file's timeline."""
+    tokens = list(result.tokens or [])
+    stamps = list(result.timestamps or [])
+    if tokens and len(stamps) == len(tokens):
+        words = words_from_tokens(tokens, stamps, segment.start_ms)
+        # Timestamps past the clip end (CIF rounding) are pulled back inside the segment.
+        return [
+            dataclasses.replace(w, start_ms=min(w.start_ms, segment.end_ms),
+                                end_ms=min(max(w.end_ms, w.start_ms), segment.end_ms))
+            for w in words
+        ]
+    if result.text.strip():
+        # No token times: the text spans the whole segment.
+        return [TimedWord(result.text.strip(), segment.start_ms, segment.end_ms)]
+    return []
+
+
+def punctuate_words(
+    punc: Punctuator, word_lists: Sequence[Sequence[TimedWord]], opts: PuncOptions | None = None
+) -> list[list[TimedWord]]:
+    """Words with the punctuation model's marks, all lists in one batched pass; each list ends
+    with a sentence mark."""
+    marks = punc.predict([[w.text for w in ws] for ws in word_lists], opts)
+    out = []
+    for ws, ms in zip(word_lists, marks):
+        marked = [dataclasses.replace(w, punc=m) for w, m in zip(ws, ms)]
+        if marked and marked[-1].punc not in SENTENCE_END:
+            end = "." if marked[-1].text.isascii() else "。"
+            marked[-1] = dataclasses.replace(marked[-1], punc=end)
+        out.append(marked)
+    return out
+
+
+def label_speakers(
+    sentences: list[Sentence], spans: list[SpeakerWindow], embeddings: np.ndarray, opts: SpeakerOptions
+) -> tuple[list[Sentence], list[str]]:
+    """Each sentence takes the speaker owning most of its time (as funasr's distribute_spk)."""
+    labels = cluster_speakers(embeddings, opts).tolist()
+    labelled = []
+    for s in sentences:
+        label = majority_speaker(s.start_ms, s.end_ms, spans, labels)
+        labelled.append(dataclasses.replace(s, speaker=None if label is None else speaker_name(label)))
+    names = list(dict.fromkeys(s.speaker for s in labelled if s.speaker))
+    return labelled, names
+
+
+def transcribe_files(
+    settings: Settings,
+    engine: EngineLike,
+    sources: Sequence[AudioSource | AudioStream],
+    options: Options | None = None,
+) -> list[Result]:
+    """Transcribe recordings with a pipeline of their own and return their results in order: the
+    synchronous form for scripts and notebooks (the first error is raised). Segments of all the
+    recordings share the engine's batches."""
+
+    async def run() -> list[Result]:
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            return list(await asyncio.gather(*(pipeline.transcribe(s, options, background=True) for s in sources)))
+        finally:
+            await pipeline.stop()
+
+    return asyncio.run(run())
+
+
+def blocks_stream(blocks: Iterator[np.ndarray] | Sequence[np.ndarray], duration_s: float | None = None) -> AudioStream:
+    """An `AudioStream` over already decoded float32 16 kHz mono blocks (generated audio, tests)."""
+    return AudioStream(SAMPLE_RATE, duration_s, iter(blocks), lambda: None, None)
+
+
+__all__ = [
+    "AudioBudget",
+    "BusyError",
+    "EngineLike",
+    "Pipeline",
+    "blocks_stream",
+    "label_speakers",
+    "punctuate_words",
+    "segment_words",
+    "transcribe_files",
+]
