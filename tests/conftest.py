@@ -54,5 +54,18 @@ def output_dir() -> Path:
     return OUTPUT_DIR
 
 
-# Test helpers (espeak-ng speech synthesis) live next to the tests.
-sys.path.insert(0, str(Path(__file__).parent))
+_LIVE_FIXTURES = {"live_server", "server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers from what a test uses, so a subset runs with one flag (tests/README.md):
+    `gpu` (skips without CUDA), `browser` (chromium), `live` (a server process)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"page", "browser"}:
+            item.add_marker(pytest.mark.browser)
+        if names & _LIVE_FIXTURES or "start_server" in getattr(item.module, "__dict__", {}):
+            item.add_marker(pytest.mark.live)
+        reasons = " ".join(str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif"))
+        if "CUDA" in reasons or "cuda" in item.nodeid.lower():
+            item.add_marker(pytest.mark.gpu)

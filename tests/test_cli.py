@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from audio_fixtures import all_formats
 
 from asr.cli import main
@@ -82,6 +83,7 @@ def test_folder_with_a_corrupt_file(tiny_model_dir, tmp_path, capsys) -> None:
     assert not list(out.rglob("notes*"))
 
 
+@pytest.mark.slow
 def test_all_good_exits_zero_as_a_process(tiny_model_dir, tmp_path) -> None:
     wav = tmp_path / "one.wav"
     wav.write_bytes(all_formats(1.0)["pcm16_16k.wav"])

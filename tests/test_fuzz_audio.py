@@ -13,6 +13,7 @@ import os
 import struct
 
 import numpy as np
+import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,6 +36,8 @@ def _real_file() -> bytes:
     sf.write(buf, np.sin(np.arange(4000) / 10).astype(np.float32) * 0.3, 16000, format="FLAC")
     return buf.getvalue()
 
+
+pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("ASR_FUZZ_EXAMPLES", "3000"))
 MAGIC = [

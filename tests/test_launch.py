@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from asr.settings import profile_for_gpu, resolve_config
 from asr.web.launch import build_parser, settings_from_args
@@ -32,11 +33,16 @@ def test_profile_for_gpu(name: str | None, profile: str) -> None:
     assert (REPO / "configs" / f"{profile}.yaml").is_file()
 
 
-def test_every_profile_loads(tmp_path: Path) -> None:
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        args = build_parser().parse_args(["--config", str(path)])
-        settings = settings_from_args(args)
-        assert settings.engine.batch_budget_s > 0, path.name
+def test_every_profile_loads_and_its_values_arrive(tmp_path: Path) -> None:
+    """Each profile is read, not ignored: every value it sets is the one the settings hold."""
+    profiles = sorted((REPO / "configs").glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"cpu", "h100", "a100", "a10", "rtx4090", "rtx3060"}
+    for path in profiles:
+        settings = settings_from_args(build_parser().parse_args(["--config", path.stem]))
+        loaded = settings.model_dump(mode="json")
+        for section, values in yaml.safe_load(path.read_text(encoding="utf-8")).items():
+            for key, value in values.items():
+                assert loaded[section][key] == value, (path.name, section, key)
 
 
 def test_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -126,6 +126,7 @@ def test_clustering_separates_distinct_embeddings_and_honours_the_count():
     assert len(set(cluster_speakers(big, SpeakerOptions(max_points=100)).tolist())) == 3
 
 
+@pytest.mark.slow
 def test_streaming_memory_does_not_grow_with_length(tiny_model_dir, engine, long_rec):
     """A recording streams through the pipeline: the peak of Python/numpy memory (tracemalloc,
     which numpy reports to; free of allocator noise) for a 9-minute stream equals that of a

@@ -98,6 +98,7 @@ def test_lanes_agree_with_a_serial_pass(rec):
         assert abs(a.end_sample - b.end_sample) <= 2 * 512
 
 
+@pytest.mark.slow
 def test_streaming_memory_is_bounded_for_20_minutes(silero):
     require_espeak()
     speech = say(SENTENCES[0])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from .conftest import service_settings, wav_bytes
@@ -22,6 +23,7 @@ def test_api_only_app_serves_the_api_and_no_page(tiny_model_dir: Path, shared_en
         assert client.get("/healthz").status_code == 200
 
 
+@pytest.mark.slow
 def test_api_only_does_not_import_gradio(tiny_model_dir: Path, tmp_path: Path) -> None:
     code = (
         "import sys; from asr.web.launch import settings_from_args, build_parser\n"

@@ -119,6 +119,7 @@ def _check_openai(verbose: dict[str, Any], result: dict[str, Any]) -> None:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("form", [{}, EXPLICIT], ids=["defaults", "explicit"])
 def test_every_door_gives_the_same_result(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from asr.pipeline.audio import decode_audio
 
@@ -28,6 +29,7 @@ def _wait_done(url: str, job_ids: list[str], timeout_s: float = 180) -> dict[str
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_batch_job_survives_sigkill_mid_job(tiny_model_dir: Path, engine: Any, tmp_path: Path) -> None:
     data = [wav_bytes(2.0 + 0.5 * (i % 4), seed=i) for i in range(N_FILES)]
     extra = [wav_bytes(1.0, seed=1000 + i) for i in range(5)]

@@ -68,6 +68,7 @@ def test_listens_on_loopback_only(limited_server: LiveServer) -> None:
     assert listening == ["0100007F"], listening  # 127.0.0.1, nothing else (no 0.0.0.0, no ::)
 
 
+@pytest.mark.slow
 def test_200_concurrent_clients_no_errors_flat_memory(limited_server: LiveServer, output_dir: Path) -> None:
     duration = 12.0
     report = asyncio.run(

@@ -51,6 +51,7 @@ class GatedEngine:
         return self.engine.info()
 
 
+@pytest.mark.slow
 def test_request_timeout_is_504_and_later_requests_are_unharmed(
     tiny_model_dir: Path, shared_engine: Any, tmp_path: Path
 ) -> None:
