@@ -127,8 +127,10 @@ class InverseNormalizer:
     def __init__(self, cache_size: int = 65536) -> None:
         self._lock = threading.Lock()
         self._tag: Callable[[str], str] | None = None
-        self._verbalize: Callable[[str], str] = str
+        self._verbalizer: Callable[[str], str] | None = None
+        # Spoken numbers repeat (一百, 十二点, 百分之五): runs and verbalised tokens are cached.
         self._run_rewrites = functools.lru_cache(maxsize=cache_size)(self._rewrite_run)
+        self._verbalize_cached = functools.lru_cache(maxsize=cache_size)(self._verbalize_token)
         self._idioms = re.compile("|".join(sorted(map(re.escape, IDIOMS), key=len, reverse=True)))
 
     # -- loading ---------------------------------------------------------------------------------
@@ -150,26 +152,31 @@ class InverseNormalizer:
             def verbalize(token: str) -> str:
                 return wetext.verbalize(wetext.reorder(token, "zh", "itn"), "zh", "itn")
 
-            self._verbalize = verbalize
+            self._verbalizer = verbalize
             self._tag = functools.partial(wetext.tag, lang="zh", operator="itn")
 
     # -- text ------------------------------------------------------------------------------------
 
     def rewrites(self, text: str) -> list[Rewrite]:
         """Where `text` changes: non-overlapping rewrites in order, offsets into `text`."""
-        if not _HAS_NUMERAL.search(text):
-            return []
         self.load()
+        found = self._grammar_rewrites(text)
+        if found:
+            idioms = [m.span() for m in self._idioms.finditer(text)]
+            if idioms:
+                found = [r for r in found if not any(_breaks(r, span) for span in idioms)]
+        return found
+
+    def _grammar_rewrites(self, text: str) -> list[Rewrite]:
+        """The grammar's rewrites, tagging only the runs of token characters that hold a numeral."""
         found: list[Rewrite] = []
+        if not _HAS_NUMERAL.search(text):
+            return found
         for run in _RUNS.finditer(text.translate(_TAGGER_VARIANTS)):
             if _HAS_NUMERAL.search(run.group()):
                 base = run.start()
                 found.extend(Rewrite(r.start + base, r.end + base, r.text, r.token_start + base,
                                      r.token_end + base) for r in self._run_rewrites(run.group()))
-        if found:
-            idioms = [m.span() for m in self._idioms.finditer(text)]
-            if idioms:
-                found = [r for r in found if not any(_breaks(r, span) for span in idioms)]
         return found
 
     def apply_text(self, text: str) -> str:
@@ -253,13 +260,17 @@ class InverseNormalizer:
                     return []
                 parts.append(Rewrite(at + m.start(), at + m.end(), digits, at, end))
             return parts
-        written = self._verbalize(token)
+        written = self._verbalize_cached(token)
         if not written or written == source or "~" in written:
             return []
         return [Rewrite(at, end, written, at, end)]
 
+    def _verbalize_token(self, token: str) -> str:
+        assert self._verbalizer is not None
+        return self._verbalizer(token)
+
     def _digits(self, spoken: str) -> str | None:
-        written = self._verbalize(f'cardinal {{ value: "{spoken}" }}')
+        written = self._verbalize_cached(f'cardinal {{ value: "{spoken}" }}')
         if "~" in written:
             return None
         if written:
@@ -270,7 +281,7 @@ class InverseNormalizer:
 
     def _whole_run(self, run: str, tagged: str) -> tuple[Rewrite, ...]:
         """Fallback when the tags do not spell the input: one rewrite for the changed middle."""
-        written = self._verbalize(tagged)
+        written = self._verbalize_cached(tagged)
         if not written or written == run:
             return ()
         head = 0

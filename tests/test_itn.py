@@ -1,0 +1,201 @@
+"""Inverse text normalization: the case table, timestamps of rewritten spans, threads, loading.
+
+Speed is measured by benchmarks/itn_speed.py, not here.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from itn_cases import (
+    CARDINALS,
+    DATES,
+    KNOWN_LIMITATIONS,
+    POSITIVE,
+    SENTENCES,
+    UNCHANGED,
+)
+
+from asr.pipeline.subtitles import TimedWord, build_sentences, to_srt, validate_srt
+
+pytest.importorskip("wetext", reason="ITN needs wetext (requirements.txt); without it the stage is unavailable")
+
+from asr.pipeline.itn import InverseNormalizer, ITNUnavailableError, Rewrite  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def itn() -> InverseNormalizer:
+    return InverseNormalizer()
+
+
+def chars(text: str, step: int = 200, first: int = 0, punc: dict[int, str] | None = None) -> list[TimedWord]:
+    """One word per character, `step` ms apart, each lasting step - 50 ms; `punc`: index -> mark."""
+    punc = punc or {}
+    return [TimedWord(ch, first + i * step, first + i * step + step - 50, punc.get(i, ""))
+            for i, ch in enumerate(text)]
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def test_table_size() -> None:
+    assert len(POSITIVE) + len(UNCHANGED) >= 150
+    assert len(UNCHANGED) >= 40
+
+
+@pytest.mark.parametrize(("spoken", "written"), POSITIVE, ids=[s for s, _ in POSITIVE])
+def test_rewrites(itn: InverseNormalizer, spoken: str, written: str) -> None:
+    assert itn.apply_text(spoken) == written
+
+
+@pytest.mark.parametrize("text", UNCHANGED)
+def test_unchanged(itn: InverseNormalizer, text: str) -> None:
+    assert itn.apply_text(text) == text
+
+
+@pytest.mark.xfail(strict=True, reason="wetext limitation, listed in docs/itn.md")
+@pytest.mark.parametrize(("spoken", "written"), KNOWN_LIMITATIONS, ids=[s for s, _ in KNOWN_LIMITATIONS])
+def test_known_limitations(itn: InverseNormalizer, spoken: str, written: str) -> None:
+    assert itn.apply_text(spoken) == written
+
+
+def test_written_text_is_left_alone(itn: InverseNormalizer) -> None:
+    """Running ITN twice changes nothing more: digits, %, / and : are not spoken numbers."""
+    for _, written in POSITIVE:
+        assert itn.apply_text(written) == written
+
+
+def test_marks_separate_numbers(itn: InverseNormalizer) -> None:
+    assert itn.apply_text("三点，五个人") == "三点，五个人"
+    assert itn.apply_text("三点五个人") == "3.5个人"
+
+
+def test_cutting_at_non_token_characters_matches_whole_text_tagging(itn: InverseNormalizer) -> None:
+    """The tagger sees only runs of characters a token can hold (speed); the result must be what
+    tagging the whole text gives. Texts mix table rows with everyday words around them."""
+    rng = random.Random(0)
+    fillers = ["我觉得", "，然后", "。", "这是", "了吗？", "hello", " ", "他说", "大概", "左右", "的人"]
+    rows = [s for s, _ in POSITIVE] + UNCHANGED
+    texts = [s for s, _ in SENTENCES]
+    for _ in range(300):
+        texts.append("".join(rng.choice(rows) if rng.random() < 0.5 else rng.choice(fillers) for _ in range(4)))
+    itn.load()
+    for text in texts:
+        whole = list(itn._rewrite_run(text.translate(str.maketrans("〇", "零"))))
+        assert itn._grammar_rewrites(text) == whole, text
+
+
+# -- timestamps --------------------------------------------------------------------------------
+
+def test_rewritten_span_takes_the_union_of_its_source_times(itn: InverseNormalizer) -> None:
+    words = chars("一百二十三", step=200, first=100)
+    out = itn.apply(words)
+    assert out == [TimedWord("123", 100, 100 + 4 * 200 + 150)]
+
+
+def test_untouched_words_keep_their_times(itn: InverseNormalizer) -> None:
+    words = chars("我有十二个苹果")
+    out = itn.apply(words)
+    assert [w.text for w in out] == ["我", "有", "12", "个", "苹", "果"]
+    assert out[:2] == words[:2] and out[3:] == words[4:]
+    assert (out[2].start_ms, out[2].end_ms) == (words[2].start_ms, words[3].end_ms)
+
+
+def test_date_digits_replace_only_the_numbers(itn: InverseNormalizer) -> None:
+    words = chars("二零二六年十二月一日")
+    out = itn.apply(words)
+    assert [w.text for w in out] == ["2026", "年", "12", "月", "1", "日"]
+    assert (out[0].start_ms, out[0].end_ms) == (words[0].start_ms, words[3].end_ms)
+    assert out[1] == words[4]  # 年 keeps its own time
+    assert (out[2].start_ms, out[2].end_ms) == (words[5].start_ms, words[6].end_ms)
+    assert out[4] == TimedWord("1", words[8].start_ms, words[8].end_ms)
+
+
+def test_marks_stay_attached(itn: InverseNormalizer) -> None:
+    words = chars("三点五然后百分之五", punc={2: "，", 8: "。"})
+    out = itn.apply(words)
+    assert [(w.text, w.punc) for w in out] == [("3.5", "，"), ("然", ""), ("后", ""), ("5%", "。")]
+    assert out[0].end_ms == words[2].end_ms and out[-1].start_ms == words[5].start_ms
+
+
+def test_a_mark_between_numbers_is_respected(itn: InverseNormalizer) -> None:
+    words = chars("三点五个人", punc={1: "，"})  # 三点，五个人: 3 o'clock, five people
+    assert itn.apply(words) == words
+
+
+def test_english_words_and_spaces(itn: InverseNormalizer) -> None:
+    words = [TimedWord("hello", 0, 300), TimedWord("world", 300, 600),
+             *chars("一百二十", first=600)]
+    out = itn.apply(words)
+    assert out[:2] == words[:2]
+    assert out[2] == TimedWord("120", 600, words[-1].end_ms)
+
+
+def test_multi_character_words(itn: InverseNormalizer) -> None:
+    # A word holding a whole expression keeps its time; a rewrite across words joins them.
+    assert itn.apply([TimedWord("一百二十三个", 0, 900, "。")]) == [TimedWord("123个", 0, 900, "。")]
+    words = [TimedWord("我有一百", 0, 400), TimedWord("二十个", 400, 700, "，"), TimedWord("好", 700, 800)]
+    out = itn.apply(words)
+    assert out == [TimedWord("我有120个", 0, 700, "，"), words[2]]
+
+
+def test_speaker_turns_are_not_joined(itn: InverseNormalizer) -> None:
+    words = [TimedWord("十", 0, 100, speaker="A"), TimedWord("二", 100, 200, speaker="B")]
+    assert itn.apply(words) == words
+    same = [TimedWord("十", 0, 100, speaker="A"), TimedWord("二", 100, 200, speaker="A")]
+    assert itn.apply(same) == [TimedWord("12", 0, 200, speaker="A")]
+
+
+def test_nothing_to_rewrite(itn: InverseNormalizer) -> None:
+    assert itn.apply([]) == []
+    words = chars("我们一起去吧", punc={5: "。"})
+    assert itn.apply(words) == words
+
+
+def test_subtitles_after_itn_keep_their_cue_times(itn: InverseNormalizer) -> None:
+    text = "会议定在二零二六年十二月一日下午三点半开始大概有两百人参加"
+    words = chars(text, punc={text.index("始"): "，", len(text) - 1: "。"})
+    before = build_sentences(words)
+    after = build_sentences(itn.apply(words))
+    assert [(s.start_ms, s.end_ms) for s in after] == [(s.start_ms, s.end_ms) for s in before]
+    assert "".join(s.text for s in after) == "会议定在2026年12月1日下午3点半开始，大概有200人参加。"
+    assert validate_srt(to_srt(after)) == len(after)
+
+
+def test_rewrites_report_source_offsets(itn: InverseNormalizer) -> None:
+    assert itn.rewrites("我有十二个") == [Rewrite(2, 4, "12", 2, 5)]  # 十二个 is one measure token
+
+
+# -- threads and loading -----------------------------------------------------------------------
+
+def test_eight_threads_give_the_sequential_results() -> None:
+    texts = [s for s, _ in POSITIVE] + UNCHANGED
+    sequential = [InverseNormalizer().apply_text(t) for t in texts]
+    shared = InverseNormalizer()  # not loaded yet: the threads race to load it too
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(shared.apply_text, texts * 8))
+    assert threaded == sequential * 8
+
+    words = [chars(s) for s, _ in CARDINALS + DATES]
+    one = [shared.apply(w) for w in words]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(shared.apply, words * 8)) == one * 8
+
+
+def test_import_does_not_load_the_library() -> None:
+    code = "import sys, asr.pipeline.itn; print('wetext' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asr.pipeline import itn as itn_module
+
+    monkeypatch.setitem(sys.modules, "wetext", None)  # import wetext now raises ImportError
+    assert not itn_module.available()
+    with pytest.raises(ITNUnavailableError, match="ITN unavailable") as err:
+        InverseNormalizer().apply_text("一百")
+    assert err.value.code == "itn_unavailable"
