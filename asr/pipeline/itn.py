@@ -26,6 +26,7 @@ numeral; results per run are cached. A sentence without numerals costs a regex s
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.util
 import re
@@ -193,31 +194,31 @@ class InverseNormalizer:
         words[j].end_ms carrying words[j].punc; words that no rewrite touches are returned as they
         are. A rewrite never swallows a mark or joins two speakers; such a rewrite is skipped.
         """
-        text, owner, is_mark, starts = _join_for_itn(words)
-        rewrites = [
-            r for r in self.rewrites(text)
-            if not any(is_mark[r.start:r.end])
-            and len({words[k].speaker for k in owner[r.start:r.end] if k >= 0}) <= 1
-        ]
-        if not rewrites:
-            return list(words)
-
+        text, starts, ends = _join_for_itn(words)
         # Words touched by one rewrite form one group; groups that share a word merge.
         groups: list[tuple[int, int, list[Rewrite]]] = []
-        for r in rewrites:
-            touched = [k for k in owner[r.start:r.end] if k >= 0]
-            first, last = min(touched), max(touched)
+        for r in self.rewrites(text):
+            first = bisect.bisect_right(ends, r.start)  # first word whose text ends after r.start
+            last = bisect.bisect_left(starts, r.end) - 1  # last word whose text starts before r.end
+            if first > last:
+                continue
+            swallows_mark = any(words[k].punc and ends[k] < r.end and r.start < ends[k] + len(words[k].punc)
+                                for k in range(max(first - 1, 0), last + 1))
+            if swallows_mark or len({words[k].speaker for k in range(first, last + 1)}) > 1:
+                continue
             if groups and first <= groups[-1][1]:
                 g_first, g_last, g_rewrites = groups[-1]
                 groups[-1] = (g_first, max(g_last, last), [*g_rewrites, r])
             else:
                 groups.append((first, last, [r]))
+        if not groups:
+            return list(words)
 
         out: list[TimedWord] = []
         done = 0
         for first, last, group_rewrites in groups:
             out.extend(words[done:first])
-            begin, end = starts[first], starts[last] + len(words[last].text)
+            begin, end = starts[first], ends[last]
             out.append(replace(
                 words[first],
                 text=_splice(text, group_rewrites, begin, end),
@@ -311,24 +312,23 @@ def _splice(text: str, rewrites: Sequence[Rewrite], begin: int, end: int) -> str
     return "".join(pieces)
 
 
-def _join_for_itn(words: Sequence[TimedWord]) -> tuple[str, list[int], list[bool], list[int]]:
-    """Text as `join_words` builds it (marks kept as they are), with each character's word index
-    (-1 for the space between two ASCII words), whether it is a mark, and where each word starts."""
+def _join_for_itn(words: Sequence[TimedWord]) -> tuple[str, list[int], list[int]]:
+    """Text as `join_words` builds it (marks kept as they are: ITN must see them), and where each
+    word's text starts and ends in it; its mark follows the end."""
     pieces: list[str] = []
-    owner: list[int] = []
-    is_mark: list[bool] = []
     starts: list[int] = []
-    for i, w in enumerate(words):
-        prev = words[i - 1] if i else None
+    ends: list[int] = []
+    pos = 0
+    prev: TimedWord | None = None
+    for w in words:
         if prev is not None and w.text.isascii() and prev.text.isascii() and not prev.punc:
             pieces.append(" ")
-            owner.append(-1)
-            is_mark.append(False)
-        starts.append(len(owner))
+            pos += 1
+        starts.append(pos)
+        pos += len(w.text)
+        ends.append(pos)
         pieces.append(w.text)
-        owner.extend([i] * len(w.text))
-        is_mark.extend([False] * len(w.text))
         pieces.append(w.punc)
-        owner.extend([i] * len(w.punc))
-        is_mark.extend([True] * len(w.punc))
-    return "".join(pieces), owner, is_mark, starts
+        pos += len(w.punc)
+        prev = w
+    return "".join(pieces), starts, ends
