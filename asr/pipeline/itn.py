@@ -78,7 +78,7 @@ IDIOMS: tuple[str, ...] = (
     "独一无二", "说一不二", "接二连三", "三番五次", "三言两语", "七上八下", "乱七八糟", "七嘴八舌",
     "五颜六色", "四面八方", "千方百计", "千千万万", "成千上万", "万无一失", "九死一生", "一举两得",
     "半斤八两", "百发百中", "不三不四", "一干二净", "十有八九", "三五成群", "十字路口", "十字架",
-    "三十六计", "三十而立", "四十不惑",
+    "三十六计", "三十而立", "四十不惑", "九九八十一",
     # Lunar dates are written in characters (GB/T 15835-2011 §4.2.1); these are festival names.
     "大年三十", "年三十", "正月十五", "八月十五",
 )
@@ -242,13 +242,11 @@ class InverseNormalizer:
             # The tagger copies the spoken text into the fields in order (preserve_order is a flag).
             source = "".join(v for k, v in fields if k != "preserve_order")
             if run[pos:pos + len(source)] != source:
-                return self._whole_run(run, tagged)
+                return ()  # tags that do not spell the input cannot be placed in time: leave it
             if kind != "char":
                 rewrites.extend(self._render(kind, m.group(0), source, pos))
             pos += len(source)
-        if pos != len(run):
-            return self._whole_run(run, tagged)
-        return tuple(rewrites)
+        return tuple(rewrites) if pos == len(run) else ()
 
     def _render(self, kind: str, token: str, source: str, at: int) -> list[Rewrite]:
         end = at + len(source)
@@ -279,19 +277,6 @@ class InverseNormalizer:
         if all(c in _DIGIT for c in spoken):
             return "".join(_DIGIT[c] for c in spoken)
         return None
-
-    def _whole_run(self, run: str, tagged: str) -> tuple[Rewrite, ...]:
-        """Fallback when the tags do not spell the input: one rewrite for the changed middle."""
-        written = self._verbalize_cached(tagged)
-        if not written or written == run:
-            return ()
-        head = 0
-        while head < min(len(run), len(written)) and run[head] == written[head]:
-            head += 1
-        tail = 0
-        while tail < min(len(run), len(written)) - head and run[-1 - tail] == written[-1 - tail]:
-            tail += 1
-        return (Rewrite(head, len(run) - tail, written[head:len(written) - tail], 0, len(run)),)
 
 
 def _breaks(r: Rewrite, idiom: tuple[int, int]) -> bool:
