@@ -11,6 +11,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from itn_cases import (
     CARDINALS,
     DATES,
@@ -163,6 +165,37 @@ def test_subtitles_after_itn_keep_their_cue_times(itn: InverseNormalizer) -> Non
     assert [(s.start_ms, s.end_ms) for s in after] == [(s.start_ms, s.end_ms) for s in before]
     assert "".join(s.text for s in after) == "会议定在2026年12月1日下午3点半开始，大概有200人参加。"
     assert validate_srt(to_srt(after)) == len(after)
+
+
+_PIECES = list("零一二两三四五六七八九十百千万点年月日号分秒元块个人的我是了在，") + [
+    "百分之", "公里", "下午", "一起", "十分", "hello", "GPU", "A", "三心二意"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(["", "", "", "，", "。"])), max_size=30))
+def test_any_words_map_back_to_their_times(pieces: list[tuple[str, str]]) -> None:
+    """For any words: the text is what ITN makes of the joined text, marks survive in order, and
+    every output word spans a run of consecutive input words, from the first's start to the
+    last's end, covering them all."""
+    itn = _SHARED
+    words = [TimedWord(text, i * 100, i * 100 + 80, punc) for i, (text, punc) in enumerate(pieces)]
+    out = itn.apply(words)
+    seen = "".join((" " if i and w.text.isascii() and words[i - 1].text.isascii() and not words[i - 1].punc else "")
+                   + w.text + w.punc for i, w in enumerate(words))  # what ITN reads (join_words' spacing)
+    assert "".join(w.text + w.punc for w in out).replace(" ", "") == itn.apply_text(seen).replace(" ", "")
+    assert [w.punc for w in out if w.punc] == [w.punc for w in words if w.punc]
+    i = 0
+    for w in out:
+        j = next(k for k in range(i, len(words)) if words[k].end_ms == w.end_ms)
+        assert w.start_ms == words[i].start_ms
+        assert w.punc == words[j].punc
+        if j == i and w.text == words[i].text:
+            assert w is words[i]
+        i = j + 1
+    assert i == len(words)
+
+
+_SHARED = InverseNormalizer()
 
 
 def test_rewrites_report_source_offsets(itn: InverseNormalizer) -> None:
