@@ -232,3 +232,13 @@ def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ITNUnavailableError, match="ITN unavailable") as err:
         InverseNormalizer().apply_text("一百")
     assert err.value.code == "itn_unavailable"
+
+
+def test_text_after_itn_keeps_chinese_marks_after_digits(itn: InverseNormalizer) -> None:
+    """join_words turns marks after English words into ASCII ones; after digits (ITN output inside
+    Chinese text) the Chinese mark stays."""
+    from asr.pipeline.subtitles import join_words
+
+    words = chars("增长了三点五然后", punc={5: "，"})
+    words += [TimedWord("hello", 2000, 2300, "，"), TimedWord("好", 2300, 2400)]
+    assert join_words(itn.apply(words)) == "增长了3.5，然后hello,好"
