@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -198,6 +199,14 @@ def test_any_words_map_back_to_their_times(pieces: list[tuple[str, str]]) -> Non
 _SHARED = InverseNormalizer()
 
 
+def test_hotwords_are_kept_as_names(itn: InverseNormalizer) -> None:
+    assert itn.apply_text("他会七十二变，涨了百分之五") == "他会72变，涨了5%"
+    assert itn.apply_text("他会七十二变，涨了百分之五", keep=["七十二变"]) == "他会七十二变，涨了5%"
+    words = chars("学会七十二变要十二年")
+    out = itn.apply(words, keep=["七十二变", ""])
+    assert [w.text for w in out] == list("学会七十二变要") + ["12", "年"]
+
+
 def test_rewrites_report_source_offsets(itn: InverseNormalizer) -> None:
     assert itn.rewrites("我有十二个") == [Rewrite(2, 4, "12", 2, 5)]  # 十二个 is one measure token
 
@@ -220,7 +229,8 @@ def test_eight_threads_give_the_sequential_results() -> None:
 
 def test_import_does_not_load_the_library() -> None:
     code = "import sys, asr.pipeline.itn; print('wetext' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
 
 

@@ -158,12 +158,17 @@ class InverseNormalizer:
 
     # -- text ------------------------------------------------------------------------------------
 
-    def rewrites(self, text: str) -> list[Rewrite]:
-        """Where `text` changes: non-overlapping rewrites in order, offsets into `text`."""
+    def rewrites(self, text: str, keep: Sequence[str] = ()) -> list[Rewrite]:
+        """Where `text` changes: non-overlapping rewrites in order, offsets into `text`.
+
+        `keep`: words the caller knows are names (a request's hotwords, such as 七十二变 or
+        三一重工); they are protected like `IDIOMS`.
+        """
         self.load()
         found = self._grammar_rewrites(text)
         if found:
             idioms = [m.span() for m in self._idioms.finditer(text)]
+            idioms += [(m.start(), m.end()) for word in keep if word for m in re.finditer(re.escape(word), text)]
             if idioms:
                 found = [r for r in found if not any(_breaks(r, span) for span in idioms)]
         return found
@@ -180,24 +185,25 @@ class InverseNormalizer:
                                      r.token_end + base) for r in self._run_rewrites(run.group()))
         return found
 
-    def apply_text(self, text: str) -> str:
-        """The text with spoken numbers written as digits."""
-        return _splice(text, self.rewrites(text), 0, len(text))
+    def apply_text(self, text: str, keep: Sequence[str] = ()) -> str:
+        """The text with spoken numbers written as digits (`keep` as in `rewrites`)."""
+        return _splice(text, self.rewrites(text, keep), 0, len(text))
 
     # -- timed words -----------------------------------------------------------------------------
 
-    def apply(self, words: Sequence[TimedWord]) -> list[TimedWord]:
+    def apply(self, words: Sequence[TimedWord], keep: Sequence[str] = ()) -> list[TimedWord]:
         """ITN over timed words; every rewritten span keeps the time of the source it replaced.
 
         ITN reads the words joined as `join_words` joins them, marks included (三点，五个人 is not
         3.5). A rewrite covering words i..j becomes one word from words[i].start_ms to
         words[j].end_ms carrying words[j].punc; words that no rewrite touches are returned as they
         are. A rewrite never swallows a mark or joins two speakers; such a rewrite is skipped.
+        `keep`: words to leave alone, as in `rewrites` (pass the request's hotwords).
         """
         text, starts, ends = _join_for_itn(words)
         # Words touched by one rewrite form one group; groups that share a word merge.
         groups: list[tuple[int, int, list[Rewrite]]] = []
-        for r in self.rewrites(text):
+        for r in self.rewrites(text, keep):
             first = bisect.bisect_right(ends, r.start)  # first word whose text ends after r.start
             last = bisect.bisect_left(starts, r.end) - 1  # last word whose text starts before r.end
             if first > last:
