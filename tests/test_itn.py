@@ -205,6 +205,7 @@ def test_hotwords_are_kept_as_names(itn: InverseNormalizer) -> None:
     words = chars("学会七十二变要十二年")
     out = itn.apply(words, keep=["七十二变", ""])
     assert [w.text for w in out] == list("学会七十二变要") + ["12", "年"]
+    assert itn.apply_text("两千块钱", keep=["块钱"]) == "2000块钱"  # a hotword without a numeral is no name of a number
 
 
 def test_rewrites_report_source_offsets(itn: InverseNormalizer) -> None:

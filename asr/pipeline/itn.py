@@ -161,14 +161,14 @@ class InverseNormalizer:
     def rewrites(self, text: str, keep: Sequence[str] = ()) -> list[Rewrite]:
         """Where `text` changes: non-overlapping rewrites in order, offsets into `text`.
 
-        `keep`: words the caller knows are names (a request's hotwords, such as 七十二变 or
-        三一重工); they are protected like `IDIOMS`.
+        `keep`: words the caller knows are names (a request's hotwords, such as 七十二变); those
+        with a numeral are protected like `IDIOMS`.
         """
         self.load()
         found = self._grammar_rewrites(text)
         if found:
             idioms = [m.span() for m in self._idioms.finditer(text)]
-            idioms += [(m.start(), m.end()) for word in keep if word for m in re.finditer(re.escape(word), text)]
+            idioms += [span for word in keep if _HAS_NUMERAL.search(word) for span in _occurrences(word, text)]
             if idioms:
                 found = [r for r in found if not any(_breaks(r, span) for span in idioms)]
         return found
@@ -291,6 +291,14 @@ def _breaks(r: Rewrite, idiom: tuple[int, int]) -> bool:
     overlaps = r.token_start < i_end and i_start < r.token_end
     holds = r.token_start <= i_start and i_end <= r.token_end and r.token_end - r.token_start > i_end - i_start
     return overlaps and not holds
+
+
+def _occurrences(word: str, text: str) -> list[tuple[int, int]]:
+    spans, at = [], text.find(word)
+    while at >= 0:
+        spans.append((at, at + len(word)))
+        at = text.find(word, at + 1)
+    return spans
 
 
 def _splice(text: str, rewrites: Sequence[Rewrite], begin: int, end: int) -> str:
