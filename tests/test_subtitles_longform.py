@@ -222,7 +222,7 @@ def _join_words_reference(words) -> str:
             out += " "
         out += w.text
         mark = w.punc
-        if mark and is_ascii:
+        if mark and is_ascii and any(c.isalpha() for c in w.text):
             mark = {"，": ",", "。": ".", "？": "?", "、": ","}.get(mark, mark)
         out += mark
         prev_ascii = is_ascii and not mark
@@ -231,7 +231,7 @@ def _join_words_reference(words) -> str:
 
 _WORDS = st.builds(
     TimedWord,
-    st.sampled_from(["你", "好", "hello", "GPU", "ok", "达摩院", "x"]),
+    st.sampled_from(["你", "好", "hello", "GPU", "ok", "达摩院", "x", "3.5", "2026", "5%"]),
     st.just(0),
     st.just(10),
     st.sampled_from(["", "", "，", "。", "？", "、", "!"]),

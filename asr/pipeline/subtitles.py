@@ -88,7 +88,10 @@ def _joined(prev: TimedWord | None, w: TimedWord) -> str:
     """What `w` adds to `join_words` after `prev`: a space between ASCII words, the word, its mark."""
     is_ascii = w.text.isascii()
     space = " " if is_ascii and prev is not None and prev.text.isascii() and not prev.punc else ""
-    mark = _ASCII_MARKS.get(w.punc, w.punc) if w.punc and is_ascii else w.punc
+    # An English word takes ASCII marks (hello,); digits that ITN wrote sit in Chinese text and keep
+    # its marks (增长了3.5，然后), so only a word with a letter converts.
+    latin = is_ascii and any(c.isalpha() for c in w.text)
+    mark = _ASCII_MARKS.get(w.punc, w.punc) if w.punc and latin else w.punc
     return space + w.text + mark
 
 
