@@ -62,7 +62,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     switch = {None: "auto", True: "on", False: "off"}
     options = Options.from_form(
         hotwords=hotword_text, vad=switch[args.vad], punc=switch[args.punc],
-        speakers=args.speakers is not None, num_speakers=args.speakers or None,
+        speakers=args.speakers is not None, num_speakers=args.speakers or None, itn=switch[args.itn],
         max_hotwords=settings.limits.max_hotwords, max_hotword_chars=settings.limits.max_hotword_chars,
     )
     files = find_audio_files(args.inputs)
@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--punc", action=argparse.BooleanOptionalAction, default=None,
                     help="add punctuation (CT-Transformer); default: on whenever the model is "
                     "available")
+    tr.add_argument("--itn", action=argparse.BooleanOptionalAction, default=None,
+                    help="write numbers, dates, money as digits (2026年12月1日, 5%%); default: the "
+                    "pipeline.itn setting (on)")
     tr.add_argument("--speakers", nargs="?", type=int, const=0, default=None, metavar="N",
                     help="label sentences with speakers (CAM++); N = number of speakers, "
                     "omitted = estimate")

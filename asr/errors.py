@@ -42,6 +42,7 @@ HTTP_STATUS: dict[str, int] = {
     "job_not_found": 404,
     # The server's own state
     "model_load_failed": 503,
+    "itn_unavailable": 503,
     "invalid_config": 500,
     "engine_error": 500,
 }
@@ -171,6 +172,12 @@ class ModelLoadError(ASRError):
     """The model could not be found, downloaded or loaded."""
 
     code = "model_load_failed"
+
+
+class ITNUnavailableError(ASRError, RuntimeError):
+    """Inverse text normalization was asked for but its library (wetext) is not installed."""
+
+    code = "itn_unavailable"
 
 
 class ConfigError(ASRError):

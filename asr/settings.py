@@ -159,6 +159,9 @@ class PipelineSettings(BaseModel):
 
     workers: int = Field(default=8, ge=1)
     """Threads for decoding, VAD, punctuation and speaker embeddings (shared by all requests)."""
+    itn: bool = True
+    """Inverse text normalization by default (spoken numbers, dates, money ... written as digits:
+    二零二六年十二月一日 -> 2026年12月1日); each request may turn it off or on (docs/itn.md)."""
     files_in_flight: int = Field(default=64, ge=1)
     """Files the CLI and the batch-job worker transcribe at once, so the scheduler can fill its
     batches from them (memory stays within `limits.decoded_audio_mb`)."""

@@ -34,15 +34,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from asr.errors import ASRError
+from asr.errors import ITNUnavailableError
 from asr.pipeline.subtitles import TimedWord
-
-
-class ITNUnavailableError(ASRError, RuntimeError):
-    """Inverse text normalization was asked for but its library (wetext) is not installed."""
-
-    code = "itn_unavailable"
-
 
 # Characters that some non-`char` token of wetext 0.1.8's zh ITN tagger can consume (590 of them,
 # from asr/devtools/itn_alphabet.py). Any other character is always a `char` token of its own, so

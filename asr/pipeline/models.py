@@ -1,4 +1,5 @@
-"""The models around the recogniser: VAD, punctuation and speaker embeddings.
+"""The models around the recogniser: VAD, punctuation, inverse text normalization and speaker
+embeddings.
 
 Loaded once, on first use, and shared by every request (all thread-safe). The recogniser itself
 is not here: every clip goes through the same engine (and the same batching scheduler).
@@ -11,7 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from asr.errors import ASRError
+from asr.errors import ASRError, ITNUnavailableError
+from asr.pipeline.itn import InverseNormalizer
 from asr.pipeline.punc import Punctuator
 from asr.pipeline.speakers import SpeakerEmbedder
 from asr.pipeline.vad import VadBackend
@@ -34,6 +36,8 @@ class StageModels:
         self._punc: Punctuator | None = None
         self._punc_error: str | None = None if settings.punc_model else "no punctuation model is configured"
         self._embedder: SpeakerEmbedder | None = None
+        self._itn: InverseNormalizer | None = None
+        self._itn_error: str | None = None
 
     def _resolve(self, model: str, required: tuple[str, ...]) -> Any:
         from asr.engine.model import resolve_model_dir
@@ -72,6 +76,23 @@ class StageModels:
     def punctuation_unavailable(self) -> str | None:
         """Why punctuation is off for everyone (None when the model is loaded or not tried yet)."""
         return self._punc_error
+
+    def itn(self) -> InverseNormalizer | None:
+        """The inverse normalizer, or None when its library is missing (`itn_unavailable()`)."""
+        with self._lock:
+            if self._itn is None and self._itn_error is None:
+                normalizer = InverseNormalizer()
+                try:
+                    normalizer.load()
+                except ITNUnavailableError as exc:
+                    log.warning("%s", exc)
+                    self._itn_error = str(exc)
+                else:
+                    self._itn = normalizer
+            return self._itn
+
+    def itn_unavailable(self) -> str | None:
+        return self._itn_error
 
     def embedder(self) -> SpeakerEmbedder:
         """The CAM++ speaker model (raises ModelLoadError when it cannot be loaded)."""

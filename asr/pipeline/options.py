@@ -8,6 +8,7 @@ Defaults, decided once, as FunASR users expect:
 - VAD: automatic (on for recordings longer than `longform.auto_vad_s`, and whenever speakers are
   asked for); a shorter recording is one clip;
 - timestamps: per-character times in the result;
+- ITN (numbers, dates, money written as digits): the `pipeline.itn` setting, on unless changed;
 - speakers: off (they need a speaker model and cost time).
 """
 
@@ -42,6 +43,8 @@ class Options:
     """With speakers on: the exact number of speakers, or None to estimate it."""
     timestamps: bool = True
     """Per-character times in the result (`tokens`); sentences always carry their times."""
+    itn: bool | None = None
+    """Write spoken numbers, dates, money ... as digits; None: the `pipeline.itn` setting."""
 
     def __post_init__(self) -> None:
         if self.num_speakers is not None and not 1 <= self.num_speakers <= MAX_SPEAKERS:
@@ -59,11 +62,13 @@ class Options:
         speakers: bool = False,
         num_speakers: int | None = None,
         timestamps: bool = True,
+        itn: Switch | str = "auto",
         max_hotwords: int = 1000,
         max_hotword_chars: int = 32,
     ) -> Options:
-        """Options from the values a form, a flag or a UI control sends ('auto' | 'on' | 'off')."""
-        for name, value in (("vad", vad), ("punc", punc)):
+        """Options from the values a form, a flag or a UI control sends ('auto' | 'on' | 'off';
+        for `itn`, 'auto' is the setting's default)."""
+        for name, value in (("vad", vad), ("punc", punc), ("itn", itn)):
             if value not in _SWITCH:
                 raise OptionsError(f"{name} must be 'auto', 'on' or 'off', not {str(value)[:20]!r}.")
         words = parse_hotwords(hotwords, max_count=max_hotwords, max_chars=max_hotword_chars)
@@ -74,6 +79,7 @@ class Options:
             speakers=bool(speakers),
             num_speakers=num_speakers if speakers and num_speakers else None,
             timestamps=bool(timestamps),
+            itn=_SWITCH[itn],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,4 +100,5 @@ class Options:
             speakers=bool(data.get("speakers", False)),
             num_speakers=data.get("num_speakers", data.get("n_speakers")),
             timestamps=bool(data.get("timestamps", True)),
+            itn=data.get("itn"),
         )

@@ -1,5 +1,5 @@
 """The one pipeline every door calls: decode -> segments -> engine (via the scheduler) ->
-punctuation, sentences, speakers -> `Result`.
+punctuation, inverse text normalization, sentences, speakers -> `Result`.
 
 A recording is decoded as a stream (`asr.pipeline.audio.open_audio`) and cut into segments as it
 decodes: by the VAD, or, with VAD off, only where a clip would be too long (at quiet points).
@@ -348,7 +348,7 @@ class Pipeline:
     def _assemble(
         self, parts: list[_Part], samples: int, options: Options, use_vad: bool, t0: float
     ) -> Result:
-        """Words -> punctuation -> sentences -> speakers -> Result."""
+        """Words -> punctuation -> ITN -> sentences -> speakers -> Result."""
         words = [w for p in parts for w in p.words]
         notices: list[Notice] = []
         punctuated = False
@@ -361,6 +361,15 @@ class Pipeline:
                 punctuated = True
                 if words:
                     words = punctuate_words(punc, [words])[0]
+        itn = self.settings.pipeline.itn if options.itn is None else options.itn
+        if itn:
+            normalizer = self.models.itn()
+            if normalizer is None:
+                notices.append(Notice("itn_unavailable", self.models.itn_unavailable() or "ITN unavailable."))
+                itn = False
+            elif words:
+                # After punctuation (the model was trained on spoken text; ITN reads the marks).
+                words = normalizer.apply(words, keep=options.hotwords)
         sentences = build_sentences(words, SubtitleOptions())
         speakers: list[str] = []
         if options.speakers:
@@ -380,7 +389,7 @@ class Pipeline:
             speakers=tuple(speakers),
             applied=Applied(
                 vad=use_vad, punctuation=punctuated, speakers=options.speakers,
-                timestamps=options.timestamps, hotwords=tuple(options.hotwords),
+                timestamps=options.timestamps, hotwords=tuple(options.hotwords), itn=itn,
             ),
             notices=tuple(notices),
             processing_ms=round((time.perf_counter() - t0) * 1000),

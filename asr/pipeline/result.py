@@ -52,6 +52,7 @@ class Applied:
     speakers: bool
     timestamps: bool
     hotwords: tuple[str, ...] = ()
+    itn: bool = False
 
 @dataclass(frozen=True)
 class Result:

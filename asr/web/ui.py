@@ -116,30 +116,33 @@ VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
 
 
 def _options(
-    service: Service, hotwords: str, vad: str, punc: bool, speakers: bool, num_speakers: float | None,
-    timestamps: bool = True,
+    service: Service, hotwords: str, vad: str, punc: bool, itn: bool, speakers: bool,
+    num_speakers: float | None, timestamps: bool = True,
 ) -> Options:
     n = int(num_speakers) if num_speakers and num_speakers >= 1 else None
     return service.options(hotwords=hotwords, vad=vad or "auto", punc="auto" if punc else "off",
-                           speakers=bool(speakers), num_speakers=n, timestamps=timestamps)
+                           itn="on" if itn else "off", speakers=bool(speakers), num_speakers=n,
+                           timestamps=timestamps)
 
 
 def _long_controls(prefix: str, service: Service) -> list[Any]:
-    """VAD, punctuation and speaker options (elem_ids `{prefix}-vad`, `-punc`, `-speakers`,
-    `-num-speakers`); defaults: VAD for long audio, punctuation when available, no speakers."""
+    """VAD, punctuation, ITN and speaker options (elem_ids `{prefix}-vad`, `-punc`, `-itn`,
+    `-speakers`, `-num-speakers`); the defaults are the pipeline's (asr/pipeline/options.py)."""
     auto_s = service.settings.longform.auto_vad_s
-    with gr.Accordion("长音频 Long audio: VAD / 标点 punctuation / 说话人 speakers", open=False,
+    with gr.Accordion("选项 Options: VAD / 标点 punctuation / 数字 ITN / 说话人 speakers", open=False,
                       elem_id=f"{prefix}-long"), gr.Row():
         vad = gr.Radio(VAD_CHOICES, value="auto", label="语音分段 VAD",
                        info=f"自动：超过 {auto_s:g} 秒的音频分段识别 auto: on above {auto_s:g} s",
                        elem_id=f"{prefix}-vad")
         punc = gr.Checkbox(True, label="标点 Punctuation (模型可用时 when available)",
                            elem_id=f"{prefix}-punc")
+        itn = gr.Checkbox(service.settings.pipeline.itn, label="数字规整 ITN (一百二十三 → 123)",
+                          elem_id=f"{prefix}-itn")
         speakers = gr.Checkbox(False, label="说话人 Speakers", elem_id=f"{prefix}-speakers")
         num = gr.Number(0, minimum=0, maximum=32, precision=0,
                         label="人数 Number of speakers (0 = 自动 auto)",
                         elem_id=f"{prefix}-num-speakers")
-    return [vad, punc, speakers, num]
+    return [vad, punc, itn, speakers, num]
 
 
 def build_ui(service: Service) -> gr.Blocks:
@@ -150,12 +153,12 @@ def build_ui(service: Service) -> gr.Blocks:
 
     async def transcribe_single(
         audio_path: str | None, hotwords: str, timestamps: bool, fmt: str,
-        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
+        vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
     ) -> tuple[str, str, list[list[Any]], list[str]]:
         if not audio_path:
             raise gr.Error("请先上传或录制音频。 Please upload or record audio first.")
         try:
-            options = _options(service, hotwords, vad, punc, speakers, num_speakers, timestamps)
+            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers, timestamps)
             result = await service.transcribe(Path(audio_path), options)
         except ASRError as exc:
             raise gr.Error(str(exc)) from None
@@ -171,13 +174,13 @@ def build_ui(service: Service) -> gr.Blocks:
 
     async def run_batch(
         files: list[str] | None, folder: list[str] | None, hotwords: str,
-        vad: str, punc: bool, speakers: bool, num_speakers: float | None,
+        vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
     ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
         paths = [Path(p) for p in (files or []) + (folder or [])]
         if not paths:
             raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.")
         try:
-            options = _options(service, hotwords, vad, punc, speakers, num_speakers)
+            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers)
             uploads = await asyncio.to_thread(lambda: [(p.name, p.read_bytes()) for p in paths])
             job_id = await service.create_job(uploads, options)
         except ASRError as exc:

@@ -26,13 +26,16 @@ async def batch_async(
     punc: Annotated[Literal["auto", "on", "off"], Form(description="Punctuation")] = "auto",
     speakers: Annotated[bool, Form(description="Speaker labels per sentence")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=32, description="Number of speakers")] = None,
+    itn: Annotated[Literal["auto", "on", "off"], Form(description="Numbers, dates, money as digits")] = "auto",
 ) -> dict[str, Any]:
     """Store the uploads and return a job id at once; the files are transcribed in the background.
 
     The job survives a restart of the service: uploads are on disk and state is in SQLite
     before this returns.
     """
-    options = service.options(hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers)
+    options = service.options(
+        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn
+    )
     # The web server has spooled each upload to a temporary file; the job store copies them to
     # the data directory block by block, so the job never sits in memory whole.
     uploads = [(f.filename or f"file{i + 1}", f.file) for i, f in enumerate(files)]

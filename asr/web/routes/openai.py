@@ -3,7 +3,7 @@
 `prompt` carries the hotwords (one per line or space separated): SeACo-Paraformer biases towards
 listed words rather than continuing a text prompt. `model`, `language` and `temperature` are
 accepted and ignored: the service runs one Chinese model. Extensions: `vad`, `punc`, `speakers`,
-`num_speakers` (as in /api/transcribe); verbose_json segments are the sentences on the file's
+`num_speakers`, `itn` (as in /api/transcribe); verbose_json segments are the sentences on the file's
 timeline, with `speaker` when speakers are on.
 """
 
@@ -39,9 +39,12 @@ async def create_transcription(
     punc: Annotated[Switch, Form(description="Extension: punctuation")] = "auto",
     speakers: Annotated[bool, Form(description="Extension: speaker labels on segments")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=MAX_SPEAKERS)] = None,
+    itn: Annotated[Switch, Form(description="Extension: numbers, dates, money as digits")] = "auto",
 ) -> Response:
     words = "word" in (timestamp_granularities or [])
-    options = service.options(hotwords=prompt, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers)
+    options = service.options(
+        hotwords=prompt, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn
+    )
     result = await service.transcribe(upload_source(service, file), options)
     body = openai_response(result, response_format, words=words)
     if isinstance(body, str):

@@ -42,11 +42,15 @@ async def transcribe(
     num_speakers: Annotated[
         int | None, Form(ge=1, le=MAX_SPEAKERS, description="Number of speakers; empty estimates it")
     ] = None,
+    itn: Annotated[
+        Switch, Form(description="Numbers, dates, money as digits; auto: the pipeline.itn setting (on)")
+    ] = "auto",
 ) -> Response:
     """Decode the file as a stream, recognise it through the shared batch scheduler and return
     the `Result` (docs/result.md) or its txt / srt / vtt rendering."""
     options = service.options(
-        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, timestamps=timestamps
+        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, timestamps=timestamps,
+        itn=itn,
     )
     result = await service.transcribe(upload_source(service, file), options)
     if format == "json":

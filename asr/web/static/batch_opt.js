@@ -101,6 +101,8 @@
     if (vad) opts.vad = vad.value;
     const punc = document.querySelector("#batch-punc input[type=checkbox]");
     if (punc) opts.punc = punc.checked ? "auto" : "off";
+    const itn = document.querySelector("#batch-itn input[type=checkbox]");
+    if (itn) opts.itn = itn.checked ? "on" : "off";
     const spk = document.querySelector("#batch-speakers input[type=checkbox]");
     if (spk) opts.speakers = spk.checked ? "true" : "false";
     const n = document.querySelector("#batch-num-speakers input");
