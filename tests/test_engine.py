@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from asr.engine.core import MIN_SAMPLES, Engine, join_tokens
+from asr.engine.core import MIN_SAMPLES, Engine
 from asr.engine.model import load_model, resolve_model_dir
+from asr.engine.results import join_tokens
 from asr.errors import AudioError, ModelLoadError
 from asr.pipeline.hotwords import parse_hotwords
 

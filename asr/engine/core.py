@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,12 +24,12 @@ import torch
 from asr.engine import graphs
 from asr.engine import lstm as lstm_kernels
 from asr.engine.attention import patch_attention
+from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, split_long
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
-from asr.engine.timestamps import fire_mask, token_spans
-from asr.errors import AudioError
+from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
 from asr.pipeline.hotwords import HotwordList, HotwordTokenizer
 from asr.settings import EngineSettings
@@ -41,33 +40,7 @@ log = logging.getLogger(__name__)
 MIN_SAMPLES = 400
 # SeACo's adaptive filter: with more hotwords than this, only the most relevant are attended to.
 ASF_KEEP = 50
-_UPSAMPLE = 3  # CifPredictorV3's timestamp head runs at three times the encoder frame rate
 _OVERLAP_MIN_BATCH = 8  # smaller batches run the timestamp head inline (see _start_timestamps)
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """What the engine returns for one input."""
-
-    text: str
-    """CJK characters without spaces, English words separated by one space."""
-    tokens: list[str]
-    """Units of `text` that `timestamps` refers to (characters, or whole English words)."""
-    token_ids: list[int]
-    """Raw vocabulary ids the decoder chose (before BPE pieces are joined)."""
-    timestamps: list[tuple[int, int]]
-    """[start_ms, end_ms] per entry of `tokens`, relative to the start of the clip."""
-    duration_s: float
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "tokens": self.tokens,
-            "timestamps": [list(t) for t in self.timestamps],
-            "duration_s": round(self.duration_s, 3),
-            "timings": self.timings,
-        }
 
 
 def _stage(name: str) -> contextlib.AbstractContextManager[Any]:
@@ -81,53 +54,6 @@ def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
-
-
-class _Staging(threading.local):
-    """Per-thread reusable host buffers for copies to and from the GPU.
-
-    Copies are asynchronous only from page-locked memory (from pageable memory a copy waits for
-    all work queued on the GPU, which is the other batch's), and pinning fresh memory
-    (cudaHostAlloc) took 50-100 ms per large batch on the benchmark machine. One thread has one
-    batch in flight at a time, and reads its results before it stages the next, so one buffer
-    per direction and thread is enough.
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def take(
-        self, direction: str, shapes: list[tuple[tuple[int, ...], torch.dtype]], pinned: bool
-    ) -> list[torch.Tensor]:
-        """Tensors of the given shapes and dtypes, carved out of this thread's buffer."""
-        sizes = [int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes]
-        offsets = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes])  # 64-byte aligned parts
-        buffer = self.buffers.get(direction)
-        if buffer is None or buffer.numel() < offsets[-1]:
-            size = 1 << max(20, int(offsets[-1] - 1).bit_length())
-            buffer = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
-            self.buffers[direction] = buffer
-        return [buffer[int(o) : int(o) + n].view(dtype).view(shape)
-                for (shape, dtype), o, n in zip(shapes, offsets[:-1], sizes, strict=True)]
-
-
-@dataclass
-class _HostResults:
-    """A batch's results on their way to the host (see `Engine._copy_results`)."""
-
-    tensors: dict[str, torch.Tensor]
-    event: torch.cuda.Event | None
-
-    def ready(self) -> None:
-        if self.event is not None:
-            self.event.synchronize()
-
-
-@dataclass
-class _Batch:
-    index: list[int]  # positions in the caller's input list
-    audios: list[np.ndarray]
-    hotwords: list[HotwordList]
 
 
 class Engine:
@@ -159,8 +85,7 @@ class Engine:
         self.hotword_tokenizer = HotwordTokenizer(self.token_list, loaded.seg_dict, self._sos)
         self._gpu_lock = threading.Lock()
         cuda = device.type == "cuda"
-        self._pinned = cuda  # staging buffers are page-locked on a GPU box
-        self._staging = _Staging()
+        self._results = ResultReader(self.token_list, self._sos, self._eos, self._blank, device)
         self._cache_lock = threading.Lock()
         self._bias_cache: OrderedDict[HotwordList, torch.Tensor] = OrderedDict()
         overlap = cuda and settings.overlap_timestamps
@@ -267,22 +192,22 @@ class Engine:
         `hotwords` is one list for every input, or one list per input. Lists are used as given:
         call `parse_hotwords` on user text first to enforce limits.
         """
-        per_item = self._per_item_hotwords(hotwords, len(audios))
+        per_item = per_item_hotwords(hotwords, len(audios))
         clips: list[np.ndarray] = []
         owners: list[tuple[int, int]] = []  # (input index, sample offset) per clip
         for i, audio in enumerate(audios):
-            audio = self._check_audio(audio, i)
-            for offset, piece in self._split_long(audio):
+            audio = check_audio(audio, i)
+            for offset, piece in split_long(audio, self.settings.max_clip_s):
                 clips.append(piece)
                 owners.append((i, offset))
         clip_hotwords = [per_item[i] for i, _ in owners]
         parts = self._run_clips(clips, clip_hotwords)
-        return self._stitch(audios, owners, parts)
+        return stitch(audios, owners, parts)
 
     def probe(self, audios: Sequence[np.ndarray]) -> list[dict[str, torch.Tensor]]:
         """Per clip: encoder output, predicted token count and decoder log-probabilities, on the
         CPU. For agreement checks between precisions and kernels (benchmark, tests)."""
-        clips = [self._check_audio(a, i) for i, a in enumerate(audios)]
+        clips = [check_audio(a, i) for i, a in enumerate(audios)]
         out: list[dict[str, torch.Tensor]] = [{} for _ in clips]
         for batch in self._plan(clips, [()] * len(clips)):
             with torch.inference_mode(), self._gpu_lock:
@@ -304,66 +229,8 @@ class Engine:
                 pool.shutdown(wait=True)
 
     # ---------------------------------------------------------------- input handling
-    @staticmethod
-    def _per_item_hotwords(
-        hotwords: Sequence[str] | Sequence[Sequence[str]] | None, n: int
-    ) -> list[HotwordList]:
-        if not hotwords:
-            return [()] * n
-        if all(isinstance(h, str) for h in hotwords):
-            shared = tuple(hotwords)  # type: ignore[arg-type]
-            return [shared] * n
-        if len(hotwords) != n:
-            raise ValueError(f"got {len(hotwords)} hotword lists for {n} inputs")
-        return [tuple(h) for h in hotwords]  # type: ignore[arg-type]
-
-    @staticmethod
-    def _check_audio(audio: np.ndarray, index: int) -> np.ndarray:
-        audio = np.asarray(audio)
-        if audio.ndim != 1:
-            raise AudioError(f"Input {index} must be mono (1-D), got shape {audio.shape}.")
-        if audio.dtype.kind != "f":
-            # int16 arrays would be scaled twice by the frontend: demand float in [-1, 1].
-            raise AudioError(f"Input {index} must be float audio in [-1, 1], got {audio.dtype}.")
-        if audio.size == 0:
-            raise AudioError(f"Input {index} contains no samples.")
-        audio = audio.astype(np.float32, copy=False)
-        if not np.isfinite(audio).all():
-            raise AudioError(f"Input {index} contains NaN or infinite samples.")
-        return audio
-
-    def _split_long(self, audio: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Cut clips over max_clip_s at their quietest 100 ms inside the last quarter of each
-        window, so attention memory stays bounded and words are rarely split."""
-        limit = int(self.settings.max_clip_s * SAMPLE_RATE)
-        if len(audio) <= limit:
-            return [(0, audio)]
-        hop = SAMPLE_RATE // 10
-        pieces = []
-        start = 0
-        while len(audio) - start > limit:
-            lo, hi = start + limit * 3 // 4, start + limit
-            frames = audio[lo:hi][: (hi - lo) // hop * hop].reshape(-1, hop)
-            cut = lo + int(np.argmin((frames**2).mean(axis=1))) * hop + hop // 2
-            pieces.append((start, audio[start:cut]))
-            start = cut
-        pieces.append((start, audio[start:]))
-        return pieces
-
-    def _plan(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> Iterator[_Batch]:
-        """Longest first, so each batch's padding is small; a batch holds at most
-        batch_budget_s of padded audio and max_batch_size items."""
-        order = sorted(range(len(clips)), key=lambda i: len(clips[i]), reverse=True)
-        budget = self.settings.batch_budget_s * SAMPLE_RATE
-        batch: list[int] = []
-        for i in order:
-            longest = len(clips[batch[0]]) if batch else len(clips[i])
-            if batch and (longest * (len(batch) + 1) > budget or len(batch) >= self.settings.max_batch_size):
-                yield _Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
-                batch = []
-            batch.append(i)
-        if batch:
-            yield _Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
+    def _plan(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> Iterator[Batch]:
+        return plan(clips, hotwords, self.settings.batch_budget_s, self.settings.max_batch_size)
 
     def _run_clips(self, clips: list[np.ndarray], hotwords: list[HotwordList]) -> list[Transcript]:
         results: list[Transcript | None] = [None] * len(clips)
@@ -378,7 +245,7 @@ class Engine:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _run_splitting(self, batch: _Batch) -> list[Transcript]:
+    def _run_splitting(self, batch: Batch) -> list[Transcript]:
         """Run a batch; on a GPU out-of-memory error, free the cache and run each half on its own
         (down to single items), so a budget set too high for a busy card costs speed, not work."""
         try:
@@ -393,37 +260,7 @@ class Engine:
         half = len(batch.index) // 2
         log.warning("out of GPU memory on a batch of %d; retrying as %d + %d",
                     len(batch.index), half, len(batch.index) - half)
-        parts = [_Batch(batch.index[a:b], batch.audios[a:b], batch.hotwords[a:b])
-                 for a, b in ((0, half), (half, len(batch.index)))]
-        return [r for part in parts for r in self._run_splitting(part)]
-
-    def _stitch(
-        self, audios: Sequence[np.ndarray], owners: list[tuple[int, int]], parts: list[Transcript]
-    ) -> list[Transcript]:
-        grouped: dict[int, list[tuple[int, Transcript]]] = {}
-        for (i, offset), part in zip(owners, parts):
-            grouped.setdefault(i, []).append((offset, part))
-        out = []
-        for i in range(len(audios)):
-            pieces = grouped[i]
-            if len(pieces) == 1:
-                out.append(pieces[0][1])
-                continue
-            tokens: list[str] = []
-            ids: list[int] = []
-            stamps: list[tuple[int, int]] = []
-            text = ""
-            timings: dict[str, float] = {}
-            for offset, part in pieces:
-                shift = offset * 1000 // SAMPLE_RATE
-                tokens += part.tokens
-                ids += part.token_ids
-                stamps += [(s + shift, e + shift) for s, e in part.timestamps]
-                text = _join_text(text, part.text)
-                for k, v in part.timings.items():
-                    timings[k] = timings.get(k, 0.0) + v
-            out.append(Transcript(text, tokens, ids, stamps, len(audios[i]) / SAMPLE_RATE, timings))
-        return out
+        return [r for part in batch.halves() for r in self._run_splitting(part)]
 
     # ---------------------------------------------------------------- hotword bias
     def _bias_embeddings(self, words: HotwordList) -> torch.Tensor:
@@ -457,8 +294,8 @@ class Engine:
         """The batch as one zero-padded (pinned, on a GPU box) host tensor: host work that needs
         no GPU lock."""
         longest = max(len(a) for a in audios)
-        waves, lengths = self._staging.take(
-            "in", [((len(audios), longest), torch.float32), ((len(audios),), torch.int64)], self._pinned
+        waves, lengths = self._results.staging().take(
+            "in", [((len(audios), longest), torch.float32), ((len(audios),), torch.int64)], self._results.pinned
         )
         lengths.copy_(torch.tensor([len(a) for a in audios]))
         for row, a in enumerate(audios):
@@ -476,7 +313,7 @@ class Engine:
         return feats.to(self.device, non_blocking=True), feat_lens.to(self.device)
 
     @torch.inference_mode()
-    def _run_batch(self, batch: _Batch) -> list[Transcript]:
+    def _run_batch(self, batch: Batch) -> list[Transcript]:
         keep = [k for k, a in enumerate(batch.audios) if len(a) >= MIN_SAMPLES]
         results = [self._empty(a) for a in batch.audios]
         if not keep:
@@ -496,7 +333,7 @@ class Engine:
             t2 = time.perf_counter()
             out = self._forward(feats, feat_lens, hotwords)
             with _stage("copy_results"):
-                host = self._copy_results(out)
+                host = self._results.copy(out)
         finally:
             self._gpu_lock.release()
         # The GPU lock is free again: the next batch's work is queued while this one's results
@@ -505,7 +342,7 @@ class Engine:
             host.ready()
         timings = {"frontend_s": pad_s + t2 - t1, "model_s": time.perf_counter() - t2, "batch_size": float(len(keep))}
         with _stage("text"):
-            for k, res in zip(keep, self._decode_results(host, audios, timings)):
+            for k, res in zip(keep, self._results.decode(host, audios, timings)):
                 results[k] = res
         return results
 
@@ -693,63 +530,6 @@ class Engine:
     def _empty(self, audio: np.ndarray) -> Transcript:
         return Transcript("", [], [], [], len(audio) / SAMPLE_RATE, {})
 
-    def _copy_results(self, out: dict[str, torch.Tensor]) -> _HostResults:
-        """Start copying what the text needs to the host, without waiting for the GPU."""
-        ids = out["ids"]
-        in_range = torch.arange(ids.shape[1], device=ids.device)[None, :] < out["token_len"][:, None]
-        keep = in_range & (ids != self._sos) & (ids != self._eos) & (ids != self._blank)
-        frames = out["enc_lens"] * _UPSAMPLE
-        fires = fire_mask(out["us_alphas"], out["us_peaks"], frames, keep.sum(-1))
-        # Copies into pinned memory that complete in stream order; `ready` waits for them only.
-        tensors = {"ids": ids, "keep": keep, "frames": frames, "fires": fires}
-        staged = self._staging.take("out", [(tuple(t.shape), t.dtype) for t in tensors.values()], self._pinned)
-        host = {}
-        for (name, tensor), dst in zip(tensors.items(), staged, strict=True):
-            host[name] = dst.copy_(tensor, non_blocking=True)
-        event = None
-        if self.device.type == "cuda":
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self.device))
-        return _HostResults(host, event)
-
-    def _decode_results(
-        self, host: _HostResults, audios: list[np.ndarray], timings: dict[str, float]
-    ) -> list[Transcript]:
-        from funasr.utils.postprocess_utils import sentence_postprocess
-
-        ids_h, keep_h = host.tensors["ids"].numpy(), host.tensors["keep"].numpy()
-        frames_h, fires_h = host.tensors["frames"].numpy(), host.tensors["fires"].numpy()
-        results = []
-        for row, audio in enumerate(audios):
-            token_ids = ids_h[row][keep_h[row]].tolist()
-            duration = len(audio) / SAMPLE_RATE
-            if not token_ids:
-                results.append(Transcript("", [], [], [], duration, dict(timings)))
-                continue
-            pieces = [self.token_list[t] for t in token_ids]
-            spans = token_spans(np.flatnonzero(fires_h[row]), int(frames_h[row]), len(pieces))
-            if all(_is_cjk_char(p) for p in pieces):
-                # The common case, where funasr's postprocess changes nothing: skip its Python.
-                words, stamps = pieces, spans
-            else:
-                # BPE pieces, <unk>, abbreviations: funasr's own rules.
-                _, stamps, words = sentence_postprocess(pieces, [list(x) for x in spans])
-                words = [w for w in words if w.strip()]
-            end_ms = len(audio) * 1000 // SAMPLE_RATE
-            results.append(
-                Transcript(
-                    text=join_tokens(words),
-                    tokens=words,
-                    token_ids=token_ids,
-                    # LFR pads the last frame, so funasr's last end can pass the clip's end.
-                    timestamps=[(min(int(s), end_ms), min(int(e), end_ms)) for s, e in stamps],
-                    duration_s=duration,
-                    timings=dict(timings),
-                )
-            )
-        return results
-
-
 _CASTING_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.LayerNorm, torch.nn.LSTM)
 
 
@@ -776,24 +556,3 @@ def _match_input_dtypes(model: torch.nn.Module) -> None:
             module._asr_casts_inputs = True
 
 
-def _is_cjk_char(piece: str) -> bool:
-    return len(piece) == 1 and "\u4e00" <= piece <= "\u9fff"
-
-
-def join_tokens(tokens: Sequence[str]) -> str:
-    """Readable text: CJK characters without spaces, English words separated by one space
-    (funasr puts a space between every unit when it computes timestamps)."""
-    out = ""
-    for token in tokens:
-        out = _join_text(out, token)
-    return out
-
-
-def _join_text(left: str, right: str) -> str:
-    if not left:
-        return right
-    if not right:
-        return left
-    if left[-1].isascii() and left[-1].isalnum() and right[0].isascii() and right[0].isalnum():
-        return f"{left} {right}"
-    return left + right
