@@ -137,6 +137,15 @@ class LimitSettings(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a synchronous transcription (decode + queue + engine) may take before the client
     gets 504. Batch-job files have no timeout: they wait for their turn."""
+    max_zip_files: int = Field(default=1000, ge=1)
+    """Files (across all jobs named) in one zip download (`/api/jobs/{id}/download`,
+    `/api/jobs_zip`, the batch tab's 全部下载). Keep it at least `max_files_per_job`, or a whole
+    job cannot be downloaded at once. A job id named twice is refused whatever this says."""
+    max_zip_mb: float = Field(default=1024.0, gt=0)
+    """Stored results (their JSON, as kept in SQLite) of all files in one zip download. The zip's
+    txt + srt + json entries are about 1.5-2.5x that before compression. Zips are written on a
+    worker thread and streamed, so this bounds the time and bandwidth one download takes, not
+    memory."""
 
 
 class ServerSettings(BaseModel):

@@ -277,6 +277,36 @@ class JobStore:
         )
         return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
 
+    def result_totals(self, job_id: str) -> tuple[int, int] | None:
+        """(files, bytes of stored results) of a job, or None when there is no such job.
+
+        Counted by SQLite without reading the results into Python (zip downloads check their
+        limits with it before any work)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE id=?), COUNT(*), "
+                "COALESCE(SUM(LENGTH(CAST(result AS BLOB))), 0) FROM files WHERE job_id=?",
+                (job_id, job_id),
+            ).fetchone()
+        return None if row[0] == 0 else (int(row[1]), int(row[2]))
+
+    def iter_files(self, job_id: str, *, page: int = 16) -> Iterator[FileState]:
+        """A job's files in order, ``page`` rows at a time, so a large job's results are never
+        all in memory at once (and the store's lock is held only per page)."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT idx, name, size, status, result, error_code, error FROM files "
+                    "WHERE job_id=? AND idx>? ORDER BY idx LIMIT ?",
+                    (job_id, after, page),
+                ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield FileState(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6])
+            after = rows[-1][0]
+
     def delete_finished_before(self, cutoff: float) -> list[str]:
         """Delete jobs whose last file finished before ``cutoff`` (epoch seconds), uploads included.
 

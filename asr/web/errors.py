@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from asr.errors import ASRError, AudioError, HotwordError, LimitError, ModelLoadError, QueueFullError
+from asr.service.archive import ArchiveRequestError
 from asr.service.core import (
     EngineFailedError,
     EngineOverloadedError,
@@ -32,6 +33,7 @@ _STATUS: tuple[tuple[type[ASRError], int], ...] = (
     (HotwordError, 422),
     (AudioError, 400),
     (JobNotFoundError, 404),
+    (ArchiveRequestError, 400),
     (ModelLoadError, 503),
 )
 # Audio the decoder does not understand at all is a media-type problem, not a bad request.

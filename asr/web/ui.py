@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from asr.errors import ASRError
+from asr.service.archive import plan_archive, write_archive
 from asr.service.core import Service, long_request, render_result, safe_stem
 from asr.service.jobs import JobState
 
@@ -107,6 +108,13 @@ def _system_md(info: dict[str, Any], settings: Any) -> str:
     return "\n".join(lines)
 
 
+def _write_zip(service: Service, job_id: str, path: Path) -> None:
+    """The job's zip, written to ``path`` (blocking: the handler runs it on a thread)."""
+    plan = plan_archive(service.jobs, [job_id], service.settings.limits)
+    with path.open("wb") as fh:
+        write_archive(service.jobs, plan, fh)
+
+
 VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
 
 
@@ -186,7 +194,7 @@ def build_ui(service: Service) -> gr.Blocks:
             yield _job_progress_md(job), _job_rows(job), None
             await service.job_worker.wait_for_change(1.0)
         zip_path = downloads.new_dir() / f"asr-{job_id[:8]}.zip"
-        zip_path.write_bytes(service.jobs_zip([job]))
+        await asyncio.to_thread(_write_zip, service, job_id, zip_path)
         yield _job_progress_md(job), _job_rows(job), str(zip_path)
 
     def system_info() -> tuple[str, dict[str, Any]]:
