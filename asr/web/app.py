@@ -16,6 +16,7 @@ from asr.service.core import EngineLike, Service
 from asr.settings import Settings
 from asr.web.auth import TokenAuth
 from asr.web.errors import install_error_handlers
+from asr.web.gradio_guard import GradioUrlGuard
 from asr.web.limits import BodySizeLimit, body_limit_for
 from asr.web.routes import health, jobs, openai, transcribe
 
@@ -91,6 +92,11 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
     install_error_handlers(app)
 
     app.add_middleware(RequestMetrics, service=service)
+
+    if settings.server.ui:
+        # Inside the body limit (it reads Gradio's event bodies whole): a file reference that
+        # names a URL is refused before Gradio would look the host up and fetch it.
+        app.add_middleware(GradioUrlGuard)
 
     # Outside the request counter, inside the token check: bodies over the limit are refused
     # while they stream in, before any route or Gradio handler reads them.
