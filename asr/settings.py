@@ -156,7 +156,10 @@ class ServerSettings(BaseModel):
     data_dir: Path = Path("data")
     """Uploaded batch files and the job database live here."""
     api_token: str | None = None
-    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    """When set, every route but /healthz needs `Authorization: Bearer <token>` (browsers: open
+    `/?token=<token>` once for a session cookie)."""
+    session_h: float = Field(default=168.0, gt=0)
+    """How long a browser's session cookie (signed, never the token itself) stays valid."""
     batch_wait_ms: float = Field(default=8.0, ge=0)
     """How long the scheduler waits for more requests to join a batch."""
     job_retention_h: float = Field(default=72.0, gt=0)

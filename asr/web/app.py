@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr.service.core import EngineLike, Service
 from asr.settings import Settings
-from asr.web.auth import TokenAuth
+from asr.web.auth import TokenAuth, redact_access_log
 from asr.web.errors import install_error_handlers
 from asr.web.gradio_guard import GradioUrlGuard
 from asr.web.limits import BodySizeLimit, body_limit_for
@@ -75,6 +75,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()  # here: the server has set up its loggers by now
         await service.start(warmup=settings.engine.warmup)
         log.info("service ready: %s", service.info()["scheduler"])
         try:
@@ -104,7 +105,9 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     if settings.server.api_token:
         # Added last, so it runs first: nothing is counted or served before the token is checked.
-        app.add_middleware(TokenAuth, token=settings.server.api_token)
+        app.add_middleware(
+            TokenAuth, token=settings.server.api_token, session_s=settings.server.session_h * 3600
+        )
 
     for module in (transcribe, jobs, openai, health):
         app.include_router(module.router)

@@ -276,3 +276,19 @@ def test_transcribe_with_vad_and_punctuation_options_returns_sentences(client) -
     # The test settings name no reachable punctuation model: reported, not a failure.
     assert body["punctuated"] is False and body["punctuation_unavailable"]
     assert [seg["start"] for seg in body["segments"]] == [s["start_ms"] / 1000 for s in body["sentences"]]
+
+
+def test_session_cookies_are_signed_with_the_token_and_expire() -> None:
+    from asr.web.auth import TokenAuth
+
+    auth = TokenAuth(None, token="s3cret", session_s=3600)  # type: ignore[arg-type]
+    value = auth.new_session(now=1000)
+    assert "s3cret" not in value
+    assert auth.valid_session(value, now=1000 + 3599)
+    assert not auth.valid_session(value, now=1000 + 3601)  # expired
+    assert not auth.valid_session(value, now=1000 - 120)  # issued in the future
+    assert not TokenAuth(None, token="other", session_s=3600).valid_session(value, now=1001)  # type: ignore[arg-type]
+    issued, nonce, signature = value.split(".")
+    assert not auth.valid_session(f"{int(issued) + 1}.{nonce}.{signature}", now=1001)
+    for junk in ("", "s3cret", "a.b", "a.b.c.d", f"x.{nonce}.{signature}"):
+        assert not auth.valid_session(junk, now=1001)
