@@ -113,8 +113,18 @@ class JobStore:
     def __init__(self, db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
         self.upload_dir = Path(data_dir) / "uploads"
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        # Uploads and results are the users' data: folders 0700, files 0600, whatever the umask.
+        # Folders we own are tightened if an older version made them more open; the folders
+        # given in the settings are only created so, never changed (they may be shared).
+        for folder in (self.db_path.parent, Path(data_dir)):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.upload_dir.mkdir(exist_ok=True, mode=0o700)
+        self.upload_dir.chmod(0o700)
+        # SQLite gives its -wal and -shm files the database file's permissions.
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.db_path, *(self.db_path.with_name(self.db_path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                path.chmod(0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,7 +167,7 @@ class JobStore:
         """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
-        job_dir.mkdir()
+        job_dir.mkdir(mode=0o700)
         now = time.time()
         rows = []
         total = 0
@@ -167,7 +177,7 @@ class JobStore:
                 # Generated names only: the client's name never touches the file system.
                 path = job_dir / f"{idx:05d}.upload"
                 size = 0
-                with open(path, "wb") as fh:
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                     for block in _blocks(source):
                         size += len(block)
                         total += len(block)

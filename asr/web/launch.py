@@ -188,6 +188,9 @@ def serve(settings: Settings) -> None:
     from asr.web.app import create_app
 
     server = settings.server
+    # Everything the server writes (batch uploads, the job database, Gradio's upload cache, the
+    # UI's downloads) is for this user only: folders 0700, files 0600.
+    os.umask(0o077)
     if server.share:
         log.warning("--share exposes this service to the public internet through gradio.live.")
     if server.host not in ("127.0.0.1", "localhost", "::1"):
