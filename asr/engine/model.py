@@ -8,11 +8,14 @@ that does not exist, both of which hide real mistakes from users.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import socket
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,11 @@ def import_funasr() -> None:
     otherwise surface later as "model is not registered".
     """
     with _import_lock:
-        import funasr
+        # funasr's import prints a notice about ffmpeg (which we do not use: PyAV decodes) and
+        # pulls in pydub, which warns about the same; users should see only our own messages.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+            import funasr
         from funasr.register import tables
 
         if tables.model_classes.get("SeacoParaformer") is None:

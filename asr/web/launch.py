@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -18,6 +19,7 @@ import webbrowser
 from pathlib import Path
 from typing import Any
 
+from asr.errors import ASRError
 from asr.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=(args.log_level or "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings_from_args(args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    serve(settings)
+    try:
+        settings = settings_from_args(args)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        serve(settings)
+    except ASRError as exc:
+        # A missing model or a bad setting: the message says what to do; a traceback would
+        # only bury it.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
