@@ -15,7 +15,8 @@ import io
 import os
 import wave
 from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -112,11 +113,23 @@ def _decode_wav_pcm16(data: bytes, max_duration_s: float | None) -> tuple[np.nda
     return (samples.mean(axis=1, dtype=np.float32) if channels > 1 else samples[:, 0]), rate
 
 
+def _looks_like_mpeg(data: bytes) -> bool:
+    """An ID3 tag or an MPEG audio frame header at the start (mp3, mp2)."""
+    return data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+
+
 def _decode_soundfile(data: bytes, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+    # MP3 goes to PyAV: libsndfile decodes it through libmpg123, which writes its complaints
+    # about damaged frames straight to the process's stderr ("Note: Illegal Audio-MPEG-Header").
+    if _looks_like_mpeg(data):
+        raise _NotForSoundfile
     try:
         handle = sf.SoundFile(io.BytesIO(data))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise _NotForSoundfile from exc
+    if handle.format == "MP3":  # found further in (a junk prefix): PyAV as well
+        handle.close()
+        raise _NotForSoundfile
     with handle:
         rate = handle.samplerate
         if rate <= 0:
@@ -194,7 +207,7 @@ def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.
         blocks: list[np.ndarray] = []
         total = 0
         try:
-            for frame in container.decode(stream):
+            for frame in _frames(container, stream):
                 block = frame.to_ndarray()
                 if block.dtype.kind in "iu":
                     info = np.iinfo(block.dtype)
@@ -218,6 +231,19 @@ def _decode_av_unchecked(data: bytes, max_duration_s: float | None) -> tuple[np.
     if not blocks:
         raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
     return np.concatenate(blocks), rate
+
+
+def _frames(container: Any, stream: Any) -> Iterator[Any]:
+    """Decoded frames of ``stream``; a packet the decoder rejects (a damaged mp3 frame) is
+    skipped, as players do, instead of ending the file there."""
+    import av
+
+    # demux() ends with an empty packet, whose decode() flushes the frames the decoder holds.
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
 
 
 def _finish(samples: np.ndarray, rate: int) -> np.ndarray:
