@@ -70,6 +70,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                       ("speaker_model", "speaker_model")):
         if getattr(args, name):
             overrides["longform"][key] = getattr(args, name)
+    missing = [name for name in args.inputs if not Path(name).exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     settings = load_settings(args.config, **overrides)
     request = LongRequest(
         vad=args.vad, punc=args.punc, speakers=args.speakers is not None,
@@ -78,7 +82,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     models = LongformModels(settings.longform, settings.engine.model_cache)
     hotword_text = args.hotwords
     if args.hotword_file:
-        hotword_text = (hotword_text or "") + "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
+        try:
+            hotword_text = (hotword_text or "") + "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read the hotword file {args.hotword_file}: {exc}", file=sys.stderr)
+            return 2
     hotwords = parse_hotwords(
         hotword_text, max_count=settings.limits.max_hotwords, max_chars=settings.limits.max_hotword_chars
     )
