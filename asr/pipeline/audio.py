@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import os
 import wave
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
