@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr.service.core import EngineLike, Service
@@ -22,6 +23,8 @@ from asr.web.routes import health, jobs, openai, transcribe
 
 log = logging.getLogger(__name__)
 
+# Where /docs and /redoc load their scripts and styles from.
+DOCS_ASSETS = "/docs-assets"
 # The page script ships inside the package (the repository root links to it).
 BATCH_SCRIPT = Path(__file__).resolve().parent / "static" / "batch_opt.js"
 
@@ -83,11 +86,14 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from this machine (fastapi-offline ships
+    # their files): FastAPI's own pages load them from a CDN and are blank offline.
+    app = FastAPIOffline(
         title="Chinese ASR service (SeACo-Paraformer)",
         description="Hotword-aware Chinese speech recognition. All requests share one batching scheduler.",
         version="1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.service = service
     install_error_handlers(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -292,3 +293,15 @@ def test_session_cookies_are_signed_with_the_token_and_expire() -> None:
     assert not auth.valid_session(f"{int(issued) + 1}.{nonce}.{signature}", now=1001)
     for junk in ("", "s3cret", "a.b", "a.b.c.d", f"x.{nonce}.{signature}"):
         assert not auth.valid_session(junk, now=1001)
+
+
+def test_docs_pages_load_their_assets_from_this_server(client: TestClient) -> None:
+    """/docs and /redoc work offline: no CDN, every script and style is served here."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn." not in html and "https://" not in html
+        assets = re.findall(r'(?:src|href)="(/[^"]+)"', html)
+        assert any(a.endswith(".js") for a in assets), assets
+        for asset in assets:
+            resp = client.get(asset)
+            assert resp.status_code == 200 and len(resp.content) > 1000, asset
