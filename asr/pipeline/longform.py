@@ -369,10 +369,12 @@ class LongformModels:
         self._punc_error: str | None = None if settings.punc_model else "no punctuation model is configured"
         self._embedder: SpeakerEmbedder | None = None
 
-    def _resolve(self, model: str, required: tuple[str, ...]) -> Any:
+    def _resolve(self, model: str, required: tuple[str, ...], setting: str, flag: str) -> Any:
         from asr.engine.model import resolve_model_dir
 
-        return resolve_model_dir(model, self.cache_dir, required)
+        env = "ASR_LONGFORM__" + setting.upper()
+        how = f"set longform.{setting} to DIR ({env}=DIR; the command line's {flag} DIR)"
+        return resolve_model_dir(model, self.cache_dir, required, how_to_set=how)
 
     def vad(self) -> VadBackend:
         """The configured VAD backend (raises ModelLoadError when it cannot be loaded)."""
@@ -381,7 +383,8 @@ class LongformModels:
         with self._lock:
             if self._vad is None:
                 if self.settings.vad == "fsmn":
-                    path = self._resolve(self.settings.vad_model, ("config.yaml", "model.pt", "am.mvn"))
+                    path = self._resolve(self.settings.vad_model, ("config.yaml", "model.pt", "am.mvn"),
+                                         "vad_model", "--vad-model")
                     self._vad = load_vad("fsmn", path)
                 else:
                     self._vad = load_vad("silero")
@@ -394,7 +397,8 @@ class LongformModels:
         with self._lock:
             if self._punc is None and self._punc_error is None:
                 try:
-                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"))
+                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"),
+                                         "punc_model", "--punc-model")
                     self._punc = Punctuator(path, device=self.settings.punc_device)
                 except ASRError as exc:
                     self._punc_error = str(exc)
@@ -409,7 +413,7 @@ class LongformModels:
         """The CAM++ speaker model (raises ModelLoadError when it cannot be loaded)."""
         with self._lock:
             if self._embedder is None:
-                path = self._resolve(self.settings.speaker_model, ("config.yaml",))
+                path = self._resolve(self.settings.speaker_model, ("config.yaml",), "speaker_model", "--speaker-model")
                 self._embedder = SpeakerEmbedder(path, device=self.settings.speaker_device)
             return self._embedder
 

@@ -19,6 +19,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr.web.errors import error_body
+from asr.web.messages import bilingual
 
 # A scheme of two or more letters and a slash: http://, https://, ftp://, file:/, ... (a Windows
 # drive letter, "C:\\", is one letter and stays a path).
@@ -28,9 +29,9 @@ _PREFIX = "/gradio_api/"
 _PATH_ROUTES = ("/gradio_api/file=", "/file=")
 # Multipart bodies of uploaded files: no file references in them, and large.
 _UPLOAD_ROUTES = ("/gradio_api/upload",)
-URL_REFUSED = (
-    "不接受网址作为文件：请上传文件本身。 URLs are not accepted as files: upload the file itself "
-    "(this service never fetches a URL a client names)."
+URL_REFUSED = bilingual(
+    "url_refused",
+    "URLs are not accepted as files: upload the file itself (this service never fetches a URL a client names).",
 )
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from asr.service.archive import plan_archive, stream_archive
 from asr.service.core import Service, job_to_dict, long_request
 from asr.web.deps import get_service
+from asr.web.messages import zh
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
 
@@ -52,7 +53,11 @@ async def get_job(
     job_id: str,
     results: Annotated[bool, Query(description="Include each finished file's full result")] = True,
 ) -> dict[str, Any]:
-    return job_to_dict(service.get_job(job_id), with_results=results)
+    job = job_to_dict(service.get_job(job_id), with_results=results)
+    for item in job["files"]:
+        if item["error"]:
+            item["error"]["message_zh"] = zh(item["error"]["code"])  # the bilingual UI shows it first
+    return job
 
 
 @router.get(
