@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asr.errors import ASRError
@@ -146,6 +146,15 @@ class LimitSettings(BaseModel):
     txt + srt + json entries are about 1.5-2.5x that before compression. Zips are written on a
     worker thread and streamed, so this bounds the time and bandwidth one download takes, not
     memory."""
+
+    @model_validator(mode="after")
+    def _whole_jobs_fit_a_zip(self) -> LimitSettings:
+        if self.max_zip_files < self.max_files_per_job:
+            raise ValueError(
+                f"limits.max_zip_files ({self.max_zip_files}) is below limits.max_files_per_job "
+                f"({self.max_files_per_job}): a full job could not be downloaded"
+            )
+        return self
 
 
 class ServerSettings(BaseModel):

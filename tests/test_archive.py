@@ -52,7 +52,7 @@ def store(tmp_path: Path) -> JobStore:
 def test_plan_refuses_duplicates_unknown_ids_and_oversized_downloads(store: JobStore) -> None:
     a = _job(store, ["a.wav", "b.wav", "c.wav"])
     b = _job(store, ["d.wav", "e.wav"], fail={1})
-    limits = LimitSettings(max_zip_files=5)
+    limits = LimitSettings(max_zip_files=5, max_files_per_job=5)
     plan = plan_archive(store, [a, b], limits)
     assert plan.files == 5 and plan.job_ids == (a, b)
     stored = sum(len(json.dumps(_result(5, i), ensure_ascii=False).encode()) for i in (0, 1, 2, 0))
@@ -73,6 +73,9 @@ def test_plan_refuses_duplicates_unknown_ids_and_oversized_downloads(store: JobS
     with pytest.raises(LimitError, match="limits.max_zip_mb"):
         plan_archive(store, [a, b], LimitSettings(max_zip_mb=(stored - 1) / 1048576))
     assert plan_archive(store, [a, b], LimitSettings(max_zip_mb=stored / 1048576)).files == 5
+    # A job at the file limit always fits one download.
+    with pytest.raises(ValueError, match="max_zip_files"):
+        LimitSettings(max_zip_files=5, max_files_per_job=6)
 
 
 def test_streamed_zip_equals_the_written_one_and_numbers_files_across_jobs(store: JobStore) -> None:
