@@ -373,7 +373,7 @@ def build_ui(service: Service) -> gr.Blocks:
                         queue=False,
                     )
         for tab, switch in ((system_tab, start_polling), (single_tab, stop_polling), (batch_tab, stop_polling)):
-            tab.select(switch, None, sys_timer, queue=False, show_progress="hidden")
+            tab.select(switch, None, sys_timer, queue=False, show_progress="hidden", concurrency_limit=None)
     return demo
 
 

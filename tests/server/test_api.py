@@ -253,7 +253,7 @@ def test_no_gradio_queue_sends_single_file_events_directly(
         assert deps["transcribe_single"]["queue"] is queued
         assert deps["run_batch"]["queue"] is True  # progress streaming needs the queue
         # Gradio never limits how many events run at once: the scheduler batches them.
-        mount = next(r for r in app.routes if isinstance(r, Mount))
+        mount = next(r for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "get_blocks"))
         assert all(fn.concurrency_limit is None for fn in mount.app.get_blocks().fns.values())
 
 
