@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import zipfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -182,7 +183,7 @@ async def stream_archive(store: JobStore, plan: ArchivePlan) -> AsyncIterator[by
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
-            if not stop.is_set():
+            with contextlib.suppress(_Stopped):
                 put(exc)
 
     writer = threading.Thread(target=write, name="asr-zip", daemon=True)
