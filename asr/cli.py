@@ -55,10 +55,18 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                       ("speaker_model", "speaker_model")):
         if getattr(args, name):
             overrides["longform"][key] = getattr(args, name)
+    missing = [name for name in args.inputs if not Path(name).exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
     settings = load_settings(resolve_config(args.config), **overrides)
     hotword_text = args.hotwords or ""
     if args.hotword_file:
-        hotword_text += "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
+        try:
+            hotword_text += "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: cannot read the hotword file {args.hotword_file}: {exc}", file=sys.stderr)
+            return 2
     switch = {None: "auto", True: "on", False: "off"}
     options = Options.from_form(
         hotwords=hotword_text, vad=switch[args.vad], punc=switch[args.punc],

@@ -40,6 +40,7 @@ HTTP_STATUS: dict[str, int] = {
     "request_timeout": 504,
     # Lookups
     "job_not_found": 404,
+    "invalid_request": 400,
     # The server's own state
     "model_load_failed": 503,
     "itn_unavailable": 503,
@@ -160,6 +161,12 @@ class RequestTimeoutError(ASRError):
 
 
 # ---- lookups and the server's own state -----------------------------------------------------
+
+
+class ArchiveRequestError(ASRError):
+    """A download names no job, or a job more than once."""
+
+    code = "invalid_request"
 
 
 class JobNotFoundError(ASRError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asr.errors import ConfigError
@@ -152,6 +152,24 @@ class LimitSettings(BaseModel):
     request_timeout_s: float = Field(default=600.0, gt=0)
     """Longest a synchronous transcription (decode + queue + engine) may take before the client
     gets 504. Batch-job files have no timeout: they wait for their turn."""
+    max_zip_files: int = Field(default=1000, ge=1)
+    """Files (across all jobs named) in one zip download (`/api/jobs/{id}/download`,
+    `/api/jobs_zip`, the batch tab's 全部下载). Keep it at least `max_files_per_job`, or a whole
+    job cannot be downloaded at once. A job id named twice is refused whatever this says."""
+    max_zip_mb: float = Field(default=1024.0, gt=0)
+    """Stored results (their JSON, as kept in SQLite) of all files in one zip download. The zip's
+    txt + srt + json entries are about 1.5-2.5x that before compression. Zips are written on a
+    worker thread and streamed, so this bounds the time and bandwidth one download takes, not
+    memory."""
+
+    @model_validator(mode="after")
+    def _whole_jobs_fit_a_zip(self) -> LimitSettings:
+        if self.max_zip_files < self.max_files_per_job:
+            raise ValueError(
+                f"limits.max_zip_files ({self.max_zip_files}) is below limits.max_files_per_job "
+                f"({self.max_files_per_job}): a full job could not be downloaded"
+            )
+        return self
 
 
 class PipelineSettings(BaseModel):
@@ -175,7 +193,10 @@ class ServerSettings(BaseModel):
     data_dir: Path = Path("data")
     """Uploaded batch files and the job database live here."""
     api_token: str | None = None
-    """When set, every route but /healthz needs `Authorization: Bearer <token>`."""
+    """When set, every route but /healthz needs `Authorization: Bearer <token>` (browsers: open
+    `/?token=<token>` once for a session cookie)."""
+    session_h: float = Field(default=168.0, gt=0)
+    """How long a browser's session cookie (signed, never the token itself) stays valid."""
     batch_wait_ms: float = Field(default=8.0, ge=0)
     """How long the scheduler waits for more requests to join a batch."""
     job_retention_h: float = Field(default=72.0, gt=0)

@@ -116,3 +116,34 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys) -> None:
     code = main(["transcribe", str(wav), "--model", str(tmp_path / "no-model"), "--device", "cpu"])
     assert code == 2
     assert "Model directory not found" in capsys.readouterr().err
+
+
+def test_a_path_that_does_not_exist_is_a_usage_error(tmp_path, capsys) -> None:
+    wav = tmp_path / "one.wav"
+    wav.write_bytes(all_formats(1.0)["pcm16_16k.wav"])
+    code = main(["transcribe", str(wav), str(tmp_path / "missing.mp3"), "--model", str(tmp_path / "x")])
+    assert code == 2  # README: usage errors exit 2, before any model is loaded
+    err = capsys.readouterr().err
+    assert "missing.mp3" in err and "no such file or folder" in err
+    hotwords = main(["transcribe", str(wav), "--hotword-file", str(tmp_path / "nope.txt")])
+    assert hotwords == 2 and "nope.txt" in capsys.readouterr().err
+
+
+def test_only_our_own_messages_reach_the_terminal(tiny_model_dir, tmp_path) -> None:
+    """No funasr/pydub import notices, no libmpg123 decoder warnings for a damaged mp3."""
+    mp3 = bytearray(all_formats(3.0)["stereo44.mp3"])
+    for i in range(600, len(mp3), 97):  # damage frames all through the file
+        mp3[i] ^= 0x5A
+    (tmp_path / "damaged.mp3").write_bytes(bytes(mp3))
+    (tmp_path / "good.wav").write_bytes(all_formats(1.0)["pcm16_16k.wav"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "asr", "transcribe", str(tmp_path / "damaged.mp3"), str(tmp_path / "good.wav"),
+         "--model", str(tiny_model_dir), "--device", "cpu", "--output-dir", str(tmp_path / "o"), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    for noise in ("Note: ", "mpg123", "Illegal Audio-MPEG-Header", "torchaudio", "Couldn't find ffmpeg",
+                  "sudo apt install", "Traceback"):  # fmt: skip
+        assert noise not in output, output
+    assert "2 transcribed, 0 failed" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,19 @@ def test_run_sh_sets_environment_and_passes_flags(tmp_path: Path) -> None:
         ["bash", str(REPO / "run.sh"), "--config", "a10"], env=env, capture_output=True, text=True, check=True
     )
     assert "ARGS=webui.py --config a10\n" in explicit.stdout
+
+
+def test_run_sh_without_a_model_says_what_to_do_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("ASR_CONFIG", None)
+    proc = subprocess.run(
+        ["bash", str(REPO / "run.sh"), "--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path / "d"),
+         "--port", "0", "--no-autolaunch"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: Model directory not found: {tmp_path / 'no-model'}"], proc.stderr
+    for noise in ("Couldn't find ffmpeg", "torchaudio", "RuntimeWarning"):
+        assert noise not in proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -30,10 +32,17 @@ def _random_lengths(batch: int, steps: int, gen: torch.Generator) -> torch.Tenso
     return lens
 
 
-def test_cpu_engine_uses_torch_lstm(tiny_model_dir) -> None:
+def test_cpu_engine_uses_torch_lstm_and_says_so(tiny_model_dir, caplog) -> None:
     device = torch.device("cpu")
-    engine = Engine(load_model(tiny_model_dir, device), EngineSettings(model=str(tiny_model_dir), warmup=False), device)
-    assert engine.info()["timestamp_lstm"] == "cudnn"
+    with caplog.at_level(logging.INFO, logger="asr.engine.core"):
+        engine = Engine(
+            load_model(tiny_model_dir, device), EngineSettings(model=str(tiny_model_dir), warmup=False), device
+        )
+    # torch's own LSTM runs; there is no cuDNN on a CPU, so neither the log nor the UI says cudnn.
+    assert engine.lstm_kernel != "fused"
+    assert engine.info()["timestamp_lstm"] == "torch"
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("engine: "))
+    assert "timestamp-lstm=torch" in line and "cudnn" not in line
 
 
 def test_fused_kernel_is_refused_where_it_cannot_run(tiny_model_dir) -> None:

@@ -75,11 +75,10 @@ def make_model_dir(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path
 
     Deterministic for a given (size, seed). Returns the directory.
     """
-    from funasr.register import tables
-
     from asr.engine.model import import_funasr
 
-    import_funasr()
+    import_funasr()  # first: it imports funasr quietly
+    from funasr.register import tables
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokens = _vocabulary(size)

@@ -98,7 +98,7 @@ class Engine:
         self.lstm_kernel = self._choose_lstm_kernel()
         self._graphs = self._build_graphs()
         log.info("engine: device=%s dtype=%s attention=%s frontend=%s timestamp-lstm=%s cuda-graphs=%s model=%s",
-                 device, self.dtype, self.attention_backend, self.frontend_kind, self.lstm_kernel,
+                 device, self.dtype, self.attention_backend, self.frontend_kind, self.lstm_backend,
                  self._graphs is not None, loaded.files.root)
 
     # ---------------------------------------------------------------- construction
@@ -127,6 +127,15 @@ class Engine:
         if choice == "fused" and not usable:
             raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")
         return "fused" if usable and choice != "cudnn" else "cudnn"
+
+    @property
+    def lstm_backend(self) -> str:
+        """What runs the timestamp BLSTM, as logs and the UI report it: 'fused' (our Triton
+        kernel), 'cudnn' (torch's LSTM on a CUDA device) or 'torch' (torch's LSTM on the CPU,
+        where there is no cuDNN)."""
+        if self.lstm_kernel == "fused":
+            return "fused"
+        return "cudnn" if self.device.type == "cuda" else "torch"
 
     def _build_graphs(self) -> GraphedModel | None:
         """Encoder and decoder as CUDA graphs where that is possible and wanted (`asr.engine.graphs`)."""
@@ -161,7 +170,7 @@ class Engine:
             "gpu": gpu,
             "dtype": str(self.dtype).replace("torch.", ""),
             "attention": self.attention_backend,
-            "timestamp_lstm": self.lstm_kernel,
+            "timestamp_lstm": self.lstm_backend,
             "cuda_graphs": self._graphs is not None,
             "frontend": self.frontend_kind,
             "batch_budget_s": self.settings.batch_budget_s,

@@ -8,11 +8,14 @@ that does not exist, both of which hide real mistakes from users.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import socket
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,11 @@ def import_funasr() -> None:
     otherwise surface later as "model is not registered".
     """
     with _import_lock:
-        import funasr
+        # funasr's import prints a notice about ffmpeg (which we do not use: PyAV decodes) and
+        # pulls in pydub, which warns about the same; users should see only our own messages.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+            import funasr
         from funasr.register import tables
 
         if tables.model_classes.get("SeacoParaformer") is None:
@@ -83,12 +90,17 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def resolve_model_dir(
-    model: str, cache_dir: Path, required: tuple[str, ...] = _REQUIRED_FILES
+    model: str,
+    cache_dir: Path,
+    required: tuple[str, ...] = _REQUIRED_FILES,
+    *,
+    how_to_set: str = "start with --model DIR (or ASR_ENGINE__MODEL=DIR)",
 ) -> Path:
     """A local directory as is; a ModelScope id from the cache, downloading it once if needed.
 
     `required` names the files a complete cached copy has (other model kinds: VAD, punctuation,
-    speaker). Offline with nothing cached, fails within seconds with a message saying what to do.
+    speaker); `how_to_set` tells the user how to point this model at a directory (the hint of
+    the error). Offline with nothing cached, fails within seconds with a message saying what to do.
     """
     local = Path(model).expanduser()
     if local.is_dir():
@@ -101,7 +113,7 @@ def resolve_model_dir(
     hint = (
         f"The model '{model}' is not in the cache ({cache_dir}) and the model hub cannot be "
         "reached. Download it on a connected machine (modelscope download --model "
-        f"{model} --local_dir DIR) and start with --model DIR (or ASR_ENGINE__MODEL=DIR)."
+        f"{model} --local_dir DIR), then {how_to_set}."
     )
     if not _hub_reachable():
         raise ModelLoadError(hint)

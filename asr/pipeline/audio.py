@@ -22,7 +22,7 @@ import os
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -123,7 +123,11 @@ def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> A
         if size == 0:
             raise AudioError("The file is empty: it contains no bytes.", code="empty_file")
         magic = handle.read(4)
-        for opener in (_open_wav_pcm16, _open_soundfile, _open_av):
+        # MP3 goes to PyAV: libsndfile decodes it through libmpg123, which writes its complaints
+        # about damaged frames straight to the process's stderr ("Note: Illegal Audio-MPEG-Header").
+        mpeg = _looks_like_mpeg(magic)
+        openers = (_open_wav_pcm16, _open_av) if mpeg else (_open_wav_pcm16, _open_soundfile, _open_av)
+        for opener in openers:
             handle.seek(0)
             try:
                 stream = opener(handle if opener is _open_wav_pcm16 or name is None else name, size, max_duration_s)
@@ -252,11 +256,19 @@ def _open_wav_pcm16(handle: BinaryIO, size: int, max_duration_s: float | None) -
     return AudioStream(rate, frames / rate, blocks(), wav.close, max_duration_s)
 
 
+def _looks_like_mpeg(head: bytes) -> bool:
+    """An ID3 tag or an MPEG audio frame header at the start (mp3, mp2)."""
+    return head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
 def _open_soundfile(handle: BinaryIO | str, size: int, max_duration_s: float | None) -> AudioStream | None:
     try:
         snd = sf.SoundFile(handle)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None  # not a container libsndfile knows: PyAV gets a try
+    if snd.format == "MP3":  # found further in (a junk prefix): PyAV as well
+        snd.close()
+        return None
     try:
         rate = snd.samplerate
         if rate <= 0:
@@ -328,7 +340,7 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
     step = max(1, int(BLOCK_S * rate))
 
     def frames() -> Iterator[np.ndarray]:
-        for frame in container.decode(stream):
+        for frame in _frames(container, stream):
             block = frame.to_ndarray()
             if block.dtype.kind in "iu":
                 info = np.iinfo(block.dtype)
@@ -377,3 +389,16 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
             container.close()
 
     return AudioStream(rate, estimate, blocks(), close, max_duration_s)
+
+
+def _frames(container: Any, stream: Any) -> Iterator[Any]:
+    """Decoded frames of ``stream``; a packet the decoder rejects (a damaged mp3 frame) is
+    skipped, as players do, instead of ending the file there."""
+    import av
+
+    # demux() ends with an empty packet, whose decode() flushes the frames the decoder holds.
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue

@@ -11,24 +11,33 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from asr.errors import HotwordError
+from asr.errors import HotwordError, LimitError
 
 _CJK_OR_DIGITS = re.compile(r"^[\u4E00-\u9FA50-9]+$")
 _SEPARATORS = re.compile(r"[\s,，;；、]+")
 
 HotwordList = tuple[str, ...]
 
+# Longest hotword text accepted, in characters, checked before any splitting: the same 1 MB that
+# the web forms allow per field (asr.web.limits), so no door parses more than the others.
+MAX_HOTWORD_TEXT = 1 << 20
+
 
 def parse_hotwords(
     text: str | Iterable[str] | None, *, max_count: int = 1000, max_chars: int = 32
 ) -> HotwordList:
     """Split user input (one per line, or separated by spaces/commas) into a clean, de-duplicated
-    tuple, keeping order. Raises HotwordError naming the limit that was broken."""
+    tuple, keeping order. Raises HotwordError naming the limit that was broken, LimitError for
+    text over MAX_HOTWORD_TEXT characters (refused before it is split)."""
     if text is None:
         return ()
-    raw = _SEPARATORS.split(text) if isinstance(text, str) else [
-        w for item in text for w in _SEPARATORS.split(str(item))
-    ]
+    items = [text] if isinstance(text, str) else [str(item) for item in text]
+    size = sum(map(len, items))
+    if size > MAX_HOTWORD_TEXT:
+        raise LimitError(
+            f"The hotword text has {size:,} characters; at most {MAX_HOTWORD_TEXT:,} (1 MB) are read."
+        )
+    raw = [w for item in items for w in _SEPARATORS.split(item)]
     words: list[str] = []
     seen: set[str] = set()
     for word in raw:

@@ -39,10 +39,12 @@ class StageModels:
         self._itn: InverseNormalizer | None = None
         self._itn_error: str | None = None
 
-    def _resolve(self, model: str, required: tuple[str, ...]) -> Any:
+    def _resolve(self, model: str, required: tuple[str, ...], setting: str, flag: str) -> Any:
         from asr.engine.model import resolve_model_dir
 
-        return resolve_model_dir(model, self.cache_dir, required)
+        env = "ASR_LONGFORM__" + setting.upper()
+        how = f"set longform.{setting} to DIR ({env}=DIR; the command line's {flag} DIR)"
+        return resolve_model_dir(model, self.cache_dir, required, how_to_set=how)
 
     def vad(self) -> VadBackend:
         """The configured VAD backend (raises ModelLoadError when it cannot be loaded)."""
@@ -51,7 +53,8 @@ class StageModels:
         with self._lock:
             if self._vad is None:
                 if self.settings.vad == "fsmn":
-                    path = self._resolve(self.settings.vad_model, ("config.yaml", "model.pt", "am.mvn"))
+                    path = self._resolve(self.settings.vad_model, ("config.yaml", "model.pt", "am.mvn"),
+                                         "vad_model", "--vad-model")
                     self._vad = load_vad("fsmn", path)
                 else:
                     self._vad = load_vad("silero")
@@ -62,14 +65,16 @@ class StageModels:
         with self._lock:
             if self._punc is None and self._punc_error is None:
                 try:
-                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"))
+                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"),
+                                         "punc_model", "--punc-model")
                     self._punc = Punctuator(path, device=self.settings.punc_device)
                 except ASRError as exc:
-                    # The log keeps the detail (paths included); users get the sentence below.
+                    # The log keeps the detail (paths included); results get the sentence below.
                     log.warning("punctuation unavailable: %s", exc)
                     self._punc_error = (
-                        "the punctuation model (longform.punc_model) could not be loaded; "
-                        "the log says why"
+                        "the punctuation model could not be loaded (the log says why); set "
+                        "longform.punc_model to a model directory (ASR_LONGFORM__PUNC_MODEL=DIR; "
+                        "the command line's --punc-model DIR)"
                     )
             return self._punc
 
@@ -98,6 +103,6 @@ class StageModels:
         """The CAM++ speaker model (raises ModelLoadError when it cannot be loaded)."""
         with self._lock:
             if self._embedder is None:
-                path = self._resolve(self.settings.speaker_model, ("config.yaml",))
+                path = self._resolve(self.settings.speaker_model, ("config.yaml",), "speaker_model", "--speaker-model")
                 self._embedder = SpeakerEmbedder(path, device=self.settings.speaker_device)
             return self._embedder

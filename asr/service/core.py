@@ -8,18 +8,15 @@ these methods and render the `Result`.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from asr.errors import JobNotFoundError, LimitError, RequestTimeoutError
 from asr.pipeline.audio import AudioSource
-from asr.pipeline.formats import render
 from asr.pipeline.hotwords import HotwordList
 from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline
@@ -131,26 +128,6 @@ class Service:
         if job is None:
             raise JobNotFoundError(f"No job with id '{job_id[:64]}'.")
         return job
-
-    def jobs_zip(self, jobs: Sequence[JobState]) -> bytes:
-        """txt, srt and json per finished file; a short error note per failed file.
-
-        Files are numbered across all given jobs in order, so names never collide.
-        """
-        buf = io.BytesIO()
-        number = 0
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for job in jobs:
-                for f in job.files:
-                    number += 1
-                    stem = f"{number:03d}_{safe_stem(f.name)}"
-                    if f.status == "done" and f.result is not None:
-                        result = stored_result(f.result)
-                        for ext in ("txt", "srt", "json"):
-                            zf.writestr(f"{stem}.{ext}", render(result, ext))
-                    elif f.status == "failed":
-                        zf.writestr(f"{stem}.error.txt", f"{f.error_code}: {f.error}\n")
-        return buf.getvalue()
 
     def info(self) -> dict[str, Any]:
         """What the system tab and /api/info show."""

@@ -113,8 +113,18 @@ class JobStore:
     def __init__(self, db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> None:
         self.db_path = Path(db_path)
         self.upload_dir = Path(data_dir) / "uploads"
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        # Uploads and results are the users' data: folders 0700, files 0600, whatever the umask.
+        # Folders we own are tightened if an older version made them more open; the folders
+        # given in the settings are only created so, never changed (they may be shared).
+        for folder in (self.db_path.parent, Path(data_dir)):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.upload_dir.mkdir(exist_ok=True, mode=0o700)
+        self.upload_dir.chmod(0o700)
+        # SQLite gives its -wal and -shm files the database file's permissions.
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        for path in (self.db_path, *(self.db_path.with_name(self.db_path.name + s) for s in ("-wal", "-shm"))):
+            if path.exists():
+                path.chmod(0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,7 +167,7 @@ class JobStore:
         """
         job_id = secrets.token_urlsafe(16)
         job_dir = self.upload_dir / job_id
-        job_dir.mkdir()
+        job_dir.mkdir(mode=0o700)
         now = time.time()
         rows = []
         total = 0
@@ -167,7 +177,7 @@ class JobStore:
                 # Generated names only: the client's name never touches the file system.
                 path = job_dir / f"{idx:05d}.upload"
                 size = 0
-                with open(path, "wb") as fh:
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                     for block in _blocks(source):
                         size += len(block)
                         total += len(block)
@@ -276,6 +286,36 @@ class JobStore:
             FileState(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6]) for r in rows
         )
         return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
+
+    def result_totals(self, job_id: str) -> tuple[int, int] | None:
+        """(files, bytes of stored results) of a job, or None when there is no such job.
+
+        Counted by SQLite without reading the results into Python (zip downloads check their
+        limits with it before any work)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE id=?), COUNT(*), "
+                "COALESCE(SUM(LENGTH(CAST(result AS BLOB))), 0) FROM files WHERE job_id=?",
+                (job_id, job_id),
+            ).fetchone()
+        return None if row[0] == 0 else (int(row[1]), int(row[2]))
+
+    def iter_files(self, job_id: str, *, page: int = 16) -> Iterator[FileState]:
+        """A job's files in order, ``page`` rows at a time, so a large job's results are never
+        all in memory at once (and the store's lock is held only per page)."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT idx, name, size, status, result, error_code, error FROM files "
+                    "WHERE job_id=? AND idx>? ORDER BY idx LIMIT ?",
+                    (job_id, after, page),
+                ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield FileState(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6])
+            after = rows[-1][0]
 
     def delete_finished_before(self, cutoff: float) -> list[str]:
         """Delete jobs whose last file finished before ``cutoff`` (epoch seconds), uploads included.

@@ -10,17 +10,21 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr.service.core import EngineLike, Service
 from asr.settings import Settings
-from asr.web.auth import TokenAuth
+from asr.web.auth import TokenAuth, redact_access_log
 from asr.web.errors import install_error_handlers
+from asr.web.gradio_guard import GradioUrlGuard
 from asr.web.limits import BodySizeLimit, body_limit_for
 from asr.web.routes import health, jobs, openai, transcribe
 
 log = logging.getLogger(__name__)
 
+# Where /docs and /redoc load their scripts and styles from.
+DOCS_ASSETS = "/docs-assets"
 # The page script ships inside the package (the repository root links to it).
 BATCH_SCRIPT = Path(__file__).resolve().parent / "static" / "batch_opt.js"
 
@@ -74,6 +78,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()  # here: the server has set up its loggers by now
         await service.start(warmup=settings.engine.warmup)
         log.info("service ready: %s", service.info()["scheduler"])
         try:
@@ -81,16 +86,24 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         finally:
             await service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from this machine (fastapi-offline ships
+    # their files): FastAPI's own pages load them from a CDN and are blank offline.
+    app = FastAPIOffline(
         title="Chinese ASR service (SeACo-Paraformer)",
         description="Hotword-aware Chinese speech recognition. All requests share one batching scheduler.",
         version="1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.service = service
     install_error_handlers(app)
 
     app.add_middleware(RequestMetrics, service=service)
+
+    if settings.server.ui:
+        # Inside the body limit (it reads Gradio's event bodies whole): a file reference that
+        # names a URL is refused before Gradio would look the host up and fetch it.
+        app.add_middleware(GradioUrlGuard)
 
     # Outside the request counter, inside the token check: bodies over the limit are refused
     # while they stream in, before any route or Gradio handler reads them.
@@ -98,7 +111,9 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     if settings.server.api_token:
         # Added last, so it runs first: nothing is counted or served before the token is checked.
-        app.add_middleware(TokenAuth, token=settings.server.api_token)
+        app.add_middleware(
+            TokenAuth, token=settings.server.api_token, session_s=settings.server.session_h * 3600
+        )
 
     for module in (transcribe, jobs, openai, health):
         app.include_router(module.router)

@@ -12,13 +12,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from asr.errors import ASRError, http_status
+from asr.web.messages import zh
 
 log = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    # "type" mirrors OpenAI's error shape so its client shows our message unchanged.
-    return {"error": {"code": code, "message": message, "type": "invalid_request_error"}}
+    # "type" mirrors OpenAI's error shape so its client shows our message unchanged;
+    # "message_zh" is what the bilingual UI (batch_opt.js) shows before the English.
+    body = {"code": code, "message": message, "type": "invalid_request_error"}
+    chinese = zh(code)
+    if chinese:
+        body["message_zh"] = chinese
+    return {"error": body}
 
 
 def install_error_handlers(app: FastAPI) -> None:

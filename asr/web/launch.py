@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import threading
 import time
 import urllib.request
 import webbrowser
 from typing import Any
 
+from asr.errors import ASRError
 from asr.settings import Settings, load_settings, resolve_config
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,9 @@ def serve(settings: Settings) -> None:
 
     configure_process(settings)
     server = settings.server
+    # Everything the server writes (batch uploads, the job database, Gradio's upload cache, the
+    # UI's downloads) is for this user only: folders 0700, files 0600.
+    os.umask(0o077)
     if server.share:
         log.warning("--share exposes this service to the public internet through gradio.live.")
     if server.host not in ("127.0.0.1", "localhost", "::1"):
@@ -144,6 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=(args.log_level or "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings_from_args(args)
-    logging.getLogger().setLevel(settings.log_level.upper())
-    serve(settings)
+    try:
+        settings = settings_from_args(args)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        serve(settings)
+    except ASRError as exc:
+        # A missing model or a bad setting: the message says what to do; a traceback would
+        # only bury it.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

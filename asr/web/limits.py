@@ -14,14 +14,23 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asr.pipeline.hotwords import MAX_HOTWORD_TEXT
 from asr.settings import LimitSettings
 from asr.web.errors import error_body
 
-# Room for the form fields (hotwords, options) and multipart boundaries next to the file.
+# One text field (hotwords, prompt, options) may hold this much, at every door: Starlette's
+# multipart parser refuses a larger form field, asr.pipeline.hotwords refuses longer hotword text
+# before parsing it, and bodies without a file (Gradio's JSON events) are cut off just above it.
+FIELD_LIMIT = MAX_HOTWORD_TEXT
+# Room for the form fields and multipart boundaries next to a file.
 _FORM_SLACK = 1 << 20
+# A JSON event's envelope (event ids, options, references to uploaded files) around its fields.
+_EVENT_SLACK = 64 << 10
 # Routes that take many files at once: the batch API and Gradio's upload route (the UI's batch
 # tab uploads whole folders through it).
 _MULTI_FILE_PATHS = ("/api/batch_async", "/gradio_api/upload")
+# Routes that take one audio file.
+_SINGLE_FILE_PATHS = ("/api/transcribe", "/v1/audio/transcriptions")
 
 
 class _BodyTooLarge(Exception):
@@ -29,9 +38,15 @@ class _BodyTooLarge(Exception):
 
 
 def body_limit_for(limits: LimitSettings) -> Callable[[str], tuple[int, str]]:
-    """Path -> (byte limit, the sentence naming the setting)."""
+    """Path -> (byte limit, the sentence naming the setting).
+
+    Only the upload routes take large bodies; every other body (Gradio's events, the token
+    form, anything unknown) is held to one text field, so a 100 MB hotword string sent through
+    Gradio's API is refused before it is parsed, as it is on the HTTP API's forms.
+    """
     single = int(limits.max_upload_mb * 1048576) + _FORM_SLACK
     multi = int(limits.max_job_mb * 1048576) + _FORM_SLACK
+    other = FIELD_LIMIT + _EVENT_SLACK
 
     def limit(path: str) -> tuple[int, str]:
         if path.startswith(_MULTI_FILE_PATHS):
@@ -39,9 +54,15 @@ def body_limit_for(limits: LimitSettings) -> Callable[[str], tuple[int, str]]:
                 multi,
                 f"The upload is over the limit of {limits.max_job_mb:g} MB per job (limits.max_job_mb).",
             )
+        if path.startswith(_SINGLE_FILE_PATHS):
+            return (
+                single,
+                f"The upload is over the limit of {limits.max_upload_mb:g} MB per file (limits.max_upload_mb).",
+            )
         return (
-            single,
-            f"The upload is over the limit of {limits.max_upload_mb:g} MB per file (limits.max_upload_mb).",
+            other,
+            f"The request is over {other >> 10} kB: a text field (hotwords, options) holds at most "
+            f"{FIELD_LIMIT >> 20} MB, and files go to the upload routes.",
         )
 
     return limit

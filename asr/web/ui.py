@@ -8,6 +8,7 @@ Every element that scripts or tests touch has an ``elem_id``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -21,8 +22,12 @@ from asr.errors import ASRError
 from asr.pipeline.formats import render
 from asr.pipeline.options import Options
 from asr.pipeline.result import Result
+from asr.service.archive import plan_archive, write_archive
 from asr.service.core import Service, safe_stem, stored_result
 from asr.service.jobs import JobState
+from asr.web.messages import bilingual
+
+log = logging.getLogger(__name__)
 
 STATUS_ZH = {
     "pending": "等待 pending",
@@ -74,7 +79,10 @@ def _stats_md(result: Result) -> str:
 def _job_rows(job: JobState) -> list[list[Any]]:
     rows = []
     for f in job.files:
-        detail = stored_result(f.result).text if f.status == "done" and f.result else (f.error or "")
+        if f.status == "done" and f.result:
+            detail = stored_result(f.result).text
+        else:
+            detail = bilingual(f.error_code, f.error or "")
         rows.append([f.index + 1, f.name, STATUS_ZH.get(f.status, f.status), detail])
     return rows
 
@@ -110,6 +118,52 @@ def _system_md(info: dict[str, Any], settings: Any) -> str:
         f"| 已处理 Processed | {sch['items_run']} clips in {sch['batches_run']} batches |",
     ]
     return "\n".join(lines)
+
+
+def _user_error(exc: ASRError, action: str) -> gr.Error:
+    """A typed error as the UI shows it (中文 first, then the English sentence) and one log line:
+    a user's mistake is not a server fault, so no traceback (Gradio prints one by default)."""
+    code = exc.code
+    log.info("ui %s refused: [%s] %s", action, code, exc)
+    return gr.Error(bilingual(code, str(exc)), title="错误 Error", print_exception=False)
+
+
+def _uploaded(files: list[dict[str, Any]] | None) -> list[tuple[str, _LazyFile]]:
+    """(name the user gave the file, its stored copy) for the batch tab's file inputs.
+
+    The event runs without Gradio's preprocessing, so each file arrives as Gradio's file record:
+    its ``path`` is in Gradio's upload folder (Gradio checked that) and ``orig_name`` is the name
+    as picked; the stored copy's name has characters such as ``!`` and ``$`` removed.
+    """
+    out = []
+    for item in files or []:
+        path = Path(item["path"])
+        out.append((item.get("orig_name") or path.name, _LazyFile(path)))
+    return out
+
+
+class _LazyFile:
+    """A stored upload opened only when the job store copies it (block by block), so a large
+    batch never sits in memory whole nor holds a descriptor per file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self._fh is None:
+            self._fh = self.path.open("rb")
+        data: bytes = self._fh.read(size)
+        if not data:
+            self._fh.close()
+        return data
+
+
+def _write_zip(service: Service, job_id: str, path: Path) -> None:
+    """The job's zip, written to ``path`` (blocking: the handler runs it on a thread)."""
+    plan = plan_archive(service.jobs, [job_id], service.settings.limits)
+    with path.open("wb") as fh:
+        write_archive(service.jobs, plan, fh)
 
 
 VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
@@ -156,12 +210,12 @@ def build_ui(service: Service) -> gr.Blocks:
         vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
     ) -> tuple[str, str, list[list[Any]], list[str]]:
         if not audio_path:
-            raise gr.Error("请先上传或录制音频。 Please upload or record audio first.")
+            raise gr.Error("请先上传或录制音频。 Please upload or record audio first.", print_exception=False)
         try:
             options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers, timestamps)
             result = await service.transcribe(Path(audio_path), options)
         except ASRError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _user_error(exc, "transcribe") from None
         out = downloads.new_dir()
         stem = safe_stem(Path(audio_path).name)
         paths = []
@@ -173,18 +227,19 @@ def build_ui(service: Service) -> gr.Blocks:
         return shown, _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
-        files: list[str] | None, folder: list[str] | None, hotwords: str,
+        files: list[dict[str, Any]] | None, folder: list[dict[str, Any]] | None, hotwords: str,
         vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
     ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
-        paths = [Path(p) for p in (files or []) + (folder or [])]
-        if not paths:
-            raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.")
+        # Without batch_opt.js (or with ?batch_opt=0) the batch tab runs here; with it, the page
+        # script uploads the files to /api/batch_async itself and this is never called.
+        uploads = _uploaded(files) + _uploaded(folder)
+        if not uploads:
+            raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.", print_exception=False)
         try:
             options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers)
-            uploads = await asyncio.to_thread(lambda: [(p.name, p.read_bytes()) for p in paths])
             job_id = await service.create_job(uploads, options)
         except ASRError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _user_error(exc, "batch") from None
         # The job runs in the background worker; this only follows its progress.
         while True:
             job = service.get_job(job_id)
@@ -193,8 +248,19 @@ def build_ui(service: Service) -> gr.Blocks:
             yield _job_progress_md(job), _job_rows(job), None
             await service.job_worker.wait_for_change(1.0)
         zip_path = downloads.new_dir() / f"asr-{job_id[:8]}.zip"
-        zip_path.write_bytes(service.jobs_zip([job]))
+        try:
+            await asyncio.to_thread(_write_zip, service, job_id, zip_path)
+        except ASRError as exc:  # over limits.max_zip_mb: the results stay on the page and the API
+            gr.Warning(bilingual(exc.code, str(exc)))
+            yield _job_progress_md(job), _job_rows(job), None
+            return
         yield _job_progress_md(job), _job_rows(job), str(zip_path)
+
+    def start_polling() -> gr.Timer:
+        return gr.Timer(active=True)
+
+    def stop_polling() -> gr.Timer:
+        return gr.Timer(active=False)
 
     def system_info() -> tuple[str, dict[str, Any]]:
         info = service.info()
@@ -208,7 +274,7 @@ def build_ui(service: Service) -> gr.Blocks:
     ) as demo:
         gr.Markdown("# 中文语音识别 Chinese speech recognition\nSeACo-Paraformer · 热词增强 hotword biasing")
         with gr.Tabs(elem_id="tabs"):
-            with gr.Tab("单文件识别 Single file", id="single", elem_id="tab-single"):
+            with gr.Tab("单文件识别 Single file", id="single", elem_id="tab-single") as single_tab:
                 with gr.Row():
                     with gr.Column():
                         audio = gr.Audio(
@@ -256,7 +322,7 @@ def build_ui(service: Service) -> gr.Blocks:
                     api_name="transcribe_single",
                 )
 
-            with gr.Tab("批量处理 Batch", id="batch", elem_id="tab-batch"):
+            with gr.Tab("批量处理 Batch", id="batch", elem_id="tab-batch") as batch_tab:
                 gr.Markdown(
                     f"每个作业最多 {limits.max_files_per_job} 个文件，"
                     f"单个文件最大 {limits.max_upload_mb:g} MB。"
@@ -269,12 +335,16 @@ def build_ui(service: Service) -> gr.Blocks:
                     batch_folder = gr.File(
                         file_count="directory", label="或选择文件夹 Or a folder", elem_id="batch-folder"
                     )
+                # batch_opt.js puts its own file picker here and hides the two inputs above, which
+                # would upload every file to Gradio on selection (and the script uploads it again).
+                gr.HTML("", elem_id="batch-js-picker")
                 batch_hotwords = gr.Textbox(
                     lines=3, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="batch-hotwords"
                 )
                 _batch_long = _long_controls("batch", service)
                 batch_run = gr.Button("开始批量处理 Start batch", variant="primary", elem_id="batch-run")
-                # batch_opt.js renders its parallel-upload progress here; empty without the script.
+                # batch_opt.js renders its progress and results here, and hides Gradio's three
+                # result areas below (they serve the tab without the script).
                 gr.HTML("", elem_id="batch-js-panel")
                 batch_progress = gr.Markdown(elem_id="batch-progress")
                 batch_table = gr.Dataframe(
@@ -292,14 +362,18 @@ def build_ui(service: Service) -> gr.Blocks:
                     [batch_progress, batch_table, batch_zip],
                     concurrency_limit=None,
                     api_name="run_batch",
+                    # The handler gets Gradio's file records, with the names the user picked.
+                    preprocess=False,
                 )
 
-            with gr.Tab("系统信息 System", id="system", elem_id="tab-system"):
+            with gr.Tab("系统信息 System", id="system", elem_id="tab-system") as system_tab:
                 sys_md = gr.Markdown(elem_id="sys-summary")
                 sys_json = gr.JSON(label="详细 Details", elem_id="sys-json")
                 sys_refresh = gr.Button("刷新 Refresh", elem_id="sys-refresh")
-                sys_timer = gr.Timer(2.0)
-                for trigger in (sys_refresh.click, sys_timer.tick, demo.load):
+                # Polls only while this tab is showing: started when it is selected, stopped when
+                # another tab is (every open page used to poll every 2 s whatever it showed).
+                sys_timer = gr.Timer(2.0, active=False)
+                for trigger in (sys_refresh.click, sys_timer.tick, system_tab.select):
                     trigger(
                         system_info,
                         None,
@@ -308,6 +382,8 @@ def build_ui(service: Service) -> gr.Blocks:
                         show_progress="hidden",
                         queue=False,
                     )
+        for tab, switch in ((system_tab, start_polling), (single_tab, stop_polling), (batch_tab, stop_polling)):
+            tab.select(switch, None, sys_timer, queue=False, show_progress="hidden", concurrency_limit=None)
     return demo
 
 

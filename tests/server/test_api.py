@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -250,7 +251,7 @@ def test_no_gradio_queue_sends_single_file_events_directly(
         assert deps["transcribe_single"]["queue"] is queued
         assert deps["run_batch"]["queue"] is True  # progress streaming needs the queue
         # Gradio never limits how many events run at once: the scheduler batches them.
-        mount = next(r for r in app.routes if isinstance(r, Mount))
+        mount = next(r for r in app.routes if isinstance(r, Mount) and hasattr(r.app, "get_blocks"))
         assert all(fn.concurrency_limit is None for fn in mount.app.get_blocks().fns.values())
 
 
@@ -276,3 +277,31 @@ def test_transcribe_with_vad_and_punctuation_options_returns_sentences(client) -
     assert body["applied"]["punctuation"] is False
     assert [n["code"] for n in body["notices"]] == ["punctuation_unavailable"]
     assert "/" not in body["notices"][0]["message"]
+
+
+def test_session_cookies_are_signed_with_the_token_and_expire() -> None:
+    from asr.web.auth import TokenAuth
+
+    auth = TokenAuth(None, token="s3cret", session_s=3600)  # type: ignore[arg-type]
+    value = auth.new_session(now=1000)
+    assert "s3cret" not in value
+    assert auth.valid_session(value, now=1000 + 3599)
+    assert not auth.valid_session(value, now=1000 + 3601)  # expired
+    assert not auth.valid_session(value, now=1000 - 120)  # issued in the future
+    assert not TokenAuth(None, token="other", session_s=3600).valid_session(value, now=1001)  # type: ignore[arg-type]
+    issued, nonce, signature = value.split(".")
+    assert not auth.valid_session(f"{int(issued) + 1}.{nonce}.{signature}", now=1001)
+    for junk in ("", "s3cret", "a.b", "a.b.c.d", f"x.{nonce}.{signature}"):
+        assert not auth.valid_session(junk, now=1001)
+
+
+def test_docs_pages_load_their_assets_from_this_server(client: TestClient) -> None:
+    """/docs and /redoc work offline: no CDN, every script and style is served here."""
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn." not in html and "https://" not in html
+        assets = re.findall(r'(?:src|href)="(/[^"]+)"', html)
+        assert any(a.endswith(".js") for a in assets), assets
+        for asset in assets:
+            resp = client.get(asset)
+            assert resp.status_code == 200 and len(resp.content) > 1000, asset

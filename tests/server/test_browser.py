@@ -81,11 +81,11 @@ def test_batch_tab_uploads_groups_in_parallel_and_shows_every_result(
     tenth = tmp_path / "clip5.wav"
     shutil.copy(audio_dir / "clip2.wav", tenth)
     files.append(tenth)
-    page.set_input_files("#batch-files input[type=file]", [str(f) for f in [*files, extra]])
-    page.wait_for_selector('#batch-files td.filename[aria-label="removed-again.wav"]')
-    # A file removed in the Gradio component is not uploaded by the script either.
-    page.click('#batch-files tr:has(td.filename[aria-label="removed-again.wav"]) button.label-clear-button')
-    page.wait_for_selector('#batch-files td.filename[aria-label="removed-again.wav"]', state="detached")
+    page.set_input_files("#batch-js-files", [str(f) for f in [*files, extra]])
+    page.wait_for_selector('#batch-js-list li[data-name="removed-again.wav"]')
+    # A file removed from the list is not uploaded.
+    page.click('#batch-js-list li[data-name="removed-again.wav"] button')
+    page.wait_for_selector('#batch-js-list li[data-name="removed-again.wav"]', state="detached")
     page.fill("#batch-hotwords textarea", "北京\n上海")
     page.click("#batch-run")
     page.wait_for_selector("#batch-js-result[data-finished=true]", timeout=90_000)

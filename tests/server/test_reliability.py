@@ -208,7 +208,7 @@ def test_token_guards_every_route_but_healthz(
             time.sleep(0.05)
         open_routes = []
         for method, path in routes:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": "asr_token=wrong"}):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": "asr_session=wrong"}):
                 resp = c.request(method, path, headers=headers)
                 if resp.status_code != 401:
                     open_routes.append((method, path, resp.status_code))

@@ -16,12 +16,10 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", summary="Liveness and readiness")
 async def healthz(service: Annotated[Service, Depends(get_service)]) -> Any:
+    """Open even when a token is set (load balancers), so it says nothing about the machine:
+    no model or data paths (those are in /api/info, behind the token)."""
     ready = service.scheduler.running
-    body = {
-        "status": "ok" if ready else "starting",
-        "queue_depth": service.scheduler.queue_depth,
-        "model": service.engine.info().get("model") or service.settings.engine.model,
-    }
+    body = {"status": "ok" if ready else "starting", "queue_depth": service.scheduler.queue_depth}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

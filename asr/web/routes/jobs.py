@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import StreamingResponse
 
-from asr.errors import LimitError
+from asr.service.archive import plan_archive, stream_archive
 from asr.service.core import Service, job_to_dict
 from asr.web.deps import get_service
+from asr.web.messages import zh
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
 
@@ -54,28 +56,43 @@ async def get_job(
     job_id: str,
     results: Annotated[bool, Query(description="Include each finished file's full result")] = True,
 ) -> dict[str, Any]:
-    return job_to_dict(service.get_job(job_id), with_results=results)
+    job = job_to_dict(service.get_job(job_id), with_results=results)
+    for item in job["files"]:
+        if item["error"]:
+            item["error"]["message_zh"] = zh(item["error"]["code"])  # the bilingual UI shows it first
+    return job
 
 
-@router.get("/jobs/{job_id}/download", summary="All results of a job as a zip (txt, srt, json per file)")
-async def download_job(service: Annotated[Service, Depends(get_service)], job_id: str) -> Response:
-    return _zip_response(service.jobs_zip([service.get_job(job_id)]), f"asr-{job_id[:8]}.zip")
+@router.get(
+    "/jobs/{job_id}/download",
+    summary="All results of a job as a zip (txt, srt, json per file)",
+    response_class=StreamingResponse,
+)
+async def download_job(service: Annotated[Service, Depends(get_service)], job_id: str) -> StreamingResponse:
+    return await _zip_response(service, [job_id], f"asr-{job_id[:8]}.zip")
 
 
-@router.get("/jobs_zip", summary="Results of several jobs as one zip (files numbered across jobs)")
+@router.get(
+    "/jobs_zip",
+    summary="Results of several jobs as one zip (files numbered across jobs)",
+    response_class=StreamingResponse,
+)
 async def download_jobs(
     service: Annotated[Service, Depends(get_service)],
-    job_ids: Annotated[list[str], Query(description="Job ids, in the order their files are numbered")],
-) -> Response:
-    if len(job_ids) > 1000:
-        raise LimitError("At most 1000 jobs per download.")
-    jobs = [service.get_job(job_id) for job_id in job_ids]
-    return _zip_response(service.jobs_zip(jobs), "asr-results.zip")
+    job_ids: Annotated[
+        list[str], Query(description="Job ids, each once, in the order their files are numbered")
+    ],
+) -> StreamingResponse:
+    """At most `limits.max_zip_files` files and `limits.max_zip_mb` of stored results (413 beyond);
+    a job id named twice is refused (400)."""
+    return await _zip_response(service, job_ids, "asr-results.zip")
 
 
-def _zip_response(data: bytes, filename: str) -> Response:
-    return Response(
-        data,
+async def _zip_response(service: Service, job_ids: list[str], filename: str) -> StreamingResponse:
+    # Checked before the answer starts (errors get their status); written while it streams.
+    plan = await asyncio.to_thread(plan_archive, service.jobs, job_ids, service.settings.limits)
+    return StreamingResponse(
+        stream_archive(service.jobs, plan),
         media_type="application/zip",
         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
     )
