@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
+# The default punctuation model is a ModelScope id: resolving it would try to reach the hub.
+# Tests send no traffic beyond loopback, so they start with none configured (each test that wants
+# punctuation names a local model directory); servers started by tests inherit this.
+os.environ.setdefault("ASR_LONGFORM__PUNC_MODEL", "")
 OUTPUT_DIR = ROOT / "test-output"
 
 

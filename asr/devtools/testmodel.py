@@ -75,10 +75,8 @@ def make_model_dir(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path
 
     Deterministic for a given (size, seed). Returns the directory.
     """
-    from asr.engine.model import import_funasr
+    from asr.engine.model import funasr_registry
 
-    import_funasr()  # first: it imports funasr quietly
-    from funasr.register import tables
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokens = _vocabulary(size)
@@ -88,6 +86,7 @@ def make_model_dir(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path
         conf = _tiny_config(conf, len(tokens))
     lfr_dim = conf["frontend_conf"]["n_mels"] * conf["frontend_conf"]["lfr_m"]
 
+    tables = funasr_registry(conf)
     torch.manual_seed(seed)
     model_class = tables.model_classes.get(conf["model"])
     model = model_class(**conf["model_conf"], **{k: v for k, v in conf.items() if k != "model_conf"},

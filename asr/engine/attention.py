@@ -67,7 +67,8 @@ def _flash_attn_fn() -> Callable[..., torch.Tensor] | None:
     return flash_attn_varlen_func
 
 
-_VARLEN = _varlen_fn()
+# Importing varlen pulls in torch._dynamo (0.7 s); it only runs on CUDA, so a CPU process skips it.
+_VARLEN = _varlen_fn() if torch.cuda.is_available() else None
 _VARLEN_PARAMS = set(inspect.signature(_VARLEN).parameters) if _VARLEN is not None else set()
 # seqused_k (torch >= 2.12) skips padded keys in place; older builds get filler sequences instead.
 _VARLEN_SEQUSED_K = "seqused_k" in _VARLEN_PARAMS

@@ -79,9 +79,11 @@ class Punctuator:
             if not (model_dir / name).is_file():
                 raise ModelLoadError(f"The punctuation model at {model_dir} has no {name}.")
         try:
-            import funasr  # noqa: F401  (fills funasr's registry)
             import torch
-            from funasr.register import tables
+
+            from asr.engine.model import funasr_registry
+
+            tables = funasr_registry(conf)
 
             tokens = json.loads((model_dir / "tokens.json").read_text(encoding="utf-8"))
             tok_conf = dict(conf.get("tokenizer_conf") or {})
@@ -210,10 +212,10 @@ def make_punc_model_dir(
     """
     from importlib import resources
 
-    import funasr  # noqa: F401
     import torch
     import yaml
-    from funasr.register import tables
+
+    from asr.engine.model import funasr_registry
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,7 @@ def make_punc_model_dir(
     )
     words = [w for w in dict.fromkeys(vocab) if w not in ("<blank>", "<s>", "</s>", "<unk>")]
     tokens = ["<blank>", "<s>", "</s>", *words, "<unk>"]
+    tables = funasr_registry(conf)
     torch.manual_seed(seed)
     model = tables.model_classes.get("CTTransformer")(
         encoder=conf["encoder"], encoder_conf=conf["encoder_conf"], vocab_size=len(tokens),

@@ -118,10 +118,12 @@ class SpeakerEmbedder:
         conf = read_model_config(model_dir, "CAMPPlus", "CAM++ speaker")
         weights = _weights_file(model_dir)
         try:
-            import funasr  # noqa: F401  (fills funasr's registry)
             import torch
+
+            from asr.engine.model import funasr_registry
+
+            tables = funasr_registry({"model": "CAMPPlus"})
             from funasr.models.campplus.utils import extract_feature
-            from funasr.register import tables
 
             model_cls = tables.model_classes.get("CAMPPlus")
             if model_cls is None:
@@ -256,10 +258,12 @@ def make_campplus_dir(path: str | Path, seed: int = 0, small: bool = True) -> Pa
     `small` narrows the network (the released one has 7M parameters) so tests run quickly; the
     block structure is the same. Random weights do not tell speakers apart.
     """
-    import funasr  # noqa: F401
     import torch
     import yaml
-    from funasr.register import tables
+
+    from asr.engine.model import funasr_registry
+
+    tables = funasr_registry({"model": "CAMPPlus"})
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)

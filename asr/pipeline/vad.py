@@ -562,17 +562,16 @@ class FsmnVad(_Segmenter):
             if not (model_dir / name).is_file():
                 raise ModelLoadError(f"The VAD model at {model_dir} has no {name}.")
         try:
-            import funasr  # noqa: F401  (fills funasr's registry)
             import torch
-            from funasr.register import tables
+
+            from asr.engine.model import funasr_registry
+
+            tables = funasr_registry(conf)
 
             frontend_cls = tables.frontend_classes.get(conf["frontend"])
             model_cls = tables.model_classes.get(conf["model"])
             if frontend_cls is None or model_cls is None:
-                raise ModelLoadError(
-                    "funasr could not register the FSMN-VAD classes; "
-                    f"import errors: {getattr(funasr, 'get_import_errors', lambda: '?')()}"
-                )
+                raise ModelLoadError("funasr could not register the FSMN-VAD classes.")
             self._frontend = frontend_cls(
                 cmvn_file=str(model_dir / "am.mvn"), **conf.get("frontend_conf", {})
             )
@@ -672,10 +671,10 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
     """
     from importlib import resources
 
-    import funasr  # noqa: F401
     import torch
     import yaml
-    from funasr.register import tables
+
+    from asr.engine.model import funasr_registry
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -683,6 +682,7 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
         resources.files("asr.engine.model_configs").joinpath("fsmn_vad.config.yaml").read_text("utf-8")
     )
     conf["model_conf"]["decibel_thres"] = float(decibel_thres)
+    tables = funasr_registry(conf)
     torch.manual_seed(seed)
     model = tables.model_classes.get(conf["model"])(
         encoder=conf["encoder"], encoder_conf=conf["encoder_conf"], **conf["model_conf"]
