@@ -186,7 +186,7 @@ def test_hotword_text_over_one_field_is_refused_at_every_door_before_parsing(ser
         assert resp.json()["error"]["code"] == "limit_exceeded"
 
     # Gradio's API: the same words as an event input (a 2.8 MB JSON body)...
-    event = json.dumps({"data": [None, words, True, "txt", "auto", True, False, 0]}).encode()
+    event = json.dumps({"data": [None, words, True, "txt", "auto", True, True, False, 0]}).encode()
     resp = httpx.post(
         server.url + "/gradio_api/call/transcribe_single", content=event,
         headers={**AUTH, "Content-Type": "application/json"}, timeout=60,
@@ -219,7 +219,7 @@ def test_url_inputs_are_refused_before_any_name_lookup_or_connection(server: Liv
         return {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "a.wav"}
 
     for url in ("https://asr-probe.invalid/a.wav", "http://93.184.215.14/a.wav", "HTTP://127.0.0.1:9/a.wav"):
-        inputs = [file_ref(url), "", True, "txt", "auto", True, False, 0]
+        inputs = [file_ref(url), "", True, "txt", "auto", True, True, False, 0]
         call = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
         assert call.status_code == 422, call.text[:300]
         body = call.json()["error"]
@@ -241,7 +241,7 @@ def test_url_inputs_are_refused_before_any_name_lookup_or_connection(server: Liv
     uploaded = httpx.post(
         server.url + "/gradio_api/upload", files={"files": ("ok.wav", wav_bytes(1.0))}, headers=AUTH
     ).json()[0]
-    inputs = [file_ref(uploaded), "", True, "txt", "auto", True, False, 0]
+    inputs = [file_ref(uploaded), "", True, "txt", "auto", True, True, False, 0]
     call = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
     assert call.status_code == 200, call.text
     stream = httpx.get(
@@ -321,23 +321,23 @@ def test_healthz_discloses_no_paths(server: LiveServer, tiny_model_dir: Path, wo
 
 def test_server_log_has_no_library_noise_and_one_line_per_user_error(server: LiveServer) -> None:
     bad = httpx.post(server.url + "/api/transcribe", files={"file": ("bad.wav", CORRUPT)}, headers=AUTH)
-    assert bad.status_code == 415  # CORRUPT is no format the decoders know
+    assert bad.status_code == 400  # CORRUPT is a WAV (by its magic) whose header is damaged
     uploaded = httpx.post(
         server.url + "/gradio_api/upload", files={"files": ("bad.wav", CORRUPT)}, headers=AUTH
     ).json()[0]
-    inputs = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "", True, "txt", "auto", True, False, 0]
+    inputs = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "", True, "txt", "auto", True, True, False, 0]
     event = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
     stream = httpx.get(
         f"{server.url}/gradio_api/call/transcribe_single/{event.json()['event_id']}", headers=AUTH, timeout=60
     ).text
     assert "event: error" in stream
     shown = json.loads(stream.split("data: ", 1)[1].splitlines()[0])["error"]
-    assert shown.startswith("不是可识别的音频格式。 The file is not a recognised audio format")  # 中文 first
+    assert shown.startswith("音频数据已损坏，无法解码。 The WAV audio file is damaged")  # 中文 first
     time.sleep(0.5)
     log = server.log()
     assert "Traceback" not in log
     for noise in ("Couldn't find ffmpeg", "torchaudio is used", "RuntimeWarning", "sudo apt install"):
         assert noise not in log, noise
-    user_errors = [line for line in log.splitlines() if "unsupported_format" in line]
-    # The UI's refusal, in one line; the API's 415 is the access log's line.
-    assert len(user_errors) == 1 and "ui transcribe refused: [unsupported_format]" in user_errors[0], user_errors
+    user_errors = [line for line in log.splitlines() if "corrupt_audio" in line]
+    # The UI's refusal, in one line; the API's 400 is the access log's line.
+    assert len(user_errors) == 1 and "ui transcribe refused: [corrupt_audio]" in user_errors[0], user_errors
