@@ -14,6 +14,40 @@ ROOT = Path(__file__).resolve().parents[1]
 # Tests send no traffic beyond loopback, so they start with none configured (each test that wants
 # punctuation names a local model directory); servers started by tests inherit this.
 os.environ.setdefault("ASR_LONGFORM__PUNC_MODEL", "")
+
+
+def _loopback_only() -> None:
+    """Tests talk to this machine only: a name lookup or connection to anywhere else fails at
+    once (as on an offline machine) instead of sending traffic. Servers started by the tests get
+    the same guard (tests/server/nethook)."""
+    import ipaddress
+    import socket
+
+    def local(host: object) -> bool:
+        if host in (None, "", "localhost") or (isinstance(host, str) and host.startswith("/")):
+            return True
+        try:
+            return ipaddress.ip_address(str(host)).is_loopback
+        except ValueError:
+            return False
+
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not local(host.decode() if isinstance(host, bytes) else host):
+            raise socket.gaierror(f"tests reach no host but this machine ({host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(self, address):  # type: ignore[no-untyped-def]
+        if isinstance(address, tuple) and not local(address[0]):
+            raise OSError(f"tests reach no host but this machine ({address[0]!r})")
+        return real_connect(self, address)
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    socket.socket.connect = connect  # type: ignore[method-assign]
+
+
+_loopback_only()
 OUTPUT_DIR = ROOT / "test-output"
 
 

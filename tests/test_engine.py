@@ -10,7 +10,6 @@ from asr.engine.core import MIN_SAMPLES, Engine
 from asr.engine.model import load_model, resolve_model_dir
 from asr.engine.results import join_tokens
 from asr.errors import AudioError, ModelLoadError
-from asr.pipeline.hotwords import parse_hotwords
 
 HOTWORDS = ("丁七", "万丈", "hello", "三上")
 
@@ -164,21 +163,6 @@ def test_offline_hub_id_fails_fast(tmp_path) -> None:
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path) -> None:
     with pytest.raises(ModelLoadError, match="not found"):
         resolve_model_dir(str(tmp_path / "nope"), tmp_path)
-
-
-def test_parse_hotwords_limits() -> None:
-    assert parse_hotwords("阿里巴巴 达摩院\n通义,千问，通义") == ("阿里巴巴", "达摩院", "通义", "千问")
-    from asr.errors import HotwordError
-
-    with pytest.raises(HotwordError, match="limit is 3"):
-        parse_hotwords("a b c d", max_count=3)
-    with pytest.raises(HotwordError, match="limit is 5"):
-        parse_hotwords("abcdefgh", max_chars=5)
-    # Paths and URLs are words like any other: nothing is read or fetched.
-    assert parse_hotwords("/etc/passwd.txt https://example.com/x.txt") == (
-        "/etc/passwd.txt",
-        "https://example.com/x.txt",
-    )
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

@@ -147,6 +147,10 @@ def start_server(
         "--data-dir", str(work / "data"), "--max-batch-size", "16", "--no-autolaunch", *(args or []),
     ]  # fmt: skip
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    if "ASR_TEST_NET_LOG" not in full_env:
+        # The server may reach this machine only (tests/server/nethook/sitecustomize.py).
+        full_env["ASR_TEST_NET_LOG"] = str(work / f"net-{port}.log")
+        full_env["PYTHONPATH"] = f"{Path(__file__).parent / 'nethook'}{os.pathsep}{full_env['PYTHONPATH']}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path)
