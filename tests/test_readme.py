@@ -35,5 +35,8 @@ def test_readme_python_example_runs_on_cpu_from_another_directory(tiny_model_dir
         [sys.executable, "-c", code[1]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # The text, then its per-character [start_ms, end_ms] timestamps.
-    assert re.fullmatch(r"\S+ \[\(\d+, \d+\)(, \(\d+, \d+\))*\]", proc.stdout.strip()), proc.stdout
+    # Per file: the text, then its sentences' (start_ms, end_ms).
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(
+        re.fullmatch(r"\S+ \[\(\d+, \d+\)(, \(\d+, \d+\))*\]", line) for line in lines
+    ), proc.stdout

@@ -98,4 +98,4 @@ def test_memory_does_not_grow_with_the_length_of_concurrent_uploads(budget_serve
     whole_30_mb = FILES * 30 * 60 * 16000 * 4 / 2**20
     # Tripling the length adds next to nothing (decoded whole: +293 MB); what each wave needs is
     # the working memory of four streams and the engine's batches, not their recordings.
-    assert growth_30 - growth_10 < 40 and growth_30 < whole_30_mb / 2, (growth_10, growth_30, whole_30_mb)
+    assert growth_30 - growth_10 < 80 and growth_30 < whole_30_mb / 2, (growth_10, growth_30, whole_30_mb)
