@@ -87,7 +87,7 @@ def test_vectorised_cif_equals_funasr_with_gradients() -> None:
 def dry_model():
     import train_asr
 
-    tokens = ["<blank>", "<s>", "</s>"] + [chr(0x4E00 + i) for i in range(60)] + [f"x{i}" for i in range(30)] + ["<unk>"]
+    tokens = ["<blank>", "<s>", "</s>", *[chr(0x4E00 + i) for i in range(60)], *[f"x{i}" for i in range(30)], "<unk>"]
     conf = train_asr.model_config(train_asr.SIZES["dry"], len(tokens))
     torch.manual_seed(0)
     model = train_asr.build_model(conf, len(tokens))

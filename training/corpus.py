@@ -346,17 +346,19 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
     test_rng = random.Random(seed + 2)
 
     # Hotword traps: common words of held-out sentences respelled with rare homophones.
+    # Names and terms (nouns of middling frequency), not function words: a trap's sound should
+    # be rare in other sentences, where a listed hotword would rightly be written.
     word_freq = {}
     for line in package_file("jieba", "dict.txt").read_text("utf-8").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
+        if len(parts) >= 3 and parts[1].isdigit() and parts[2] in ("n", "nr", "ns", "nt", "nz", "vn"):
             word_freq[parts[0]] = int(parts[1])
     traps, trap_sentences, used, trap_source = [], [], set(), set()
     for s in held_sentences:
         if len(traps) >= 40:
             break
         for w in jieba.lcut(cjk_only(s)):
-            if len(w) in (2, 3) and word_freq.get(w, 0) > 2000 and w not in used:
+            if len(w) in (2, 3) and 300 <= word_freq.get(w, 0) <= 30000 and w not in used:
                 r = respell(w, homophones, test_rng, allowed=rare)
                 if r and r not in used:
                     used |= {w, r}

@@ -32,7 +32,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 else
   PY=python3
   SIZE=demo; DEVICE=cuda; ASR_TRAIN_S="${ASR_TRAIN_S:-300}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-150}"
-  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-1200}" --log-every 25)
+  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-1600}" --log-every 25)
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
   stamp "installing carried wheels"
@@ -60,7 +60,6 @@ LIBDIR="$WORK/espeak/usr/lib/x86_64-linux-gnu"
 cp "$CARRY/libpcaudio.so.0" "$LIBDIR/"
 export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ASR_ESPEAK_LIB="$LIBDIR/libespeak-ng.so.1" ASR_ESPEAK_DATA="$LIBDIR"
-export TMPDIR="$WORK"  # synthesis chunks are written here before loading
 "$PY" -c "import sys; sys.path.insert(0, 'training'); import espeak; print('espeak-ng ok:', espeak.shared().phonemes('北京'))"
 
 CORPUS="$CARRY/data/corpus.json.gz"

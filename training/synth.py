@@ -11,14 +11,12 @@ import math
 import multiprocessing as mp
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from espeak import ESPEAK_RATE, VARIANTS, SynthesisError, Voice, shared
 
 SAMPLE_RATE = 16000
@@ -39,22 +37,26 @@ class SpeechSet:
     audio[offsets[i] : offsets[i] + lengths[i]]; character k of it starts at starts[i][k]
     samples (leading silence included)."""
 
-    audio: np.ndarray  # int16, all utterances back to back
+    chunks: list[np.ndarray]  # int16; concatenated, all utterances back to back
     offsets: np.ndarray  # int64
     lengths: np.ndarray  # int64
     starts: list[np.ndarray]
     speech_end: np.ndarray  # int64, per utterance, relative to its own start
     index: np.ndarray  # int64: which input text each utterance is (failed texts are missing)
 
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
+
     def clip(self, i: int) -> np.ndarray:
         return self.audio[self.offsets[i] : self.offsets[i] + self.lengths[i]]
 
 
-def _synth_chunk(args: tuple[list[tuple[int, str]], int, str]) -> tuple[str, list[tuple[int, int, list[int], int]]]:
-    """Worker: synthesise (index, text) pairs; write the audio to a .npy file, return metadata."""
-    items, seed, tmp_dir = args
+def _synth_chunk(args: tuple[list[tuple[int, str]], int]) -> tuple[np.ndarray, list[tuple[int, int, list[int], int]]]:
+    """Worker: synthesise (index, text) pairs; return their audio back to back and metadata."""
+    items, seed = args
     engine = shared()
-    parts, meta, pos = [], [], 0
+    parts, meta = [], []
     for index, text in items:
         rng = random.Random(seed * 1_000_003 + index)
         try:
@@ -66,20 +68,17 @@ def _synth_chunk(args: tuple[list[tuple[int, str]], int, str]) -> tuple[str, lis
         clip = np.concatenate([lead, utt.samples, tail])
         parts.append(clip)
         meta.append((index, len(clip), (utt.starts + len(lead)).tolist(), utt.speech_end + len(lead)))
-        pos += len(clip)
-    fd, path = tempfile.mkstemp(suffix=".npy", dir=tmp_dir)
-    os.close(fd)
-    np.save(path, np.concatenate(parts) if parts else np.zeros(0, np.int16))
-    return path, meta
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int16)), meta
 
 
 def synthesize(texts: Sequence[str], seed: int = 0, workers: int | None = None, chunk: int = 256,
-               tmp_dir: str | None = None, progress: bool = False) -> SpeechSet:
-    """All `texts` spoken, in `workers` processes (each with its own libespeak-ng)."""
+               progress: bool = False) -> SpeechSet:
+    """All `texts` spoken, in `workers` processes (each with its own libespeak-ng). Audio comes
+    back through the pool's pipes (no temporary files: the full corpus is about 30 GB)."""
     workers = workers or os.cpu_count() or 1
-    jobs = [(list(enumerate(texts))[i : i + chunk], seed, tmp_dir or tempfile.gettempdir())
-            for i in range(0, len(texts), chunk)]
-    results: list[tuple[str, list]] = []
+    items = list(enumerate(texts))
+    jobs = [(items[i : i + chunk], seed) for i in range(0, len(items), chunk)]
+    results: list[tuple[np.ndarray, list]] = []
     if workers == 1:
         results = [_synth_chunk(j) for j in jobs]
     else:
@@ -97,15 +96,8 @@ def synthesize(texts: Sequence[str], seed: int = 0, workers: int | None = None, 
             ends.append(e)
     lengths_a = np.asarray(lengths, np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths_a)[:-1]]).astype(np.int64)
-    # Filled chunk by chunk: the host holds the audio once (about 30 GB for the full corpus).
-    audio = np.empty(int(lengths_a.sum()), np.int16)
-    pos = 0
-    for path, _ in results:
-        chunk = np.load(path)
-        audio[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-        os.unlink(path)
-    return SpeechSet(audio, offsets, lengths_a, starts, np.asarray(ends, np.int64), np.asarray(index, np.int64))
+    return SpeechSet([a for a, _ in results], offsets, lengths_a, starts, np.asarray(ends, np.int64),
+                     np.asarray(index, np.int64))
 
 
 # ---------------------------------------------------------------- resampling

@@ -30,7 +30,6 @@ import copy
 import gzip
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -69,8 +68,12 @@ SIZES = {
 }
 
 
-def model_config(size: Size, vocab_size: int) -> dict[str, Any]:
-    """The released SeACo-Paraformer config with smaller dimensions (architecture unchanged)."""
+def model_config(size: Size, vocab_size: int, ctc_weight: float = 0.0) -> dict[str, Any]:
+    """The released SeACo-Paraformer config with smaller dimensions (architecture unchanged).
+
+    `ctc_weight` > 0 adds funasr's CTC branch for training only: it supervises the encoder's
+    frames directly, which a Paraformer trained from scratch needs to converge in minutes. The
+    exported config has the released value, 0, and no CTC weights."""
     from asr.devtools.testmodel import reference_config
 
     conf = copy.deepcopy(reference_config())
@@ -82,7 +85,7 @@ def model_config(size: Size, vocab_size: int) -> dict[str, Any]:
     conf["seaco_decoder_conf"].update(attention_heads=size.heads, linear_units=size.seaco_ff,
                                       num_blocks=size.seaco_blocks)
     conf["predictor_conf"]["idim"] = d
-    conf["model_conf"].update(inner_dim=d, NO_BIAS=vocab_size - 27)
+    conf["model_conf"].update(inner_dim=d, NO_BIAS=vocab_size - 27, ctc_weight=ctc_weight)
     return conf
 
 
@@ -146,7 +149,13 @@ class Store:
     """Synthesised audio on the training device plus what each utterance needs."""
 
     def __init__(self, speech: SpeechSet, corpus: Corpus, device: torch.device) -> None:
-        self.audio = torch.from_numpy(speech.audio).to(device)
+        # Copied chunk by chunk, so the host never holds a second copy of the audio.
+        self.audio = torch.empty(int(speech.lengths.sum()), dtype=torch.int16, device=device)
+        pos = 0
+        for chunk in speech.chunks:
+            self.audio[pos : pos + len(chunk)] = torch.from_numpy(chunk).to(device)
+            pos += len(chunk)
+        speech.chunks.clear()
         self.offsets = speech.offsets
         self.lengths = speech.lengths
         self.starts = speech.starts
@@ -204,7 +213,9 @@ def count_curve(bounds: torch.Tensor, n_bounds: torch.Tensor, times: torch.Tenso
     return torch.where(inside, (k - 1).float() + frac, torch.where(k == 0, 0.0, (n_bounds - 1).float()[:, None]))
 
 
-def alignment_targets(store: Store, rows: list[int], enc_frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def alignment_targets(
+    store: Store, rows: list[int], enc_frames: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Target cumulative sums for the CIF weights [B, enc_frames] and the timestamp head's
     weights [B, 3 * enc_frames], from the known character starts (seconds)."""
     starts = [store.starts[r] / ESPEAK_RATE for r in rows]
@@ -311,7 +322,8 @@ def glancing_sampler(model: Any, enc: torch.Tensor, enc_lens: torch.Tensor, ys: 
 
 
 def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.Tensor, ys_dec: torch.Tensor,
-           ys_lens: torch.Tensor, hot: Hotwords, align: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+           ys_lens: torch.Tensor, hot: Hotwords,
+           align: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     from funasr.models.transformer.utils.nets_utils import make_pad_mask
 
     enc, enc_lens = model.encode(feats, feat_lens)
@@ -324,7 +336,7 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
         y = torch.cat([y, eos], 1)
         return torch.where(torch.arange(y.shape[1], device=y.device)[None] == ys_lens[:, None], model.eos, y)
 
-    ys_eos, ys_dec_eos = with_eos(ys), with_eos(ys_dec)
+    ys_dec_eos = with_eos(ys_dec)  # the decoder learns common spellings; the bias head, `hot.labels`
     acoustic, token_num, alphas, _, _ = model.predictor(enc, ys_dec_eos, mask, ignore_id=-1)
     out: dict[str, torch.Tensor] = {}
     out["pre"] = model.criterion_pre(lens1.type_as(token_num), token_num)
@@ -335,6 +347,8 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
                                 acoustic, model.sampling_ratio)
     dec_out = model.decoder(enc, enc_lens, semantic, lens1)[0]
     out["att"] = model.criterion_att(dec_out, ys_dec_eos.masked_fill(~valid1, -1))
+    if model.ctc is not None:
+        out["ctc"] = model._calc_ctc_loss(enc, enc_lens, ys_dec.masked_fill(ys_dec < 0, -1), ys_lens)[0]
     with torch.no_grad():
         acc = ((dec_out.argmax(-1) == ys_dec_eos) & valid1).sum() / valid1.sum()
     if align is not None:
@@ -361,7 +375,16 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
     return out
 
 
-LOSS_WEIGHTS = {"att": 1.0, "pre": 1.0, "pre2": 1.0, "align_cif": 0.5, "align_ts": 0.5, "seaco": 1.0}
+CTC_WEIGHT = 0.3  # funasr's Paraformer objective: ctc_weight * ctc + (1 - ctc_weight) * att
+LOSS_WEIGHTS = {"att": 1.0 - CTC_WEIGHT, "ctc": CTC_WEIGHT, "pre": 1.0, "pre2": 1.0, "align_cif": 0.5,
+                "align_ts": 0.5, "seaco": 1.0}
+
+
+def total_loss(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    weights = dict(LOSS_WEIGHTS)
+    if "ctc" not in parts:
+        weights["att"] = 1.0  # funasr: with ctc_weight 0 the decoder loss stands alone
+    return sum(weights[k] * v for k, v in parts.items() if k in weights)
 
 
 # ---------------------------------------------------------------- features and CMVN
@@ -412,9 +435,13 @@ def export(model: torch.nn.Module, conf: dict[str, Any], tokens: list[str], engl
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
+    conf = copy.deepcopy(conf)
+    conf["model_conf"]["ctc_weight"] = 0.0  # the released value: no CTC branch
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("ctc.")}
+    build_model(conf, len(tokens)).load_state_dict(state, strict=True)  # the exported layout fits
     # fp16 halves the file; both loaders cast to the model's dtype (tests/test_trained_model.py).
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu().contiguous()
-             for k, v in model.state_dict().items()}
+             for k, v in state.items()}
     torch.save(state, out / "model.pt")
     (out / "config.yaml").write_text(yaml.safe_dump(conf, allow_unicode=True, sort_keys=False), "utf-8")
     (out / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), "utf-8")
@@ -446,7 +473,7 @@ class TrainOptions:
     device: str = "auto"
     train_seconds: float = 300.0
     max_steps: int | None = None
-    batch_audio_s: float = 1200.0
+    batch_audio_s: float = 1600.0
     lr: float = 1.5e-3
     warmup: float = 0.06  # fraction of the run
     limit: int | None = None
@@ -454,6 +481,7 @@ class TrainOptions:
     seed: int = 0
     bf16: bool = True
     log_every: int = 20
+    augment: bool = True  # reverb, noise, volume (off only to debug: a model then overfits quickly)
 
 
 def lr_at(progress: float, opts: TrainOptions) -> float:
@@ -482,7 +510,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     store = Store(speech, corpus, device)
     del speech
 
-    conf = model_config(SIZES[opts.size], len(tokens))
+    conf = model_config(SIZES[opts.size], len(tokens), ctc_weight=CTC_WEIGHT)
     model = build_model(conf, len(tokens)).to(device)
     use_vectorised_cif()
     n_params = sum(p.numel() for p in model.parameters())
@@ -505,7 +533,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     step, epoch = 0, 0
     t_train = time.time()
     done = False
-    running: dict[str, float] = {}
+    running: dict[str, Any] = {}
     while not done:
         epoch += 1
         for rows in store.batches(budget, rng):
@@ -521,28 +549,40 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 group["lr"] = lr
             with torch.no_grad():
                 waves, lens = store.waves(rows)
-                waves = augment(waves, lens, gen)
+                if opts.augment:
+                    waves = augment(waves, lens, gen)
                 feats, feat_lens = fe(waves, lens)
                 enc_frames = feats.shape[1]
                 align = alignment_targets(store, rows, enc_frames, device)
             ys = pad([corpus.ids[store.src[r]] for r in rows], -1, device)
             ys_dec = pad([corpus.dec_ids[store.src[r]] for r in rows], -1, device)
             ys_lens = torch.tensor([len(corpus.ids[store.src[r]]) for r in rows], device=device)
-            sub = Corpus(tokens, [corpus.ids[store.src[r]] for r in rows], [], [corpus.spans[store.src[r]] for r in rows], [])
+            src = [int(store.src[r]) for r in rows]
+            sub = Corpus(tokens, [corpus.ids[i] for i in src], [], [corpus.spans[i] for i in src], [])
             hot = sample_hotwords(sub, list(range(len(rows))), no_bias, sos, rng, device)
-            with autocast:
-                parts = losses(model, feats, feat_lens, ys, ys_dec, ys_lens, hot, align)
-                loss = sum(LOSS_WEIGHTS[k] * v for k, v in parts.items() if k in LOSS_WEIGHTS)
             optim.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                with autocast:
+                    parts = losses(model, feats, feat_lens, ys, ys_dec, ys_lens, hot, align)
+                    loss = total_loss(parts)
+                loss.backward()
+            except torch.OutOfMemoryError:
+                # One unlucky batch must not cost the run: skip it (counted in the log).
+                optim.zero_grad(set_to_none=True)
+                parts = loss = None
+                torch.cuda.empty_cache()
+                log["skipped_oom"] = log.get("skipped_oom", 0) + 1
+                if log["skipped_oom"] > 20:
+                    raise
+                continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optim.step()
             step += 1
-            for k, v in parts.items():
-                running[k] = running.get(k, 0.0) + float(v)
-            running["loss"] = running.get("loss", 0.0) + float(loss)
+            # Summed on the device: reading a value each step would stall the queue of GPU work.
+            for k, v in [*parts.items(), ("loss", loss)]:
+                running[k] = running.get(k, 0.0) + v.detach().float()
             if step % opts.log_every == 0:
-                avg = {k: round(v / opts.log_every, 4) for k, v in running.items()}
+                avg = {k: round(float(v) / opts.log_every, 4) for k, v in running.items()}
                 avg.update(step=step, epoch=epoch, lr=round(lr, 6), batch=len(rows),
                            grad_norm=round(float(grad_norm), 3), t=round(time.time() - t_train, 1))
                 log["steps"].append(avg)
@@ -568,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--train-seconds", type=float, default=300.0)
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-audio-s", type=float, default=1200.0)
+    p.add_argument("--batch-audio-s", type=float, default=1600.0)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--limit", type=int, help="train on this many utterances (dry runs)")
     p.add_argument("--workers", type=int)

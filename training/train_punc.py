@@ -29,14 +29,17 @@ sys.path.insert(0, str(HERE.parent))
 
 from espeak import is_cjk  # noqa: E402
 
-SIZES = {"demo": {"dim": 96, "heads": 4, "ff": 384, "blocks": 3}, "dry": {"dim": 32, "heads": 2, "ff": 64, "blocks": 1}}
+SIZES = {
+    "demo": {"dim": 96, "heads": 4, "ff": 384, "blocks": 3},
+    "dry": {"dim": 32, "heads": 2, "ff": 64, "blocks": 1},
+}
 
 
 def punc_config(size: dict[str, int]) -> dict[str, Any]:
     import yaml
 
-    conf = yaml.safe_load(resources.files("asr.engine.model_configs").joinpath("ct_punc.config.yaml").read_text("utf-8"))
-    conf = copy.deepcopy(conf)
+    text = resources.files("asr.engine.model_configs").joinpath("ct_punc.config.yaml").read_text("utf-8")
+    conf = copy.deepcopy(yaml.safe_load(text))
     d = size["dim"]
     conf["model_conf"].update(embed_unit=d, att_unit=d)
     conf["encoder_conf"].update(input_size=d, output_size=d, attention_heads=size["heads"],
@@ -107,7 +110,8 @@ def evaluate(model: Any, data: list[tuple[np.ndarray, np.ndarray]], device: torc
     with torch.inference_mode():
         for ids, labels in data:
             ids, labels = ids[:100], labels[:100]
-            y, _ = model.punc_forward(torch.from_numpy(ids)[None].to(device), torch.tensor([len(ids)], dtype=torch.int32).to(device))
+            lens = torch.tensor([len(ids)], dtype=torch.int32).to(device)
+            y, _ = model.punc_forward(torch.from_numpy(ids)[None].to(device), lens)
             pred = y[0].argmax(-1).cpu().numpy()
             for p, t in zip(pred, labels):
                 if p == t and t > 1:
@@ -135,7 +139,9 @@ def train(corpus: Path, out: Path, size: str = "demo", device: str = "auto", tra
     import_funasr()
     from funasr.register import tables
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else (device if device != "auto" else "cpu"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     with gzip.open(corpus, "rt", encoding="utf-8") as f:
         data = json.load(f)
     tokens = data["tokens"]
@@ -165,7 +171,9 @@ def train(corpus: Path, out: Path, size: str = "demo", device: str = "auto", tra
         x, lens, y = batch(train_data, rng, batch_size, dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits, _ = model.punc_forward(x, lens)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=0)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=0
+        )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
