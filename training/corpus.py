@@ -370,9 +370,9 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
     rest = [s for s in held_sentences if s not in trap_source]
     rest = [s for s in rest if not any(t["sounds_like"] in s for t in traps)]
     cer_set = rest[:300]
-    # The long recording: sentences that fit one subtitle cue (24 characters), so cue starts can
-    # be compared with sentence starts.
-    long_set = [s for s in rest[300:] if 8 <= len(cjk_only(s)) <= 22][:200]
+    # The long recording: sentences that fit one subtitle cue (24 characters, 7 s even at the
+    # slowest voice), so cue starts can be compared with sentence starts.
+    long_set = [s for s in rest[300:] if 6 <= len(cjk_only(s)) <= 16][:260]
     dev_set = [s for s in rest[300:] if s not in set(long_set)][:400]
 
     # ---- training utterances with SeACo respellings
@@ -400,6 +400,11 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
     for g in gen_train:
         if in_vocab(g["spoken"]):
             train.append([g["spoken"]])
+
+    # Held out means held out: no evaluated sentence (or piece of one) is a training utterance.
+    seen = {cjk_only(t[0]) for t in train}
+    for s in cer_set + long_set + dev_set + [t["text"] for t in trap_sentences]:
+        assert cjk_only(s) not in seen and not any(cjk_only(u) in seen for u in utterances(s)), s
 
     punc_train = []
     for d in train_docs:

@@ -32,7 +32,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 else
   PY=python3
   SIZE=demo; DEVICE=cuda; ASR_TRAIN_S="${ASR_TRAIN_S:-300}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-150}"
-  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-1600}" --log-every 25)
+  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25)
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
   stamp "installing carried wheels"

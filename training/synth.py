@@ -75,7 +75,8 @@ def synthesize(texts: Sequence[str], seed: int = 0, workers: int | None = None, 
                progress: bool = False) -> SpeechSet:
     """All `texts` spoken, in `workers` processes (each with its own libespeak-ng). Audio comes
     back through the pool's pipes (no temporary files: the full corpus is about 30 GB)."""
-    workers = workers or os.cpu_count() or 1
+    # The CPUs this process may use (a container's share), not the host's count.
+    workers = workers or len(os.sched_getaffinity(0)) or 1
     items = list(enumerate(texts))
     jobs = [(items[i : i + chunk], seed) for i in range(0, len(items), chunk)]
     results: list[tuple[np.ndarray, list]] = []

@@ -337,16 +337,20 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
         return torch.where(torch.arange(y.shape[1], device=y.device)[None] == ys_lens[:, None], model.eos, y)
 
     ys_dec_eos = with_eos(ys_dec)  # the decoder learns common spellings; the bias head, `hot.labels`
-    acoustic, token_num, alphas, _, _ = model.predictor(enc, ys_dec_eos, mask, ignore_id=-1)
+    # The predictor runs in fp32 (as in the engine): in bf16 the weights' sums, which are scaled to
+    # the target length and decide how many tokens fire, would be off by a fraction of a token.
+    with torch.autocast(enc.device.type, enabled=False):
+        enc32 = enc.float()
+        acoustic, token_num, alphas, _, _ = model.predictor(enc32, ys_dec_eos, mask, ignore_id=-1)
+        _, _, us_alphas, _ = model.predictor.get_upsample_timestamp(enc32, mask, None)
     out: dict[str, torch.Tensor] = {}
     out["pre"] = model.criterion_pre(lens1.type_as(token_num), token_num)
     frames_valid = mask[:, 0, :]
-    _, _, us_alphas, _ = model.predictor.get_upsample_timestamp(enc, mask, None)
     out["pre2"] = model.criterion_pre(lens1.type_as(us_alphas), us_alphas.sum(-1)) * 0.5
     semantic = glancing_sampler(model, enc, enc_lens, ys_dec_eos.masked_fill(~valid1, 0), lens1,
                                 acoustic, model.sampling_ratio)
     dec_out = model.decoder(enc, enc_lens, semantic, lens1)[0]
-    out["att"] = model.criterion_att(dec_out, ys_dec_eos.masked_fill(~valid1, -1))
+    out["att"] = model.criterion_att(dec_out.float(), ys_dec_eos.masked_fill(~valid1, -1))
     if model.ctc is not None:
         out["ctc"] = model._calc_ctc_loss(enc, enc_lens, ys_dec.masked_fill(ys_dec < 0, -1), ys_lens)[0]
     with torch.no_grad():
@@ -370,7 +374,7 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
     labels = hot.labels
     if labels.shape[1] < bias.shape[1]:
         labels = torch.nn.functional.pad(labels, (0, bias.shape[1] - labels.shape[1]), value=-1)
-    out["seaco"] = model.criterion_seaco(bias, labels[:, : bias.shape[1]])
+    out["seaco"] = model.criterion_seaco(bias.float(), labels[:, : bias.shape[1]])
     out["acc"] = acc.detach()
     return out
 
@@ -473,7 +477,7 @@ class TrainOptions:
     device: str = "auto"
     train_seconds: float = 300.0
     max_steps: int | None = None
-    batch_audio_s: float = 1600.0
+    batch_audio_s: float = 2400.0
     lr: float = 1.5e-3
     warmup: float = 0.06  # fraction of the run
     limit: int | None = None
@@ -608,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--train-seconds", type=float, default=300.0)
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-audio-s", type=float, default=1600.0)
+    p.add_argument("--batch-audio-s", type=float, default=2400.0)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--limit", type=int, help="train on this many utterances (dry runs)")
     p.add_argument("--workers", type=int)
