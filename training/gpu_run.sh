@@ -32,11 +32,19 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 else
   PY=python3
   SIZE=demo; DEVICE=cuda; ASR_TRAIN_S="${ASR_TRAIN_S:-300}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-150}"
-  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25)
+  # Training ends by T0 + FINISH_S whatever synthesis took, leaving time to evaluate and pack
+  # inside the 10-minute command limit.
+  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25 --finish-by "$(( T0 + ${FINISH_S:-450} ))"
+         ${LIMIT:+--limit "$LIMIT"})
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
   stamp "installing carried wheels"
-  "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$CARRY"/wheels/*.whl
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$CARRY"/wheels/*.whl
+  else  # a wheel is a zip laid out for site-packages
+    "$PY" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
+      "$WORK/site" "$CARRY"/wheels/*.whl
+  fi
   # funasr imports distutils, which Python 3.12 dropped: setuptools' shim provides it.
   cat > "$WORK/site/sitecustomize.py" <<'EOF'
 try:

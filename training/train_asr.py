@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gzip
 import json
 import math
@@ -486,6 +487,7 @@ class TrainOptions:
     bf16: bool = True
     log_every: int = 20
     augment: bool = True  # reverb, noise, volume (off only to debug: a model then overfits quickly)
+    finish_by: float | None = None  # Unix time training must end by (the GPU run's wall budget)
 
 
 def lr_at(progress: float, opts: TrainOptions) -> float:
@@ -540,6 +542,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     model.train()
     step, epoch = 0, 0
     t_train = time.time()
+    if opts.finish_by is not None:
+        # Synthesis time varies with the machine; the schedule spans what is left of the budget.
+        left = opts.finish_by - t_train
+        if left < opts.train_seconds:
+            print(f"training for {left:.0f} s to finish in time (asked for {opts.train_seconds:.0f} s)", flush=True)
+            opts = dataclasses.replace(opts, train_seconds=max(30.0, left))
+    log["train_seconds"] = opts.train_seconds
     done = False
     running: dict[str, Any] = {}
     while not done:
@@ -623,10 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--finish-by", type=float, help="Unix time by which training must end")
     a = p.parse_args(argv)
     opts = TrainOptions(corpus=a.corpus, out=a.out, size=a.size, device=a.device, train_seconds=a.train_seconds,
                         max_steps=a.max_steps, batch_audio_s=a.batch_audio_s, lr=a.lr, limit=a.limit,
-                        workers=a.workers, seed=a.seed, bf16=not a.no_bf16, log_every=a.log_every)
+                        workers=a.workers, seed=a.seed, bf16=not a.no_bf16, log_every=a.log_every,
+                        finish_by=a.finish_by)
     log = train(opts)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1, ensure_ascii=False), "utf-8")
