@@ -366,7 +366,8 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
     # SeACo on detached inputs: only the bias encoder, bias decoder and output layer learn here.
     with torch.no_grad():
         dec_hidden = model.decoder(enc, enc_lens, acoustic, lens1, return_hidden=True)[0]
-    reps = model._hotword_representation(hot.pad, hot.lengths)
+    with torch.autocast(enc.device.type, enabled=False):  # a few hundred short words: fp32 is cheap
+        reps = model._hotword_representation(hot.pad, hot.lengths)
     context = reps[hot.index]  # [B, N, D]
     acoustic_d = acoustic.detach()
     cif_att, _ = model.seaco_decoder(context, hot.counts, acoustic_d, lens1)
