@@ -480,7 +480,7 @@ class TrainOptions:
     train_seconds: float = 300.0
     max_steps: int | None = None
     batch_audio_s: float = 2400.0
-    lr: float = 1.5e-3
+    lr: float = 2e-3
     warmup: float = 0.06  # fraction of the run
     limit: int | None = None
     workers: int | None = None
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-seconds", type=float, default=300.0)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-audio-s", type=float, default=2400.0)
-    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--limit", type=int, help="train on this many utterances (dry runs)")
     p.add_argument("--workers", type=int)
     p.add_argument("--seed", type=int, default=0)
