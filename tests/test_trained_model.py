@@ -179,15 +179,19 @@ def _ten_minute_recording(speech: Any) -> tuple[np.ndarray, list[str], list[floa
 
 
 def test_ten_minutes_with_vad_punctuation_and_subtitles(speech: Any, demo_engine: Any) -> None:
-    from asr.pipeline.longform import LongformOptions, transcribe_long
-    from asr.pipeline.punc import Punctuator
+    """The product's pipeline on a 10-minute recording: VAD, the engine, the trained punctuation
+    model, sentences as subtitle cues."""
+    from asr.pipeline.options import Options
+    from asr.pipeline.pipeline import blocks_stream, transcribe_files
     from asr.pipeline.subtitles import SubtitleOptions
-    from asr.pipeline.vad import load_vad
+    from asr.settings import load_settings
 
     audio, texts, true_starts = _ten_minute_recording(speech)
     assert len(audio) >= 600 * 16000
-    opts = LongformOptions()
-    result = transcribe_long(demo_engine.transcribe, audio, load_vad("silero"), Punctuator(PUNC_DIR), opts=opts)
+    settings = load_settings(None, engine={"model": str(ASR_DIR), "device": "cpu"},
+                             longform={"punc_model": str(PUNC_DIR)})
+    options = Options(vad=True, punctuation=True, itn=False)  # the references spell numbers out
+    (result,) = transcribe_files(settings, demo_engine, [blocks_stream([audio], len(audio) / 16000)], options)
     cer = speech.cer(["".join(texts)], [result.text])
     cues = result.sentences
     cue_starts = np.array([c.start_ms / 1000 for c in cues])
@@ -195,9 +199,8 @@ def test_ten_minutes_with_vad_punctuation_and_subtitles(speech: Any, demo_engine
     print(f"\n10-minute recording: CER {cer:.2f}%, {len(cues)} cues for {len(texts)} sentences, "
           f"{np.mean(near):.3f} of cue starts within 0.6 s of a sentence start")
     print("  " + " / ".join(c.text for c in cues[:6]))
-    assert result.punctuated and any(c.text[-1:] in "。？" for c in cues)
+    assert result.applied.punctuation and any(c.text[-1:] in "。？" for c in cues)
     assert cer <= 18.0
     assert abs(len(cues) - len(texts)) <= 0.2 * len(texts)
     assert np.mean(near) >= 0.90
-    limits: SubtitleOptions = opts.subtitles
-    assert all(c.end_ms - c.start_ms <= limits.max_duration_ms for c in cues)
+    assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
