@@ -25,6 +25,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def exported(model_dir: Path) -> int:
+    import torch
+
+    return sum(v.numel() for v in torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True).values())
+
+
 def describe(config: Path) -> str:
     import yaml
 
@@ -51,13 +57,14 @@ voice reading text like its training text. It is no replacement for the released
 ## What it is
 - `asr/`: funasr `SeacoParaformer` in the released model's architecture, shrunk (size
   `{asr['options'].get('size')}` in training/train_asr.py: {describe(dest / 'asr' / 'config.yaml')}),
-  {asr['parameters'] / 1e6:.2f} M parameters, weights stored in fp16
+  {exported(dest / 'asr') / 1e6:.2f} M parameters (training added funasr's CTC branch, {asr['parameters'] / 1e6:.2f} M
+  in all; the export drops it, as the released config has ctc_weight 0), weights stored in fp16
   (both the product's loader and `funasr.AutoModel` load them). Vocabulary: our own 8,404 entries
   in the released layout (`<blank>`, `<s>`, `</s>`, CJK characters ranked by jieba's word
   frequencies summed per character plus every character of the corpus, English pieces, `<unk>`;
   NO_BIAS = 8377 is an English piece). It is **not** the released tokens.json: token ids differ.
   `am.mvn` holds CMVN statistics of the training features.
-- `punc/`: funasr `CTTransformer` (released layout, {punc['parameters'] / 1e6:.2f} M parameters), same
+- `punc/`: funasr `CTTransformer` (released layout, {exported(dest / 'punc') / 1e6:.2f} M parameters), same
   character vocabulary, classes `_ ， 。 ？ 、`.
 - Files: {', '.join(f'{k} ({v / 1e6:.2f} MB)' for k, v in sizes.items() if k.startswith(('asr/', 'punc/')))};
   {total_mb:.1f} MB together. Checksums: SHA256SUMS.
