@@ -1,0 +1,43 @@
+"""bf16 and fp16 keep the demonstration model's tokens (issue #12): only a CUDA GPU can show it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+MODEL_ROOT = ROOT / "tests" / "assets" / "demo-model"
+ASR_DIR = MODEL_ROOT / "asr"
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not (ASR_DIR / "model.pt").is_file(),
+                       reason="the demonstration model is not committed yet (docs/demo-model.md)"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_keeps_the_trained_models_tokens(dtype: str) -> None:
+    import evaluate
+
+    from asr.engine.core import Engine
+    from asr.settings import EngineSettings
+
+    texts = json.loads((MODEL_ROOT / "testset.json").read_text("utf-8"))["cer"]
+    waves = [w for w, _ in evaluate.held_out_audio(texts)]
+    results = {}
+    for d in ("fp32", dtype):
+        engine = Engine.from_settings(EngineSettings(model=str(ASR_DIR), device="cuda", dtype=d, warmup=False))
+        results[d] = engine.transcribe(waves)
+        engine.close()
+    same = sum(a.token_ids == b.token_ids for a, b in zip(results["fp32"], results[dtype])) / len(texts)
+    cer32 = evaluate.cer(texts, [r.text for r in results["fp32"]])
+    cer_half = evaluate.cer(texts, [r.text for r in results[dtype]])
+    print(f"\n{dtype}: {same:.3f} of {len(texts)} token sequences equal to fp32; CER {cer32:.2f} -> {cer_half:.2f}")
+    assert same >= 0.99
+    assert abs(cer_half - cer32) <= 0.2

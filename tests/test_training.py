@@ -1,0 +1,172 @@
+"""The training recipe's parts (training/): speech synthesis with character times, the vectorised
+CIF and sampler against funasr's own, and the SeACo loss against funasr's."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+
+@pytest.fixture(scope="module")
+def espeak_engine():
+    import espeak
+
+    try:
+        return espeak.shared()
+    except OSError as exc:
+        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt: espeak-ng): {exc}")
+
+
+def test_every_character_gets_an_increasing_start(espeak_engine) -> None:
+    from espeak import Voice
+
+    text = "同胞们、朋友们，他说：“好的”！一九九八年"
+    utt = espeak_engine.synth(text, Voice(rate=200, variant="f2"))
+    assert utt.chars == "同胞们朋友们他说好的一九九八年"
+    assert len(utt.starts) == len(utt.chars)
+    assert np.all(np.diff(utt.starts) > 0)
+    assert 0 <= utt.starts[0] < 0.1 * 22050 and utt.starts[-1] < utt.speech_end <= len(utt.samples)
+    # Faster speech is shorter, with the same characters.
+    fast = espeak_engine.synth(text, Voice(rate=300))
+    slow = espeak_engine.synth(text, Voice(rate=130))
+    assert len(fast.samples) < 0.7 * len(slow.samples)
+
+
+def test_voice_reads_tones_not_english_digits(espeak_engine) -> None:
+    # Debian's espeak-ng 1.51 `cmn` voice says "bei three"; the pinyin voice must not.
+    assert "(en)" not in espeak_engine.phonemes("北京的秋天")
+    assert espeak_engine.phonemes("时间") == espeak_engine.phonemes("湜堅")  # a hotword trap
+    assert espeak_engine.phonemes("时间") != espeak_engine.phonemes("事件")
+
+
+def test_resampler_matches_soxr() -> None:
+    import soxr
+    from synth import resample
+
+    t = np.arange(22050) / 22050
+    x = (np.sin(2 * np.pi * 440 * t) + 0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
+    ours = resample(torch.from_numpy(x)[None])[0].numpy()
+    ref = soxr.resample(x, 22050, 16000)
+    assert len(ours) == len(ref) == 16000
+    assert np.abs(ours[200:-200] - ref[200:-200]).max() < 2e-3
+
+
+def test_vectorised_cif_equals_funasr_with_gradients() -> None:
+    from funasr.models.paraformer.cif_predictor import cif as funasr_cif
+
+    from asr.engine.cif import cif
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 40, 8, generator=g)
+    alphas = torch.rand(3, 40, generator=g) * 0.6
+    # As in training: weights scaled to the target lengths (plus a hair, so rounding cannot drop
+    # the last token in one implementation and not the other).
+    alphas = alphas * (torch.tensor([9.0, 5.0, 12.0]) / alphas.sum(1))[:, None] * (1 + 1e-5)
+    outs = []
+    for fn in (funasr_cif, cif):
+        h, a = hidden.clone().requires_grad_(), alphas.clone().requires_grad_()
+        emb, fires = fn(h, a, 1.0)
+        (emb * torch.arange(emb.numel(), dtype=emb.dtype).reshape(emb.shape).sin()).sum().backward()
+        outs.append((emb.detach(), fires.detach(), h.grad, a.grad))
+    (e1, f1, gh1, ga1), (e2, f2, gh2, ga2) = outs
+    n = min(e1.shape[1], e2.shape[1])
+    assert e1.shape == e2.shape and torch.allclose(e1[:, :n], e2[:, :n], atol=1e-5)
+    assert torch.allclose(f1.float(), f2.float(), atol=1e-5)
+    assert torch.allclose(gh1, gh2, atol=1e-5) and torch.allclose(ga1, ga2, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def dry_model():
+    import train_asr
+
+    tokens = ["<blank>", "<s>", "</s>", *[chr(0x4E00 + i) for i in range(60)], *[f"x{i}" for i in range(30)], "<unk>"]
+    conf = train_asr.model_config(train_asr.SIZES["dry"], len(tokens))
+    torch.manual_seed(0)
+    model = train_asr.build_model(conf, len(tokens))
+    train_asr.use_vectorised_cif()
+    return model, tokens
+
+
+def _batch(vocab: int, b: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([7, 5, 9, 3][:b])
+    ys = torch.full((b, int(lens.max())), -1)
+    for i, n in enumerate(lens):
+        ys[i, :n] = torch.randint(3, vocab - 31, (int(n),), generator=g)
+    feats = torch.randn(b, 60, 560, generator=g)
+    feat_lens = torch.tensor([60, 45, 58, 30][:b])
+    return feats, feat_lens, ys, lens
+
+
+def test_glancing_sampler_glances_at_the_wrong_share(dry_model) -> None:
+    import train_asr
+
+    model, tokens = dry_model
+    model.eval()
+    feats, feat_lens, ys, lens = _batch(len(tokens))
+    enc, enc_lens = model.encode(feats, feat_lens)
+    acoustic = torch.randn(ys.shape[0], ys.shape[1], enc.shape[-1])
+    y0 = ys.clamp(min=0)
+    assert torch.equal(train_asr.glancing_sampler(model, enc, enc_lens, y0, lens, acoustic, 0.0),
+                       acoustic * (torch.arange(ys.shape[1])[None] < lens[:, None])[..., None])
+    mixed = train_asr.glancing_sampler(model, enc, enc_lens, y0, lens, acoustic, 1.0)
+    with torch.no_grad():
+        pred = model.decoder(enc, enc_lens, acoustic, lens)[0].argmax(-1)
+    target = model.decoder.embed(y0)
+    for i, n in enumerate(lens.tolist()):
+        wrong = int((pred[i, :n] != y0[i, :n]).sum())
+        took_target = sum(torch.allclose(mixed[i, k], target[i, k]) for k in range(n))
+        assert took_target == wrong
+
+
+def test_losses_equal_funasr_paraformer_and_seaco(dry_model) -> None:
+    """With sampling off and dropout off, our objective's terms are funasr's."""
+    import train_asr
+    from funasr.models.transformer.utils.add_sos_eos import add_sos_eos
+
+    model, tokens = dry_model
+    model.eval()
+    model.sampling_ratio = 0.0
+    feats, feat_lens, ys, lens = _batch(len(tokens), seed=1)
+    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
+                              [(0, 3), None, (2, 5), None], [])
+    hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
+                                    random.Random(0), torch.device("cpu"), group=len(lens))
+    ours = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, None)
+    enc, enc_lens = model.encode(feats, feat_lens)
+    loss_att, _, _, _, loss_pre = model._calc_att_loss(enc, enc_lens, ys, lens)
+    loss_pre2 = model._calc_pre2_loss(enc, enc_lens, ys, lens)
+    assert torch.allclose(ours["att"], loss_att, atol=1e-5)
+    assert torch.allclose(ours["pre"], loss_pre, atol=1e-5)
+    assert torch.allclose(ours["pre2"], loss_pre2 * 0.5, atol=1e-5)
+    # One shared list (group = batch): funasr's own SeACo loss on the same list and labels.
+    n_words = int(hot.counts[0])
+    _, ys_pad = add_sos_eos(ys, model.sos, model.eos, model.ignore_id)
+    labels = hot.labels
+    ref = model._calc_seaco_loss(enc, enc_lens, ys_pad, lens + 1, hot.pad[hot.index[0, :n_words]],
+                                 hot.lengths[hot.index[0, :n_words]], labels)
+    assert torch.allclose(ours["seaco"], ref, atol=1e-5)
+    # The respelled span is listed and copied; every other label is NO_BIAS or a copy of the
+    # spoken token (a listed word that also occurs there).
+    assert (labels[0, :3] == ys[0, :3]).all()
+    valid = ys >= 0
+    assert ((labels == model.NO_BIAS) | (labels == ys) | ~valid).all()
+    assert (labels[valid] == model.NO_BIAS).any()
+
+
+def test_alignment_targets_count_characters_at_their_boundaries() -> None:
+    import train_asr
+
+    bounds = torch.tensor([[0.2, 0.5, 0.9, 1.0, 1e4]])
+    n = torch.tensor([4])
+    times = torch.tensor([[0.0, 0.2, 0.35, 0.5, 0.9, 0.95, 1.0, 2.0]])
+    curve = train_asr.count_curve(bounds, n, times)
+    assert torch.allclose(curve, torch.tensor([[0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 3.0]]))

