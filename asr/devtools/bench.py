@@ -220,7 +220,11 @@ DEFAULT_VARIANTS = [
 
 
 def run(args: argparse.Namespace) -> int:
+    from asr.runtime import configure_process
+    from asr.settings import load_settings
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    configure_process(load_settings(None, engine={"device": "auto"}))  # as the CLI and the server do
     model_dir = Path(args.model_dir)
     if not (model_dir / "model.pt").is_file():
         from asr.devtools.testmodel import make_model_dir

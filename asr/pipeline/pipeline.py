@@ -42,6 +42,7 @@ from asr.pipeline.speakers import (
     windows,
 )
 from asr.pipeline.subtitles import Sentence, SubtitleOptions, TimedWord, build_sentences, to_text, words_from_tokens
+from asr.pipeline.vad import Segment as VadSegment
 from asr.pipeline.vad import SpeechChunk, VadOptions, WholeAudio
 from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
 from asr.settings import Settings
@@ -112,6 +113,14 @@ class AudioBudget:
             raise
         return nbytes
 
+    def try_acquire(self, nbytes: int) -> int:
+        """Take up to `nbytes` that are free now, without waiting (0 while others wait)."""
+        if nbytes <= 0 or self._waiters:
+            return 0
+        taken = min(nbytes, self.total - self.used)
+        self.used += max(taken, 0)
+        return max(taken, 0)
+
     def release(self, nbytes: int) -> None:
         self.used -= nbytes
         self._wake()
@@ -136,10 +145,10 @@ class AudioBudget:
 
 @dataclass
 class _Part:
-    """One segment's recognised words (on the file's timeline) and speaker windows."""
+    """One segment, what the engine heard in it, and its speaker windows."""
 
     segment: Segment
-    words: list[TimedWord]
+    transcript: TranscriptLike
     speaker_spans: list[SpeakerWindow]
     speaker_embeddings: np.ndarray | None
 
@@ -228,80 +237,111 @@ class Pipeline:
         """
         options = options or Options()
         t0 = time.perf_counter()
-        limits = self.settings.limits
-        if isinstance(source, AudioStream):
-            stream = source
-        else:
-            stream = await self._run(open_audio, source, max_duration_s=limits.max_audio_s)
-        src = _Source(stream)
+        wait = None if background else self.settings.limits.budget_wait_s
+        # First, room for the longest single clip: a short recording is then decoded whole, a
+        # long one starts streaming.
+        held = await self.budget.acquire(self._first_reservation(options), wait)
+        src: _Source | None = None
+        whole: SpeechChunk | None = None
         try:
-            reserve = self._reservation(stream.duration_s, options)
-            async with self.budget.hold(reserve, None if background else limits.budget_wait_s) as held:
-                use_vad = await self._run(self._open_segments, src, options)
+            src, use_vad, whole = await self._run(self._open, source, options)
+            if whole is not None:
+                parts = [await self._part(whole, options, background)]
+            else:
+                # Streaming: the window grows to the recording's length or `longform.group_s`
+                # where the budget has room now (waiting for more could deadlock with others).
+                held += self.budget.try_acquire(self._window_bytes(src.stream.duration_s) - held)
                 parts = await self._recognise(src, options, held, background)
         finally:
-            # On the worker threads, after any hop still running there: a decoder is never
-            # closed while another thread reads from it.
-            with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is ending
-                self._workers.submit(src.close)
-        result = await self._run(self._assemble, parts, stream.samples, options, use_vad, t0)
-        return result
+            self.budget.release(held)
+            if src is not None and whole is None:
+                # On the worker threads, after any hop still running there: a decoder is never
+                # closed while another thread reads from it.
+                with contextlib.suppress(RuntimeError):  # the pool is shut down: the process ends
+                    self._workers.submit(src.close)
+        return await self._run(self._assemble, parts, src.stream.samples, options, use_vad, t0)
 
-    def _reservation(self, duration_s: float | None, options: Options) -> int:
-        """Decoded bytes a request may hold: its length (when the header says), else the
-        streaming window (`longform.group_s`), and never less than its longest clip plus one
-        decoded block (with VAD on 'auto', the head read to decide it)."""
-        longform = self.settings.longform
+    def _first_reservation(self, options: Options) -> int:
+        """Bytes for the longest clip this request can need at once, plus one decoded block:
+        a whole short recording (VAD on 'auto' decides by the first `auto_vad_s`), or a segment."""
+        longform, engine = self.settings.longform, self.settings.engine
         vad = self._uses_vad(options)
         if vad is None:
-            floor = max(longform.auto_vad_s, self.settings.engine.max_clip_s)
+            seconds = max(longform.auto_vad_s, engine.max_clip_s)
         else:
-            floor = longform.max_segment_s if vad else self.settings.engine.max_clip_s
-        floor += BLOCK_S
+            seconds = longform.max_segment_s if vad else engine.max_clip_s
+        return int((seconds + BLOCK_S) * BYTES_PER_SECOND)
+
+    def _window_bytes(self, duration_s: float | None) -> int:
+        """A streaming recording's segments in flight: its length when the header says, at most
+        `longform.group_s`."""
         seconds = self._window_s if duration_s is None else min(duration_s + BLOCK_S, self._window_s)
-        return int(max(seconds, floor) * BYTES_PER_SECOND)
+        return int(seconds * BYTES_PER_SECOND)
 
     @staticmethod
     def _uses_vad(options: Options) -> bool | None:
         """Whether the options decide VAD (None: by the recording's length)."""
         return True if options.speakers else options.vad
 
-    def _open_segments(self, src: _Source, options: Options) -> bool:
-        """Decide VAD (for 'auto', by decoding the head of the recording) and set up the segment
-        stream. Returns whether VAD is used."""
-        blocks = src.stream.blocks()
-        source: Iterator[np.ndarray] = blocks
-        use_vad = self._uses_vad(options)
-        if use_vad is None:
+    def _open(
+        self, source: AudioSource | AudioStream, options: Options
+    ) -> tuple[_Source, bool, SpeechChunk | None]:
+        """Open the recording, decide VAD and either decode it whole (a short recording without
+        VAD: one clip, returned) or set up its segment stream. One worker hop for a short file."""
+        if isinstance(source, AudioStream):
+            stream = source
+        else:
+            stream = open_audio(source, max_duration_s=self.settings.limits.max_audio_s)
+        src = _Source(stream)
+        try:
+            blocks = stream.blocks()
+            use_vad = self._uses_vad(options)
             head: list[np.ndarray] = []
-            held = 0
-            limit = self.settings.longform.auto_vad_s * SAMPLE_RATE
-            use_vad = False
-            with src.lock:
+            if use_vad is not True:
+                # Read up to the length that decides: 'auto' takes VAD past auto_vad_s; without
+                # VAD, a recording up to max_clip_s is one clip.
+                limit_s = self.settings.longform.auto_vad_s if use_vad is None else self.settings.engine.max_clip_s
+                held = 0
+                ended = True
                 for block in blocks:
                     head.append(block)
                     held += len(block)
-                    if held > limit:
-                        use_vad = True
+                    if held > limit_s * SAMPLE_RATE:
+                        ended = False
                         break
-            source = itertools.chain(head, blocks)
-        if use_vad:
-            src.chunks = self.models.vad().stream(source, self._vad_opts)
-        else:
-            src.chunks = self._whole.stream(source, self._whole_opts)
-        return use_vad
+                if ended and held <= self.settings.engine.max_clip_s * SAMPLE_RATE:
+                    stream.close()
+                    audio = head[0] if len(head) == 1 else np.concatenate(head)
+                    return src, False, SpeechChunk(VadSegment(0, len(audio)), audio)
+                use_vad = use_vad is None  # 'auto' and longer than auto_vad_s: VAD
+            source_blocks = itertools.chain(head, blocks)
+            if use_vad:
+                src.chunks = self.models.vad().stream(source_blocks, self._vad_opts)
+            else:
+                src.chunks = self._whole.stream(source_blocks, self._whole_opts)
+            return src, use_vad, None
+        except BaseException:
+            stream.close()
+            raise
 
     async def _recognise(self, src: _Source, options: Options, window_bytes: int, background: bool) -> list[_Part]:
         """Submit segments as the stream yields them; at most `window_bytes` of them in flight."""
         window = AudioBudget(window_bytes)
         tasks: list[asyncio.Task[_Part]] = []
+
+        async def part(chunk: SpeechChunk, taken: int) -> _Part:
+            try:
+                return await self._part(chunk, options, background)
+            finally:
+                window.release(taken)
+
         try:
             while True:
                 chunk = await self._run(src.next_chunk)
                 if chunk is None:
                     break
                 taken = await window.acquire(chunk.audio.nbytes)
-                tasks.append(asyncio.create_task(self._part(chunk, options, window, taken, background)))
+                tasks.append(asyncio.create_task(part(chunk, taken)))
                 for task in tasks:
                     if task.done() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
@@ -312,25 +352,19 @@ class Pipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    async def _part(
-        self, chunk: SpeechChunk, options: Options, window: AudioBudget, taken: int, background: bool
-    ) -> _Part:
+    async def _part(self, chunk: SpeechChunk, options: Options, background: bool) -> _Part:
         try:
-            try:
-                transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
-            except ASRError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
-                log.error("engine failed on a %.1f s segment: %r", chunk.segment.duration_s, exc)
-                raise engine_failure(exc) from exc
-            spans: list[SpeakerWindow] = []
-            embeddings = None
-            if options.speakers:
-                spans, embeddings = await self._run(self._embed, chunk, self._speaker_options(options))
-            segment = Segment(chunk.segment.start_ms, chunk.segment.end_ms)
-            return _Part(segment, segment_words(segment, transcript), spans, embeddings)
-        finally:
-            window.release(taken)
+            transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
+        except ASRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
+            log.error("engine failed on a %.1f s segment: %r", chunk.segment.duration_s, exc)
+            raise engine_failure(exc) from exc
+        spans: list[SpeakerWindow] = []
+        embeddings = None
+        if options.speakers:
+            spans, embeddings = await self._run(self._embed, chunk, self._speaker_options(options))
+        return _Part(Segment(chunk.segment.start_ms, chunk.segment.end_ms), transcript, spans, embeddings)
 
     def _speaker_options(self, options: Options) -> SpeakerOptions:
         longform = self.settings.longform
@@ -349,7 +383,7 @@ class Pipeline:
         self, parts: list[_Part], samples: int, options: Options, use_vad: bool, t0: float
     ) -> Result:
         """Words -> punctuation -> ITN -> sentences -> speakers -> Result."""
-        words = [w for p in parts for w in p.words]
+        words = [w for p in parts for w in segment_words(p.segment, p.transcript)]
         notices: list[Notice] = []
         punctuated = False
         if options.punctuation:
@@ -404,17 +438,12 @@ class Pipeline:
 
 
 def segment_words(segment: Segment, result: TranscriptLike) -> list[TimedWord]:
-    """The engine's tokens of one segment as words on the file's timeline."""
-    tokens = list(result.tokens or [])
-    stamps = list(result.timestamps or [])
+    """The engine's tokens of one segment as words on the file's timeline (times past the
+    segment's end, from CIF rounding, pulled back inside it)."""
+    tokens = result.tokens or []
+    stamps = result.timestamps or []
     if tokens and len(stamps) == len(tokens):
-        words = words_from_tokens(tokens, stamps, segment.start_ms)
-        # Timestamps past the clip end (CIF rounding) are pulled back inside the segment.
-        return [
-            dataclasses.replace(w, start_ms=min(w.start_ms, segment.end_ms),
-                                end_ms=min(max(w.end_ms, w.start_ms), segment.end_ms))
-            for w in words
-        ]
+        return words_from_tokens(tokens, stamps, segment.start_ms, segment.end_ms)
     if result.text.strip():
         # No token times: the text spans the whole segment.
         return [TimedWord(result.text.strip(), segment.start_ms, segment.end_ms)]

@@ -51,13 +51,15 @@ class SubtitleOptions:
 
 
 def words_from_tokens(
-    tokens: Sequence[str], timestamps: Sequence[Sequence[int]], offset_ms: int = 0
+    tokens: Sequence[str], timestamps: Sequence[Sequence[int]], offset_ms: int = 0, end_ms: int | None = None
 ) -> list[TimedWord]:
     """Merge engine tokens into words on the file's timeline.
 
     BPE pieces ending in "@@" are joined to the next piece; a token of punctuation only becomes
-    the mark after the word before it; every other token is one word.
+    the mark after the word before it; every other token is one word. With `end_ms` (the end of
+    the segment on the file's timeline) times past it (CIF rounding) are pulled back inside.
     """
+    limit = end_ms if end_ms is not None else 1 << 62
     words: list[TimedWord] = []
     piece, start = "", None
     for token, (t_start, t_end) in zip(tokens, timestamps):
@@ -67,17 +69,19 @@ def words_from_tokens(
             piece += token[:-2]
             continue
         text = piece + token
+        end = min(int(t_end) + offset_ms, limit)
         if words and not piece and text and all(ch in _MARKS for ch in text):
             # A punctuation token (a model that emits marks) is the mark of the word before it.
             last = words[-1]
-            words[-1] = TimedWord(last.text, last.start_ms, max(last.end_ms, int(t_end) + offset_ms),
-                                  last.punc + text, last.speaker)
+            words[-1] = TimedWord(last.text, last.start_ms, max(last.end_ms, end), last.punc + text, last.speaker)
         else:
-            words.append(TimedWord(text, start + offset_ms, int(t_end) + offset_ms))
+            begin = min(start + offset_ms, limit)
+            words.append(TimedWord(text, begin, max(end, begin)))
         piece, start = "", None
     if piece and start is not None:
-        end = int(timestamps[len(tokens) - 1][1]) if tokens else start
-        words.append(TimedWord(piece, start + offset_ms, end + offset_ms))
+        end = min(int(timestamps[len(tokens) - 1][1]) + offset_ms if tokens else start + offset_ms, limit)
+        begin = min(start + offset_ms, limit)
+        words.append(TimedWord(piece, begin, max(end, begin)))
     return words
 
 
