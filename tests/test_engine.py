@@ -69,6 +69,16 @@ def test_mixed_hotword_lists_share_a_batch(engine: Engine, funasr_model, clips) 
         assert result.tokens == _reference(funasr_model, clip, words)["text"].split()
 
 
+def test_hotwords_only_on_shorter_items_of_a_batch(engine: Engine, funasr_model, clips) -> None:
+    """The rows with hotwords are all shorter than the batch's longest (clips[2], 5.2 s, has
+    none): each still equals funasr's result for that clip and list alone."""
+    lists = [HOTWORDS, ("七万",), (), (), HOTWORDS[:2]]
+    assert max(range(len(clips)), key=lambda i: len(clips[i])) == 2
+    results = engine.transcribe(clips, hotwords=lists)
+    for clip, words, result in zip(clips, lists, results):
+        assert result.tokens == _reference(funasr_model, clip, words)["text"].split()
+
+
 def test_many_hotwords_use_the_adaptive_filter(engine: Engine, funasr_model, clips) -> None:
     chars = [chr(0x4E00 + i) for i in range(3, 300)]
     many = tuple(dict.fromkeys(chars[i] + chars[i + 1] for i in range(0, 120, 2)))

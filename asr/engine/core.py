@@ -498,16 +498,22 @@ class Engine:
         if not rows or not hasattr(model, "seaco_decoder"):
             return ids, logp
         bias = [self._select_bias(hotwords[r], dec_hidden[r : r + 1], token_len[r : r + 1]) for r in rows]
-        sizes = [b.shape[0] for b in bias]
+        # funasr's decoder sizes its padding mask by the longest length it is given, which must
+        # match the tensors' width (the whole batch's longest): a dummy last row of full length
+        # keeps them equal when the rows with hotwords are all shorter (no host sync to cut them).
+        sizes = [b.shape[0] for b in bias] + [1]
         n = self._to_device(sizes)
-        context = torch.zeros(len(rows), max(sizes), bias[0].shape[-1], device=enc.device, dtype=bias[0].dtype)
+        context = torch.zeros(len(sizes), max(sizes), bias[0].shape[-1], device=enc.device, dtype=bias[0].dtype)
         for i, b in enumerate(bias):
             context[i, : b.shape[0]] = b
         idx = self._to_device(rows)
-        lens = token_len[idx]
-        cif_att, _ = model.seaco_decoder(context, n, embeds[idx], lens)
-        dec_att, _ = model.seaco_decoder(context, n, dec_hidden[idx], lens)
-        bias_scores = model.hotword_output_layer(model._merge(cif_att, dec_att))
+        width = embeds.shape[1]
+        lens = torch.cat((token_len[idx], token_len.new_full((1,), width)))
+        cif_in = torch.cat((embeds[idx], embeds.new_zeros(1, width, embeds.shape[-1])))
+        dec_in = torch.cat((dec_hidden[idx], dec_hidden.new_zeros(1, width, dec_hidden.shape[-1])))
+        cif_att, _ = model.seaco_decoder(context, n, cif_in, lens)
+        dec_att, _ = model.seaco_decoder(context, n, dec_in, lens)
+        bias_scores = model.hotword_output_layer(model._merge(cif_att[:-1], dec_att[:-1]))
         bias_ids = bias_scores.argmax(-1)
         # SeACo's merge (seaco_weight 1): where the bias head says "no bias", keep the decoder.
         no_bias = bias_ids == self._no_bias
