@@ -140,3 +140,18 @@ def test_pcm16_wav_fast_path_equals_libsndfile(channels: int, monkeypatch: pytes
     assert rate == 16000 and got.dtype == np.float32 and np.array_equal(got, want)
     with pytest.raises(LimitError, match="1 seconds"):
         decode_audio(data, max_duration_s=1)
+
+
+def test_pcm16_wav_fast_path_reads_a_spooled_upload(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web server hands over its spooled upload (a SpooledTemporaryFile, mode 'w+b'): 16-bit
+    WAV still takes the fast path, not libsndfile's per-read Python callbacks."""
+    import tempfile
+
+    from asr.pipeline import audio as audio_module
+
+    data = encode_soundfile(tone_with_noise(2.0, 16000), 16000, "WAV", "PCM_16")
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20) as spooled:
+        spooled.write(data)
+        spooled.seek(0)
+        monkeypatch.setattr(audio_module, "_open_soundfile", lambda *a: pytest.fail("took the libsndfile path"))
+        assert np.array_equal(decode_audio(spooled), decode_audio(data))

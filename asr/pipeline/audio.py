@@ -220,7 +220,9 @@ def _open_wav_pcm16(handle: BinaryIO, size: int, max_duration_s: float | None) -
         return None
     handle.seek(0)
     try:
-        wav = wave.open(handle)  # noqa: SIM115 - closed by the stream
+        # "rb" explicitly: without it `wave` takes the mode from the file object, and a spooled
+        # upload (mode "w+b") is refused.
+        wav = wave.open(handle, "rb")  # noqa: SIM115 - closed by the stream
     except (wave.Error, EOFError, ValueError):
         return None
     try:

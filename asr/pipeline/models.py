@@ -62,6 +62,8 @@ class StageModels:
 
     def punctuator(self) -> Punctuator | None:
         """The punctuation model, or None when it is not configured or cannot be loaded."""
+        if self._punc is not None or self._punc_error is not None:
+            return self._punc  # decided: no lock on every request's path
         with self._lock:
             if self._punc is None and self._punc_error is None:
                 try:
@@ -84,6 +86,8 @@ class StageModels:
 
     def itn(self) -> InverseNormalizer | None:
         """The inverse normalizer, or None when its library is missing (`itn_unavailable()`)."""
+        if self._itn is not None or self._itn_error is not None:
+            return self._itn
         with self._lock:
             if self._itn is None and self._itn_error is None:
                 normalizer = InverseNormalizer()

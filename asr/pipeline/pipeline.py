@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# Results up to this many tokens (about two minutes of speech) are assembled on the event loop.
+_INLINE_WORDS = 600
+
+
 class EngineLike(Protocol):
     """What the pipeline needs from `asr.engine.Engine`."""
 
@@ -209,6 +213,12 @@ class Pipeline:
     async def start(self, *, warmup: bool = False) -> None:
         """Start the scheduler; optionally push one clip through it (CUDA modules, allocator)."""
         await self.scheduler.start()
+        # The models every request uses load now, not in the first request (ITN's grammars take
+        # ~0.2 s, a punctuation model seconds); a missing one is reported once, here.
+        if self.settings.pipeline.itn:
+            await self._run(self.models.itn)
+        if self.settings.longform.punc_model:
+            await self._run(self.models.punctuator)
         if warmup:
             noise = np.random.default_rng(0).normal(0, 0.01, SAMPLE_RATE).astype(np.float32)
             t0 = time.perf_counter()
@@ -259,7 +269,18 @@ class Pipeline:
                 # closed while another thread reads from it.
                 with contextlib.suppress(RuntimeError):  # the pool is shut down: the process ends
                     self._workers.submit(src.close)
+        if self._assembles_quickly(parts, options):
+            # Pure Python of a few milliseconds: on a worker it would only fight the event loop
+            # for the GIL (the loop then waited in every other request's thread hand-off).
+            return self._assemble(parts, src.stream.samples, options, use_vad, t0)
         return await self._run(self._assemble, parts, src.stream.samples, options, use_vad, t0)
+
+    def _assembles_quickly(self, parts: list[_Part], options: Options) -> bool:
+        """No model to run (punctuation, speakers) and few words: assembling is cheaper than a
+        hand-off to a worker thread."""
+        if options.speakers or (options.punctuation and self.models.punctuator() is not None):
+            return False
+        return sum(len(p.transcript.tokens or ()) for p in parts) <= _INLINE_WORDS
 
     def _first_reservation(self, options: Options) -> int:
         """Bytes for the longest clip this request can need at once, plus one decoded block:
