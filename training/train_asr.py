@@ -440,6 +440,8 @@ def export(model: torch.nn.Module, conf: dict[str, Any], tokens: list[str], engl
     """A model directory in funasr's format (the layout of the released model)."""
     import yaml
 
+    from asr.devtools.testmodel import write_configuration
+
     out.mkdir(parents=True, exist_ok=True)
     conf = copy.deepcopy(conf)
     conf["model_conf"]["ctc_weight"] = 0.0  # the released value: no CTC branch
@@ -455,18 +457,8 @@ def export(model: torch.nn.Module, conf: dict[str, Any], tokens: list[str], engl
     seg = [f"{t} {t}" for t in tokens if len(t) == 1 and "\u4e00" <= t <= "\u9fff"]
     seg += [f"{w} {' '.join(p)}" for w, p in english.items()]
     (out / "seg_dict").write_text("\n".join(seg) + "\n", "utf-8")
-    (out / "configuration.json").write_text(json.dumps({
-        "framework": "pytorch",
-        "task": "auto-speech-recognition",
-        "model": {"type": "funasr"},
-        "file_path_metas": {
-            "init_param": "model.pt",
-            "config": "config.yaml",
-            "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"},
-            "frontend_conf": {"cmvn_file": "am.mvn"},
-        },
-        "generated": {"weights": "trained", "data": "synthetic espeak-ng Mandarin (demonstration only)", **info},
-    }, indent=1, ensure_ascii=False), "utf-8")
+    data = "synthetic espeak-ng Mandarin (demonstration only)"
+    write_configuration(out, {"weights": "trained", "data": data, **info})
     return out
 
 

@@ -100,20 +100,25 @@ def make_model_dir(path: str | Path, size: Size = "tiny", seed: int = 0) -> Path
     seg_lines = [f"{t} {t}" for t in tokens[len(_SPECIALS):-1] if "@@" not in t]
     seg_lines += [f"{w} {' '.join(p)}" for w, p in _ENGLISH_WORDS.items()]
     (out / "seg_dict").write_text("\n".join(seg_lines) + "\n", encoding="utf-8")
+    write_configuration(out, {"size": size, "seed": seed, "weights": "random"})
+    return out
+
+
+def write_configuration(out: Path, generated: dict[str, Any]) -> None:
+    """configuration.json in the released model's layout (funasr resolves the paths relative to
+    the directory), plus how the directory was made."""
     (out / "configuration.json").write_text(
         json.dumps({
             "framework": "pytorch",
             "task": "auto-speech-recognition",
             "model": {"type": "funasr"},
-            # The released model's layout: funasr resolves these paths relative to the directory.
             "file_path_metas": {
                 "init_param": "model.pt",
                 "config": "config.yaml",
                 "tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"},
                 "frontend_conf": {"cmvn_file": "am.mvn"},
             },
-            "generated": {"size": size, "seed": seed, "weights": "random"},
-        }, indent=1),
+            "generated": generated,
+        }, indent=1, ensure_ascii=False),
         "utf-8",
     )
-    return out
