@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -325,6 +325,54 @@ class _SegmentState:
             self.buf_start = keep
 
 
+class LiveSegmenter:
+    """The segmenter of `_Segmenter.stream` for audio that arrives as it is spoken: the caller
+    appends what came in, has the regions decided (for many streams at once:
+    `SileroVad.decide_streams` over their `.regions`), then `advance` returns the segments that
+    are final. `open_audio` is the speech not yet final (for partial text). Not thread-safe: one
+    caller at a time."""
+
+    def __init__(self, regions: SileroLiveStream, opts: VadOptions) -> None:
+        self.regions = regions
+        self.state = _SegmentState(opts)
+        self.pad = self.state.pad
+
+    @property
+    def total(self) -> int:
+        return self.state.total
+
+    def append(self, block: np.ndarray) -> None:
+        block = _check_block(block)
+        if len(block):
+            self.state.append(block)
+            self.regions.append(block)
+
+    def advance(self) -> list[SpeechChunk]:
+        """Segments that became final with the frames decided since the last call."""
+        r = self.regions
+        return list(self.state.step(r.take_closed(), r.open_start, r.frontier, final=False))
+
+    def finish(self) -> list[SpeechChunk]:
+        """End of input: every segment still open, final."""
+        closed = self.regions.finish()
+        return list(self.state.step(closed, None, self.state.total, final=True))
+
+    def open_audio(self) -> SpeechChunk | None:
+        """The speech heard so far that no segment holds yet (with the padding a segment would
+        get before it), up to the last sample received; None during silence."""
+        st = self.state
+        if st.pending is not None:
+            start = st.pending[0] if st.pending[2] else st.pending[0] - self.pad
+        elif self.regions.open_start is not None:
+            start = max(self.regions.open_start, st.cursor) - self.pad
+        else:
+            return None
+        start = max(start, st.last_end, st.buf_start)
+        if start >= st.total:
+            return None
+        return SpeechChunk(Segment(start, st.total), st.buf[start - st.buf_start :].copy())
+
+
 # --------------------------------------------------------------------------------------------
 # No VAD
 
@@ -465,26 +513,84 @@ class SileroVad(_Segmenter):
             out[:, j] = prob[:, 0]
         return out[:, self.warm_frames :].reshape(-1)[:n_frames]
 
+    def open_live(self, opts: VadOptions) -> SileroLiveStream:
+        """A stream for audio that arrives as it is spoken (see `SileroLiveStream`)."""
+        return SileroLiveStream(self, opts)
 
-class _SileroRegions:
-    """Hysteresis over Silero frame probabilities (the rules of Silero's get_speech_timestamps)."""
+    def decide_streams(self, streams: Sequence[SileroLiveStream]) -> int:
+        """Decide every complete frame the streams hold: one batched Silero call per frame
+        position across all streams (each keeps its own recurrent state), so a thousand live
+        connections cost a few calls per tick instead of thousands. Returns the frames decided."""
+        sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        decided = 0
+        while True:
+            ready = [s for s in streams if s.ready]
+            if not ready:
+                return decided
+            x = np.stack([s.next_input() for s in ready])
+            state = np.concatenate([s.state for s in ready], axis=1)
+            prob, state = self._session.run(None, {"input": x, "state": state, "sr": sr})
+            for i, s in enumerate(ready):
+                s.accept(float(prob[i, 0]), state[:, i : i + 1].copy())
+            decided += len(ready)
 
-    def __init__(self, vad: SileroVad, opts: VadOptions) -> None:
-        self.vad = vad
+
+class _Hysteresis:
+    """Speech regions from frame probabilities, by the rules of Silero's get_speech_timestamps:
+    speech starts at a frame above `threshold` and ends once frames stay below
+    `threshold - 0.15` for `min_silence_ms` (the region ends at the first of those frames)."""
+
+    def __init__(self, opts: VadOptions) -> None:
         self.threshold = opts.threshold
         self.neg_threshold = max(opts.threshold - 0.15, 0.01)
         self.min_silence = opts.min_silence_ms * SAMPLE_RATE // 1000
+        self.speech_start: int | None = None
+        self.temp_end: int | None = None
+
+    def frame(self, prob: float, pos: int) -> tuple[int, int] | None:
+        """Take the frame starting at sample `pos`; return the region it closes, if any."""
+        if self.speech_start is None:
+            if prob >= self.threshold:
+                self.speech_start = pos
+                self.temp_end = None
+            return None
+        if prob >= self.threshold:
+            self.temp_end = None
+        elif prob < self.neg_threshold:
+            if self.temp_end is None:
+                self.temp_end = pos
+            if pos - self.temp_end >= self.min_silence:
+                region = (self.speech_start, self.temp_end)
+                self.speech_start = None
+                self.temp_end = None
+                return region
+        return None
+
+    def close(self, total: int) -> list[tuple[int, int]]:
+        """End of input: the region still open, ended at its silence or at `total`."""
+        if self.speech_start is None:
+            return []
+        end = self.temp_end if self.temp_end is not None else total
+        region = (self.speech_start, end)
+        self.speech_start = None
+        return [region]
+
+
+class _SileroRegions:
+    """Hysteresis over Silero frame probabilities, decided in large blocks (files)."""
+
+    def __init__(self, vad: SileroVad, opts: VadOptions) -> None:
+        self.vad = vad
+        self.rules = _Hysteresis(opts)
         self.block = vad.lanes * vad.lane_frames * _SILERO_FRAME
         self.todo = np.zeros(0, dtype=np.float32)  # received, not yet decided
         self.history = np.zeros(0, dtype=np.float32)  # decided audio kept for warm-up
         self.done = 0  # samples decided so far
         self.total = 0
-        self.speech_start: int | None = None
-        self.temp_end: int | None = None
 
     @property
     def open_start(self) -> int | None:
-        return self.speech_start
+        return self.rules.speech_start
 
     @property
     def frontier(self) -> int:
@@ -502,11 +608,7 @@ class _SileroRegions:
     def finish(self) -> list[tuple[int, int]]:
         regions = self._decide(self.todo) if len(self.todo) else []
         self.todo = self.todo[:0]
-        if self.speech_start is not None:
-            end = self.temp_end if self.temp_end is not None else self.total
-            regions.append((self.speech_start, end))
-            self.speech_start = None
-        return regions
+        return regions + self.rules.close(self.total)
 
     def _decide(self, audio: np.ndarray) -> list[tuple[int, int]]:
         probs = self.vad.frame_probs(self.history, audio)
@@ -515,23 +617,81 @@ class _SileroRegions:
         regions = []
         base = self.done
         for i, p in enumerate(probs.tolist()):
-            pos = base + i * _SILERO_FRAME
-            if self.speech_start is None:
-                if p >= self.threshold:
-                    self.speech_start = pos
-                    self.temp_end = None
-                continue
-            if p >= self.threshold:
-                self.temp_end = None
-            elif p < self.neg_threshold:
-                if self.temp_end is None:
-                    self.temp_end = pos
-                if pos - self.temp_end >= self.min_silence:
-                    regions.append((self.speech_start, self.temp_end))
-                    self.speech_start = None
-                    self.temp_end = None
+            region = self.rules.frame(p, base + i * _SILERO_FRAME)
+            if region is not None:
+                regions.append(region)
         self.done = base + len(audio)
         return regions
+
+
+class SileroLiveStream:
+    """Silero over audio that arrives as it is spoken (live captions): every complete 32 ms frame
+    is decided as soon as it is received, with the recurrent state carried from frame to frame
+    (no warm-up replay, unlike the file path's lanes). Many streams are decided together, one
+    batched call per frame position, by `SileroVad.decide_streams`; `push` decides one stream
+    alone. A `RegionStream`."""
+
+    def __init__(self, vad: SileroVad, opts: VadOptions) -> None:
+        self.vad = vad
+        self.rules = _Hysteresis(opts)
+        self.state = np.zeros((2, 1, 128), dtype=np.float32)
+        self.context = np.zeros(_SILERO_CONTEXT, dtype=np.float32)
+        self.todo = np.zeros(0, dtype=np.float32)
+        self.done = 0
+        self.total = 0
+        self.closed: list[tuple[int, int]] = []
+
+    @property
+    def open_start(self) -> int | None:
+        return self.rules.speech_start
+
+    @property
+    def frontier(self) -> int:
+        return self.done
+
+    def append(self, audio: np.ndarray) -> None:
+        """Receive audio; it is decided by the next `decide_streams` (or `push`)."""
+        self.todo = np.concatenate((self.todo, audio))
+        self.total += len(audio)
+
+    @property
+    def ready(self) -> int:
+        """Complete frames received and not decided yet."""
+        return len(self.todo) // _SILERO_FRAME
+
+    def next_input(self) -> np.ndarray:
+        """The next frame with the context Silero expects before it (64 + 512 samples)."""
+        return np.concatenate((self.context, self.todo[:_SILERO_FRAME]))
+
+    def accept(self, prob: float, state: np.ndarray) -> None:
+        """The decision on the frame `next_input` gave, and the recurrent state after it."""
+        frame = self.todo[:_SILERO_FRAME]
+        self.context = frame[-_SILERO_CONTEXT:].copy()
+        self.todo = self.todo[_SILERO_FRAME:]
+        self.state = state
+        region = self.rules.frame(prob, self.done)
+        self.done += _SILERO_FRAME
+        if region is not None:
+            self.closed.append(region)
+
+    def take_closed(self) -> list[tuple[int, int]]:
+        """Regions closed since the last call."""
+        closed, self.closed = self.closed, []
+        return closed
+
+    def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
+        self.append(audio)
+        self.vad.decide_streams([self])
+        return self.take_closed()
+
+    def finish(self) -> list[tuple[int, int]]:
+        """End of input: the last partial frame is decided zero-padded, the open region closed."""
+        if len(self.todo):
+            pad = _SILERO_FRAME - len(self.todo) % _SILERO_FRAME
+            if pad < _SILERO_FRAME:
+                self.todo = np.concatenate((self.todo, np.zeros(pad, np.float32)))
+            self.vad.decide_streams([self])
+        return self.take_closed() + self.rules.close(self.total)
 
 
 # --------------------------------------------------------------------------------------------
