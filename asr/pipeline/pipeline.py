@@ -20,7 +20,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -50,6 +50,9 @@ from asr.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+# Awaited with each segment's own Result as a streamed recording's segments finish.
+SegmentCallback = Callable[[Result], Awaitable[None]]
 
 # Results up to this many tokens (about two minutes of speech) are assembled on the event loop.
 _INLINE_WORDS = 600
@@ -237,13 +240,23 @@ class Pipeline:
     # ---- one recording -----------------------------------------------------------------------
 
     async def transcribe(
-        self, source: AudioSource | AudioStream, options: Options | None = None, *, background: bool = False
+        self,
+        source: AudioSource | AudioStream,
+        options: Options | None = None,
+        *,
+        background: bool = False,
+        on_segment: SegmentCallback | None = None,
     ) -> Result:
         """Transcribe one recording (bytes, a path, a binary file object, or an opened stream).
 
         `background=True` (batch jobs, the CLI) waits for room in the decoded-audio budget and in
         a full scheduler queue; otherwise a request that cannot get room within
         `limits.budget_wait_s` fails with BusyError (503) and a full queue with QueueFullError.
+
+        `on_segment` (streamed responses) is awaited with each segment's own `Result` (that
+        segment alone, punctuated and normalised as a recording of its own would be) in the
+        order of the recording, as soon as it and every segment before it are recognised; the
+        returned `Result` is the whole recording's, as without it.
         """
         options = options or Options()
         t0 = time.perf_counter()
@@ -257,11 +270,13 @@ class Pipeline:
             src, use_vad, whole = await self._run(self._open, source, options)
             if whole is not None:
                 parts = [await self._part(whole, options, background)]
+                if on_segment is not None:
+                    await on_segment(await self.segment_result(parts[0], options, use_vad, t0))
             else:
                 # Streaming: the window grows to the recording's length or `longform.group_s`
                 # where the budget has room now (waiting for more could deadlock with others).
                 held += self.budget.try_acquire(self._window_bytes(src.stream.duration_s) - held)
-                parts = await self._recognise(src, options, held, background)
+                parts = await self._recognise(src, options, held, background, on_segment, use_vad, t0)
         finally:
             self.budget.release(held)
             if src is not None and whole is None:
@@ -345,10 +360,21 @@ class Pipeline:
             stream.close()
             raise
 
-    async def _recognise(self, src: _Source, options: Options, window_bytes: int, background: bool) -> list[_Part]:
-        """Submit segments as the stream yields them; at most `window_bytes` of them in flight."""
+    async def _recognise(
+        self,
+        src: _Source,
+        options: Options,
+        window_bytes: int,
+        background: bool,
+        on_segment: SegmentCallback | None = None,
+        use_vad: bool = True,
+        t0: float = 0.0,
+    ) -> list[_Part]:
+        """Submit segments as the stream yields them; at most `window_bytes` of them in flight.
+        With `on_segment`, each finished segment is handed on in order by a task of its own."""
         window = AudioBudget(window_bytes)
         tasks: list[asyncio.Task[_Part]] = []
+        in_order: asyncio.Queue[asyncio.Task[_Part] | None] = asyncio.Queue()
 
         async def part(chunk: SpeechChunk, taken: int) -> _Part:
             try:
@@ -356,6 +382,11 @@ class Pipeline:
             finally:
                 window.release(taken)
 
+        async def hand_on(callback: SegmentCallback) -> None:
+            while (task := await in_order.get()) is not None:
+                await callback(await self.segment_result(await task, options, use_vad, t0))
+
+        emitter = asyncio.create_task(hand_on(on_segment)) if on_segment is not None else None
         try:
             while True:
                 chunk = await self._run(src.next_chunk)
@@ -363,15 +394,40 @@ class Pipeline:
                     break
                 taken = await window.acquire(chunk.audio.nbytes)
                 tasks.append(asyncio.create_task(part(chunk, taken)))
+                in_order.put_nowait(tasks[-1])
                 for task in tasks:
                     if task.done() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]
-            return list(await asyncio.gather(*tasks))
+                if emitter is not None and emitter.done():
+                    emitter.result()  # the callback failed (the client went away): stop here
+            parts = list(await asyncio.gather(*tasks))
+            if emitter is not None:
+                in_order.put_nowait(None)
+                await emitter
+            return parts
         except BaseException:
-            for task in tasks:
+            for task in [*tasks, *([emitter] if emitter is not None else [])]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *([emitter] if emitter is not None else []), return_exceptions=True)
             raise
+
+    async def segment_result(self, part: _Part, options: Options, use_vad: bool = True, t0: float = 0.0) -> Result:
+        """One recognised segment as a `Result` of its own: punctuated, normalised and cut into
+        sentences exactly as a recording holding only that segment's audio would be (times stay
+        on the recording's timeline)."""
+        parts = [part]
+        samples = part.segment.end_ms * SAMPLE_RATE // 1000
+        if self._assembles_quickly(parts, options):
+            return self._assemble(parts, samples, options, use_vad, t0)
+        return await self._run(self._assemble, parts, samples, options, use_vad, t0)
+
+    async def transcribe_segment(self, chunk: SpeechChunk, options: Options, *, background: bool = True) -> Result:
+        """Recognise one segment cut elsewhere (a live stream's VAD) and assemble it as
+        `segment_result` does. `background=True` waits for room in a full scheduler queue: the
+        segment is never dropped."""
+        t0 = time.perf_counter()
+        part = await self._part(chunk, options, background)
+        return await self.segment_result(part, options, True, t0)
 
     async def _part(self, chunk: SpeechChunk, options: Options, background: bool) -> _Part:
         try:

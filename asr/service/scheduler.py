@@ -157,6 +157,18 @@ class Scheduler(Generic[R]):
                 ) from None
         return await req.future
 
+    async def submit_unless_busy(self, audio: np.ndarray, hotwords: Sequence[str] = (), *, max_waiting: int) -> R:
+        """Queue one clip only while fewer than ``max_waiting`` requests wait, else raise
+        QueueFullError at once: for work that is worth doing only when it is cheap to do now
+        (live partial text, which the next partial or the final replaces). Everything else keeps
+        its place; under load such clips are shed first, before the queue is full."""
+        if self.queue_depth >= max_waiting:
+            raise QueueFullError(
+                f"{self.queue_depth} requests are waiting; optional work is skipped.",
+                retry_after_s=self.options.retry_after_s,
+            )
+        return await self.submit(audio, hotwords)
+
     async def _collect(self) -> list[_Request[R]]:
         assert self._queue is not None
         batch = [await self._queue.get()]
