@@ -38,6 +38,15 @@ HTTP_STATUS: dict[str, int] = {
     "busy": 503,
     "out_of_memory": 503,
     "request_timeout": 504,
+    # Live recognition over WebSocket (docs/live.md); each also has a close code in WS_CLOSE
+    "invalid_live_message": 400,
+    "invalid_live_config": 400,
+    "message_too_big": 413,
+    "live_too_fast": 429,
+    "live_idle": 408,
+    "live_too_long": 413,
+    "live_not_reading": 408,
+    "too_many_connections": 503,
     # Lookups
     "job_not_found": 404,
     "invalid_request": 400,
@@ -46,6 +55,17 @@ HTTP_STATUS: dict[str, int] = {
     "itn_unavailable": 503,
     "invalid_config": 500,
     "engine_error": 500,
+}
+
+
+# code -> WebSocket close code for the live endpoint (RFC 6455 section 7.4.1). A code missing here
+# closes with 1008 (policy violation) for a client's fault, 1013 (try again later) for a 503 and
+# 1011 (internal error) for other server faults (`ws_close_code`).
+WS_CLOSE: dict[str, int] = {
+    "invalid_live_config": 1007,  # inconsistent data: not JSON, a field of the wrong type or value
+    "non_finite_audio": 1007,
+    "message_too_big": 1009,
+    "too_many_connections": 1013,
 }
 
 
@@ -71,6 +91,18 @@ class ASRError(Exception):
 def http_status(exc: ASRError) -> int:
     """The HTTP status of a typed error (500 for a code missing from the table)."""
     return HTTP_STATUS.get(exc.code, 500)
+
+
+def ws_close_code(exc: ASRError) -> int:
+    """The WebSocket close code that ends a live connection for this error."""
+    if exc.code in WS_CLOSE:
+        return WS_CLOSE[exc.code]
+    if isinstance(exc, AudioError):
+        return 1007  # audio that cannot be decoded: inconsistent data
+    status = http_status(exc)
+    if status == 503:
+        return 1013
+    return 1011 if status >= 500 else 1008
 
 
 # ---- input ----------------------------------------------------------------------------------
@@ -152,6 +184,13 @@ class EngineOverloadedError(ASRError):
 
     code = "out_of_memory"
     retry_after_s = 5.0
+
+
+class LiveProtocolError(ASRError):
+    """A live (WebSocket) client broke the protocol: audio before its configuration, a message
+    that is not JSON, or a configuration that cannot work (`code="invalid_live_config"`)."""
+
+    code = "invalid_live_message"
 
 
 class RequestTimeoutError(ASRError):

@@ -172,6 +172,52 @@ class LimitSettings(BaseModel):
         return self
 
 
+class LiveSettings(BaseModel):
+    """Live recognition over WebSocket (FunASR runtime's protocol, docs/live.md): limits per
+    connection and how often partial text is recognised."""
+
+    enabled: bool = True
+    """Serve the WebSocket endpoint (`/api/live`, and `/` for FunASR's own clients)."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open live connections; one more is closed at once with 1013 (try again later)."""
+    max_message_kb: float = Field(default=1024.0, gt=0)
+    """Largest single WebSocket message (a block of audio or the JSON configuration); larger
+    ones close the connection with 1009. FunASR's clients send 60-600 ms of audio per message."""
+    max_speed: float = Field(default=4.0, ge=1)
+    """Live audio may arrive at most this many times faster than real time (after `burst_s`),
+    or the connection is closed with 1008: live captions are for audio as it is spoken; files
+    go to the HTTP API or the `offline` mode."""
+    burst_s: float = Field(default=30.0, ge=0)
+    """Seconds of audio a live connection may send ahead of that pace (a client's buffer
+    after a network stall, a short file replayed fast)."""
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A connection that sends nothing for this long is closed with 1008."""
+    max_session_s: float = Field(default=4 * 3600.0, gt=0)
+    """Longest audio one connection may send (live or offline), in seconds; then 1008."""
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    """The server pings every live connection this often (uvicorn's WebSocket keepalive) ..."""
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    """... and closes one whose pong does not come within this (1011 'keepalive ping timeout'):
+    a client that stopped reading its socket, or vanished without closing."""
+    send_timeout_s: float = Field(default=10.0, gt=0)
+    """A client that reads no result for this long while results wait (it stopped reading) is
+    closed with 1008; partial text waiting for it is dropped first, final text never."""
+    partial_interval_ms: float = Field(default=480.0, ge=100, le=2000)
+    """How often the open segment is recognised again for partial text, unless the client's
+    `chunk_size` asks for a pace between 300 and 600 ms (FunASR's [5,10,5] is 600 ms)."""
+    partial_max_waiting: int = Field(default=32, ge=1)
+    """Partial text is recognised only while fewer clips than this wait for the GPU; under load
+    partials are skipped (the next one, or the final, follows), finals never are."""
+    tick_ms: float = Field(default=64.0, ge=10, le=500)
+    """How often received audio of all connections is run through the VAD together (one batched
+    Silero call per 32 ms frame across every connection)."""
+    max_segment_s: float = Field(default=15.0, ge=2)
+    """Longest live segment: speech without a pause is cut (at its quietest point) into finals of
+    at most this length."""
+    min_silence_ms: int = Field(default=300, ge=64)
+    """A pause at least this long ends a live segment, whose final text then follows."""
+
+
 class PipelineSettings(BaseModel):
     """The pipeline's own threads and how many files the CLI and batch jobs run at once."""
 
@@ -224,6 +270,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     longform: LongformSettings = LongformSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    live: LiveSettings = LiveSettings()
     server: ServerSettings = ServerSettings()
     log_level: str = "INFO"
 

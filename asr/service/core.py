@@ -22,6 +22,7 @@ from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline
 from asr.pipeline.result import Result
 from asr.service.jobs import JobState, JobStore, JobWorker, UploadSource
+from asr.service.live import LiveHub
 from asr.service.metrics import Metrics
 from asr.settings import Settings
 
@@ -37,6 +38,7 @@ class Service:
         self.started_at = time.time()
         self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch)
         self.scheduler = self.pipeline.scheduler
+        self.live = LiveHub(settings, self.pipeline)
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
         data_dir = Path(settings.server.data_dir)
         self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
@@ -57,6 +59,7 @@ class Service:
         await self.job_worker.start()
 
     async def stop(self) -> None:
+        await self.live.stop()
         await self.job_worker.stop()
         await self.pipeline.stop()
         self.jobs.close()
@@ -148,6 +151,7 @@ class Service:
                 "budget": round(self.pipeline.budget.total / 1048576, 1),
             },
             "jobs": {"files_pending": self.jobs.pending_count()},
+            "live": self.live.info(),
             "throughput": self.metrics.throughput(),
             "uptime_s": time.time() - self.started_at,
         }

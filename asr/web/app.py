@@ -19,7 +19,7 @@ from asr.web.auth import TokenAuth, redact_access_log
 from asr.web.errors import install_error_handlers
 from asr.web.gradio_guard import GradioUrlGuard
 from asr.web.limits import BodySizeLimit, body_limit_for
-from asr.web.routes import health, jobs, openai, transcribe
+from asr.web.routes import health, jobs, live, openai, transcribe
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
 
     for module in (transcribe, jobs, openai, health):
         app.include_router(module.router)
+    if settings.live.enabled:
+        # Before the UI is mounted at /: a WebSocket to / is FunASR's live protocol.
+        app.include_router(live.router)
 
     if not settings.server.ui:
         return app  # the HTTP API alone: gradio is not even imported

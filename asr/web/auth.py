@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -19,6 +20,7 @@ import time
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asr.web.errors import error_body
@@ -30,7 +32,8 @@ _CLOCK_SLACK_S = 60
 
 
 class TokenAuth:
-    """Refuse every HTTP request but /healthz without the token or a valid session cookie.
+    """Refuse every HTTP request but /healthz, and every WebSocket (the live endpoint), without
+    the token or a valid session cookie.
 
     A plain ASGI middleware (see `asr.web.app.RequestMetrics` for why not
     ``@app.middleware("http")``); it reads only the request line, headers and cookies. Refusals
@@ -70,6 +73,9 @@ class TokenAuth:
         return -_CLOCK_SLACK_S <= age <= self.session_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -96,6 +102,40 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         await _refusal(request)(scope, receive, send)
+
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The live WebSocket takes the token the way HTTP does: `Authorization: Bearer`, the
+        session cookie (the UI's page), or `?token=` (browsers cannot set headers on a
+        WebSocket, and FunASR's clients only take a URL). A refusal is HTTP 401 with the JSON
+        error before the handshake where the server supports it (uvicorn does), else the
+        connection is accepted and closed with 1008."""
+        conn = HTTPConnection(scope)
+        header = conn.headers.get("authorization", "")
+        bearer = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if (
+            self._matches(bearer)
+            or self._matches(conn.query_params.get("token"))
+            or self.valid_session(conn.cookies.get(COOKIE))
+        ):
+            await self.app(scope, receive, send)
+            return
+        message = (
+            "This service needs a token: send 'Authorization: Bearer <token>', or add ?token=<token> "
+            "to the WebSocket URL."
+        )
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = json.dumps(error_body("unauthorized", message)).encode()
+            await send({
+                "type": "websocket.http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                            (b"content-length", str(len(body)).encode())],
+            })  # fmt: skip
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized: a token is needed"})
 
 
 def _refusal(request: Request) -> Response:

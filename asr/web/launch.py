@@ -142,7 +142,10 @@ def serve(settings: Settings) -> None:
         _when_ready(local, lambda: _open_share_tunnel(server.host, server.port))
     if server.autolaunch:
         _when_ready(local, lambda: webbrowser.open(local))
-    uvicorn.run(app, host=server.host, port=server.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app, host=server.host, port=server.port, log_level=settings.log_level.lower(),
+        ws_ping_interval=settings.live.ping_interval_s, ws_ping_timeout=settings.live.ping_timeout_s,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
