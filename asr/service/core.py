@@ -19,7 +19,7 @@ from asr.errors import JobNotFoundError, LimitError, RequestTimeoutError
 from asr.pipeline.audio import AudioSource
 from asr.pipeline.hotwords import HotwordList
 from asr.pipeline.options import Options
-from asr.pipeline.pipeline import EngineLike, Pipeline
+from asr.pipeline.pipeline import EngineLike, Pipeline, SegmentCallback
 from asr.pipeline.result import Result
 from asr.service.jobs import JobState, JobStore, JobWorker, UploadSource
 from asr.service.live import LiveHub
@@ -78,13 +78,16 @@ class Service:
                 f"{self.settings.limits.max_upload_mb:g} MB (limits.max_upload_mb)."
             )
 
-    async def transcribe(self, source: AudioSource, options: Options) -> Result:
-        """Transcribe one file for a waiting client, within `limits.request_timeout_s`."""
+    async def transcribe(
+        self, source: AudioSource, options: Options, *, on_segment: SegmentCallback | None = None
+    ) -> Result:
+        """Transcribe one file for a waiting client, within `limits.request_timeout_s`
+        (`on_segment`: see `Pipeline.transcribe`)."""
         timeout = self.settings.limits.request_timeout_s
         try:
             # Cancelling the wait cancels the request's scheduler futures: queued items are
             # skipped and results of a batch already running are dropped.
-            return await asyncio.wait_for(self.pipeline.transcribe(source, options), timeout)
+            return await asyncio.wait_for(self.pipeline.transcribe(source, options, on_segment=on_segment), timeout)
         except asyncio.TimeoutError:
             log.warning("request timed out after %.1f s (limits.request_timeout_s)", timeout)
             raise RequestTimeoutError(
