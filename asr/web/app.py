@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs-assets"
 # The page script ships inside the package (the repository root links to it).
 BATCH_SCRIPT = Path(__file__).resolve().parent / "static" / "batch_opt.js"
+LIVE_SCRIPT = Path(__file__).resolve().parent / "static" / "live.js"
 
 
 class RequestMetrics:
@@ -62,6 +63,13 @@ class RequestMetrics:
             path = getattr(scope.get("route"), "path", None)
             if path is not None and (path.startswith("/api") or path.startswith("/v1")):
                 self.service.metrics.observe_request(path, status, time.perf_counter() - t0)
+
+
+def _script_route(path: Path) -> Callable[[], Awaitable[FileResponse]]:
+    async def script() -> FileResponse:
+        return FileResponse(path, media_type="text/javascript")
+
+    return script
 
 
 def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
@@ -128,15 +136,17 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
     from asr.web.ui import build_ui
 
     head = ""
-    if BATCH_SCRIPT.is_file():
-        version = int(BATCH_SCRIPT.stat().st_mtime)
-
-        @app.get("/batch_opt.js", include_in_schema=False)
-        async def batch_script() -> FileResponse:
-            return FileResponse(BATCH_SCRIPT, media_type="text/javascript")
-
+    scripts = [BATCH_SCRIPT, *([LIVE_SCRIPT] if settings.live.enabled else [])]
+    for script in scripts:
+        if not script.is_file():
+            continue
+        version = int(script.stat().st_mtime)
+        app.add_api_route(
+            f"/{script.name}", _script_route(script), methods=["GET"], include_in_schema=False,
+            response_class=FileResponse,
+        )  # fmt: skip
         # Gradio's supported hook for page scripts: `head` HTML is added to the page's <head>.
-        head = f'<script src="/batch_opt.js?v={version}" defer></script>'
+        head += f'<script src="/{script.name}?v={version}" defer></script>'
 
     blocks = build_ui(service)
     blocks.queue(default_concurrency_limit=None, max_size=settings.limits.max_queue)

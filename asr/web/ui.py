@@ -1,4 +1,5 @@
-"""The Gradio UI (Chinese first, English where useful): single file, batch, system information.
+"""The Gradio UI (Chinese first, English where useful): single file, batch, live captions, system
+information.
 
 Handlers are async and only await the shared service: none holds the GPU, so Gradio's event
 concurrency is unlimited and the scheduler batches requests from every user together.
@@ -273,6 +274,7 @@ def build_ui(service: Service) -> gr.Blocks:
         delete_cache=(3600, 3600),
     ) as demo:
         gr.Markdown("# 中文语音识别 Chinese speech recognition\nSeACo-Paraformer · 热词增强 hotword biasing")
+        tab_switches: list[Any] = []
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("单文件识别 Single file", id="single", elem_id="tab-single") as single_tab:
                 with gr.Row():
@@ -366,6 +368,17 @@ def build_ui(service: Service) -> gr.Blocks:
                     preprocess=False,
                 )
 
+            if service.settings.live.enabled:
+                with gr.Tab("实时识别 Live", id="live", elem_id="tab-live") as live_tab:
+                    gr.Markdown(
+                        "边说边出字幕：麦克风的声音实时发送到服务器，灰色斜体是正在识别的文字，"
+                        "说话停顿后定稿为带时间的句子。 Captions while you speak: grey text is "
+                        "still being recognised; each pause settles it into a sentence with its times."
+                    )
+                    # live.js renders its controls and the captions here (WebSocket /api/live).
+                    gr.HTML("", elem_id="live-panel")
+                tab_switches.append(live_tab)
+
             with gr.Tab("系统信息 System", id="system", elem_id="tab-system") as system_tab:
                 sys_md = gr.Markdown(elem_id="sys-summary")
                 sys_json = gr.JSON(label="详细 Details", elem_id="sys-json")
@@ -382,7 +395,8 @@ def build_ui(service: Service) -> gr.Blocks:
                         show_progress="hidden",
                         queue=False,
                     )
-        for tab, switch in ((system_tab, start_polling), (single_tab, stop_polling), (batch_tab, stop_polling)):
+        stops = [(tab, stop_polling) for tab in (single_tab, batch_tab, *tab_switches)]
+        for tab, switch in ((system_tab, start_polling), *stops):
             tab.select(switch, None, sys_timer, queue=False, show_progress="hidden", concurrency_limit=None)
     return demo
 
