@@ -158,3 +158,62 @@ def test_missing_model_dir_is_a_load_error(tmp_path):
 
     with pytest.raises(ModelLoadError):
         FsmnVad(tmp_path / "nope")
+
+
+# ---- live streams (audio as it is spoken) ---------------------------------------------------
+
+LIVE = VadOptions(max_segment_s=15.0, min_segment_s=0.0, merge_gap_s=0.0, min_silence_ms=300)
+
+
+def _live_run(vad: SileroVad, audio: np.ndarray, step: int) -> tuple[list, list[tuple[int, int]]]:
+    """Feed `audio` in `step`-sample messages; the segments and, at each step, the open audio's span."""
+    from asr.pipeline.vad import LiveSegmenter
+
+    seg = LiveSegmenter(vad.open_live(LIVE), LIVE)
+    chunks, opened = [], []
+    for i in range(0, len(audio), step):
+        seg.append(audio[i : i + step])
+        vad.decide_streams([seg.regions])
+        chunks += seg.advance()
+        open_chunk = seg.open_audio()
+        if open_chunk is not None:
+            start, end = open_chunk.segment.start_sample, open_chunk.segment.end_sample
+            opened.append((start, end))
+            assert np.array_equal(open_chunk.audio, audio[start:end])
+    return chunks + seg.finish(), opened
+
+
+def test_live_segments_are_the_sentences_and_close_soon_after_each(rec, silero):
+    chunks, opened = _live_run(silero, rec.audio, 960)
+    assert len(chunks) == len(rec.spans)
+    pad = LIVE.speech_pad_ms * SR // 1000
+    for chunk, (start, end) in zip(chunks, rec.spans):
+        assert abs(chunk.segment.start_sample - (start - pad)) <= TOLERANCE
+        assert abs(chunk.segment.end_sample - (end + pad)) <= TOLERANCE
+        assert np.array_equal(chunk.audio, rec.audio[chunk.segment.start_sample : chunk.segment.end_sample])
+    # Speech in progress is offered for partial text: open spans start where segments do and
+    # grow with the audio received.
+    starts = {c.segment.start_sample for c in chunks}
+    assert {s for s, _ in opened} <= starts
+    assert len(opened) > len(chunks) * 10
+
+
+def test_live_streams_decided_together_equal_each_alone(rec, silero):
+    """One batched Silero call per frame for many connections gives each the decisions it
+    would get alone (each keeps its own recurrent state)."""
+    from asr.pipeline.vad import LiveSegmenter
+
+    audios = [rec.audio[: 20 * SR], rec.audio[5 * SR : 30 * SR], np.zeros(10 * SR, np.float32)]
+    alone = [_live_run(silero, a, 1600)[0] for a in audios]
+    segs = [LiveSegmenter(silero.open_live(LIVE), LIVE) for _ in audios]
+    together: list[list] = [[] for _ in audios]
+    for i in range(0, 30 * SR, 1600):
+        for s, a in zip(segs, audios):
+            s.append(a[i : i + 1600])
+        silero.decide_streams([s.regions for s in segs])
+        for out, s in zip(together, segs):
+            out += s.advance()
+    for out, s in zip(together, segs):
+        out += s.finish()
+    assert [[c.segment for c in out] for out in together] == [[c.segment for c in out] for out in alone]
+    assert len(alone[0]) >= 2 and alone[2] == []

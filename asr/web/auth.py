@@ -188,10 +188,12 @@ def _redact(text: str) -> str:
 
 
 def redact_access_log() -> None:
-    """Install RedactTokens on uvicorn's access logger (once; uvicorn's logging set-up keeps it)."""
-    logger = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactTokens) for f in logger.filters):
-        logger.addFilter(RedactTokens())
+    """Install RedactTokens on uvicorn's access logger and on its error logger, which logs
+    WebSocket connections with their query (once; uvicorn's logging set-up keeps them)."""
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 __all__ = ["COOKIE", "RedactTokens", "TokenAuth", "redact_access_log"]

@@ -64,10 +64,11 @@ async def live(websocket: WebSocket) -> None:
         elif receiver in done and receiver.exception() is None:
             await _close(websocket, None)  # quiet for live.idle_timeout_s after the last result
     finally:
+        # First, with no await: a cancelled handler (the server shutting down) may not get past one.
+        service.live.close(session)
         for task in (sender, receiver):
             task.cancel()
         await asyncio.gather(sender, receiver, return_exceptions=True)
-        service.live.close(session)
 
 
 async def _receive(websocket: WebSocket, session: LiveSession, idle_s: float, max_kb: float) -> str:
