@@ -102,6 +102,7 @@
       captions.insertBefore(line, partial);
     }
     captions.setAttribute("data-finals", String(finals.length));
+    captions.setAttribute("data-segments", String(Number(captions.getAttribute("data-segments") || 0) + 1));
     captions.scrollTop = captions.scrollHeight;
   }
 
@@ -113,6 +114,8 @@
       // clients append `text` instead.
       const partial = document.getElementById("live-partial");
       partial.textContent = msg.segment_text !== undefined ? msg.segment_text : partial.textContent + msg.text;
+      const captions = document.getElementById("live-captions");
+      captions.setAttribute("data-partials", String(Number(captions.getAttribute("data-partials") || 0) + 1));
     } else if (msg.mode === "2pass-offline") {
       showFinal(msg);
     }
