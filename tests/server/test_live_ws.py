@@ -448,3 +448,34 @@ def test_openai_client_streams_segments_then_the_whole_text(live_server: LiveSer
     assert starts == sorted(starts)
     assert events[-1].type == "transcript.text.done" and events[-1].text == plain.text
     assert plain.text
+
+
+# ---- the trained demonstration model: real recognition, punctuation ---------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
+
+
+@pytest.mark.skipif(not (DEMO / "asr" / "model.pt").is_file(), reason="the demonstration model is not in tests/assets")
+def test_demo_model_live_finals_equal_api_transcribe_with_punctuation(tmp_path: Path) -> None:
+    from asr.web import create_app
+
+    require_espeak()
+    rec = recording(SENTENCES[7:9], [1.2], lead_s=0.6)
+    speech = np.round(np.clip(rec.audio, -1, 1) * 32767).astype("<i2")
+    settings = service_settings(DEMO / "asr", tmp_path / "data", server={"ui": False},
+                                longform={"punc_model": str(DEMO / "punc")},
+                                live={"max_speed": 1000.0, "burst_s": 1000.0})  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        with client.websocket_connect("/api/live") as ws:
+            ws.send_text(config(itn=True))
+            send_pcm(ws, speech.tobytes(), pace_s=0.004)
+            ws.send_text(json.dumps({"is_speaking": False}))
+            finals = [m for m in until_final(ws) if m["mode"] == "2pass-offline" and m["text"]]
+        assert len(finals) == 2
+        for final in finals:
+            start, end = final["start_ms"] * SR // 1000, final["end_ms"] * SR // 1000
+            alone = client.post("/api/transcribe", files={"file": ("seg.wav", wav_of(speech[start:end]))}).json()
+            assert alone["applied"]["punctuation"] is True
+            assert final["text"] == alone["text"]
+            assert final["text"][-1] in "。？！", final["text"]  # punctuated as a sentence
+            assert [s["text"] for s in final["sentences"]] == [s["text"] for s in alone["sentences"]]
