@@ -176,15 +176,44 @@ def run(url: str, pcm: bytes, streams: int, processes: int, *, token: str | None
     }  # fmt: skip
 
 
+def make_wav(path: str | Path) -> Path:
+    """Eight sentences of synthesised Mandarin with 0.8-1.5 s pauses (about 40 s), as a 16 kHz
+    16-bit WAV: speech the VAD cuts into segments (needs espeak-ng: run it where that is
+    installed and carry the file)."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from speech import SENTENCES, recording
+
+    rec = recording(SENTENCES[:8], [1.0, 1.5, 0.8, 1.2], lead_s=0.5)
+    pcm = np.round(np.clip(rec.audio, -1, 1) * 32767).astype("<i2")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes(pcm.tobytes())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help="ws://host:port/api/live")
-    p.add_argument("--wav", required=True, help="16 kHz 16-bit mono WAV replayed by every stream")
+    p.add_argument("--make-wav", metavar="PATH", help="write the test speech WAV (espeak-ng) and exit")
+    p.add_argument("--url", help="ws://host:port/api/live")
+    p.add_argument("--wav", help="16 kHz 16-bit mono WAV replayed by every stream")
     p.add_argument("--streams", type=int, default=100)
     p.add_argument("--processes", type=int, default=max(1, (multiprocessing.cpu_count() or 2) // 2))
     p.add_argument("--token", help="the server's api_token, if it has one")
     p.add_argument("--gpu", action="store_true", help="sample nvidia-smi's utilisation during the run")
     args = p.parse_args(argv)
+    if args.make_wav:
+        print(make_wav(args.make_wav))
+        return 0
+    if not args.url or not args.wav:
+        p.error("--url and --wav are needed")
     report = run(args.url, read_pcm(args.wav), args.streams, args.processes, token=args.token, gpu=args.gpu)
     text = json.dumps(report, indent=1)
     print(text)

@@ -33,6 +33,15 @@ ZH: dict[str, str] = {
     "busy": "服务繁忙，请稍后重试。",
     "out_of_memory": "显存不足：请稍后重试，或使用较短的文件。",
     "request_timeout": "识别超时：服务繁忙或文件过长，请稍后重试，或改用批量处理。",
+    # Live recognition (WebSocket)
+    "invalid_live_message": "实时识别消息不符合协议（请先发送 JSON 配置，再发送音频）。",
+    "invalid_live_config": "实时识别配置无效（不是 JSON，或字段值不正确）。",
+    "message_too_big": "单条消息过大。",
+    "live_too_fast": "音频发送速度超过实时的限制。",
+    "live_idle": "连接长时间没有数据，已关闭。",
+    "live_too_long": "实时识别的音频时长超出了限制。",
+    "live_not_reading": "客户端没有读取识别结果，连接已关闭。",
+    "too_many_connections": "实时识别连接数已满，请稍后重试。",
     # Lookups, access
     "job_not_found": "找不到该作业（可能已过期删除）。",
     "not_found": "找不到该地址。",
