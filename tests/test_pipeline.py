@@ -171,3 +171,37 @@ def test_streaming_memory_does_not_grow_with_length(tiny_model_dir, engine, long
         assert result.duration_ms == pytest.approx(minutes * 60_000, abs=1000) and result.segments
     assert peaks[9] - peaks[5] < 4, peaks
 
+
+
+def test_on_segment_hands_each_segment_on_in_order_as_a_result_of_its_own():
+    """The streamed form (SSE): every segment once, in the recording's order, each assembled as
+    that segment alone; the returned result is the same as without the callback."""
+    require_espeak()
+    rec = recording(SENTENCES[:5], [1.5, 1.0], noise=0.002)
+    settings = _settings(min_segment_s=0, merge_gap_s=0)
+    engine = _MarkerEngine()
+    options = Options(vad=True, punctuation=False)
+
+    async def run():
+        from asr.pipeline.pipeline import Pipeline
+
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        seen = []
+
+        async def on_segment(result):
+            await asyncio.sleep(0.01 * (len(seen) % 2))  # a slow consumer does not reorder
+            seen.append(result)
+
+        try:
+            streamed = await pipeline.transcribe(_wav(rec.audio), options, on_segment=on_segment)
+            plain = await pipeline.transcribe(_wav(rec.audio), options)
+        finally:
+            await pipeline.stop()
+        return seen, streamed, plain
+
+    seen, streamed, plain = asyncio.run(run())
+    assert len(seen) == len(streamed.segments) == len(rec.spans)
+    assert [s.segments for s in seen] == [(seg,) for seg in streamed.segments]
+    assert [t for s in seen for t in s.tokens] == list(streamed.tokens)
+    assert streamed.text == plain.text and streamed.segments == plain.segments

@@ -138,3 +138,30 @@ def test_options_are_validated() -> None:
         SchedulerOptions(max_batch_size=0)
     with pytest.raises(ValueError, match="max_queue"):
         SchedulerOptions(max_queue=0)
+
+
+def test_optional_work_is_shed_while_the_queue_is_busy() -> None:
+    """submit_unless_busy (live partial text) is refused at once while `max_waiting` clips wait;
+    other requests keep their place and are served."""
+    gate = threading.Event()
+    fake = RecordingTranscribe(gate=gate)
+
+    async def main() -> None:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=1, max_wait_ms=0, max_queue=8))
+        try:
+            first = asyncio.create_task(sched.submit(clip(0)))
+            await asyncio.sleep(0.05)  # running, stuck at the gate
+            waiting = [asyncio.create_task(sched.submit(clip(i))) for i in (1, 2)]
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFullError):
+                await sched.submit_unless_busy(clip(9), max_waiting=2)
+            optional = asyncio.create_task(sched.submit_unless_busy(clip(3), max_waiting=3))
+            gate.set()
+            assert [r[0] for r in await asyncio.gather(first, *waiting, optional)] == [0, 1, 2, 3]
+            assert 9 not in [r[0] for r in [await sched.submit(clip(4))]]
+        finally:
+            gate.set()
+            await sched.stop()
+
+    asyncio.run(main())
+    assert sum(fake.calls) == 5  # the shed clip never reached the engine
