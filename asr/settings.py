@@ -205,9 +205,10 @@ class LiveSettings(BaseModel):
     partial_interval_ms: float = Field(default=480.0, ge=100, le=2000)
     """How often the open segment is recognised again for partial text, unless the client's
     `chunk_size` asks for a pace between 300 and 600 ms (FunASR's [5,10,5] is 600 ms)."""
-    partial_max_waiting: int = Field(default=32, ge=1)
-    """Partial text is recognised only while fewer clips than this wait for the GPU; under load
-    partials are skipped (the next one, or the final, follows), finals never are."""
+    partial_max_waiting: int | None = Field(default=None, ge=1)
+    """Partial text is recognised only while fewer clips than this wait for the GPU (None: twice
+    `engine.max_batch_size`, two full batches); under load partials are skipped (the next one,
+    or the final, follows), finals never are."""
     tick_ms: float = Field(default=64.0, ge=10, le=500)
     """How often received audio of all connections is run through the VAD together (one batched
     Silero call per 32 ms frame across every connection)."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from asr.errors import JobNotFoundError, LimitError, RequestTimeoutError
+from asr.errors import ASRError, JobNotFoundError, LimitError, RequestTimeoutError
 from asr.pipeline.audio import AudioSource
 from asr.pipeline.hotwords import HotwordList
 from asr.pipeline.options import Options
@@ -56,6 +56,11 @@ class Service:
     async def start(self, *, warmup: bool = True) -> None:
         """Start the pipeline (scheduler) and the job worker; optionally warm the engine up."""
         await self.pipeline.start(warmup=warmup)
+        if self.settings.live.enabled:
+            try:
+                await self.pipeline._run(self.live.vad)  # loaded now, not in the first connection
+            except ASRError as exc:
+                log.warning("live recognition will refuse connections: %s", exc)
         await self.job_worker.start()
 
     async def stop(self) -> None:

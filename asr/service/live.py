@@ -394,7 +394,7 @@ class LiveSession:
         stats = self.hub.stats
         try:
             transcript = await self.hub.pipeline.scheduler.submit_unless_busy(
-                chunk.audio, self.options.hotwords, max_waiting=self.settings.partial_max_waiting
+                chunk.audio, self.options.hotwords, max_waiting=self.hub.partial_max_waiting
             )
         except QueueFullError:
             stats.partials_skipped += 1
@@ -502,6 +502,7 @@ class LiveHub:
         )
         self._vad: SileroVad | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.partial_max_waiting = live.partial_max_waiting or 2 * settings.engine.max_batch_size
 
     def vad(self) -> SileroVad:
         if self._vad is None:
