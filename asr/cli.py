@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", help="model directory or ModelScope id")
     tr.add_argument("--config", help="settings YAML, a profile name (configs/<name>.yaml) or auto (by GPU)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
+    tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16", "int8"])
     tr.add_argument("--attention", choices=["auto", "flash-attn", "varlen", "sdpa", "eager"])
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None,
                     help="cut recordings into speech segments (sentence timestamps, any length); "

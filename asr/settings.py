@@ -37,8 +37,9 @@ class EngineSettings(BaseModel):
     """Where ModelScope ids are downloaded to and looked up in."""
     device: str = "auto"
     """'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, int8 on CPU (dynamic int8 linear
+    layers, fp32 activations); 'fp32' is the reference path."""
     attention: Literal["auto", "flash-attn", "varlen", "sdpa", "eager"] = "auto"
     """Attention kernel; 'auto' picks the fastest available and logs the choice."""
     frontend: Literal["auto", "torch", "funasr"] = "auto"
