@@ -171,6 +171,7 @@ CHANNEL_CHOICES = [("合并 mix", "mix"), ("分开 split (双声道通话 two-ch
 
 # Marks of the explanation box (asr.pipeline.formats.explain_html); passed to Gradio with the page.
 UI_CSS = """
+#single-explain .asr-explain { padding-top: 1.4em; }
 .asr-explain mark { padding: 0 1px; border-radius: 3px; color: inherit; }
 .asr-explain mark.asr-hit { background: rgba(34, 165, 89, 0.28); }
 .asr-explain mark.asr-fix { background: rgba(59, 130, 246, 0.28); }
