@@ -10,6 +10,9 @@ per 100 ms (the trained-model form of these checks is in test_trained_model.py).
 from __future__ import annotations
 
 import io
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,3 +144,95 @@ def test_the_sets_used_are_recorded_and_unresolved_sets_are_refused() -> None:
     assert result.to_dict()["applied"]["hotword_sets"] == [{"name": "客服", "version": 3}]
     with pytest.raises(OptionsError, match="resolved"):
         _run(Options(hotword_sets=("客服",)))
+
+
+# ---- real recognition: the trained demonstration model --------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "tests" / "assets" / "demo-model"
+
+
+class CountingEngine:
+    """The real engine, with a count of the clips of each engine call."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.calls: list[int] = []
+
+    def transcribe(self, audios: Any, hotwords: Any = None) -> Any:
+        self.calls.append(len(audios))
+        return self.engine.transcribe(audios, hotwords)
+
+    def info(self) -> dict[str, Any]:
+        return self.engine.info()
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple[Any, list[np.ndarray]]:
+    """The demonstration model and held-out sentences spoken by espeak-ng (docs/demo-model.md)."""
+    if not (DEMO / "asr" / "model.pt").is_file():
+        pytest.skip("the demonstration model is not in tests/assets/demo-model (docs/demo-model.md)")
+    sys.path.insert(0, str(ROOT / "training"))
+    import espeak
+
+    try:
+        espeak.shared()
+    except OSError as exc:
+        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt): {exc}")
+    import evaluate
+
+    from asr.engine.core import Engine
+    from asr.settings import EngineSettings
+
+    texts = json.loads((DEMO / "testset.json").read_text("utf-8"))["cer"][:8]
+    waves = [_pcm16(w) for w, _ in evaluate.held_out_audio(texts)]
+    engine = Engine.from_settings(EngineSettings(model=str(DEMO / "asr"), device="cpu", dtype="fp32", warmup=False))
+    yield engine, waves
+    engine.close()
+
+
+def _pcm16(audio: np.ndarray) -> np.ndarray:
+    """The samples a 16-bit WAV of `audio` decodes to (what the pipeline hands the engine)."""
+    return (np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768).astype(np.float32)
+
+
+def _wav16(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_real_recognition_hits_and_diff_follow_the_engine(demo: Any) -> None:
+    """On real recognition: the result is the recognition with the hotwords, each hit sits on the
+    characters and the engine's times of the word, and applying the diff spans to the text gives
+    the recognition without the hotwords. (This model's hotword path barely changes its output,
+    MODEL_CARD.md, so the hotwords are words it writes anyway; the constructed tests above cover
+    text the hotwords change.)"""
+    engine, waves = demo
+    plain = engine.transcribe(waves)
+    hotwords = tuple(dict.fromkeys(r.text[i:i + 2] for r in plain for i in (0, 4) if len(r.text) >= i + 2))
+    biased = engine.transcribe(waves, [list(hotwords)] * len(waves))
+    counting = CountingEngine(engine)
+    settings = load_settings(None, engine={"device": "cpu"}, longform={"punc_model": None}, pipeline={"itn": False})
+    results = transcribe_files(settings, counting, [_wav16(w) for w in waves],
+                               Options(hotwords=hotwords, hotword_diff=True, vad=False))
+    assert sum(counting.calls) == 2 * len(waves) and len(counting.calls) < len(waves)  # twice each, batched
+    hits = 0
+    for result, b, p in zip(results, biased, plain):
+        assert result.text == b.text
+        rebuilt, at = [], 0
+        for d in result.hotword_diff:
+            assert result.text[d.start:d.end] == d.with_hotwords
+            rebuilt += [result.text[at:d.start], d.without_hotwords]
+            at = d.end
+        assert "".join([*rebuilt, result.text[at:]]) == p.text
+        assert (result.hotword_diff == ()) is (b.text == p.text)
+        for h in result.hotword_hits:
+            assert result.text[h.start:h.end] == h.word and h.word in hotwords
+            # One token per character here (no punctuation, no ITN): the word's engine times.
+            stamps = b.timestamps[h.start:h.end]
+            assert (h.start_ms, h.end_ms) == (stamps[0][0], min(stamps[-1][1], result.duration_ms))
+        hits += len(result.hotword_hits)
+    print(f"\n{hits} hotword hits in {len(results)} clips; "
+          f"{sum(bool(r.hotword_diff) for r in results)} clips changed by the hotwords")
+    assert hits >= len(waves)
