@@ -452,11 +452,16 @@ class Pipeline:
         plain = None
         try:
             if options.hotword_diff and options.hotwords:
-                # Both queued in one step, side by side: they share an engine batch.
-                transcript, plain = await asyncio.gather(
-                    self.scheduler.submit(chunk.audio, options.hotwords, block=background),
-                    self.scheduler.submit(chunk.audio, (), block=background),
-                )
+                # Both queued in one step, side by side: they share an engine batch. If one
+                # fails, the other is withdrawn (a cancelled wait is skipped by the scheduler).
+                both = [asyncio.ensure_future(self.scheduler.submit(chunk.audio, words, block=background))
+                        for words in (options.hotwords, ())]
+                try:
+                    transcript, plain = await asyncio.gather(*both)
+                except BaseException:
+                    for task in both:
+                        task.cancel()
+                    raise
             else:
                 transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
         except ASRError:

@@ -118,15 +118,20 @@ class JobSummary:
     total: int
     done: int
     failed: int
-    pending: int
-    """Files not finished yet (waiting or running)."""
+    waiting: int
+    running: int
     first_file: str
+
+    @property
+    def pending(self) -> int:
+        """Files not finished yet (waiting or running), as GET /api/jobs/{id} counts them."""
+        return self.waiting + self.running
 
     @property
     def status(self) -> JobStatus:
         if self.done + self.failed == self.total:
             return "done"
-        return "queued" if self.pending == self.total else "running"
+        return "queued" if self.waiting == self.total else "running"
 
 
 def connect_database(db_path: Path) -> sqlite3.Connection:
@@ -335,14 +340,13 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(
                 "SELECT j.id, j.created_at, COUNT(f.idx), "
-                "SUM(f.status='done'), SUM(f.status='failed'), SUM(f.status='pending'), "
+                "SUM(f.status='done'), SUM(f.status='failed'), SUM(f.status='pending'), SUM(f.status='running'), "
                 "(SELECT name FROM files WHERE job_id=j.id AND idx=0) "
                 f"FROM jobs j JOIN files f ON f.job_id = j.id {where} "
                 "GROUP BY j.id ORDER BY j.created_at DESC, j.id DESC LIMIT ?",
                 args,
             ).fetchall()
-        return [JobSummary(r[0], r[1], int(r[2]), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0), r[6] or "")
-                for r in rows]
+        return [JobSummary(r[0], r[1], int(r[2]), *(int(n or 0) for n in r[3:7]), r[7] or "") for r in rows]
 
     def result_totals(self, job_id: str) -> tuple[int, int] | None:
         """(files, bytes of stored results) of a job, or None when there is no such job.
