@@ -245,10 +245,12 @@ def build_ui(service: Service) -> gr.Blocks:
     limits = service.settings.limits
     direct = not service.settings.server.gradio_queue
 
+    # The inputs issue #13 added (channels, channel names, hotword sets, hotword_diff) come last,
+    # so callers of Gradio's API (/gradio_api/call/transcribe_single) keep their positions.
     async def transcribe_single(
-        audio_path: str | None, hotwords: str, hotword_sets: list[str] | None, hotword_diff: bool,
-        timestamps: bool, fmt: str, vad: str, punc: bool, itn: bool, speakers: bool,
-        num_speakers: float | None, channels: str, channel_names: str,
+        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str, vad: str, punc: bool, itn: bool,
+        speakers: bool, num_speakers: float | None, channels: str = "mix", channel_names: str = "",
+        hotword_sets: list[str] | None = None, hotword_diff: bool = False,
     ) -> tuple[str, str, str, list[list[Any]], list[str]]:
         if not audio_path:
             raise gr.Error("请先上传或录制音频。 Please upload or record audio first.", print_exception=False)
@@ -270,8 +272,9 @@ def build_ui(service: Service) -> gr.Blocks:
 
     async def run_batch(
         files: list[dict[str, Any]] | None, folder: list[dict[str, Any]] | None, hotwords: str,
-        hotword_sets: list[str] | None, hotword_diff: bool, vad: str, punc: bool, itn: bool, speakers: bool,
-        num_speakers: float | None, channels: str, channel_names: str,
+        vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
+        channels: str = "mix", channel_names: str = "", hotword_sets: list[str] | None = None,
+        hotword_diff: bool = False,
     ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
         # Without batch_opt.js (or with ?batch_opt=0) the batch tab runs here; with it, the page
         # script uploads the files to /api/batch_async itself and this is never called.
@@ -364,7 +367,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 single_run.click(
                     transcribe_single,
-                    [audio, single_hotwords, *single_hotword_opts, single_ts, single_fmt, *_single_long],
+                    [audio, single_hotwords, single_ts, single_fmt, *_single_long, *single_hotword_opts],
                     [single_text, single_explain, single_stats, single_table, single_files],
                     concurrency_limit=None,
                     queue=not direct,
@@ -408,7 +411,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 batch_run.click(
                     run_batch,
-                    [batch_files, batch_folder, batch_hotwords, *batch_hotword_opts, *_batch_long],
+                    [batch_files, batch_folder, batch_hotwords, *_batch_long, *batch_hotword_opts],
                     [batch_progress, batch_table, batch_zip],
                     concurrency_limit=None,
                     api_name="run_batch",
