@@ -686,6 +686,10 @@ class _TextIndex:
         spans.sort()
         self._spans = spans
         self._starts = [s[0] for s in spans]
+        self._ends = [s[1] for s in spans]  # words never share a character: ends are sorted too
+        self._by_time = sorted(spans, key=lambda s: s[2])
+        self._time_starts = [s[2] for s in self._by_time]
+        self._longest_ms = max((s[3] - s[2] for s in spans), default=0)
         self._length = len(text)
 
     def offset(self, channel: int, index: int) -> int | None:
@@ -694,8 +698,7 @@ class _TextIndex:
 
     def times(self, start: int, end: int) -> tuple[int, int] | None:
         """(start_ms, end_ms) of the words holding characters [start, end)."""
-        hi = bisect.bisect_left(self._starts, end)
-        inside = [s for s in self._spans[:hi] if s[1] > start]
+        inside = self._spans[bisect.bisect_right(self._ends, start):bisect.bisect_left(self._starts, end)]
         if not inside:
             return None
         return min(s[2] for s in inside), max(s[3] for s in inside)
@@ -703,12 +706,15 @@ class _TextIndex:
     def chars(self, start_ms: int, end_ms: int) -> tuple[int, int]:
         """The characters of the text spoken from start_ms to end_ms (an empty range at the next
         word when none was)."""
-        inside = [s for s in self._spans
+        # Words starting from start_ms - the longest word's length up to end_ms can overlap.
+        lo = bisect.bisect_left(self._time_starts, start_ms - self._longest_ms)
+        near = self._by_time[lo:bisect.bisect_right(self._time_starts, end_ms)]
+        inside = [s for s in near
                   if (s[2] < end_ms and s[3] > start_ms) or (s[2] == s[3] == start_ms) or (start_ms == end_ms == s[2])]
         if inside:
             return min(s[0] for s in inside), max(s[1] for s in inside)
-        after = [s[0] for s in self._spans if s[2] >= start_ms]
-        at = min(after) if after else self._length
+        after = self._by_time[bisect.bisect_left(self._time_starts, start_ms):]
+        at = min((s[0] for s in after), default=self._length)
         return at, at
 
     def diff(self, parts: Sequence[_Part]) -> list[DiffSpan]:
