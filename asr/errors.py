@@ -24,6 +24,8 @@ HTTP_STATUS: dict[str, int] = {
     "no_audio_stream": 415,
     # What a request asks for
     "invalid_hotwords": 422,
+    "too_many_hotword_sets": 422,
+    "unknown_hotword_set": 422,
     "invalid_options": 422,
     "invalid_vad_options": 422,
     "invalid_punc_options": 422,
@@ -40,6 +42,8 @@ HTTP_STATUS: dict[str, int] = {
     "request_timeout": 504,
     # Lookups
     "job_not_found": 404,
+    "hotword_set_not_found": 404,
+    "hotword_set_exists": 409,
     "invalid_request": 400,
     # The server's own state
     "model_load_failed": 503,
@@ -163,6 +167,12 @@ class RequestTimeoutError(ASRError):
 # ---- lookups and the server's own state -----------------------------------------------------
 
 
+class InvalidRequestError(ASRError):
+    """A request parameter that cannot be read (a page cursor that is not ours)."""
+
+    code = "invalid_request"
+
+
 class ArchiveRequestError(ASRError):
     """A download names no job, or a job more than once."""
 
@@ -173,6 +183,19 @@ class JobNotFoundError(ASRError):
     """No job has this id (or it was removed)."""
 
     code = "job_not_found"
+
+
+class HotwordSetNotFoundError(ASRError):
+    """No hotword set has this name (the sets API; a transcription naming an unknown set gets
+    `OptionsError` with code `unknown_hotword_set`)."""
+
+    code = "hotword_set_not_found"
+
+
+class HotwordSetExistsError(ASRError):
+    """A hotword set with this name exists already (create it with another name, or replace it)."""
+
+    code = "hotword_set_exists"
 
 
 class ModelLoadError(ASRError):
