@@ -40,7 +40,8 @@ HTTP_STATUS: dict[str, int] = {
     "busy": 503,
     "out_of_memory": 503,
     "request_timeout": 504,
-    # Lookups
+    # Lookups and access
+    "token_required": 403,
     "job_not_found": 404,
     "hotword_set_not_found": 404,
     "hotword_set_exists": 409,
@@ -177,6 +178,13 @@ class ArchiveRequestError(ASRError):
     """A download names no job, or a job more than once."""
 
     code = "invalid_request"
+
+
+class TokenRequiredError(ASRError):
+    """An administrative route (listing every job, changing hotword sets) on a service that other
+    machines can reach and that has no `server.api_token`."""
+
+    code = "token_required"
 
 
 class JobNotFoundError(ASRError):

@@ -37,6 +37,7 @@ ZH: dict[str, str] = {
     "request_timeout": "识别超时：服务繁忙或文件过长，请稍后重试，或改用批量处理。",
     # Lookups, access
     "job_not_found": "找不到该作业（可能已过期删除）。",
+    "token_required": "服务对其他机器开放且未设置令牌：列出作业和修改热词集需要设置 server.api_token。",
     "hotword_set_not_found": "找不到该热词组。",
     "hotword_set_exists": "同名的热词组已存在。",
     "not_found": "找不到该地址。",

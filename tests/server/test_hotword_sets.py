@@ -326,3 +326,25 @@ def test_cli_flags_map_onto_the_options_and_read_the_servers_sets(tmp_path: Path
     assert resolved.hotword_sets == (HotwordSetUse("客服", 1), HotwordSetUse("tech", 1))
     with pytest.raises(HotwordError):
         HotwordSetStore(tmp_path / "jobs.sqlite3", LimitSettings(max_hotwords=1)).resolve(options)
+
+
+def test_listing_jobs_and_changing_sets_need_a_token_once_other_machines_can_connect(
+    engine: Any, tmp_path: Path
+) -> None:
+    """Without a token, job ids are the only secret a job has: a service bound beyond loopback
+    refuses to list them (and to let anyone rewrite a shared hotword set); with a token it does."""
+    open_settings = service_settings(Path("unused"), tmp_path / "open", server={"host": "0.0.0.0", "ui": False})
+    with TestClient(create_app(open_settings, engine=engine)) as c:
+        listed = c.get("/api/jobs")
+        assert listed.status_code == 403 and listed.json()["error"]["code"] == "token_required"
+        assert "server.api_token" in listed.json()["error"]["message"]
+        made = c.post("/api/hotword_sets", json={"name": "x", "words": ["达摩院"]})
+        assert made.status_code == 403
+        assert c.get("/api/hotword_sets").status_code == 200  # reading the sets stays open
+    token_settings = service_settings(
+        Path("unused"), tmp_path / "token", server={"host": "0.0.0.0", "api_token": "s3cret", "ui": False}
+    )
+    with TestClient(create_app(token_settings, engine=engine)) as c:
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.get("/api/jobs", headers=auth).status_code == 200
+        assert c.post("/api/hotword_sets", json={"name": "x", "words": ["达摩院"]}, headers=auth).status_code == 201

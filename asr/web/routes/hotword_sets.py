@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from asr.service.core import Service
-from asr.web.deps import get_service
+from asr.web.deps import get_service, require_admin
 
 router = APIRouter(prefix="/api/hotword_sets", tags=["hotword sets"])
 
@@ -40,7 +40,7 @@ class NewSet(SetContent):
     name: str = Field(description="Letters (Chinese too), digits, '-', '_', '.'; at most 64", examples=["客服"])
 
 
-@router.post("", status_code=201, summary="Create a hotword set (version 1)")
+@router.post("", status_code=201, summary="Create a hotword set (version 1)", dependencies=[Depends(require_admin)])
 async def create_set(service: Annotated[Service, Depends(get_service)], body: NewSet) -> dict[str, Any]:
     made = await asyncio.to_thread(service.hotword_sets.create, body.name, body.words, body.corrections)
     return made.to_dict()
@@ -56,7 +56,11 @@ async def get_set(service: Annotated[Service, Depends(get_service)], name: str) 
     return service.hotword_sets.get(name).to_dict()
 
 
-@router.put("/{name}", summary="Replace a set's words and corrections (its version goes up if they change)")
+@router.put(
+    "/{name}",
+    summary="Replace a set's words and corrections (its version goes up if they change)",
+    dependencies=[Depends(require_admin)],
+)
 async def replace_set(
     service: Annotated[Service, Depends(get_service)], name: str, body: SetContent
 ) -> dict[str, Any]:
@@ -64,7 +68,12 @@ async def replace_set(
     return changed.to_dict()
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a hotword set (jobs that used it keep their words)")
+@router.delete(
+    "/{name}",
+    status_code=204,
+    summary="Delete a hotword set (jobs that used it keep their words)",
+    dependencies=[Depends(require_admin)],
+)
 async def delete_set(service: Annotated[Service, Depends(get_service)], name: str) -> Response:
     await asyncio.to_thread(service.hotword_sets.delete, name)
     return Response(status_code=204)

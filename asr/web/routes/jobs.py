@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from asr.errors import InvalidRequestError
 from asr.service.archive import plan_archive, stream_archive
 from asr.service.core import Service, job_to_dict, summary_to_dict
-from asr.web.deps import get_service
+from asr.web.deps import get_service, require_admin
 from asr.web.messages import zh
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
@@ -63,7 +63,7 @@ async def batch_async(
     }
 
 
-@router.get("/jobs", summary="Jobs, newest first, a page at a time")
+@router.get("/jobs", summary="Jobs, newest first, a page at a time", dependencies=[Depends(require_admin)])
 async def list_jobs(
     service: Annotated[Service, Depends(get_service)],
     limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page")] = 20,
