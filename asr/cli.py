@@ -47,7 +47,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.runtime import configure_process
     from asr.settings import load_settings, resolve_config
 
-    overrides: dict = {"engine": {"warmup": False}, "longform": {}}
+    overrides: dict = {"engine": {"warmup": False}, "longform": {}, "server": {}}
     for key in ("model", "device", "dtype", "attention"):
         if getattr(args, key):
             overrides["engine"][key] = getattr(args, key)
@@ -55,6 +55,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                       ("speaker_model", "speaker_model")):
         if getattr(args, name):
             overrides["longform"][key] = getattr(args, name)
+    if args.data_dir:
+        overrides["server"]["data_dir"] = args.data_dir
     missing = [name for name in args.inputs if not Path(name).exists()]
     if missing:
         print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
@@ -71,8 +73,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     options = Options.from_form(
         hotwords=hotword_text, vad=switch[args.vad], punc=switch[args.punc],
         speakers=args.speakers is not None, num_speakers=args.speakers or None, itn=switch[args.itn],
+        hotword_sets=args.hotword_set or [], hotword_diff=args.hotword_diff, channels=args.channels,
+        channel_names=args.channel_names or "",
         max_hotwords=settings.limits.max_hotwords, max_hotword_chars=settings.limits.max_hotword_chars,
     )
+    if options.hotword_sets:
+        options = _resolve_sets(settings, options)
     files = find_audio_files(args.inputs)
     if not files:
         print("no audio files found", file=sys.stderr)
@@ -80,6 +86,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     configure_process(settings)
     engine = Engine.from_settings(settings.engine)
     return asyncio.run(_transcribe_files(settings, engine, files, options, args))
+
+
+def _resolve_sets(settings: Settings, options: Options) -> Options:
+    """The named sets from the server's database (`server.jobs_db`, or `<data_dir>/jobs.sqlite3`),
+    read as they are now; the CLI never writes it."""
+    from asr.service.hotword_sets import HotwordSetStore
+
+    db = settings.server.jobs_db or Path(settings.server.data_dir) / "jobs.sqlite3"
+    store = HotwordSetStore.open_existing(db, settings.limits)
+    try:
+        return store.resolve(options)
+    finally:
+        store.close()
 
 
 async def _transcribe_files(
@@ -158,12 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
     tr.add_argument("--hotwords", help="hotwords, separated by spaces, commas or new lines")
     tr.add_argument("--hotword-file", help="a text file of hotwords, one per line")
+    tr.add_argument("--hotword-set", action="append", metavar="NAME",
+                    help="a named hotword set of the server (words and corrections; repeat for more), read "
+                    "from the server's database in --data-dir")
+    tr.add_argument("--data-dir", help="the server's data directory, for --hotword-set (server.data_dir)")
+    tr.add_argument("--hotword-diff", action="store_true",
+                    help="also recognise without the hotwords and record where the text differs (hotword_diff)")
+    tr.add_argument("--channels", choices=["mix", "split"], default="mix",
+                    help="mix: channels averaged (default); split: each channel recognised on its own and "
+                    "labelled (two-channel call recordings)")
+    tr.add_argument("--channel-names", metavar="A,B",
+                    help="with --channels split: names for channels 1, 2, ... (e.g. 坐席,客户)")
     tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
     tr.add_argument("--output-dir", default="transcripts")
     tr.add_argument("--model", help="model directory or ModelScope id")
     tr.add_argument("--config", help="settings YAML, a profile name (configs/<name>.yaml) or auto (by GPU)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"])
+    tr.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16", "int8"])
     tr.add_argument("--attention", choices=["auto", "flash-attn", "varlen", "sdpa", "eager"])
     tr.add_argument("--vad", action=argparse.BooleanOptionalAction, default=None,
                     help="cut recordings into speech segments (sentence timestamps, any length); "

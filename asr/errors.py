@@ -24,6 +24,8 @@ HTTP_STATUS: dict[str, int] = {
     "no_audio_stream": 415,
     # What a request asks for
     "invalid_hotwords": 422,
+    "too_many_hotword_sets": 422,
+    "unknown_hotword_set": 422,
     "invalid_options": 422,
     "invalid_vad_options": 422,
     "invalid_punc_options": 422,
@@ -47,8 +49,11 @@ HTTP_STATUS: dict[str, int] = {
     "live_too_long": 413,
     "live_not_reading": 408,
     "too_many_connections": 503,
-    # Lookups
+    # Lookups and access
+    "token_required": 403,
     "job_not_found": 404,
+    "hotword_set_not_found": 404,
+    "hotword_set_exists": 409,
     "invalid_request": 400,
     # The server's own state
     "model_load_failed": 503,
@@ -202,16 +207,42 @@ class RequestTimeoutError(ASRError):
 # ---- lookups and the server's own state -----------------------------------------------------
 
 
+class InvalidRequestError(ASRError):
+    """A request parameter that cannot be read (a page cursor that is not ours)."""
+
+    code = "invalid_request"
+
+
 class ArchiveRequestError(ASRError):
     """A download names no job, or a job more than once."""
 
     code = "invalid_request"
 
 
+class TokenRequiredError(ASRError):
+    """An administrative route (listing every job, changing hotword sets) on a service that other
+    machines can reach and that has no `server.api_token`."""
+
+    code = "token_required"
+
+
 class JobNotFoundError(ASRError):
     """No job has this id (or it was removed)."""
 
     code = "job_not_found"
+
+
+class HotwordSetNotFoundError(ASRError):
+    """No hotword set has this name (the sets API; a transcription naming an unknown set gets
+    `OptionsError` with code `unknown_hotword_set`)."""
+
+    code = "hotword_set_not_found"
+
+
+class HotwordSetExistsError(ASRError):
+    """A hotword set with this name exists already (create it with another name, or replace it)."""
+
+    code = "hotword_set_exists"
 
 
 class ModelLoadError(ASRError):

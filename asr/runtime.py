@@ -3,6 +3,7 @@ launch), never as a side effect of building an object."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from asr.settings import Settings
@@ -14,10 +15,15 @@ GPU_SWITCH_INTERVAL_S = 0.0005
 
 
 def configure_process(settings: Settings) -> None:
-    """Torch's CPU threads (`engine.num_threads`) and, on a GPU box, a short GIL switch interval."""
+    """Torch's CPU threads (`engine.num_threads`, else the cores this process may use) and, on a
+    GPU box, a short GIL switch interval."""
     import torch
 
     if settings.engine.num_threads:
         torch.set_num_threads(settings.engine.num_threads)
+    elif settings.engine.device == "cpu" or not torch.cuda.is_available():
+        # The cores this process may run on (a container's or taskset's share), not the machine's.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, cores or 1))
     if settings.engine.device != "cpu" and torch.cuda.is_available():
         sys.setswitchinterval(min(sys.getswitchinterval(), GPU_SWITCH_INTERVAL_S))

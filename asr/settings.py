@@ -37,8 +37,9 @@ class EngineSettings(BaseModel):
     """Where ModelScope ids are downloaded to and looked up in."""
     device: str = "auto"
     """'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    """'auto': bf16 on GPUs that support it, fp16 on older GPUs, int8 on CPU (dynamic int8 linear
+    layers, fp32 activations); 'fp32' is the reference path."""
     attention: Literal["auto", "flash-attn", "varlen", "sdpa", "eager"] = "auto"
     """Attention kernel; 'auto' picks the fastest available and logs the choice."""
     frontend: Literal["auto", "torch", "funasr"] = "auto"
@@ -138,7 +139,16 @@ class LimitSettings(BaseModel):
     max_files_per_job: int = Field(default=1000, ge=1)
     max_hotwords: int = Field(default=1000, ge=0)
     max_hotword_chars: int = Field(default=32, ge=1)
-    """Longest single hotword, in characters."""
+    """Longest single hotword, in characters (also each side of a correction)."""
+    max_hotword_sets: int = Field(default=100, ge=0)
+    """Named hotword sets the service keeps (`/api/hotword_sets`)."""
+    max_set_words: int = Field(default=1000, ge=0)
+    """Words in one hotword set."""
+    max_set_corrections: int = Field(default=1000, ge=0)
+    """Correction-dictionary entries (错词 -> 正词) in one hotword set."""
+    max_split_channels: int = Field(default=8, ge=1)
+    """Channels a recording may have when channels='split' asks for each to be recognised on its
+    own (each channel costs as much as a recording)."""
     max_queue: int = Field(default=512, ge=1)
     """Items waiting for the GPU before new requests get 503 + Retry-After."""
     decoded_audio_mb: float = Field(default=2048.0, gt=0)

@@ -64,7 +64,8 @@ def engine(tiny_model_dir: Path):
     from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
-    return Engine.from_settings(EngineSettings(model=str(tiny_model_dir), device="cpu", warmup=False))
+    # fp32: the reference path, compared with funasr's own results (int8 is tests/test_int8.py's).
+    return Engine.from_settings(EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="fp32", warmup=False))
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_fixtures import all_formats, encode_soundfile, tone_with_noise
+from audio_fixtures import all_formats, encode_av, encode_soundfile, tone_with_noise
 
 from asr.errors import AudioError, LimitError
 from asr.pipeline.audio import SAMPLE_RATE, decode_audio
@@ -155,3 +156,52 @@ def test_pcm16_wav_fast_path_reads_a_spooled_upload(monkeypatch: pytest.MonkeyPa
         spooled.seek(0)
         monkeypatch.setattr(audio_module, "_open_soundfile", lambda *a: pytest.fail("took the libsndfile path"))
         assert np.array_equal(decode_audio(spooled), decode_audio(data))
+
+
+# ---- channels="split": the same decoders, channels kept apart --------------------------------
+
+
+def _two_tones(rate: int, seconds: float = 1.0) -> np.ndarray:
+    """Left 500 Hz, right 1500 Hz: which channel is which can be told from the spectrum."""
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.4 * np.sin(2 * np.pi * 500 * t), 0.4 * np.sin(2 * np.pi * 1500 * t)], 1).astype(np.float32)
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    x = x[800:-800]
+    return float(np.argmax(np.abs(np.fft.rfft(x))) * SAMPLE_RATE / len(x))
+
+
+def _split(source: bytes) -> tuple[np.ndarray, int]:
+    from asr.pipeline.audio import open_audio
+
+    with open_audio(source, channels="split") as stream:
+        blocks = list(stream.blocks())
+        return np.concatenate(blocks), stream.channels
+
+
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        ("pcm16 8 kHz (telephone, the wave fast path)", lambda x: encode_soundfile(x, 8000, "WAV", "PCM_16")),
+        ("flac 8 kHz (libsndfile)", lambda x: encode_soundfile(x, 8000, "FLAC", "PCM_16")),
+        ("mp3 16 kHz (FFmpeg)", lambda x: encode_av(_two_tones(16000, 1.5), 16000, "libmp3lame", "mp3")),
+    ],
+)
+def test_split_keeps_each_channel_apart(name: str, encode: Any) -> None:
+    data = encode(_two_tones(8000))
+    audio, channels = _split(data)
+    assert channels == 2 and audio.ndim == 2 and audio.shape[1] == 2 and audio.dtype == np.float32
+    assert abs(_peak_hz(audio[:, 0]) - 500) < 5 and abs(_peak_hz(audio[:, 1]) - 1500) < 5
+    # The mixed stream of the same bytes is the mean of the split channels.
+    mixed = decode_audio(data)
+    assert len(mixed) == len(audio)
+    np.testing.assert_allclose(mixed, audio.mean(axis=1), atol=2e-3)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_split_gives_every_format_its_channel_count(name: str) -> None:
+    audio, channels = _split(FORMATS[name])
+    expected = 6 if "six" in name else 2 if ("stereo" in name or name in ("vorbis.ogg",)) else 1
+    assert channels == expected and audio.shape[1] == expected
+    assert abs(len(audio) - 1.5 * SAMPLE_RATE) < 0.02 * SAMPLE_RATE

@@ -28,6 +28,7 @@ from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, spl
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
+from asr.engine.int8 import int8_available, quantize_linears
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
@@ -49,11 +50,30 @@ def _stage(name: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "fp32" or (setting == "auto" and device.type != "cuda"):
+    """The dtype activations run in (int8 quantizes the weights of linear layers; activations stay fp32)."""
+    if setting in ("fp32", "int8") or (setting == "auto" and device.type != "cuda"):
         return torch.float32
     if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def _wants_int8(setting: str, device: torch.device) -> bool:
+    if setting == "int8" and device.type != "cpu":
+        raise ValueError("dtype 'int8' runs on the CPU; on a GPU use bf16 or fp16")
+    return setting == "int8" or (setting == "auto" and device.type == "cpu")
+
+
+def _quantize_int8(model: torch.nn.Module) -> None:
+    """The encoder's and decoder's linear layers with int8 weights and per-row int8 activations
+    (`asr.engine.int8`). They hold almost all of the network's arithmetic. The CIF predictor (it
+    decides token counts), the timestamp head and the hotword bias path stay fp32."""
+    if not int8_available():
+        raise ValueError("dtype 'int8' needs torch's CPU int8 product (torch._int_mm); use fp32")
+    for name in ("encoder", "decoder"):
+        part = getattr(model, name, None)
+        if part is not None:
+            quantize_linears(part)
 
 
 class Engine:
@@ -77,6 +97,9 @@ class Engine:
         else:
             # fp16 runs under autocast on fp32 weights, so an item that overflows can be redone in fp32.
             self.model.float()
+        self.quantized = _wants_int8(settings.dtype, device)
+        if self.quantized:
+            _quantize_int8(self.model)
         self.token_list = loaded.token_list
         self._sos = int(getattr(self.model, "sos", 1))
         self._eos = int(getattr(self.model, "eos", 2))
@@ -168,7 +191,7 @@ class Engine:
             "model": str(self.loaded.files.root),
             "device": str(self.device),
             "gpu": gpu,
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": "int8" if self.quantized else str(self.dtype).replace("torch.", ""),
             "attention": self.attention_backend,
             "timestamp_lstm": self.lstm_backend,
             "cuda_graphs": self._graphs is not None,

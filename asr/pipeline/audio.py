@@ -1,5 +1,9 @@
 """Audio decoding: any file or bytes a user sends in, float32 16 kHz mono out, as a stream.
 
+Mono is the mean of the channels. `open_audio(..., channels="split")` keeps them apart instead
+(two-channel call recordings: one speaker per channel): the same decoders then yield
+[frames, channels] blocks, resampled together.
+
 `open_audio` reads the header (length, rate) and then decodes on demand, block by block, so a
 long or heavily compressed file never sits in memory decoded whole: a 4-hour 8 kHz mp3 of 14 MB
 would be 920 MB as float32 at 16 kHz. `decode_audio` joins the blocks for callers that want one
@@ -22,7 +26,7 @@ import os
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import soundfile as sf
@@ -44,11 +48,13 @@ BLOCK_S = 10.0
 _CONTAINER_MAGIC = {b"RIFF": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"FORM": "AIFF"}
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+ChannelMode = Literal["mix", "split"]
 
 
 class AudioStream:
     """An opened recording: its length from the header (when the format states one) and its
-    samples, decoded on demand as float32 mono 16 kHz blocks by `blocks()`.
+    samples, decoded on demand as float32 16 kHz blocks by `blocks()`: mono, or with `split`
+    (`open_audio(..., channels="split")`) [frames, channels] arrays.
 
     Decoding errors surface from `blocks()` as `AudioError`/`LimitError`; a truncated tail keeps
     what decoded, as players do. Use as a context manager, or call `close()`.
@@ -61,8 +67,14 @@ class AudioStream:
         source_blocks: Iterator[np.ndarray],
         close: Callable[[], None],
         max_duration_s: float | None,
+        channels: int = 1,
+        split: bool = False,
     ) -> None:
         self.rate = rate
+        self.channels = channels
+        """Channels in the source (as its header says)."""
+        self.split = split
+        """Blocks keep the channels apart ([frames, channels]) instead of mixing them."""
         self.duration_s = duration_s
         """Length stated by the header (an estimate for compressed formats), None if unknown."""
         self._source_blocks = source_blocks
@@ -73,10 +85,12 @@ class AudioStream:
         """16 kHz samples yielded so far."""
 
     def blocks(self) -> Iterator[np.ndarray]:
-        """The audio as float32 mono 16 kHz blocks (about `BLOCK_S` seconds each)."""
+        """The audio as float32 16 kHz blocks (about `BLOCK_S` seconds each): mono, or
+        [frames, channels] when the stream was opened with channels="split"."""
         resampler = (
             None if self.rate == SAMPLE_RATE
-            else soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            else soxr.ResampleStream(self.rate, SAMPLE_RATE, self.channels if self.split else 1,
+                                     dtype="float32", quality="HQ")
         )  # fmt: skip
         source_total = 0
         for block in self._source_blocks:
@@ -92,7 +106,8 @@ class AudioStream:
                 self.samples += len(out)
                 yield np.ascontiguousarray(out, dtype=np.float32)
         if resampler is not None and source_total:
-            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            empty = np.zeros((0, self.channels) if self.split else 0, np.float32)
+            tail = resampler.resample_chunk(empty, last=True)
             if len(tail):
                 self.samples += len(tail)
                 yield np.ascontiguousarray(tail, dtype=np.float32)
@@ -109,12 +124,16 @@ class AudioStream:
         self.close()
 
 
-def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> AudioStream:
+def open_audio(
+    source: AudioSource, *, max_duration_s: float | None = None, channels: ChannelMode = "mix"
+) -> AudioStream:
     """Open `source` (bytes, a path or a seekable binary file object) for streamed decoding.
 
+    `channels`: "mix" yields mono blocks (the channels' mean), "split" [frames, channels] blocks.
     Raises AudioError for empty or undecodable input and LimitError when the header already says
     the audio is longer than `max_duration_s` (a longer stream is refused while it decodes).
     """
+    split = channels == "split"
     handle, owned = _open_source(source)
     # libsndfile and FFmpeg read a path natively; a file object costs a Python callback per read.
     name = str(source) if isinstance(source, (str, os.PathLike)) else None
@@ -130,7 +149,8 @@ def open_audio(source: AudioSource, *, max_duration_s: float | None = None) -> A
         for opener in openers:
             handle.seek(0)
             try:
-                stream = opener(handle if opener is _open_wav_pcm16 or name is None else name, size, max_duration_s)
+                stream = opener(handle if opener is _open_wav_pcm16 or name is None else name, size, max_duration_s,
+                                split)
             except AudioError as exc:
                 if exc.code == "unsupported_format" and magic in _CONTAINER_MAGIC:
                     # The container is one we know (its magic says so): it is damaged, not foreign.
@@ -203,12 +223,16 @@ def _check_rate(rate: int) -> None:
         )
 
 
-def _mono(block: np.ndarray) -> np.ndarray:
-    """Channels averaged: [frames, channels] -> [frames]."""
+def _layout(block: np.ndarray, split: bool) -> np.ndarray:
+    """[frames, channels] -> the channels averaged ([frames]), or kept apart with `split`."""
+    if split:
+        return np.ascontiguousarray(block, dtype=np.float32)
     return block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
 
 
-def _open_wav_pcm16(handle: BinaryIO, size: int, max_duration_s: float | None) -> AudioStream | None:
+def _open_wav_pcm16(
+    handle: BinaryIO, size: int, max_duration_s: float | None, split: bool = False
+) -> AudioStream | None:
     """Plain 16-bit PCM WAV, or None for anything else (soundfile then reads or diagnoses it).
     Samples equal libsndfile's float32 reading (int / 32768)."""
     head = handle.read(12)
@@ -253,9 +277,9 @@ def _open_wav_pcm16(handle: BinaryIO, size: int, max_duration_s: float | None) -
             if n == 0:
                 break
             pcm = np.frombuffer(raw, dtype="<i2", count=n * channels).reshape(n, channels)
-            yield _mono(pcm.astype(np.float32) * np.float32(1 / 32768))
+            yield _layout(pcm.astype(np.float32) * np.float32(1 / 32768), split)
 
-    return AudioStream(rate, frames / rate, blocks(), wav.close, max_duration_s)
+    return AudioStream(rate, frames / rate, blocks(), wav.close, max_duration_s, channels, split)
 
 
 def _looks_like_mpeg(head: bytes) -> bool:
@@ -263,7 +287,9 @@ def _looks_like_mpeg(head: bytes) -> bool:
     return head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
-def _open_soundfile(handle: BinaryIO | str, size: int, max_duration_s: float | None) -> AudioStream | None:
+def _open_soundfile(
+    handle: BinaryIO | str, size: int, max_duration_s: float | None, split: bool = False
+) -> AudioStream | None:
     try:
         snd = sf.SoundFile(handle)
     except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -299,9 +325,10 @@ def _open_soundfile(handle: BinaryIO | str, size: int, max_duration_s: float | N
             if not len(block):
                 return
             decoded = True
-            yield _mono(block)
+            yield _layout(block, split)
 
-    return AudioStream(rate, snd.frames / rate if known else None, blocks(), snd.close, max_duration_s)
+    return AudioStream(rate, snd.frames / rate if known else None, blocks(), snd.close, max_duration_s,
+                       snd.channels, split)
 
 
 # FFmpeg's demuxers accept odd streams (no sample rate, zero channels, broken layouts) that PyAV
@@ -309,7 +336,7 @@ def _open_soundfile(handle: BinaryIO | str, size: int, max_duration_s: float | N
 _AV_ODDITIES = (AttributeError, TypeError, ValueError, IndexError, KeyError, OverflowError, RuntimeError)
 
 
-def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) -> AudioStream:
+def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, split: bool = False) -> AudioStream:
     import av  # imported lazily: only compressed formats need FFmpeg
 
     try:
@@ -328,6 +355,7 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
         if not rate:
             raise AudioError("The audio stream has no sample rate.", code="bad_header")
         _check_rate(rate)
+        channels = max(1, len(stream.layout.channels)) if stream.layout is not None else 1
         estimate = None
         if stream.duration is not None and stream.time_base is not None:
             estimate = float(stream.duration * stream.time_base)
@@ -348,13 +376,21 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
                 info = np.iinfo(block.dtype)
                 block = block.astype(np.float32) / float(max(abs(info.min), info.max))
             block = block.astype(np.float32, copy=False)
-            if frame.format.is_planar:
-                mono = block.mean(axis=0)
+            n_channels = len(frame.layout.channels)
+            if split:
+                if n_channels != channels:
+                    raise AudioError(
+                        f"The audio changes from {channels} to {n_channels} channels mid-stream; it cannot be "
+                        "split by channel.", code="corrupt_audio",
+                    )
+                out = block.T if frame.format.is_planar else block.reshape(-1, n_channels)
+            elif frame.format.is_planar:
+                out = block.mean(axis=0)
             else:
-                mono = block.reshape(-1, len(frame.layout.channels)).mean(axis=1)
+                out = block.reshape(-1, n_channels).mean(axis=1)
             if frame.sample_rate and frame.sample_rate != rate:
-                mono = soxr.resample(mono, frame.sample_rate, rate, quality="HQ")
-            yield mono.astype(np.float32, copy=False)
+                out = soxr.resample(out, frame.sample_rate, rate, quality="HQ")
+            yield np.ascontiguousarray(out, dtype=np.float32)
 
     def blocks() -> Iterator[np.ndarray]:
         # Codec frames are small (1,152 samples for mp3): they are gathered into blocks.
@@ -364,7 +400,7 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
         source = frames()
         while True:
             try:
-                mono = next(source)
+                part = next(source)
             except StopIteration:
                 break
             except av.error.FFmpegError as exc:
@@ -375,8 +411,8 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
                 raise AudioError(
                     f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
                 ) from exc
-            pending.append(mono)
-            held += len(mono)
+            pending.append(part)
+            held += len(part)
             if held >= step:
                 decoded = True
                 yield np.concatenate(pending)
@@ -390,7 +426,7 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None) ->
         with contextlib.suppress(Exception):
             container.close()
 
-    return AudioStream(rate, estimate, blocks(), close, max_duration_s)
+    return AudioStream(rate, estimate, blocks(), close, max_duration_s, channels, split)
 
 
 def _frames(container: Any, stream: Any) -> Iterator[Any]:

@@ -8,6 +8,7 @@ overlap, run backwards or outlast the file).
 
 from __future__ import annotations
 
+import html
 from typing import Any, Literal
 
 from asr.pipeline.result import Result
@@ -76,4 +77,61 @@ def openai_response(result: Result, response_format: str, *, words: bool = False
     }
     if words:
         body["words"] = [{"word": t.text, "start": t.start_ms / 1000, "end": t.end_ms / 1000} for t in result.tokens]
+    # The explanations (extensions, in the result's own form) when there is something to explain.
+    data = result.to_dict() if result.hotword_hits or result.corrections or result.hotword_diff is not None else {}
+    for key in ("hotword_hits", "corrections"):
+        if data.get(key):
+            body[key] = data[key]
+    if result.hotword_diff is not None:
+        body["hotword_diff"] = data["hotword_diff"]
     return body
+
+
+_MARK_CLASSES = (("asr-diff", "热词改变 changed by hotwords"), ("asr-hit", "热词 hotword"),
+                 ("asr-fix", "纠错 corrected"))
+
+
+def explain_html(result: Result) -> str:
+    """The text with its hotwords, corrections and hotword_diff spans marked, then a table of the
+    diff spans: an HTML fragment for the web UI. Every piece of text is escaped: transcripts,
+    hotwords and corrections are user data."""
+    text = result.text
+    marks: list[set[str]] = [set() for _ in text]
+    removed: dict[int, list[str]] = {}
+    spans: list[tuple[str, int, int]] = [("asr-hit", h.start, h.end) for h in result.hotword_hits]
+    spans += [("asr-fix", c.start, c.end) for c in result.corrections]
+    for d in result.hotword_diff or ():
+        if d.start < d.end:
+            spans.append(("asr-diff", d.start, d.end))
+        elif d.without_hotwords:
+            removed.setdefault(d.start, []).append(d.without_hotwords)
+    for cls, start, end in spans:
+        for i in range(max(start, 0), min(end, len(text))):
+            marks[i].add(cls)
+    pieces = []
+    run = 0  # start of the run of characters with the same marks
+    for i in range(len(text) + 1):
+        if i > run and (i == len(text) or i in removed or marks[i] != marks[run]):
+            classes = " ".join(c for c, _ in _MARK_CLASSES if c in marks[run])
+            chunk = html.escape(text[run:i])
+            pieces.append(f'<mark class="{classes}">{chunk}</mark>' if classes else chunk)
+            run = i
+        for gone in removed.get(i, ()):
+            pieces.append(f'<del class="asr-removed" title="无热词时 without hotwords">{html.escape(gone)}</del>')
+    legend = " ".join(f'<mark class="{c}">{html.escape(label)}</mark>' for c, label in _MARK_CLASSES)
+    legend += ' <del class="asr-removed">无热词时才有 only without hotwords</del>'
+    out = [f'<div class="asr-explain"><p class="asr-explain-text">{"".join(pieces)}</p>',
+           f'<p class="asr-explain-legend">{legend}</p>']
+    if result.hotword_diff is not None:
+        if result.hotword_diff:
+            rows = "".join(
+                f"<tr><td>{d.start_ms / 1000:.2f}–{d.end_ms / 1000:.2f} s</td><td>{html.escape(d.with_hotwords)}</td>"
+                f"<td>{html.escape(d.without_hotwords)}</td></tr>"
+                for d in result.hotword_diff
+            )
+            out.append('<table class="asr-diff-table"><tr><th>时间 Time</th><th>有热词 With hotwords</th>'
+                       f"<th>无热词 Without</th></tr>{rows}</table>")
+        else:
+            out.append('<p class="asr-diff-none">热词没有改变识别结果。 The hotwords changed nothing.</p>')
+    out.append("</div>")
+    return "".join(out)

@@ -8,6 +8,7 @@ character; anything else becomes <unk>.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -24,11 +25,17 @@ MAX_HOTWORD_TEXT = 1 << 20
 
 
 def parse_hotwords(
-    text: str | Iterable[str] | None, *, max_count: int = 1000, max_chars: int = 32
+    text: str | Iterable[str] | None,
+    *,
+    max_count: int = 1000,
+    max_chars: int = 32,
+    count_setting: str = "limits.max_hotwords",
+    what: str = "hotwords",
 ) -> HotwordList:
     """Split user input (one per line, or separated by spaces/commas) into a clean, de-duplicated
-    tuple, keeping order. Raises HotwordError naming the limit that was broken, LimitError for
-    text over MAX_HOTWORD_TEXT characters (refused before it is split)."""
+    tuple, keeping order. Raises HotwordError naming the limit that was broken and its setting
+    (`count_setting` for the count, `limits.max_hotword_chars` for a word's length), LimitError
+    for text over MAX_HOTWORD_TEXT characters (refused before it is split)."""
     if text is None:
         return ()
     items = [text] if isinstance(text, str) else [str(item) for item in text]
@@ -48,13 +55,42 @@ def parse_hotwords(
             raise HotwordError("Hotwords must not contain NUL characters.")
         if len(word) > max_chars:
             raise HotwordError(
-                f"The hotword '{word[:20]}…' has {len(word)} characters; the limit is {max_chars}."
+                f"The hotword '{word[:20]}…' has {len(word)} characters; the limit is {max_chars} "
+                "(limits.max_hotword_chars)."
             )
         seen.add(word)
         words.append(word)
         if len(words) > max_count:
-            raise HotwordError(f"Too many hotwords: the limit is {max_count}.")
+            raise HotwordError(f"Too many {what}: the limit is {max_count} ({count_setting}).")
     return tuple(words)
+
+
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]")
+
+
+@functools.lru_cache(maxsize=256)
+def phrase_pattern(phrases: tuple[str, ...], ignore_case: bool = False) -> re.Pattern[str]:
+    """One regex finding any of `phrases`, the longest first where several start at one place.
+
+    A phrase that begins or ends with a Latin letter or digit only matches at a word edge there
+    (AI is not found inside SAID). Compiled once per distinct list (requests repeat their sets).
+    """
+    alternatives = []
+    for phrase in sorted(set(phrases), key=len, reverse=True):
+        head = r"(?<![A-Za-z0-9])" if _ASCII_WORD.match(phrase[:1]) else ""
+        tail = r"(?![A-Za-z0-9])" if _ASCII_WORD.match(phrase[-1:]) else ""
+        alternatives.append(head + re.escape(phrase) + tail)
+    return re.compile("|".join(alternatives) or r"(?!)", re.IGNORECASE if ignore_case else 0)
+
+
+def find_hotwords(text: str, words: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(hotword, start, end) of every place `text` holds one of `words`, left to right, never
+    overlapping; Latin letters match in any case (the recogniser lower-cases hotwords)."""
+    if not words or not text:
+        return []
+    canonical = {w.casefold(): w for w in reversed(words)}
+    return [(canonical.get(m.group().casefold(), m.group()), m.start(), m.end())
+            for m in phrase_pattern(tuple(words), ignore_case=True).finditer(text)]
 
 
 class HotwordTokenizer:

@@ -26,15 +26,15 @@ numeral; results per run are cached. A sentence without numerals costs a regex s
 
 from __future__ import annotations
 
-import bisect
 import functools
 import importlib.util
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from asr.errors import ITNUnavailableError
+from asr.pipeline.rewrite import apply_edits, joined_with_offsets
 from asr.pipeline.subtitles import TimedWord
 
 # Characters that some non-`char` token of wetext 0.1.8's zh ITN tagger can consume (590 of them,
@@ -193,40 +193,8 @@ class InverseNormalizer:
         are. A rewrite never swallows a mark or joins two speakers; such a rewrite is skipped.
         `keep`: words to leave alone, as in `rewrites` (pass the request's hotwords).
         """
-        text, starts, ends = _join_for_itn(words)
-        # Words touched by one rewrite form one group; groups that share a word merge.
-        groups: list[tuple[int, int, list[Rewrite]]] = []
-        for r in self.rewrites(text, keep):
-            first = bisect.bisect_right(ends, r.start)  # first word whose text ends after r.start
-            last = bisect.bisect_left(starts, r.end) - 1  # last word whose text starts before r.end
-            if first > last:
-                continue
-            swallows_mark = any(words[k].punc and ends[k] < r.end and r.start < ends[k] + len(words[k].punc)
-                                for k in range(max(first - 1, 0), last + 1))
-            if swallows_mark or len({words[k].speaker for k in range(first, last + 1)}) > 1:
-                continue
-            if groups and first <= groups[-1][1]:
-                g_first, g_last, g_rewrites = groups[-1]
-                groups[-1] = (g_first, max(g_last, last), [*g_rewrites, r])
-            else:
-                groups.append((first, last, [r]))
-        if not groups:
-            return list(words)
-
-        out: list[TimedWord] = []
-        done = 0
-        for first, last, group_rewrites in groups:
-            out.extend(words[done:first])
-            begin, end = starts[first], ends[last]
-            out.append(replace(
-                words[first],
-                text=_splice(text, group_rewrites, begin, end),
-                end_ms=words[last].end_ms,
-                punc=words[last].punc,
-            ))
-            done = last + 1
-        out.extend(words[done:])
-        return out
+        joined = joined_with_offsets(words)
+        return apply_edits(words, self.rewrites(joined[0], keep), joined)[0]
 
     # -- one run of token characters -------------------------------------------------------------
 
@@ -302,25 +270,3 @@ def _splice(text: str, rewrites: Sequence[Rewrite], begin: int, end: int) -> str
         pos = r.end
     pieces.append(text[pos:end])
     return "".join(pieces)
-
-
-def _join_for_itn(words: Sequence[TimedWord]) -> tuple[str, list[int], list[int]]:
-    """Text as `join_words` builds it (marks kept as they are: ITN must see them), and where each
-    word's text starts and ends in it; its mark follows the end."""
-    pieces: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    pos = 0
-    prev: TimedWord | None = None
-    for w in words:
-        if prev is not None and w.text.isascii() and prev.text.isascii() and not prev.punc:
-            pieces.append(" ")
-            pos += 1
-        starts.append(pos)
-        pos += len(w.text)
-        ends.append(pos)
-        pieces.append(w.text)
-        pieces.append(w.punc)
-        pos += len(w.punc)
-        prev = w
-    return "".join(pieces), starts, ends

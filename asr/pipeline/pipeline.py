@@ -1,5 +1,5 @@
 """The one pipeline every door calls: decode -> segments -> engine (via the scheduler) ->
-punctuation, inverse text normalization, sentences, speakers -> `Result`.
+punctuation, inverse text normalization, corrections, sentences, speakers -> `Result`.
 
 A recording is decoded as a stream (`asr.pipeline.audio.open_audio`) and cut into segments as it
 decodes: by the VAD, or, with VAD off, only where a clip would be too long (at quiet points).
@@ -8,14 +8,22 @@ every file in flight share the engine's batches, and the decoded audio a request
 by its reservation in the global `AudioBudget`, whatever the recording's length. The blocking
 steps (decoding, VAD, punctuation, speaker embeddings) run on the pipeline's own worker threads;
 the event loop only awaits them and the scheduler.
+
+With channels="split" each channel of the recording is cut into segments of its own (one decoder,
+one segmenter per channel fed in step) and recognised in the same batches; its words carry the
+channel's name as their speaker and the channels' sentences are merged on one timeline. With
+hotword_diff each clip is submitted twice, with and without the hotwords, side by side in the
+queue, so both land in the same engine batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import dataclasses
+import difflib
 import itertools
 import logging
 import threading
@@ -27,12 +35,24 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from asr.errors import ASRError, BusyError, engine_failure
+from asr.errors import ASRError, BusyError, LimitError, OptionsError, engine_failure
 from asr.pipeline.audio import BLOCK_S, BYTES_PER_SECOND, SAMPLE_RATE, AudioSource, AudioStream, open_audio
+from asr.pipeline.corrections import correct
+from asr.pipeline.hotwords import find_hotwords
 from asr.pipeline.models import StageModels
 from asr.pipeline.options import Options
 from asr.pipeline.punc import SENTENCE_END, PuncOptions, Punctuator
-from asr.pipeline.result import Applied, Notice, Result, Segment, Token
+from asr.pipeline.result import (
+    Applied,
+    CorrectionHit,
+    DiffSpan,
+    HotwordHit,
+    HotwordSetUse,
+    Notice,
+    Result,
+    Segment,
+    Token,
+)
 from asr.pipeline.speakers import (
     SpeakerOptions,
     SpeakerWindow,
@@ -41,9 +61,19 @@ from asr.pipeline.speakers import (
     speaker_name,
     windows,
 )
-from asr.pipeline.subtitles import Sentence, SubtitleOptions, TimedWord, build_sentences, to_text, words_from_tokens
+from asr.pipeline.subtitles import (
+    Sentence,
+    SubtitleOptions,
+    TimedWord,
+    group_sentences,
+    join_words,
+    sentence_offsets,
+    to_text,
+    word_offsets,
+    words_from_tokens,
+)
 from asr.pipeline.vad import Segment as VadSegment
-from asr.pipeline.vad import SpeechChunk, VadOptions, WholeAudio
+from asr.pipeline.vad import SegmentFeed, SpeechChunk, VadOptions, WholeAudio
 from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
 from asr.settings import Settings
 
@@ -158,6 +188,10 @@ class _Part:
     transcript: TranscriptLike
     speaker_spans: list[SpeakerWindow]
     speaker_embeddings: np.ndarray | None
+    channel: int = 0
+    """The channel it was cut from (channels='split'); 0 for the mixed recording."""
+    plain: TranscriptLike | None = None
+    """What the engine heard without the hotwords (hotword_diff)."""
 
 
 class _Source:
@@ -167,9 +201,10 @@ class _Source:
     def __init__(self, stream: AudioStream) -> None:
         self.stream = stream
         self.lock = threading.Lock()
-        self.chunks: Iterator[SpeechChunk] | None = None
+        self.chunks: Iterator[tuple[int, SpeechChunk]] | None = None
+        """(channel, segment) as they are cut."""
 
-    def next_chunk(self) -> SpeechChunk | None:
+    def next_chunk(self) -> tuple[int, SpeechChunk] | None:
         with self.lock:
             assert self.chunks is not None
             return next(self.chunks, None)
@@ -259,23 +294,41 @@ class Pipeline:
         returned `Result` is the whole recording's, as without it.
         """
         options = options or Options()
+        if not options.sets_resolved:
+            raise OptionsError(
+                "Hotword sets must be resolved into words before transcription (the service does it; "
+                "in Python, HotwordSetStore.resolve)."
+            )
         t0 = time.perf_counter()
         wait = None if background else self.settings.limits.budget_wait_s
+        channels = 1
+        if options.channels == "split":
+            # The channel count scales every reservation, so the header is read first.
+            if not isinstance(source, AudioStream):
+                source = await self._run(open_audio, source, max_duration_s=self.settings.limits.max_audio_s,
+                                         channels="split")
+            channels = self._split_channels(source)
         # First, room for the longest single clip: a short recording is then decoded whole, a
         # long one starts streaming.
-        held = await self.budget.acquire(self._first_reservation(options), wait)
+        try:
+            held = await self.budget.acquire(self._first_reservation(options) * channels, wait)
+        except BaseException:
+            if isinstance(source, AudioStream) and options.channels == "split":
+                source.close()
+            raise
         src: _Source | None = None
-        whole: SpeechChunk | None = None
+        whole: list[tuple[int, SpeechChunk]] | None = None
         try:
             src, use_vad, whole = await self._run(self._open, source, options)
             if whole is not None:
-                parts = [await self._part(whole, options, background)]
+                parts = list(await asyncio.gather(*(self._part(chunk, options, background, c) for c, chunk in whole)))
                 if on_segment is not None:
-                    await on_segment(await self.segment_result(parts[0], options, use_vad, t0))
+                    for part in parts:
+                        await on_segment(await self.segment_result(part, options, use_vad, t0))
             else:
                 # Streaming: the window grows to the recording's length or `longform.group_s`
                 # where the budget has room now (waiting for more could deadlock with others).
-                held += self.budget.try_acquire(self._window_bytes(src.stream.duration_s) - held)
+                held += self.budget.try_acquire(self._window_bytes(src.stream.duration_s) * channels - held)
                 parts = await self._recognise(src, options, held, background, on_segment, use_vad, t0)
         finally:
             self.budget.release(held)
@@ -289,6 +342,18 @@ class Pipeline:
             # for the GIL (the loop then waited in every other request's thread hand-off).
             return self._assemble(parts, src.stream.samples, options, use_vad, t0)
         return await self._run(self._assemble, parts, src.stream.samples, options, use_vad, t0)
+
+    def _split_channels(self, stream: AudioStream) -> int:
+        """Channels a split recording has, within `limits.max_split_channels`."""
+        channels = stream.channels if stream.split else 1
+        limit = self.settings.limits.max_split_channels
+        if channels > limit:
+            stream.close()
+            raise LimitError(
+                f"The recording has {channels} channels; channels='split' takes at most {limit} "
+                "(limits.max_split_channels)."
+            )
+        return channels
 
     def _assembles_quickly(self, parts: list[_Part], options: Options) -> bool:
         """No model to run (punctuation, speakers) and few words: assembling is cheaper than a
@@ -321,16 +386,21 @@ class Pipeline:
 
     def _open(
         self, source: AudioSource | AudioStream, options: Options
-    ) -> tuple[_Source, bool, SpeechChunk | None]:
+    ) -> tuple[_Source, bool, list[tuple[int, SpeechChunk]] | None]:
         """Open the recording, decide VAD and either decode it whole (a short recording without
-        VAD: one clip, returned) or set up its segment stream. One worker hop for a short file."""
+        VAD: one clip per channel, returned) or set up its segment stream. One worker hop for a
+        short file."""
         if isinstance(source, AudioStream):
             stream = source
         else:
-            stream = open_audio(source, max_duration_s=self.settings.limits.max_audio_s)
+            stream = open_audio(source, max_duration_s=self.settings.limits.max_audio_s, channels=options.channels)
         src = _Source(stream)
+        split = options.channels == "split"
         try:
             blocks = stream.blocks()
+            if split:
+                # [frames, channels] blocks (a mono stream handed in as such is one channel).
+                blocks = (b if b.ndim == 2 else b[:, None] for b in blocks)
             use_vad = self._uses_vad(options)
             head: list[np.ndarray] = []
             if use_vad is not True:
@@ -348,13 +418,18 @@ class Pipeline:
                 if ended and held <= self.settings.engine.max_clip_s * SAMPLE_RATE:
                     stream.close()
                     audio = head[0] if len(head) == 1 else np.concatenate(head)
-                    return src, False, SpeechChunk(VadSegment(0, len(audio)), audio)
+                    if not split:
+                        return src, False, [(0, SpeechChunk(VadSegment(0, len(audio)), audio))]
+                    return src, False, [(c, SpeechChunk(VadSegment(0, len(audio)), np.ascontiguousarray(audio[:, c])))
+                                        for c in range(audio.shape[1])]
                 use_vad = use_vad is None  # 'auto' and longer than auto_vad_s: VAD
             source_blocks = itertools.chain(head, blocks)
-            if use_vad:
-                src.chunks = self.models.vad().stream(source_blocks, self._vad_opts)
+            segmenter = self.models.vad() if use_vad else self._whole
+            opts = self._vad_opts if use_vad else self._whole_opts
+            if split:
+                src.chunks = _split_chunks(source_blocks, lambda: segmenter.feed(opts))
             else:
-                src.chunks = self._whole.stream(source_blocks, self._whole_opts)
+                src.chunks = ((0, chunk) for chunk in segmenter.stream(source_blocks, opts))
             return src, use_vad, None
         except BaseException:
             stream.close()
@@ -376,9 +451,9 @@ class Pipeline:
         tasks: list[asyncio.Task[_Part]] = []
         in_order: asyncio.Queue[asyncio.Task[_Part] | None] = asyncio.Queue()
 
-        async def part(chunk: SpeechChunk, taken: int) -> _Part:
+        async def part(channel: int, chunk: SpeechChunk, taken: int) -> _Part:
             try:
-                return await self._part(chunk, options, background)
+                return await self._part(chunk, options, background, channel)
             finally:
                 window.release(taken)
 
@@ -389,11 +464,12 @@ class Pipeline:
         emitter = asyncio.create_task(hand_on(on_segment)) if on_segment is not None else None
         try:
             while True:
-                chunk = await self._run(src.next_chunk)
-                if chunk is None:
+                item = await self._run(src.next_chunk)
+                if item is None:
                     break
+                channel, chunk = item
                 taken = await window.acquire(chunk.audio.nbytes)
-                tasks.append(asyncio.create_task(part(chunk, taken)))
+                tasks.append(asyncio.create_task(part(channel, chunk, taken)))
                 in_order.put_nowait(tasks[-1])
                 for task in tasks:
                     if task.done() and task.exception() is not None:
@@ -429,9 +505,22 @@ class Pipeline:
         part = await self._part(chunk, options, background)
         return await self.segment_result(part, options, True, t0)
 
-    async def _part(self, chunk: SpeechChunk, options: Options, background: bool) -> _Part:
+    async def _part(self, chunk: SpeechChunk, options: Options, background: bool, channel: int = 0) -> _Part:
+        plain = None
         try:
-            transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
+            if options.hotword_diff and options.hotwords:
+                # Both queued in one step, side by side: they share an engine batch. If one
+                # fails, the other is withdrawn (a cancelled wait is skipped by the scheduler).
+                both = [asyncio.ensure_future(self.scheduler.submit(chunk.audio, words, block=background))
+                        for words in (options.hotwords, ())]
+                try:
+                    transcript, plain = await asyncio.gather(*both)
+                except BaseException:
+                    for task in both:
+                        task.cancel()
+                    raise
+            else:
+                transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
         except ASRError:
             raise
         except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors
@@ -441,7 +530,8 @@ class Pipeline:
         embeddings = None
         if options.speakers:
             spans, embeddings = await self._run(self._embed, chunk, self._speaker_options(options))
-        return _Part(Segment(chunk.segment.start_ms, chunk.segment.end_ms), transcript, spans, embeddings)
+        return _Part(Segment(chunk.segment.start_ms, chunk.segment.end_ms), transcript, spans, embeddings, channel,
+                     plain)
 
     def _speaker_options(self, options: Options) -> SpeakerOptions:
         longform = self.settings.longform
@@ -459,8 +549,15 @@ class Pipeline:
     def _assemble(
         self, parts: list[_Part], samples: int, options: Options, use_vad: bool, t0: float
     ) -> Result:
-        """Words -> punctuation -> ITN -> sentences -> speakers -> Result."""
-        words = [w for p in parts for w in segment_words(p.segment, p.transcript)]
+        """Words -> punctuation -> ITN -> corrections -> sentences -> speakers -> Result, each
+        channel on its own with channels='split' (then merged on one timeline)."""
+        split = options.channels == "split"
+        channels = sorted({p.channel for p in parts}) if split else [0]
+        names = {c: options.channel_name(c) if split else None for c in channels}
+        tracks = {c: [w for p in parts if p.channel == c for w in segment_words(p.segment, p.transcript)]
+                  for c in channels}
+        if split:
+            tracks = {c: [dataclasses.replace(w, speaker=names[c]) for w in ws] for c, ws in tracks.items()}
         notices: list[Notice] = []
         punctuated = False
         if options.punctuation:
@@ -470,18 +567,30 @@ class Pipeline:
                 notices.append(Notice("punctuation_unavailable", f"Punctuation is unavailable: {reason}."))
             else:
                 punctuated = True
-                if words:
-                    words = punctuate_words(punc, [words])[0]
+                spoken = [c for c in channels if tracks[c]]
+                if spoken:
+                    for c, ws in zip(spoken, punctuate_words(punc, [tracks[c] for c in spoken])):
+                        tracks[c] = ws
         itn = self.settings.pipeline.itn if options.itn is None else options.itn
         if itn:
             normalizer = self.models.itn()
             if normalizer is None:
                 notices.append(Notice("itn_unavailable", self.models.itn_unavailable() or "ITN unavailable."))
                 itn = False
-            elif words:
+            else:
                 # After punctuation (the model was trained on spoken text; ITN reads the marks).
-                words = normalizer.apply(words, keep=options.hotwords)
-        sentences = build_sentences(words, SubtitleOptions())
+                for c in channels:
+                    if tracks[c]:
+                        tracks[c] = normalizer.apply(tracks[c], keep=options.hotwords)
+        # Corrections last: they are written against the text as results show it (docs/hotwords.md).
+        replaced = {}
+        for c in channels:
+            tracks[c], replaced[c] = correct(tracks[c], options.corrections)
+
+        grouped = [(s, c, i, j) for c in channels for s, i, j in group_sentences(tracks[c], SubtitleOptions())]
+        if split:
+            grouped.sort(key=lambda g: (g[0].start_ms, g[1]))  # one timeline; stable within a channel
+        sentences = [g[0] for g in grouped]
         speakers: list[str] = []
         if options.speakers:
             spans = [s for p in parts for s in p.speaker_spans]
@@ -490,19 +599,55 @@ class Pipeline:
                 sentences, speakers = label_speakers(
                     sentences, spans, np.concatenate(embeddings), self._speaker_options(options)
                 )
-        tokens = tuple(Token(w.text, w.start_ms, w.end_ms) for w in words) if options.timestamps else ()
+        elif split:
+            speakers = list(dict.fromkeys(s.speaker for s in sentences if s.speaker))
+        text = to_text(sentences).strip()
+        where = _TextIndex(text, tracks, grouped, sentences)
+
+        hits = []
+        for word, a, b in find_hotwords(text, options.hotwords):
+            times = where.times(a, b)
+            if times is not None:
+                hits.append(HotwordHit(word, a, b, *times))
+        corrected = []
+        for c in channels:
+            for r in replaced[c]:
+                at = where.offset(c, r.word)
+                if at is not None:
+                    w = tracks[c][r.word]
+                    corrected.append(CorrectionHit(r.wrong, r.right, at + r.offset, at + r.offset + len(r.right),
+                                                   w.start_ms, w.end_ms))
+        corrected.sort(key=lambda h: h.start)
+        diffed = options.hotword_diff and bool(options.hotwords)
+        if options.hotword_diff and not options.hotwords:
+            notices.append(Notice("hotword_diff_without_hotwords",
+                                  "hotword_diff was asked for, but the request has no hotwords to compare."))
+        tokens: tuple[Token, ...] = ()
+        if options.timestamps:
+            listed = [Token(w.text, w.start_ms, w.end_ms, names[c]) for c in channels for w in tracks[c]]
+            if split:
+                listed.sort(key=lambda t: t.start_ms)
+            tokens = tuple(listed)
+        segments = [Segment(p.segment.start_ms, p.segment.end_ms, names[p.channel]) for p in parts]
+        if split:
+            segments.sort(key=lambda g: g.start_ms)
         return Result(
-            text=to_text(sentences).strip(),
+            text=text,
             duration_ms=samples * 1000 // SAMPLE_RATE,
             sentences=tuple(sentences),
             tokens=tokens,
-            segments=tuple(p.segment for p in parts),
+            segments=tuple(segments),
             speakers=tuple(speakers),
             applied=Applied(
                 vad=use_vad, punctuation=punctuated, speakers=options.speakers,
                 timestamps=options.timestamps, hotwords=tuple(options.hotwords), itn=itn,
+                hotword_sets=tuple(s for s in options.hotword_sets if isinstance(s, HotwordSetUse)),
+                hotword_diff=diffed, channels=options.channels,
             ),
             notices=tuple(notices),
+            hotword_hits=tuple(hits),
+            corrections=tuple(corrected),
+            hotword_diff=tuple(where.diff(parts)) if diffed else None,
             processing_ms=round((time.perf_counter() - t0) * 1000),
         )
 
@@ -554,6 +699,105 @@ def label_speakers(
         labelled.append(dataclasses.replace(s, speaker=None if label is None else speaker_name(label)))
     names = list(dict.fromkeys(s.speaker for s in labelled if s.speaker))
     return labelled, names
+
+
+def _split_chunks(
+    blocks: Iterator[np.ndarray], new_feed: Callable[[], SegmentFeed]
+) -> Iterator[tuple[int, SpeechChunk]]:
+    """(channel, segment) of every channel of [frames, channels] blocks: one segmenter per
+    channel, all fed each block in turn, so one decoder serves them and each holds only its own
+    pending segment (a silent channel never makes the others pile up)."""
+    feeds: list[SegmentFeed] = []
+    for block in blocks:
+        while len(feeds) < block.shape[1]:
+            feeds.append(new_feed())
+        for c, feed in enumerate(feeds):
+            for chunk in feed.push(np.ascontiguousarray(block[:, c])):
+                yield c, chunk
+    for c, feed in enumerate(feeds):
+        for chunk in feed.finish():
+            yield c, chunk
+
+
+class _TextIndex:
+    """Where each final word is in `Result.text`, to place hotword hits, corrections and diff
+    spans by character and by time."""
+
+    def __init__(
+        self,
+        text: str,
+        tracks: dict[int, list[TimedWord]],
+        grouped: Sequence[tuple[Sentence, int, int, int]],
+        sentences: Sequence[Sentence],
+    ) -> None:
+        self.tracks = tracks
+        self._offsets: dict[int, list[int | None]] = {c: [None] * len(ws) for c, ws in tracks.items()}
+        spans: list[tuple[int, int, int, int]] = []  # (start, end, start_ms, end_ms) by start
+        for (_, c, i, j), at in zip(grouped, sentence_offsets(sentences)):
+            words = tracks[c][i:j]
+            for k, (w, off) in enumerate(zip(words, word_offsets(words))):
+                pos = at + off
+                if text.startswith(w.text, pos):  # always, unless a writer changed: then unplaced
+                    self._offsets[c][i + k] = pos
+                    spans.append((pos, pos + len(w.text), w.start_ms, w.end_ms))
+        spans.sort()
+        self._spans = spans
+        self._starts = [s[0] for s in spans]
+        self._ends = [s[1] for s in spans]  # words never share a character: ends are sorted too
+        self._by_time = sorted(spans, key=lambda s: s[2])
+        self._time_starts = [s[2] for s in self._by_time]
+        self._longest_ms = max((s[3] - s[2] for s in spans), default=0)
+        self._length = len(text)
+
+    def offset(self, channel: int, index: int) -> int | None:
+        """Where word `index` of `channel` starts in the text (None if it is not there)."""
+        return self._offsets[channel][index]
+
+    def times(self, start: int, end: int) -> tuple[int, int] | None:
+        """(start_ms, end_ms) of the words holding characters [start, end)."""
+        inside = self._spans[bisect.bisect_right(self._ends, start):bisect.bisect_left(self._starts, end)]
+        if not inside:
+            return None
+        return min(s[2] for s in inside), max(s[3] for s in inside)
+
+    def chars(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """The characters of the text spoken from start_ms to end_ms (an empty range at the next
+        word when none was)."""
+        # Words starting from start_ms - the longest word's length up to end_ms can overlap.
+        lo = bisect.bisect_left(self._time_starts, start_ms - self._longest_ms)
+        near = self._by_time[lo:bisect.bisect_right(self._time_starts, end_ms)]
+        inside = [s for s in near
+                  if (s[2] < end_ms and s[3] > start_ms) or (s[2] == s[3] == start_ms) or (start_ms == end_ms == s[2])]
+        if inside:
+            return min(s[0] for s in inside), max(s[1] for s in inside)
+        after = self._by_time[bisect.bisect_left(self._time_starts, start_ms):]
+        at = min((s[0] for s in after), default=self._length)
+        return at, at
+
+    def diff(self, parts: Sequence[_Part]) -> list[DiffSpan]:
+        """Where each clip's text with the hotwords differs from its text without them (engine
+        words, aligned by difflib), by time and by the characters of the final text."""
+        spans = []
+        for p in parts:
+            if p.plain is None:
+                continue
+            with_words = segment_words(p.segment, p.transcript)
+            plain_words = segment_words(p.segment, p.plain)
+            matcher = difflib.SequenceMatcher(None, [w.text for w in with_words], [w.text for w in plain_words],
+                                              autojunk=False)
+            for op, i1, i2, j1, j2 in matcher.get_opcodes():
+                if op == "equal":
+                    continue
+                changed = with_words[i1:i2] or plain_words[j1:j2]
+                start_ms, end_ms = changed[0].start_ms, changed[-1].end_ms
+                if i1 < i2:
+                    a, b = self.chars(start_ms, end_ms)
+                else:  # the hotwords removed text: an empty range where it was
+                    a = b = self.chars(start_ms, start_ms)[0]
+                spans.append(DiffSpan(start_ms, end_ms, join_words(with_words[i1:i2]), join_words(plain_words[j1:j2]),
+                                      a, b))
+        spans.sort(key=lambda d: (d.start_ms, d.start))
+        return spans
 
 
 def transcribe_files(

@@ -12,13 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import TypeAdapter
+from pydantic import ConfigDict, Field, TypeAdapter
 
 from asr.pipeline.subtitles import Sentence
 
 SCHEMA_VERSION = 1
+
+# A field that only some results have (the channel of a token with channels=split) is left out
+# of the JSON when it is not set, so every other result keeps its shape and size.
+_Channel = Annotated[str | None, Field(exclude_if=lambda v: v is None)]
+
 
 @dataclass(frozen=True)
 class Token:
@@ -27,6 +32,8 @@ class Token:
     text: str
     start_ms: int
     end_ms: int
+    speaker: _Channel = None
+    """The channel's name with channels=split (absent otherwise)."""
 
 @dataclass(frozen=True)
 class Segment:
@@ -35,6 +42,53 @@ class Segment:
 
     start_ms: int
     end_ms: int
+    speaker: _Channel = None
+    """The channel's name with channels=split (absent otherwise)."""
+
+@dataclass(frozen=True)
+class HotwordSetUse:
+    """A named hotword set as a request used it: its name and the version it had then."""
+
+    name: str
+    version: int
+
+@dataclass(frozen=True)
+class HotwordHit:
+    """A hotword found in the final text: characters [start, end) of `Result.text` (code points),
+    spoken from start_ms to end_ms."""
+
+    word: str
+    start: int
+    end: int
+    start_ms: int
+    end_ms: int
+
+@dataclass(frozen=True)
+class CorrectionHit:
+    """A correction-dictionary entry that was applied: `wrong` became `right`, which is
+    characters [start, end) of `Result.text`, spoken from start_ms to end_ms."""
+
+    wrong: str
+    right: str
+    start: int
+    end: int
+    start_ms: int
+    end_ms: int
+
+@dataclass(frozen=True)
+class DiffSpan:
+    """Where recognising with the hotwords and without them gave different text (engine output,
+    before punctuation, ITN and corrections). `start`/`end`: the characters of `Result.text`
+    spoken in that time (an empty range where the hotwords removed text)."""
+
+    __pydantic_config__ = ConfigDict(serialize_by_alias=True, validate_by_name=True, validate_by_alias=True)
+
+    start_ms: int
+    end_ms: int
+    with_hotwords: Annotated[str, Field(alias="with")]
+    without_hotwords: Annotated[str, Field(alias="without")]
+    start: int = 0
+    end: int = 0
 
 @dataclass(frozen=True)
 class Notice:
@@ -52,7 +106,11 @@ class Applied:
     speakers: bool
     timestamps: bool
     hotwords: tuple[str, ...] = ()
+    """The hotwords the recogniser was given: the named sets' words, then the request's own."""
     itn: bool = False
+    hotword_sets: tuple[HotwordSetUse, ...] = ()
+    hotword_diff: bool = False
+    channels: Literal["mix", "split"] = "mix"
 
 @dataclass(frozen=True)
 class Result:
@@ -70,6 +128,12 @@ class Result:
     """Speaker labels in order of first appearance; empty unless speakers were asked for."""
     applied: Applied
     notices: tuple[Notice, ...] = ()
+    hotword_hits: tuple[HotwordHit, ...] = ()
+    """Where the hotwords occur in `text` (longest first where two overlap)."""
+    corrections: tuple[CorrectionHit, ...] = ()
+    """Where the correction dictionary changed the text."""
+    hotword_diff: tuple[DiffSpan, ...] | None = None
+    """With hotword_diff: the spans that differ without the hotwords ([] when none); else null."""
     processing_ms: int = 0
     """Wall time from the request to the result (the only field that differs between runs)."""
     language: Literal["zh"] = "zh"
@@ -132,5 +196,8 @@ def _from_unversioned(old: Mapping[str, Any]) -> dict[str, Any]:
         "version": SCHEMA_VERSION,
     }
 
-__all__ = ["Applied", "Notice", "Result", "SCHEMA_VERSION", "Segment", "Sentence", "Token", "result_schema"]
+__all__ = [
+    "Applied", "CorrectionHit", "DiffSpan", "HotwordHit", "HotwordSetUse", "Notice", "Result", "SCHEMA_VERSION",
+    "Segment", "Sentence", "Token", "result_schema",
+]
 

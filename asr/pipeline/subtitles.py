@@ -120,18 +120,28 @@ def build_sentences(
     When a piece grows past `max_chars` or `max_duration_ms` it is split at its last pause mark
     (a comma), or failing that before the word that breaks the limit.
     """
+    return [s for s, _, _ in group_sentences(words, opts)]
+
+
+def group_sentences(
+    words: Sequence[TimedWord], opts: SubtitleOptions | None = None
+) -> list[tuple[Sentence, int, int]]:
+    """`build_sentences`, each sentence with the range [first, end) of the words it holds."""
     opts = opts or SubtitleOptions()
-    sentences: list[Sentence] = []
+    sentences: list[tuple[Sentence, int, int]] = []
     current: list[TimedWord] = []
+    first = 0  # index of current[0] in `words`
     width = 0.0  # of join_words(current), kept as words come (recomputing it was quadratic)
 
     def flush(upto: int | None = None) -> None:
-        nonlocal current, width
+        nonlocal current, width, first
         take = current if upto is None else current[:upto]
         rest = [] if upto is None else current[upto:]
         text = join_words(take).strip()
         if take and text:
-            sentences.append(Sentence(text, take[0].start_ms, take[-1].end_ms, take[0].speaker))
+            sentences.append((Sentence(text, take[0].start_ms, take[-1].end_ms, take[0].speaker),
+                              first, first + len(take)))
+        first += len(take)
         current = rest
         width = _joined_width(rest)
 
@@ -152,6 +162,28 @@ def build_sentences(
             flush()
     flush()
     return sentences
+
+
+def word_offsets(words: Sequence[TimedWord]) -> list[int]:
+    """Where each word's text starts in `join_words(words)`."""
+    offsets, pos = [], 0
+    for i, w in enumerate(words):
+        piece = _joined(words[i - 1] if i else None, w)
+        offsets.append(pos + (len(piece) - len(w.text) - len(w.punc)))
+        pos += len(piece)
+    return offsets
+
+
+def sentence_offsets(sentences: Sequence[Sentence]) -> list[int]:
+    """Where each sentence's text starts in `to_text(sentences)`."""
+    offsets, out_last, pos = [], "", 0
+    for s in sentences:
+        if pos and out_last.isascii() and s.text[:1].isascii():
+            pos += 1
+        offsets.append(pos)
+        pos += len(s.text)
+        out_last = s.text[-1:] or out_last
+    return offsets
 
 
 def _cue_times(

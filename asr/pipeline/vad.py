@@ -124,6 +124,8 @@ class VadBackend(Protocol):
 
     def segment(self, audio: np.ndarray, opts: VadOptions | None = None) -> list[Segment]: ...
 
+    def feed(self, opts: VadOptions | None = None) -> SegmentFeed: ...
+
     def stream(
         self, blocks: Iterable[np.ndarray], opts: VadOptions | None = None
     ) -> Iterator[SpeechChunk]: ...
@@ -195,18 +197,38 @@ class _Segmenter:
         `blocks` is any iterable of float32 mono 16 kHz arrays (of any sizes). Audio is kept only
         from the start of the segment being built, so memory does not grow with the input.
         """
-        opts = opts or VadOptions()
-        state = _SegmentState(opts)
-        regions = self.open_stream(opts)
+        feed = self.feed(opts)
         for block in blocks:
-            block = _check_block(block)
-            if len(block) == 0:
-                continue
-            state.append(block)
-            closed = regions.push(block)
-            yield from state.step(closed, regions.open_start, regions.frontier, final=False)
-        closed = regions.finish()
-        yield from state.step(closed, None, state.total, final=True)
+            yield from feed.push(block)
+        yield from feed.finish()
+
+    def feed(self, opts: VadOptions | None = None) -> SegmentFeed:
+        """The push form of `stream`: blocks are handed in one at a time and the segments they
+        complete come back (several streams fed in step: one per channel of a recording)."""
+        opts = opts or VadOptions()
+        return SegmentFeed(_SegmentState(opts), self.open_stream(opts))
+
+
+class SegmentFeed:
+    """One stream's segmenter, fed block by block (`_Segmenter.feed`)."""
+
+    def __init__(self, state: _SegmentState, regions: RegionStream) -> None:
+        self._state = state
+        self._regions = regions
+
+    def push(self, block: np.ndarray) -> list[SpeechChunk]:
+        """Feed the next block; returns the segments that became final."""
+        block = _check_block(block)
+        if len(block) == 0:
+            return []
+        self._state.append(block)
+        closed = self._regions.push(block)
+        return list(self._state.step(closed, self._regions.open_start, self._regions.frontier, final=False))
+
+    def finish(self) -> list[SpeechChunk]:
+        """End of input: the segments still pending."""
+        closed = self._regions.finish()
+        return list(self._state.step(closed, None, self._state.total, final=True))
 
 
 class _SegmentState:

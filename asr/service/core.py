@@ -21,7 +21,8 @@ from asr.pipeline.hotwords import HotwordList
 from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline, SegmentCallback
 from asr.pipeline.result import Result
-from asr.service.jobs import JobState, JobStore, JobWorker, UploadSource
+from asr.service.hotword_sets import HotwordSetStore
+from asr.service.jobs import JobState, JobStore, JobSummary, JobWorker, UploadSource
 from asr.service.live import LiveHub
 from asr.service.metrics import Metrics
 from asr.settings import Settings
@@ -42,6 +43,8 @@ class Service:
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
         data_dir = Path(settings.server.data_dir)
         self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
+        # Named hotword sets live in the same database (a table of their own).
+        self.hotword_sets = HotwordSetStore(self.jobs.db_path, settings.limits)
         self.job_worker = JobWorker(
             self.jobs,
             self._process_job_file,
@@ -67,13 +70,15 @@ class Service:
         await self.live.stop()
         await self.job_worker.stop()
         await self.pipeline.stop()
+        self.hotword_sets.close()
         self.jobs.close()
 
     # ---- single requests -------------------------------------------------------------------
 
     def options(self, **form: Any) -> Options:
-        """Options from form values, with this service's hotword limits (see `Options.from_form`)."""
-        return self.pipeline.options(**form)
+        """Options from form values, with this service's hotword limits (see `Options.from_form`),
+        the named hotword sets resolved into words, corrections and the versions used."""
+        return self.hotword_sets.resolve(self.pipeline.options(**form))
 
     def check_upload_size(self, size: int, name: str = "upload") -> None:
         limit = self.settings.limits.max_upload_mb * 1024 * 1024
@@ -188,6 +193,7 @@ def job_to_dict(job: JobState, *, with_results: bool = True) -> dict[str, Any]:
         "failed": job.count("failed"),
         "pending": job.count("pending") + job.count("running"),
         "hotwords": list(job.hotwords),
+        "hotword_sets": [s for s in job.options.get("hotword_sets", []) if isinstance(s, dict)],
         "files": [
             {
                 "index": f.index,
@@ -199,6 +205,21 @@ def job_to_dict(job: JobState, *, with_results: bool = True) -> dict[str, Any]:
             }
             for f in job.files
         ],
+    }
+
+
+def summary_to_dict(job: JobSummary) -> dict[str, Any]:
+    """One job in GET /api/jobs."""
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "created_at": job.created_at,
+        "total": job.total,
+        "done": job.done,
+        "failed": job.failed,
+        "pending": job.pending,
+        "first_file": job.first_file,
+        "status_url": f"/api/jobs/{job.id}",
     }
 
 
@@ -216,4 +237,4 @@ def safe_stem(name: str) -> str:
     return _UNSAFE.sub("_", stem).strip("._")[:80] or "audio"
 
 
-__all__ = ["HotwordList", "Service", "gpu_description", "job_to_dict", "safe_stem", "stored_result"]
+__all__ = ["HotwordList", "Service", "gpu_description", "job_to_dict", "safe_stem", "stored_result", "summary_to_dict"]

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS job_options (     -- per-job processing options (VAD,
     options     TEXT NOT NULL               -- JSON object
 );
 CREATE INDEX IF NOT EXISTS files_status ON files(status, job_id, idx);
+CREATE INDEX IF NOT EXISTS jobs_newest ON jobs(created_at, id);
 """
 
 
@@ -90,6 +91,7 @@ class JobState:
     created_at: float
     hotwords: tuple[str, ...]
     files: tuple[FileState, ...]
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -107,6 +109,61 @@ class JobState:
         return "running"
 
 
+@dataclass(frozen=True)
+class JobSummary:
+    """One row of the job list: counts only, no results."""
+
+    id: str
+    created_at: float
+    total: int
+    done: int
+    failed: int
+    waiting: int
+    running: int
+    first_file: str
+
+    @property
+    def pending(self) -> int:
+        """Files not finished yet (waiting or running), as GET /api/jobs/{id} counts them."""
+        return self.waiting + self.running
+
+    @property
+    def status(self) -> JobStatus:
+        if self.done + self.failed == self.total:
+            return "done"
+        return "queued" if self.waiting == self.total else "running"
+
+
+def connect_database(db_path: Path) -> sqlite3.Connection:
+    """The service's SQLite database (jobs, hotword sets): the file and its WAL files 0600, WAL
+    mode, usable from several threads (callers hold their own lock around every use)."""
+    # SQLite gives its -wal and -shm files the database file's permissions.
+    os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
+        if path.exists():
+            path.chmod(0o600)
+    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode loses nothing when the process dies; only a power cut can drop
+    # the last commits, which is the trade every WAL service makes for write speed.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
+    """One write transaction under `lock` (BEGIN IMMEDIATE: the write lock is taken at once)."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
 class JobStore:
     """SQLite-backed job state plus the upload directory. Safe to use from several threads."""
 
@@ -120,18 +177,8 @@ class JobStore:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.upload_dir.mkdir(exist_ok=True, mode=0o700)
         self.upload_dir.chmod(0o700)
-        # SQLite gives its -wal and -shm files the database file's permissions.
-        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT, 0o600))
-        for path in (self.db_path, *(self.db_path.with_name(self.db_path.name + s) for s in ("-wal", "-shm"))):
-            if path.exists():
-                path.chmod(0o600)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode loses nothing when the process dies; only a power cut can drop
-        # the last commits, which is the trade every WAL service makes for write speed.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = connect_database(self.db_path)
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -140,14 +187,8 @@ class JobStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with transaction(self._db, self._lock) as db:
+            yield db
 
     def create_job(
         self,
@@ -273,7 +314,8 @@ class JobStore:
     def get_job(self, job_id: str) -> JobState | None:
         with self._lock:
             job = self._db.execute(
-                "SELECT id, created_at, hotwords FROM jobs WHERE id=?", (job_id,)
+                "SELECT j.id, j.created_at, j.hotwords, o.options FROM jobs j "
+                "LEFT JOIN job_options o ON o.job_id = j.id WHERE j.id=?", (job_id,)
             ).fetchone()
             if job is None:
                 return None
@@ -285,7 +327,26 @@ class JobStore:
         files = tuple(
             FileState(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else None, r[5], r[6]) for r in rows
         )
-        return JobState(job[0], job[1], tuple(json.loads(job[2])), files)
+        return JobState(job[0], job[1], tuple(json.loads(job[2])), files, json.loads(job[3]) if job[3] else {})
+
+    def list_jobs(self, limit: int, before: tuple[float, str] | None = None) -> list[JobSummary]:
+        """Jobs newest first, at most `limit`, starting after the job `before` = (created_at, id)
+        of the last one a previous page ended with (a cursor: pages stay right while new jobs
+        arrive). Counted by SQLite: no result is read."""
+        where, args = "", [limit]
+        if before is not None:
+            where = "WHERE (j.created_at < ? OR (j.created_at = ? AND j.id < ?))"
+            args = [before[0], before[0], before[1], limit]
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.id, j.created_at, COUNT(f.idx), "
+                "SUM(f.status='done'), SUM(f.status='failed'), SUM(f.status='pending'), SUM(f.status='running'), "
+                "(SELECT name FROM files WHERE job_id=j.id AND idx=0) "
+                f"FROM jobs j JOIN files f ON f.job_id = j.id {where} "
+                "GROUP BY j.id ORDER BY j.created_at DESC, j.id DESC LIMIT ?",
+                args,
+            ).fetchall()
+        return [JobSummary(r[0], r[1], int(r[2]), *(int(n or 0) for n in r[3:7]), r[7] or "") for r in rows]
 
     def result_totals(self, job_id: str) -> tuple[int, int] | None:
         """(files, bytes of stored results) of a job, or None when there is no such job.

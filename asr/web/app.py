@@ -19,7 +19,7 @@ from asr.web.auth import TokenAuth, redact_access_log
 from asr.web.errors import install_error_handlers
 from asr.web.gradio_guard import GradioUrlGuard
 from asr.web.limits import BodySizeLimit, body_limit_for
-from asr.web.routes import health, jobs, live, openai, transcribe
+from asr.web.routes import health, hotword_sets, jobs, live, openai, transcribe
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
             TokenAuth, token=settings.server.api_token, session_s=settings.server.session_h * 3600
         )
 
-    for module in (transcribe, jobs, openai, health):
+    for module in (transcribe, jobs, hotword_sets, openai, health):
         app.include_router(module.router)
     if settings.live.enabled:
         # Before the UI is mounted at /: a WebSocket to / is FunASR's live protocol.
@@ -133,7 +133,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         return app  # the HTTP API alone: gradio is not even imported
     import gradio as gr
 
-    from asr.web.ui import build_ui
+    from asr.web.ui import UI_CSS, build_ui
 
     head = ""
     scripts = [BATCH_SCRIPT, *([LIVE_SCRIPT] if settings.live.enabled else [])]
@@ -159,6 +159,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
         blocks,
         path="/",
         head=head,
+        css=UI_CSS,
         ssr_mode=False,
         footer_links=["api"],
         max_file_size=int(settings.limits.max_upload_mb * 1024 * 1024),

@@ -19,6 +19,8 @@ ZH: dict[str, str] = {
     "no_audio_stream": "文件中没有音频。",
     # What a request asks for
     "invalid_hotwords": "热词不符合要求（数量或长度超出限制）。",
+    "too_many_hotword_sets": "热词组数量已达上限。",
+    "unknown_hotword_set": "找不到请求中指定的热词组。",
     "invalid_options": "选项无效。",
     "invalid_vad_options": "语音分段（VAD）选项无效。",
     "invalid_punc_options": "标点选项无效。",
@@ -44,6 +46,9 @@ ZH: dict[str, str] = {
     "too_many_connections": "实时识别连接数已满，请稍后重试。",
     # Lookups, access
     "job_not_found": "找不到该作业（可能已过期删除）。",
+    "token_required": "服务对其他机器开放且未设置令牌：列出作业和修改热词集需要设置 server.api_token。",
+    "hotword_set_not_found": "找不到该热词组。",
+    "hotword_set_exists": "同名的热词组已存在。",
     "not_found": "找不到该地址。",
     "method_not_allowed": "不支持该请求方法。",
     "unauthorized": "需要访问令牌：请打开 /?token=你的令牌。",

@@ -20,7 +20,7 @@ from typing import Any
 import gradio as gr
 
 from asr.errors import ASRError
-from asr.pipeline.formats import render
+from asr.pipeline.formats import explain_html, render
 from asr.pipeline.options import Options
 from asr.pipeline.result import Result
 from asr.service.archive import plan_archive, write_archive
@@ -168,21 +168,55 @@ def _write_zip(service: Service, job_id: str, path: Path) -> None:
 
 
 VAD_CHOICES = [("自动 auto", "auto"), ("开 on", "on"), ("关 off", "off")]
+CHANNEL_CHOICES = [("合并 mix", "mix"), ("分开 split (双声道通话 two-channel calls)", "split")]
+
+# Marks of the explanation box (asr.pipeline.formats.explain_html); passed to Gradio with the page.
+UI_CSS = """
+#single-explain .asr-explain { padding-top: 1.4em; }
+.asr-explain mark { padding: 0 1px; border-radius: 3px; color: inherit; }
+.asr-explain mark.asr-hit { background: rgba(34, 165, 89, 0.28); }
+.asr-explain mark.asr-fix { background: rgba(59, 130, 246, 0.28); }
+.asr-explain mark.asr-diff { background: rgba(249, 115, 22, 0.45); text-decoration: underline; }
+.asr-explain del.asr-removed { color: #d93025; }
+.asr-explain .asr-explain-legend { font-size: 0.85em; opacity: 0.8; }
+.asr-explain table.asr-diff-table td, .asr-explain table.asr-diff-table th { padding: 2px 8px; }
+"""
 
 
 def _options(
     service: Service, hotwords: str, vad: str, punc: bool, itn: bool, speakers: bool,
-    num_speakers: float | None, timestamps: bool = True,
+    num_speakers: float | None, channels: str = "mix", channel_names: str = "",
+    hotword_sets: list[str] | None = None, hotword_diff: bool = False, timestamps: bool = True,
 ) -> Options:
     n = int(num_speakers) if num_speakers and num_speakers >= 1 else None
+    split = channels == "split"
     return service.options(hotwords=hotwords, vad=vad or "auto", punc="auto" if punc else "off",
                            itn="on" if itn else "off", speakers=bool(speakers), num_speakers=n,
-                           timestamps=timestamps)
+                           timestamps=timestamps, hotword_sets=list(hotword_sets or []),
+                           hotword_diff=bool(hotword_diff), channels="split" if split else "mix",
+                           channel_names=channel_names if split else "")
+
+
+def _set_names(service: Service) -> list[str]:
+    return [s.name for s in service.hotword_sets.list()]
+
+
+def _hotword_controls(prefix: str, service: Service) -> list[Any]:
+    """Named hotword sets to use and the with/without comparison (elem_ids `{prefix}-hotword-sets`,
+    `{prefix}-hotword-diff`)."""
+    with gr.Row():
+        sets = gr.CheckboxGroup(_set_names(service), label="热词组 Hotword sets (/api/hotword_sets)",
+                                info="选中的热词组与上面的热词一起使用 Used together with the words above",
+                                elem_id=f"{prefix}-hotword-sets")
+        diff = gr.Checkbox(False, label="对比有无热词 Compare with and without hotwords (hotword_diff)",
+                           elem_id=f"{prefix}-hotword-diff")
+    return [sets, diff]
 
 
 def _long_controls(prefix: str, service: Service) -> list[Any]:
-    """VAD, punctuation, ITN and speaker options (elem_ids `{prefix}-vad`, `-punc`, `-itn`,
-    `-speakers`, `-num-speakers`); the defaults are the pipeline's (asr/pipeline/options.py)."""
+    """VAD, punctuation, ITN, speaker and channel options (elem_ids `{prefix}-vad`, `-punc`, `-itn`,
+    `-speakers`, `-num-speakers`, `-channels`, `-channel-names`); the defaults are the pipeline's
+    (asr/pipeline/options.py)."""
     auto_s = service.settings.longform.auto_vad_s
     with gr.Accordion("选项 Options: VAD / 标点 punctuation / 数字 ITN / 说话人 speakers", open=False,
                       elem_id=f"{prefix}-long"), gr.Row():
@@ -197,7 +231,13 @@ def _long_controls(prefix: str, service: Service) -> list[Any]:
         num = gr.Number(0, minimum=0, maximum=32, precision=0,
                         label="人数 Number of speakers (0 = 自动 auto)",
                         elem_id=f"{prefix}-num-speakers")
-    return [vad, punc, itn, speakers, num]
+    with gr.Row():
+        channels = gr.Radio(CHANNEL_CHOICES, value="mix", label="声道 Channels",
+                            info="分开：每个声道单独识别并标注 split: each channel recognised and labelled",
+                            elem_id=f"{prefix}-channels")
+        names = gr.Textbox("", label="声道名称 Channel names", placeholder="坐席,客户",
+                           info="逗号分隔 comma separated (默认 default CH1, CH2)", elem_id=f"{prefix}-channel-names")
+    return [vad, punc, itn, speakers, num, channels, names]
 
 
 def build_ui(service: Service) -> gr.Blocks:
@@ -206,14 +246,18 @@ def build_ui(service: Service) -> gr.Blocks:
     limits = service.settings.limits
     direct = not service.settings.server.gradio_queue
 
+    # The inputs issue #13 added (channels, channel names, hotword sets, hotword_diff) come last,
+    # so callers of Gradio's API (/gradio_api/call/transcribe_single) keep their positions.
     async def transcribe_single(
-        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str,
-        vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
-    ) -> tuple[str, str, list[list[Any]], list[str]]:
+        audio_path: str | None, hotwords: str, timestamps: bool, fmt: str, vad: str, punc: bool, itn: bool,
+        speakers: bool, num_speakers: float | None, channels: str = "mix", channel_names: str = "",
+        hotword_sets: list[str] | None = None, hotword_diff: bool = False,
+    ) -> tuple[str, str, str, list[list[Any]], list[str]]:
         if not audio_path:
             raise gr.Error("请先上传或录制音频。 Please upload or record audio first.", print_exception=False)
         try:
-            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers, timestamps)
+            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers, channels, channel_names,
+                               hotword_sets, hotword_diff, timestamps)
             result = await service.transcribe(Path(audio_path), options)
         except ASRError as exc:
             raise _user_error(exc, "transcribe") from None
@@ -225,11 +269,13 @@ def build_ui(service: Service) -> gr.Blocks:
             path.write_text(render(result, ext), encoding="utf-8")
             paths.append(str(path))
         shown = render(result, fmt).rstrip("\n")  # a file ends with a newline; the box need not
-        return shown, _stats_md(result), _timings_rows(result), paths
+        return shown, explain_html(result), _stats_md(result), _timings_rows(result), paths
 
     async def run_batch(
         files: list[dict[str, Any]] | None, folder: list[dict[str, Any]] | None, hotwords: str,
         vad: str, punc: bool, itn: bool, speakers: bool, num_speakers: float | None,
+        channels: str = "mix", channel_names: str = "", hotword_sets: list[str] | None = None,
+        hotword_diff: bool = False,
     ) -> AsyncIterator[tuple[str, list[list[Any]], str | None]]:
         # Without batch_opt.js (or with ?batch_opt=0) the batch tab runs here; with it, the page
         # script uploads the files to /api/batch_async itself and this is never called.
@@ -237,7 +283,8 @@ def build_ui(service: Service) -> gr.Blocks:
         if not uploads:
             raise gr.Error("请先选择文件或文件夹。 Please select files or a folder first.", print_exception=False)
         try:
-            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers)
+            options = _options(service, hotwords, vad, punc, itn, speakers, num_speakers, channels, channel_names,
+                               hotword_sets, hotword_diff)
             job_id = await service.create_job(uploads, options)
         except ASRError as exc:
             raise _user_error(exc, "batch") from None
@@ -288,6 +335,7 @@ def build_ui(service: Service) -> gr.Blocks:
                         single_hotwords = gr.Textbox(
                             lines=4, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="single-hotwords"
                         )
+                        single_hotword_opts = _hotword_controls("single", service)
                         with gr.Row():
                             single_ts = gr.Checkbox(
                                 True, label="字级时间戳 Timestamps", elem_id="single-timestamps"
@@ -302,6 +350,10 @@ def build_ui(service: Service) -> gr.Blocks:
                         single_run = gr.Button("开始识别 Transcribe", variant="primary", elem_id="single-run")
                     with gr.Column():
                         single_text = gr.Textbox(label="识别结果 Result", lines=8, elem_id="single-result")
+                        # Hotword hits, corrections and hotword_diff spans marked in the text
+                        # (escaped HTML built by asr.pipeline.formats.explain_html).
+                        single_explain = gr.HTML("", label="热词解释 What the hotwords did", show_label=True,
+                                                 container=True, elem_id="single-explain")
                         single_stats = gr.Markdown(elem_id="single-stats")
                         single_files = gr.File(
                             label="下载 Downloads (txt / srt / json)",
@@ -317,8 +369,8 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 single_run.click(
                     transcribe_single,
-                    [audio, single_hotwords, single_ts, single_fmt, *_single_long],
-                    [single_text, single_stats, single_table, single_files],
+                    [audio, single_hotwords, single_ts, single_fmt, *_single_long, *single_hotword_opts],
+                    [single_text, single_explain, single_stats, single_table, single_files],
                     concurrency_limit=None,
                     queue=not direct,
                     api_name="transcribe_single",
@@ -343,6 +395,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 batch_hotwords = gr.Textbox(
                     lines=3, label="热词 Hotwords", info=HOTWORD_NOTE, elem_id="batch-hotwords"
                 )
+                batch_hotword_opts = _hotword_controls("batch", service)
                 _batch_long = _long_controls("batch", service)
                 batch_run = gr.Button("开始批量处理 Start batch", variant="primary", elem_id="batch-run")
                 # batch_opt.js renders its progress and results here, and hides Gradio's three
@@ -360,7 +413,7 @@ def build_ui(service: Service) -> gr.Blocks:
                 )
                 batch_run.click(
                     run_batch,
-                    [batch_files, batch_folder, batch_hotwords, *_batch_long],
+                    [batch_files, batch_folder, batch_hotwords, *_batch_long, *batch_hotword_opts],
                     [batch_progress, batch_table, batch_zip],
                     concurrency_limit=None,
                     api_name="run_batch",
@@ -398,6 +451,16 @@ def build_ui(service: Service) -> gr.Blocks:
         stops = [(tab, stop_polling) for tab in (single_tab, batch_tab, *tab_switches)]
         for tab, switch in ((system_tab, start_polling), *stops):
             tab.select(switch, None, sys_timer, queue=False, show_progress="hidden", concurrency_limit=None)
+
+        def current_sets() -> tuple[Any, Any]:
+            names = _set_names(service)
+            return gr.CheckboxGroup(choices=names), gr.CheckboxGroup(choices=names)
+
+        # The sets are the server's (created through the API): listed afresh whenever a page opens
+        # and whenever a tab is picked.
+        set_boxes = [single_hotword_opts[0], batch_hotword_opts[0]]
+        for trigger in (demo.load, single_tab.select, batch_tab.select):
+            trigger(current_sets, None, set_boxes, queue=False, show_progress="hidden", concurrency_limit=None)
     return demo
 
 

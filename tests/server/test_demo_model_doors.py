@@ -63,7 +63,8 @@ def engine_texts(spoken: tuple[Path, list[str]]) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     # ITN off by default for every door of this server (the page's checkbox starts unticked).
-    server = start_server(ASR_DIR, tmp_path_factory.mktemp("demo-live"), env={"ASR_PIPELINE__ITN": "false"})
+    server = start_server(ASR_DIR, tmp_path_factory.mktemp("demo-live"),
+                          env={"ASR_PIPELINE__ITN": "false", "ASR_ENGINE__DTYPE": "fp32"})
     try:
         yield server
     finally:

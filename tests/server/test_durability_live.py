@@ -28,6 +28,9 @@ def _wait_done(url: str, job_ids: list[str], timeout_s: float = 180) -> dict[str
         assert time.monotonic() < deadline, {j: (v["done"], v["pending"]) for j, v in jobs.items()}
         time.sleep(0.2)
 
+# The reference texts come from the fp32 engine fixture; the cpu profile's default is int8.
+FP32 = {"ASR_ENGINE__DTYPE": "fp32"}
+
 
 @pytest.mark.slow
 def test_batch_job_survives_sigkill_mid_job(tiny_model_dir: Path, engine: Any, tmp_path: Path) -> None:
@@ -36,7 +39,7 @@ def test_batch_job_survives_sigkill_mid_job(tiny_model_dir: Path, engine: Any, t
     want = [t.text for t in engine.transcribe([decode_audio(d) for d in data + extra], [[]] * (N_FILES + 5))]
 
     # A small batch size keeps a few files in flight at a time, so the job takes a few seconds.
-    server = start_server(tiny_model_dir, tmp_path, args=["--max-batch-size", "4"])
+    server = start_server(tiny_model_dir, tmp_path, args=["--max-batch-size", "4"], env=FP32)
     try:
         files = [("files", (f"f{i:03d}.wav", d)) for i, d in enumerate(data)]
         job_a = httpx.post(server.url + "/api/batch_async", files=files, timeout=120).json()["job_id"]
@@ -62,7 +65,7 @@ def test_batch_job_survives_sigkill_mid_job(tiny_model_dir: Path, engine: Any, t
         server.stop()
     assert server.process.returncode == -signal.SIGKILL
 
-    restarted = start_server(tiny_model_dir, tmp_path, args=["--max-batch-size", "4"])
+    restarted = start_server(tiny_model_dir, tmp_path, args=["--max-batch-size", "4"], env=FP32)
     try:
         jobs = _wait_done(restarted.url, [job_a, job_b])
     finally:

@@ -30,6 +30,10 @@ from .conftest import CORRUPT, REPO, LiveServer, start_server, wav_bytes
 
 TOKEN = "hx-" + "7f3a9c" * 4
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The single-file tab's inputs after the audio and the hotwords (Gradio's API takes them by position):
+# timestamps, format, VAD, punctuation, ITN, speakers, their number, channels, channel names, hotword
+# sets, hotword_diff.
+SINGLE_OPTIONS = [True, "txt", "auto", True, True, False, 0, "mix", "", [], False]
 ZIP_FILES = 200  # limits.max_zip_files of this server: the largest zip it serves
 
 
@@ -186,7 +190,7 @@ def test_hotword_text_over_one_field_is_refused_at_every_door_before_parsing(ser
         assert resp.json()["error"]["code"] == "limit_exceeded"
 
     # Gradio's API: the same words as an event input (a 2.8 MB JSON body)...
-    event = json.dumps({"data": [None, words, True, "txt", "auto", True, True, False, 0]}).encode()
+    event = json.dumps({"data": [None, words, *SINGLE_OPTIONS]}).encode()
     resp = httpx.post(
         server.url + "/gradio_api/call/transcribe_single", content=event,
         headers={**AUTH, "Content-Type": "application/json"}, timeout=60,
@@ -219,7 +223,7 @@ def test_url_inputs_are_refused_before_any_name_lookup_or_connection(server: Liv
         return {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "a.wav"}
 
     for url in ("https://asr-probe.invalid/a.wav", "http://93.184.215.14/a.wav", "HTTP://127.0.0.1:9/a.wav"):
-        inputs = [file_ref(url), "", True, "txt", "auto", True, True, False, 0]
+        inputs = [file_ref(url), "", *SINGLE_OPTIONS]
         call = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
         assert call.status_code == 422, call.text[:300]
         body = call.json()["error"]
@@ -241,7 +245,7 @@ def test_url_inputs_are_refused_before_any_name_lookup_or_connection(server: Liv
     uploaded = httpx.post(
         server.url + "/gradio_api/upload", files={"files": ("ok.wav", wav_bytes(1.0))}, headers=AUTH
     ).json()[0]
-    inputs = [file_ref(uploaded), "", True, "txt", "auto", True, True, False, 0]
+    inputs = [file_ref(uploaded), "", *SINGLE_OPTIONS]
     call = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
     assert call.status_code == 200, call.text
     stream = httpx.get(
@@ -325,7 +329,7 @@ def test_server_log_has_no_library_noise_and_one_line_per_user_error(server: Liv
     uploaded = httpx.post(
         server.url + "/gradio_api/upload", files={"files": ("bad.wav", CORRUPT)}, headers=AUTH
     ).json()[0]
-    inputs = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "", True, "txt", "auto", True, True, False, 0]
+    inputs = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "", *SINGLE_OPTIONS]
     event = httpx.post(server.url + "/gradio_api/call/transcribe_single", json={"data": inputs}, headers=AUTH)
     stream = httpx.get(
         f"{server.url}/gradio_api/call/transcribe_single/{event.json()['event_id']}", headers=AUTH, timeout=60

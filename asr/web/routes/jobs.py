@@ -1,17 +1,22 @@
-"""Durable batch jobs: POST /api/batch_async, GET /api/jobs/{id}, GET /api/jobs/{id}/download."""
+"""Durable batch jobs: POST /api/batch_async, GET /api/jobs (newest first), GET /api/jobs/{id},
+GET /api/jobs/{id}/download."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
+from asr.errors import InvalidRequestError
 from asr.service.archive import plan_archive, stream_archive
-from asr.service.core import Service, job_to_dict
-from asr.web.deps import get_service
+from asr.service.core import Service, job_to_dict, summary_to_dict
+from asr.web.deps import get_service, require_admin
 from asr.web.messages import zh
 
 router = APIRouter(prefix="/api", tags=["batch jobs"])
@@ -29,6 +34,13 @@ async def batch_async(
     speakers: Annotated[bool, Form(description="Speaker labels per sentence")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=32, description="Number of speakers")] = None,
     itn: Annotated[Literal["auto", "on", "off"], Form(description="Numbers, dates, money as digits")] = "auto",
+    hotword_sets: Annotated[
+        str, Form(description="Named hotword sets, comma separated; resolved now: later changes to a set "
+                  "do not change this job")
+    ] = "",
+    hotword_diff: Annotated[bool, Form(description="Also recognise without the hotwords; report differences")] = False,
+    channels: Annotated[Literal["mix", "split"], Form(description="mix, or split (each channel labelled)")] = "mix",
+    channel_names: Annotated[str, Form(description="With channels=split: names, comma separated")] = "",
 ) -> dict[str, Any]:
     """Store the uploads and return a job id at once; the files are transcribed in the background.
 
@@ -36,7 +48,8 @@ async def batch_async(
     before this returns.
     """
     options = service.options(
-        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn
+        hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn,
+        hotword_sets=hotword_sets, hotword_diff=hotword_diff, channels=channels, channel_names=channel_names,
     )
     # The web server has spooled each upload to a temporary file; the job store copies them to
     # the data directory block by block, so the job never sits in memory whole.
@@ -48,6 +61,38 @@ async def batch_async(
         "status_url": f"/api/jobs/{job_id}",
         "download_url": f"/api/jobs/{job_id}/download",
     }
+
+
+@router.get("/jobs", summary="Jobs, newest first, a page at a time", dependencies=[Depends(require_admin)])
+async def list_jobs(
+    service: Annotated[Service, Depends(get_service)],
+    limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page")] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> dict[str, Any]:
+    """Every job the service keeps (until `server.job_retention_h` after it finished), with its
+    counts; `next_cursor` fetches the next (older) page and is null on the last. Pages stay right
+    while new jobs arrive (they come before the first page)."""
+    rows = await asyncio.to_thread(service.jobs.list_jobs, limit + 1, _read_cursor(cursor))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "jobs": [summary_to_dict(r) for r in rows],
+        "next_cursor": _cursor(rows[-1].created_at, rows[-1].id) if more else None,
+    }
+
+
+def _cursor(created_at: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, job_id]).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(created_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidRequestError("The cursor is not one this service gave out (use next_cursor as it came).") from None
 
 
 @router.get("/jobs/{job_id}", summary="Job status, per-file progress and results")

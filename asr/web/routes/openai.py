@@ -3,8 +3,10 @@
 `prompt` carries the hotwords (one per line or space separated): SeACo-Paraformer biases towards
 listed words rather than continuing a text prompt. `model`, `language` and `temperature` are
 accepted and ignored: the service runs one Chinese model. Extensions: `vad`, `punc`, `speakers`,
-`num_speakers`, `itn` (as in /api/transcribe); verbose_json segments are the sentences on the file's
-timeline, with `speaker` when speakers are on.
+`num_speakers`, `itn`, `hotword_sets`, `hotword_diff`, `channels`, `channel_names` (as in
+/api/transcribe; the OpenAI client sends them as `extra_body`); verbose_json segments are the
+sentences on the file's timeline, with `speaker` when speakers are on or channels are split, and
+verbose_json carries the result's `hotword_hits`, `corrections` and `hotword_diff` when there are any.
 
 `stream=true` answers with server-sent events as OpenAI's API does: a `transcript.text.delta` per
 segment as it finishes (in order; its text punctuated as that segment alone would be, with its
@@ -33,6 +35,7 @@ router = APIRouter(prefix="/v1", tags=["openai compatible"])
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Switch = Literal["auto", "on", "off"]
+Channels = Literal["mix", "split"]
 
 
 @router.post("/audio/transcriptions", summary="OpenAI-compatible transcription", response_model=None)
@@ -50,11 +53,16 @@ async def create_transcription(
     speakers: Annotated[bool, Form(description="Extension: speaker labels on segments")] = False,
     num_speakers: Annotated[int | None, Form(ge=1, le=MAX_SPEAKERS)] = None,
     itn: Annotated[Switch, Form(description="Extension: numbers, dates, money as digits")] = "auto",
+    hotword_sets: Annotated[str, Form(description="Extension: named hotword sets, comma separated")] = "",
+    hotword_diff: Annotated[bool, Form(description="Extension: where the text differs without the hotwords")] = False,
+    channels: Annotated[Channels, Form(description="Extension: mix, or split (each channel labelled)")] = "mix",
+    channel_names: Annotated[str, Form(description="Extension: channel names, comma separated")] = "",
     stream: Annotated[bool, Form(description="Server-sent events: a text delta per finished segment")] = False,
 ) -> Response:
     words = "word" in (timestamp_granularities or [])
     options = service.options(
-        hotwords=prompt, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn
+        hotwords=prompt, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, itn=itn,
+        hotword_sets=hotword_sets, hotword_diff=hotword_diff, channels=channels, channel_names=channel_names,
     )
     if stream:
         return await _stream(service, upload_source(service, file), options)

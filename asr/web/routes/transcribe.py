@@ -16,6 +16,7 @@ from asr.web.deps import get_service, upload_source
 router = APIRouter(prefix="/api", tags=["transcribe"])
 
 Switch = Literal["auto", "on", "off"]
+Channels = Literal["mix", "split"]
 
 
 @router.post(
@@ -45,12 +46,24 @@ async def transcribe(
     itn: Annotated[
         Switch, Form(description="Numbers, dates, money as digits; auto: the pipeline.itn setting (on)")
     ] = "auto",
+    hotword_sets: Annotated[
+        str, Form(description="Named hotword sets (/api/hotword_sets), separated by commas or spaces")
+    ] = "",
+    hotword_diff: Annotated[
+        bool, Form(description="Also recognise without the hotwords and return where the text differs")
+    ] = False,
+    channels: Annotated[
+        Channels, Form(description="mix: channels averaged; split: each channel recognised and labelled")
+    ] = "mix",
+    channel_names: Annotated[
+        str, Form(description="With channels=split: names for channels 1, 2, ... separated by commas (坐席,客户)")
+    ] = "",
 ) -> Response:
     """Decode the file as a stream, recognise it through the shared batch scheduler and return
     the `Result` (docs/result.md) or its txt / srt / vtt rendering."""
     options = service.options(
         hotwords=hotwords, vad=vad, punc=punc, speakers=speakers, num_speakers=num_speakers, timestamps=timestamps,
-        itn=itn,
+        itn=itn, hotword_sets=hotword_sets, hotword_diff=hotword_diff, channels=channels, channel_names=channel_names,
     )
     result = await service.transcribe(upload_source(service, file), options)
     if format == "json":

@@ -180,7 +180,8 @@
     return box ? box.value : "";
   }
 
-  // The batch tab's long-audio options, sent with every group as /api/batch_async form fields.
+  // The batch tab's options (long audio, hotword sets, hotword_diff, channels), sent with every
+  // group as /api/batch_async form fields.
   function longOptions() {
     const opts = {};
     const vad = document.querySelector("#batch-vad input:checked");
@@ -193,7 +194,24 @@
     if (spk) opts.speakers = spk.checked ? "true" : "false";
     const n = document.querySelector("#batch-num-speakers input");
     if (spk && spk.checked && n && Number(n.value) >= 1) opts.num_speakers = String(Math.round(Number(n.value)));
+    const sets = checkedNames("#batch-hotword-sets");
+    if (sets.length) opts.hotword_sets = sets.join(",");
+    const diff = document.querySelector("#batch-hotword-diff input[type=checkbox]");
+    if (diff) opts.hotword_diff = diff.checked ? "true" : "false";
+    const channels = document.querySelector("#batch-channels input:checked");
+    if (channels) opts.channels = channels.value;
+    const names = document.querySelector("#batch-channel-names textarea, #batch-channel-names input");
+    if (channels && channels.value === "split" && names && names.value.trim()) opts.channel_names = names.value;
     return opts;
+  }
+
+  // The names ticked in a Gradio CheckboxGroup (the input's value, or its label's text).
+  function checkedNames(selector) {
+    return Array.from(document.querySelectorAll(selector + " input[type=checkbox]:checked")).map((box) => {
+      if (box.value && box.value !== "on") return box.value;
+      const label = box.closest("label");
+      return label ? label.textContent.trim() : "";
+    }).filter(Boolean);
   }
 
   function panel() {
