@@ -218,6 +218,7 @@ class LiveSession:
         self.phase: Literal["config", "audio", "ending", "ended"] = "config"
         self.options = Options()
         self.audio_s = 0.0
+        self.late_bytes = 0  # audio received after the end (ignored)
         self.first_audio_at: float | None = None
         self._rest = b""  # an odd byte of PCM waiting for its partner
         self._incoming: list[np.ndarray] = []
@@ -262,7 +263,10 @@ class LiveSession:
                 '{"mode": "2pass", "wav_format": "pcm", "audio_fs": 16000, "is_speaking": true} first.'
             )
         if self.phase in ("ending", "ended"):
-            raise LiveProtocolError("Audio arrived after {\"is_speaking\": false}; open a new connection.")
+            # Audio a client had in flight when it sent {"is_speaking": false} (a browser's
+            # recorder delivers its last buffers after the stop): not part of the session.
+            self.late_bytes += len(data)
+            return
         if self.config.mode == "offline":
             self._offline += data
             limit_mb = self.hub.settings.limits.max_upload_mb

@@ -42,6 +42,7 @@
   document.head.appendChild(style);
 
   let ws = null;
+  let streaming = false; // audio goes out between the configuration and {"is_speaking": false}
   let audio = null; // {ctx, stream, node, source}
   let pending = new Int16Array(0);
   const finals = []; // {start_ms, end_ms, text}
@@ -137,7 +138,7 @@
     joined.set(pcm, pending.length);
     let at = 0;
     while (joined.length - at >= SEND_SAMPLES) {
-      if (ws && ws.readyState === WebSocket.OPEN) ws.send(joined.slice(at, at + SEND_SAMPLES).buffer);
+      if (streaming && ws && ws.readyState === WebSocket.OPEN) ws.send(joined.slice(at, at + SEND_SAMPLES).buffer);
       at += SEND_SAMPLES;
     }
     pending = joined.slice(at);
@@ -178,7 +179,9 @@
   }
 
   function closeAudio() {
+    streaming = false; // buffers the recorder still delivers are not sent after the end
     if (!audio) return;
+    if (audio.node.port) audio.node.port.onmessage = null;
     audio.stream.getTracks().forEach((t) => t.stop());
     audio.source.disconnect();
     audio.node.disconnect();
@@ -216,6 +219,7 @@
         is_speaking: true, chunk_size: [5, 10, 5], chunk_interval: 10,
         itn: document.getElementById("live-itn").checked, hotwords: hotwords(),
       }));
+      streaming = true;
       status("正在聆听 listening…", "listening");
       document.getElementById("live-stop").disabled = false;
     };
