@@ -205,3 +205,35 @@ def test_on_segment_hands_each_segment_on_in_order_as_a_result_of_its_own():
     assert [s.segments for s in seen] == [(seg,) for seg in streamed.segments]
     assert [t for s in seen for t in s.tokens] == list(streamed.tokens)
     assert streamed.text == plain.text and streamed.segments == plain.segments
+
+
+def test_audio_budget_waits_first_come_first_served_and_refuses_after_its_timeout() -> None:
+    from asr.errors import BusyError
+    from asr.pipeline.pipeline import AudioBudget
+
+    async def run() -> list[str]:
+        budget = AudioBudget(100)
+        order: list[str] = []
+        assert await budget.acquire(80) == 80
+        assert budget.try_acquire(50) == 20  # what is free now, without waiting
+
+        async def take(name: str, n: int) -> None:
+            await budget.acquire(n)
+            order.append(name)
+
+        big = asyncio.create_task(take("big", 60))
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take("small", 10))
+        await asyncio.sleep(0)
+        assert budget.try_acquire(5) == 0  # others wait: no overtaking
+        with pytest.raises(BusyError):
+            await budget.acquire(30, timeout=0.05)
+        budget.release(100)
+        await asyncio.gather(big, small)
+        assert budget.used == 70
+        budget.release(70)
+        assert await budget.acquire(10_000) == 100  # clamped to the whole budget, not refused forever
+        return order
+
+    order = asyncio.run(run())
+    assert order == ["big", "small"]  # the large request at the head is not overtaken

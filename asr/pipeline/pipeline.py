@@ -28,7 +28,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -170,14 +170,6 @@ class AudioBudget:
                 continue
             self.used += nbytes
             future.set_result(None)
-
-    @contextlib.asynccontextmanager
-    async def hold(self, nbytes: int, timeout: float | None = None) -> AsyncIterator[int]:
-        taken = await self.acquire(nbytes, timeout)
-        try:
-            yield taken
-        finally:
-            self.release(taken)
 
 
 @dataclass

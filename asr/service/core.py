@@ -17,7 +17,6 @@ from typing import Any
 
 from asr.errors import ASRError, JobNotFoundError, LimitError, RequestTimeoutError
 from asr.pipeline.audio import AudioSource
-from asr.pipeline.hotwords import HotwordList
 from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline, SegmentCallback
 from asr.pipeline.result import Result
@@ -237,4 +236,4 @@ def safe_stem(name: str) -> str:
     return _UNSAFE.sub("_", stem).strip("._")[:80] or "audio"
 
 
-__all__ = ["HotwordList", "Service", "gpu_description", "job_to_dict", "safe_stem", "stored_result", "summary_to_dict"]
+__all__ = ["Service", "gpu_description", "job_to_dict", "safe_stem", "stored_result", "summary_to_dict"]
