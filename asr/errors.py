@@ -9,6 +9,8 @@ purpose. The web layer reads `http_status(exc)`; the CLI prints the message and 
 
 from __future__ import annotations
 
+from typing import Any
+
 # code -> HTTP status. One row per code any ASRError may carry.
 HTTP_STATUS: dict[str, int] = {
     "asr_error": 500,
@@ -91,6 +93,17 @@ class ASRError(Exception):
     @property
     def message(self) -> str:
         return str(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (decoding in a process pool) with their code intact.
+        return (_rebuild_error, (type(self), str(self), self.code), dict(self.__dict__))
+
+
+def _rebuild_error(cls: type[ASRError], message: str, code: str) -> ASRError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.code = code
+    return exc
 
 
 def http_status(exc: ASRError) -> int:

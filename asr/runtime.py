@@ -14,6 +14,12 @@ from asr.settings import Settings
 GPU_SWITCH_INTERVAL_S = 0.0005
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share), not the machine's."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 def configure_process(settings: Settings) -> None:
     """Torch's CPU threads (`engine.num_threads`, else the cores this process may use) and, on a
     GPU box, a short GIL switch interval."""
@@ -22,8 +28,6 @@ def configure_process(settings: Settings) -> None:
     if settings.engine.num_threads:
         torch.set_num_threads(settings.engine.num_threads)
     elif settings.engine.device == "cpu" or not torch.cuda.is_available():
-        # The cores this process may run on (a container's or taskset's share), not the machine's.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, cores or 1))
+        torch.set_num_threads(usable_cores())
     if settings.engine.device != "cpu" and torch.cuda.is_available():
         sys.setswitchinterval(min(sys.getswitchinterval(), GPU_SWITCH_INTERVAL_S))

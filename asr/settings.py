@@ -91,6 +91,9 @@ class LongformSettings(BaseModel):
     FunASR's FSMN-VAD from `vad_model`."""
     vad_model: str = DEFAULT_VAD_MODEL
     """FSMN-VAD model directory or ModelScope id (used when `vad` is 'fsmn')."""
+    vad_workers: int = Field(default=0, ge=0)
+    """Threads deciding a long recording's Silero blocks at once (the segments are the same for
+    any number); 0 picks half the cores the process may use, at most 8."""
     auto_vad_s: float = Field(default=45.0, ge=0)
     """With VAD on 'auto', recordings longer than this take the long path (VAD segments,
     sentences); shorter ones are one engine clip."""
@@ -109,8 +112,8 @@ class LongformSettings(BaseModel):
     """CT-Transformer punctuation model directory or ModelScope id; empty/None turns it off.
     When it cannot be loaded, results say punctuation is unavailable (no failure)."""
     punc_device: str = "cpu"
-    """Device of the punctuation model ('cpu', 'cuda', 'cuda:N'); it is small and runs once per
-    file, so the CPU keeps the GPU for recognition."""
+    """Device of the punctuation model ('cpu', 'cuda', 'cuda:N', or 'auto': the GPU when there is
+    one); it runs once per file, batched over all of its sentences."""
     speaker_model: str = DEFAULT_SPEAKER_MODEL
     """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
     speaker_device: str = "cpu"
@@ -237,6 +240,12 @@ class PipelineSettings(BaseModel):
     itn: bool = True
     """Inverse text normalization by default (spoken numbers, dates, money ... written as digits:
     二零二六年十二月一日 -> 2026年12月1日); each request may turn it off or on (docs/itn.md)."""
+    decode_processes: int = Field(default=-1, ge=-1)
+    """Processes that decode short compressed files (mp3, m4a, ogg, ...; not WAV, which needs no
+    decoding) on every core; 0 decodes in the pipeline's threads, -1 picks half the cores the
+    process may use (at most 16) on machines with at least 4 of them, else 0."""
+    decode_process_max_mb: float = Field(default=4.0, gt=0)
+    """Files at most this large go to the decoding processes (longer recordings stream)."""
     files_in_flight: int = Field(default=64, ge=1)
     """Files the CLI and the batch-job worker transcribe at once, so the scheduler can fill its
     batches from them (memory stays within `limits.decoded_audio_mb`)."""

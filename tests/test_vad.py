@@ -89,6 +89,30 @@ def test_stream_equals_whole_array_and_maps_timeline(rec, silero):
         np.testing.assert_array_equal(c.audio, rec.audio[c.segment.start_sample : c.segment.end_sample])
 
 
+def test_blocks_decided_by_several_threads_give_the_same_segments_as_one(rec):
+    # Small blocks (2 lanes of 2 s), so the recording is many blocks decided out of order by
+    # three threads; fed in odd-sized pieces so blocks complete mid-push. The probabilities,
+    # hence the segments and their audio, must be exactly those of one thread.
+    opts = dataclasses.replace(RAW, min_silence_ms=300)
+    one = SileroVad(lanes=2, lane_s=2.0)
+    three = SileroVad(lanes=2, lane_s=2.0, workers=3)
+    assert three._pool is not None and one._pool is None
+    sizes = [5000, 70000, 1, 33000]
+    pieces, pos = [], 0
+    while pos < len(rec.audio):
+        n = sizes[len(pieces) % len(sizes)]
+        pieces.append(rec.audio[pos : pos + n])
+        pos += n
+    a = list(one.stream(iter(pieces), opts))
+    b = list(three.stream(iter(pieces), opts))
+    assert len(a) == len(rec.spans)
+    assert [c.segment for c in a] == [c.segment for c in b]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.audio, y.audio)
+    np.testing.assert_array_equal(one.frame_probs(rec.audio[:0], rec.audio[:40000]),
+                                  three.frame_probs(rec.audio[:0], rec.audio[:40000]))
+
+
 def test_lanes_agree_with_a_serial_pass(rec):
     serial = SileroVad(lanes=1, lane_s=1000, warmup_s=0).segment(rec.audio, RAW)
     laned = SileroVad().segment(rec.audio, RAW)

@@ -170,6 +170,28 @@ def open_audio(
         raise
 
 
+def decode_clip(source: bytes | str, up_to_s: float, max_duration_s: float | None) -> np.ndarray | None:
+    """A short recording decoded whole, or None when it is longer than `up_to_s` (the caller then
+    streams it). Run in the pipeline's decoding processes: compressed formats decode in C while
+    holding the GIL, so a folder of mp3 clips decodes on every core only in processes."""
+    stream = open_audio(source, max_duration_s=max_duration_s)
+    try:
+        blocks: list[np.ndarray] = []
+        held = 0
+        for block in stream.blocks():
+            blocks.append(block)
+            held += len(block)
+            if held > up_to_s * SAMPLE_RATE:
+                return None
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    finally:
+        stream.close()
+
+
+def is_wav(head: bytes) -> bool:
+    return head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE"
+
+
 def decode_audio(source: AudioSource, *, max_duration_s: float | None = None) -> np.ndarray:
     """Decode `source` (bytes, a path or a binary file object) to one float32 mono 16 kHz array.
 
@@ -384,6 +406,8 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, sp
                         "split by channel.", code="corrupt_audio",
                     )
                 out = block.T if frame.format.is_planar else block.reshape(-1, n_channels)
+            elif n_channels == 1:
+                out = block.reshape(-1)  # mono: no mixing (most speech files)
             elif frame.format.is_planar:
                 out = block.mean(axis=0)
             else:

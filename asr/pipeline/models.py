@@ -57,8 +57,13 @@ class StageModels:
                                          "vad_model", "--vad-model")
                     self._vad = load_vad("fsmn", path)
                 else:
-                    self._vad = load_vad("silero")
+                    self._vad = load_vad("silero", workers=self._vad_workers())
             return self._vad
+
+    def _vad_workers(self) -> int:
+        from asr.runtime import usable_cores
+
+        return self.settings.vad_workers or min(8, max(1, usable_cores() // 2))
 
     def punctuator(self) -> Punctuator | None:
         """The punctuation model, or None when it is not configured or cannot be loaded."""
@@ -69,7 +74,7 @@ class StageModels:
                 try:
                     path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"),
                                          "punc_model", "--punc-model")
-                    self._punc = Punctuator(path, device=self.settings.punc_device)
+                    self._punc = Punctuator(path, device=_device(self.settings.punc_device))
                 except ASRError as exc:
                     # The log keeps the detail (paths included); results get the sentence below.
                     log.warning("punctuation unavailable: %s", exc)
@@ -110,3 +115,12 @@ class StageModels:
                 path = self._resolve(self.settings.speaker_model, ("config.yaml",), "speaker_model", "--speaker-model")
                 self._embedder = SpeakerEmbedder(path, device=self.settings.speaker_device)
             return self._embedder
+
+
+def _device(name: str) -> str:
+    """'auto': the GPU when torch sees one, else the CPU."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -26,17 +26,29 @@ import dataclasses
 import difflib
 import itertools
 import logging
+import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from asr.errors import ASRError, BusyError, LimitError, OptionsError, engine_failure
-from asr.pipeline.audio import BLOCK_S, BYTES_PER_SECOND, SAMPLE_RATE, AudioSource, AudioStream, open_audio
+from asr.pipeline.audio import (
+    BLOCK_S,
+    BYTES_PER_SECOND,
+    SAMPLE_RATE,
+    AudioSource,
+    AudioStream,
+    decode_clip,
+    is_wav,
+    open_audio,
+)
 from asr.pipeline.corrections import correct
 from asr.pipeline.hotwords import find_hotwords
 from asr.pipeline.models import StageModels
@@ -74,6 +86,7 @@ from asr.pipeline.subtitles import (
 )
 from asr.pipeline.vad import Segment as VadSegment
 from asr.pipeline.vad import SegmentFeed, SpeechChunk, VadOptions, WholeAudio
+from asr.runtime import usable_cores
 from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
 from asr.settings import Settings
 
@@ -237,12 +250,22 @@ class Pipeline:
         )
         self._whole_opts = WholeAudio.options(settings.engine.max_clip_s)
         self._window_s = longform.group_s
+        self._decoders: ProcessPoolExecutor | None = None
+        self.decoded_in_processes = 0
+        """Recordings the decoding processes decoded (the rest streamed in the threads)."""
 
     # ---- life cycle --------------------------------------------------------------------------
 
     async def start(self, *, warmup: bool = False) -> None:
         """Start the scheduler; optionally push one clip through it (CUDA modules, allocator)."""
         await self.scheduler.start()
+        processes = self.settings.pipeline.decode_processes
+        if processes < 0:
+            cores = usable_cores()
+            processes = min(16, cores // 2) if cores >= 4 else 0
+        if processes:
+            # Spawned, not forked: this process has CUDA and threads running.
+            self._decoders = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
         # The models every request uses load now, not in the first request (ITN's grammars take
         # ~0.2 s, a punctuation model seconds); a missing one is reported once, here.
         if self.settings.pipeline.itn:
@@ -258,6 +281,8 @@ class Pipeline:
     async def stop(self) -> None:
         await self.scheduler.stop()
         self._workers.shutdown(wait=False, cancel_futures=True)
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def options(self, **form: Any) -> Options:
         """`Options.from_form` with this service's hotword limits."""
@@ -311,6 +336,8 @@ class Pipeline:
         src: _Source | None = None
         whole: list[tuple[int, SpeechChunk]] | None = None
         try:
+            if self._decoders is not None and options.channels != "split" and not isinstance(source, AudioStream):
+                source = await self._decode_elsewhere(source, self._first_seconds(options))
             src, use_vad, whole = await self._run(self._open, source, options)
             if whole is not None:
                 parts = list(await asyncio.gather(*(self._part(chunk, options, background, c) for c, chunk in whole)))
@@ -354,16 +381,41 @@ class Pipeline:
             return False
         return sum(len(p.transcript.tokens or ()) for p in parts) <= _INLINE_WORDS
 
-    def _first_reservation(self, options: Options) -> int:
-        """Bytes for the longest clip this request can need at once, plus one decoded block:
-        a whole short recording (VAD on 'auto' decides by the first `auto_vad_s`), or a segment."""
+    def _first_seconds(self, options: Options) -> float:
+        """The longest clip this request can need at once: a whole short recording (VAD on
+        'auto' decides by the first `auto_vad_s`), or a segment."""
         longform, engine = self.settings.longform, self.settings.engine
         vad = self._uses_vad(options)
         if vad is None:
-            seconds = max(longform.auto_vad_s, engine.max_clip_s)
-        else:
-            seconds = longform.max_segment_s if vad else engine.max_clip_s
-        return int((seconds + BLOCK_S) * BYTES_PER_SECOND)
+            return max(longform.auto_vad_s, engine.max_clip_s)
+        return longform.max_segment_s if vad else engine.max_clip_s
+
+    def _first_reservation(self, options: Options) -> int:
+        """Bytes for `_first_seconds`, plus one decoded block."""
+        return int((self._first_seconds(options) + BLOCK_S) * BYTES_PER_SECOND)
+
+    async def _decode_elsewhere(self, source: AudioSource, up_to_s: float) -> AudioSource | AudioStream:
+        """A short compressed file decoded whole by a decoding process, as a stream of one block;
+        a WAV, a large file or one longer than `up_to_s` comes back as it was (it streams here).
+        The audio is the same either way: the same code decodes it."""
+        assert self._decoders is not None
+        data = await self._run(_decodable_input, source, int(self.settings.pipeline.decode_process_max_mb * 1048576))
+        if data is None:
+            return source
+        try:
+            audio = await asyncio.get_running_loop().run_in_executor(
+                self._decoders, decode_clip, data, up_to_s, self.settings.limits.max_audio_s
+            )
+        except BrokenProcessPool:
+            log.warning("a decoding process died; decoding in threads from now on")
+            self._decoders = None
+            audio = None
+        if audio is None:
+            if not isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
+                source.seek(0)
+            return source
+        self.decoded_in_processes += 1
+        return blocks_stream([audio], duration_s=len(audio) / SAMPLE_RATE)
 
     def _window_bytes(self, duration_s: float | None) -> int:
         """A streaming recording's segments in flight: its length when the header says, at most
@@ -811,6 +863,33 @@ def transcribe_files(
             await pipeline.stop()
 
     return asyncio.run(run())
+
+
+def _decodable_input(source: AudioSource, max_bytes: int) -> bytes | str | None:
+    """What a decoding process is sent for `source` (its path, or its bytes), or None when it
+    stays here: a WAV (read without decoding), a file over `max_bytes`."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return None if len(data) > max_bytes or is_wav(data[:12]) else data
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(12)
+                size = os.fstat(fh.fileno()).st_size
+        except OSError:
+            return None  # the pipeline's own opening reports it
+        return None if size > max_bytes or is_wav(head) else os.fspath(source)
+    try:
+        source.seek(0, os.SEEK_END)
+        size = source.tell()
+        source.seek(0)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if size > max_bytes:
+        return None
+    data = source.read()
+    source.seek(0)
+    return None if is_wav(data[:12]) else data
 
 
 def blocks_stream(blocks: Iterator[np.ndarray] | Sequence[np.ndarray], duration_s: float | None = None) -> AudioStream:

@@ -16,9 +16,11 @@ segment plus one VAD block), not by the length of the file.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -471,12 +473,18 @@ class SileroVad(_Segmenter):
     Silero decides one 32 ms frame per call. To cut the per-call overhead, a block of audio is
     split into `lanes` slices decided side by side as one batch; each slice first replays the
     `warmup_s` of audio before it, so its recurrent state is warm where its own frames begin.
+
+    A block depends only on its own audio and the `warmup_s` before it, so a long recording's
+    blocks are decided by `workers` threads at once (onnxruntime releases the GIL while it runs)
+    and their regions read in order: the same frames, the same probabilities, the same segments
+    as one thread gives, several times sooner on a machine with the cores.
     """
 
     name = "silero"
 
     def __init__(
-        self, lanes: int = 16, lane_s: float = 8.0, warmup_s: float = 1.0, threads: int = 1
+        self, lanes: int = 16, lane_s: float = 8.0, warmup_s: float = 1.0, threads: int = 1,
+        workers: int = 1,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -492,8 +500,13 @@ class SileroVad(_Segmenter):
             raise
         except Exception as exc:  # missing onnxruntime, corrupt file
             raise ModelLoadError(f"Silero VAD could not be loaded: {exc}") from exc
-        if lanes < 1 or lane_s <= 0 or warmup_s < 0:
-            raise VadOptionsError("lanes, lane_s and warmup_s must be positive.")
+        if lanes < 1 or lane_s <= 0 or warmup_s < 0 or workers < 1:
+            raise VadOptionsError("lanes, lane_s, warmup_s and workers must be positive.")
+        self.workers = workers
+        # One pool for every recording: a server's concurrent long uploads share the cores.
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="asr-silero") if workers > 1 else None
+        )
         self.lanes = lanes
         self.lane_frames = max(1, int(lane_s * SAMPLE_RATE) // _SILERO_FRAME)
         self.warm_frames = int(warmup_s * SAMPLE_RATE) // _SILERO_FRAME
@@ -599,15 +612,17 @@ class _Hysteresis:
 
 
 class _SileroRegions:
-    """Hysteresis over Silero frame probabilities, decided in large blocks (files)."""
+    """Hysteresis over Silero frame probabilities, decided in large blocks (files). With a pool,
+    up to two blocks per worker are decided ahead while the hysteresis reads them in order."""
 
     def __init__(self, vad: SileroVad, opts: VadOptions) -> None:
         self.vad = vad
         self.rules = _Hysteresis(opts)
         self.block = vad.lanes * vad.lane_frames * _SILERO_FRAME
-        self.todo = np.zeros(0, dtype=np.float32)  # received, not yet decided
-        self.history = np.zeros(0, dtype=np.float32)  # decided audio kept for warm-up
-        self.done = 0  # samples decided so far
+        self.todo = np.zeros(0, dtype=np.float32)  # received, not yet handed to a decider
+        self.history = np.zeros(0, dtype=np.float32)  # audio just before `todo`, for warm-up
+        self.deciding: collections.deque[tuple[Future[np.ndarray], int]] = collections.deque()
+        self.done = 0  # samples whose frames the hysteresis has read
         self.total = 0
 
     @property
@@ -621,28 +636,41 @@ class _SileroRegions:
     def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
         self.todo = np.concatenate((self.todo, audio))
         self.total += len(audio)
-        regions: list[tuple[int, int]] = []
         while len(self.todo) >= self.block:
-            regions += self._decide(self.todo[: self.block])
+            self._submit(self.todo[: self.block])
             self.todo = self.todo[self.block :]
-        return regions
+        return self._read(ahead=2 * self.vad.workers)
 
     def finish(self) -> list[tuple[int, int]]:
-        regions = self._decide(self.todo) if len(self.todo) else []
-        self.todo = self.todo[:0]
-        return regions + self.rules.close(self.total)
+        if len(self.todo):
+            self._submit(self.todo)
+            self.todo = self.todo[:0]
+        return self._read(ahead=0) + self.rules.close(self.total)
 
-    def _decide(self, audio: np.ndarray) -> list[tuple[int, int]]:
-        probs = self.vad.frame_probs(self.history, audio)
+    def _submit(self, audio: np.ndarray) -> None:
+        pool = self.vad._pool
+        if pool is None:
+            future: Future[np.ndarray] = Future()
+            future.set_result(self.vad.frame_probs(self.history, audio))
+        else:
+            future = pool.submit(self.vad.frame_probs, self.history, audio)
         keep = self.vad.warm_frames * _SILERO_FRAME + _SILERO_CONTEXT
         self.history = np.concatenate((self.history, audio))[-keep:]
+        self.deciding.append((future, len(audio)))
+
+    def _read(self, ahead: int) -> list[tuple[int, int]]:
+        """Regions from the decided blocks at the head; waits while more than `ahead` are
+        still being decided."""
         regions = []
-        base = self.done
-        for i, p in enumerate(probs.tolist()):
-            region = self.rules.frame(p, base + i * _SILERO_FRAME)
-            if region is not None:
-                regions.append(region)
-        self.done = base + len(audio)
+        while self.deciding and (self.deciding[0][0].done() or len(self.deciding) > ahead):
+            future, n = self.deciding.popleft()
+            probs = future.result()
+            base = self.done
+            for i, p in enumerate(probs.tolist()):
+                region = self.rules.frame(p, base + i * _SILERO_FRAME)
+                if region is not None:
+                    regions.append(region)
+            self.done = base + n
         return regions
 
 
@@ -884,10 +912,11 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
     return out
 
 
-def load_vad(kind: str = "silero", model_dir: str | Path | None = None) -> VadBackend:
-    """Build a VAD backend: 'silero' (weights from the silero-vad package) or 'fsmn' (model_dir)."""
+def load_vad(kind: str = "silero", model_dir: str | Path | None = None, workers: int = 1) -> VadBackend:
+    """Build a VAD backend: 'silero' (weights from the silero-vad package; `workers` threads
+    decide a long recording's blocks) or 'fsmn' (model_dir)."""
     if kind == "silero":
-        return SileroVad()
+        return SileroVad(workers=workers)
     if kind == "fsmn":
         if model_dir is None:
             raise ModelLoadError("The FSMN VAD needs a model directory.")

@@ -1,0 +1,155 @@
+"""Short compressed files decoded in the pipeline's decoding processes (`pipeline.decode_processes`):
+the same results as decoding in its threads, file by file, and the same typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+from audio_fixtures import all_formats, encode_av
+from speech import SENTENCES, recording, require_espeak
+
+from asr.errors import ASRError, AudioError
+from asr.pipeline.audio import AudioStream
+from asr.pipeline.options import Options
+from asr.pipeline.pipeline import Pipeline
+from asr.settings import load_settings
+
+
+def _settings(processes: int):
+    return load_settings(
+        None,
+        engine={"device": "cpu"},
+        longform={"punc_model": None},
+        pipeline={"decode_processes": processes, "decode_process_max_mb": 1.0},
+    )
+
+
+def _inputs() -> dict[str, object]:
+    require_espeak()
+    speech = recording(SENTENCES[:3], [0.8]).audio
+    long_speech = recording(SENTENCES * 2, [1.0]).audio  # past auto_vad_s: VAD, streamed here
+    assert len(long_speech) > 50 * 16000
+    mp3 = encode_av(speech, 16000, "mp3", "mp3")
+    formats = all_formats(2.0)
+    return {
+        "speech.mp3 (path)": "speech.mp3",
+        "speech.mp3 (bytes)": mp3,
+        "speech.mp3 (file)": io.BytesIO(mp3),
+        "long.mp3": encode_av(long_speech, 16000, "mp3", "mp3"),
+        "stereo44.mp3": formats["stereo44.mp3"],
+        "aac.m4a": formats["aac.m4a"],
+        "opus.webm": formats["opus.webm"],
+        "vorbis.ogg": formats["vorbis.ogg"],
+        "pcm16_16k.wav": formats["pcm16_16k.wav"],
+        "broken.mp3": b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40,
+        "too big.mp3": encode_av(np.tile(speech, 30)[: 16000 * 300], 16000, "mp3", "mp3"),
+    }
+
+
+def _run(engine, processes: int, inputs: dict[str, object], tmp_path) -> tuple[dict[str, object], Pipeline]:
+    sources = {}
+    for name, data in inputs.items():
+        if isinstance(data, str):
+            path = tmp_path / data
+            path.write_bytes(inputs["speech.mp3 (bytes)"])  # type: ignore[arg-type]
+            sources[name] = path
+        elif isinstance(data, io.BytesIO):
+            sources[name] = io.BytesIO(data.getvalue())
+        else:
+            sources[name] = data
+
+    async def go() -> tuple[dict[str, object], Pipeline]:
+        pipeline = Pipeline(_settings(processes), engine)
+        await pipeline.start()
+        try:
+            got = await asyncio.gather(
+                *(pipeline.transcribe(s, Options(), background=True) for s in sources.values()),
+                return_exceptions=True,
+            )
+        finally:
+            await pipeline.stop()
+        out: dict[str, object] = {}
+        for name, value in zip(sources, got):
+            if isinstance(value, ASRError):
+                out[name] = (type(value).__name__, value.code, str(value))
+            elif isinstance(value, BaseException):
+                raise value
+            else:
+                as_json = json.loads(value.to_json())
+                as_json.pop("processing_ms")
+                out[name] = as_json
+        return out, pipeline
+
+    return asyncio.run(go())
+
+
+def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engine, tmp_path):
+    inputs = _inputs()
+    in_threads, plain = _run(engine, 0, inputs, tmp_path)
+    in_processes, pooled = _run(engine, 2, inputs, tmp_path)
+    assert plain.decoded_in_processes == 0
+    # path, bytes, file object, stereo mp3, m4a, webm, ogg; not the WAV, the long or the large
+    # mp3 (they stream in threads) nor the broken one (refused there, with its code).
+    assert pooled.decoded_in_processes == 7
+    assert set(in_threads) == set(in_processes)
+    for name in in_threads:
+        assert in_processes[name] == in_threads[name], name
+    # Real results, not errors everywhere: every file but the broken one recognised.
+    assert in_threads["broken.mp3"][:2] == ("AudioError", "unsupported_format")  # type: ignore[index]
+    for name, value in in_threads.items():
+        if name != "broken.mp3":
+            assert isinstance(value, dict) and value["duration_ms"] > 1000, name
+    assert in_threads["long.mp3"]["applied"]["vad"] is True  # type: ignore[index]
+    assert in_threads["speech.mp3 (path)"] == in_threads["speech.mp3 (bytes)"] == in_threads["speech.mp3 (file)"]
+
+
+def test_only_short_compressed_files_are_sent_to_the_processes(engine, tmp_path):
+    inputs = _inputs()
+
+    async def go() -> dict[str, bool]:
+        pipeline = Pipeline(_settings(2), engine)
+        await pipeline.start()
+        try:
+            sent = {}
+            for name in ("speech.mp3 (bytes)", "pcm16_16k.wav", "too big.mp3", "long.mp3", "broken.mp3"):
+                try:
+                    out = await pipeline._decode_elsewhere(inputs[name], 45.0)  # type: ignore[arg-type]
+                except AudioError as exc:
+                    sent[name] = exc.code == "unsupported_format"  # decoded there, refused with its code
+                    continue
+                sent[name] = isinstance(out, AudioStream)
+                if not sent[name]:
+                    assert out is inputs[name]  # handed back untouched, streamed in a thread
+            return sent
+        finally:
+            await pipeline.stop()
+
+    sent = asyncio.run(go())
+    assert sent == {
+        "speech.mp3 (bytes)": True,
+        "pcm16_16k.wav": False,  # WAV needs no decoding
+        "too big.mp3": False,  # over decode_process_max_mb
+        "long.mp3": False,  # decoded there, longer than 45 s: streams here instead
+        "broken.mp3": True,
+    }
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_a_file_object_is_read_again_from_its_start_when_it_stays_here(engine, processes):
+    data = _inputs()["long.mp3"]
+    handle = io.BytesIO(data)  # type: ignore[arg-type]
+
+    async def go():
+        pipeline = Pipeline(_settings(processes), engine)
+        await pipeline.start()
+        try:
+            return await pipeline.transcribe(handle, Options(), background=True)
+        finally:
+            await pipeline.stop()
+
+    result = asyncio.run(go())
+    assert result.duration_ms > 50_000 and result.applied.vad
