@@ -221,10 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     mk.set_defaults(func=cmd_make_model)
 
     from asr.devtools.bench import add_parser as add_bench
+    from asr.devtools.bench_e2e import add_parser as add_bench_e2e
     from asr.devtools.bench_long import add_parser as add_bench_long
 
     add_bench(sub)
     add_bench_long(sub)
+    add_bench_e2e(sub)
     return parser
 
 

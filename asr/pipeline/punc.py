@@ -203,9 +203,10 @@ def close_sentence(text: str) -> str:
 
 
 def make_punc_model_dir(
-    path: str | Path, vocab: Iterable[str], seed: int = 0, dim: int = 32
+    path: str | Path, vocab: Iterable[str], seed: int = 0, dim: int = 32, full: bool = False
 ) -> Path:
-    """Write a small CT-Transformer dir in funasr's format with seeded random weights (for tests).
+    """Write a CT-Transformer dir in funasr's format with seeded random weights: small (for
+    tests), or with `full` the released model's layers (for benchmarks; `dim` is then ignored).
 
     Random weights would predict class 0 (`<unk>`), which funasr splices into the text as
     "<unk>"; its output bias is pushed far down so predictions fall on real marks.
@@ -222,10 +223,11 @@ def make_punc_model_dir(
     conf: dict[str, Any] = yaml.safe_load(
         resources.files("asr.engine.model_configs").joinpath("ct_punc.config.yaml").read_text("utf-8")
     )
-    conf["model_conf"].update(embed_unit=dim, att_unit=dim)
-    conf["encoder_conf"].update(
-        input_size=dim, output_size=dim, attention_heads=2, linear_units=2 * dim, num_blocks=2
-    )
+    if not full:
+        conf["model_conf"].update(embed_unit=dim, att_unit=dim)
+        conf["encoder_conf"].update(
+            input_size=dim, output_size=dim, attention_heads=2, linear_units=2 * dim, num_blocks=2
+        )
     words = [w for w in dict.fromkeys(vocab) if w not in ("<blank>", "<s>", "</s>", "<unk>")]
     tokens = ["<blank>", "<s>", "</s>", *words, "<unk>"]
     tables = funasr_registry(conf)
