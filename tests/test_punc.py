@@ -32,3 +32,35 @@ def test_punctuation_batched_equals_single_and_funasr(punctuator):
                                          device="cpu")[0][0]["text"]
     assert ours == theirs
 
+
+
+def test_concurrent_callers_share_passes_and_get_their_own_marks(punc_dir):
+    import threading
+
+    punctuator = Punctuator(punc_dir)
+    texts = [[w for s in SENTENCES[i : i + 1 + i % 4] for w in split_words(s)] for i in range(len(SENTENCES))]
+    alone = [punctuator.predict([t]) for t in texts]
+    passes = punctuator.passes
+    assert passes == len(texts)
+    got: dict[int, list[list[str]]] = {}
+    start = threading.Barrier(len(texts))
+
+    def call(i: int) -> None:
+        start.wait()
+        got[i] = punctuator.predict([texts[i]])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(texts))] == alone  # each its own marks, as when alone
+    assert punctuator.passes - passes < len(texts)  # and fewer forward passes than callers
+
+
+def test_a_failing_pass_raises_to_its_caller_and_the_next_call_works(punc_dir):
+    punctuator = Punctuator(punc_dir)
+    with pytest.raises(AttributeError):
+        punctuator.predict([[object()]])  # type: ignore[list-item]  # not a word: the tokenizer fails
+    assert not punctuator._running  # the failed leader handed the lead back
+    assert len(punctuator.predict([["今", "天", "好"]])[0]) == 3

@@ -7,8 +7,8 @@ Rows (each after the models are loaded, except the cold start):
 - folder: N mp3 clips through the command line's own loop (decode, VAD when long, punctuation,
   ITN, SRT files written);
 - long: one 60-min mp3 -> SRT with VAD and punctuation; then ten of them in one call;
-- each of those again with the pipeline's parallel parts off (`vad_workers=1`,
-  `decode_processes=0`), so the run shows what they bring;
+- the folder and one long recording again with the pipeline's parallel parts off
+  (`vad_workers=1`, `decode_processes=0`), so the run shows what they bring;
 - cold start: `python -m asr transcribe` of one 10 s mp3 in a fresh process, first result;
 - funasr (`--funasr`): funasr's own pipeline (FSMN-VAD + model + CT-Transformer) on the long
   recording, already decoded.
@@ -140,7 +140,7 @@ def make_full_punc(path: Path, model_dir: Path) -> Path:
 
 
 def _pipeline_rows(
-    settings: Any, engine: Any, inputs: dict[str, Any], label: str, out_dir: Path
+    settings: Any, engine: Any, inputs: dict[str, Any], label: str, out_dir: Path, many: bool = True
 ) -> list[dict[str, Any]]:
     from asr.cli import _transcribe_files, find_audio_files
     from asr.pipeline.options import Options
@@ -183,7 +183,7 @@ def _pipeline_rows(
     seconds, segments = asyncio.run(long_once([inputs["long"]]))
     row("long: one mp3 -> srt (VAD, punctuation, ITN)", long_s, seconds, segments=segments)
     long_files = sorted(inputs["long_dir"].glob("*.mp3"))
-    if len(long_files) > 1:
+    if many and len(long_files) > 1:
         seconds, _ = asyncio.run(long_once(long_files))
         row(f"long: {len(long_files)} mp3 in one call -> srt", long_s * len(long_files), seconds)
     return rows
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
                                          "vad_workers": 1},
                                pipeline={"decode_processes": 0})
         result["rows"] += _pipeline_rows(serial, engine, inputs, "serial (vad_workers=1, decode_processes=0)",
-                                         work / "out-serial")
+                                         work / "out-serial", many=False)
     if args.funasr:
         result["rows"].append(_funasr_long(args, inputs["long_audio"], Path(args.punc_model), work))
     text = json.dumps(result, indent=1, ensure_ascii=False)

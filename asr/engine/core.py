@@ -209,7 +209,8 @@ class Engine:
         start = time.perf_counter()
         if self.lstm_kernel == "fused":
             lstm_kernels.compile_all(self.model.predictor.blstm, self.dtype)
-        self.transcribe(clips)
+        for _ in range(2):  # a batch shape's CUDA graphs are captured on its second request
+            self.transcribe(clips)
         self.transcribe(clips[:1], hotwords=["热词"])
         log.info("engine warm-up took %.2f s", time.perf_counter() - start)
 

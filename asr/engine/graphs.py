@@ -41,9 +41,19 @@ def _round_up(n: int, step: int) -> int:
     return max(step, -(-n // step) * step)
 
 
+# Past 64 rows, batches share graphs of 96, 128, 192, ... rows: launch overhead matters little
+# there, and a long recording's batches of every size in between would each need a graph.
+_LARGE_ROWS = (96, 128, 192, 256, 384, 512, 768, 1024)
+
+
 def bucket(batch: int, frames: int) -> tuple[int, int]:
     """The padded (rows, frames) shape whose encoder graph serves a batch."""
-    rows = batch if batch <= 4 else _round_up(batch, 8)
+    if batch <= 4:
+        rows = batch
+    elif batch <= 64:
+        rows = _round_up(batch, 8)
+    else:
+        rows = next((r for r in _LARGE_ROWS if r >= batch), _round_up(batch, 256))
     return rows, _round_up(frames, FRAME_BUCKET)
 
 
@@ -135,6 +145,11 @@ class _GraphCache:
         self.pool = pool
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
+        # Shapes asked for without a graph, and how often: a graph is captured on a shape's
+        # second request. Captures cost 40-600 ms; a workload of ever-new shapes (long
+        # recordings, mixed traffic) paid one per batch and ran many times slower than eager.
+        self.sightings: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self.captures = 0
 
     def replay(
         self,
@@ -142,14 +157,22 @@ class _GraphCache:
         make_inputs: Callable[[], tuple[list[torch.Tensor], list[torch.Tensor]]],
         forward: Callable[..., Sequence[torch.Tensor]],
         fill: Callable[[list[torch.Tensor]], None],
-    ) -> tuple[torch.Tensor, ...]:
-        """Replay the graph for `key` (capturing it first if new) after `fill` wrote its inputs.
+    ) -> tuple[torch.Tensor, ...] | None:
+        """Replay the graph for `key` after `fill` wrote its inputs; a shape's first request gets
+        None (the caller runs eagerly), its second captures the graph.
 
         make_inputs() gives (static inputs, other tensors the graph reads); forward(*inputs, *kept)
         is the captured computation.
         """
         entry = self.graphs.get(key)
         if entry is None:
+            seen = self.sightings.pop(key, 0) + 1
+            if seen < 2:
+                self.sightings[key] = seen
+                while len(self.sightings) > 64 * self.max_graphs:
+                    self.sightings.popitem(last=False)
+                return None
+            self.captures += 1
             try:
                 entry = self._capture(key, make_inputs, forward)
             except torch.OutOfMemoryError:
@@ -205,9 +228,9 @@ class GraphedModel:
         self.encoders = _GraphCache("encoder", device, context, pool, max_graphs)
         self.decoders = _GraphCache("decoder", device, context, pool, max_graphs)
 
-    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    def encode(self, feats: torch.Tensor, lens: torch.Tensor) -> torch.Tensor | None:
         """Encoder output [B, T, D] for features [B, T, F] and lengths [B] (a view of the graph's
-        output: valid until the next replay)."""
+        output: valid until the next replay), or None: run this shape eagerly (first seen)."""
         batch, frames, dim = feats.shape
         rows, padded = bucket(batch, frames)
 
@@ -228,13 +251,16 @@ class GraphedModel:
         def forward(x: torch.Tensor, x_lens: torch.Tensor, *positions: torch.Tensor) -> tuple[torch.Tensor]:
             return (encode_without_sync(self.encoder, x, x_lens, positions[0] if positions else None),)
 
-        (out,) = self.encoders.replay((rows, padded, feats.dtype), make_inputs, forward, fill)
-        return out[:batch, :frames]
+        replayed = self.encoders.replay((rows, padded, feats.dtype), make_inputs, forward, fill)
+        if replayed is None:
+            return None
+        return replayed[0][:batch, :frames]
 
     def decode(
         self, memory: torch.Tensor, memory_lens: torch.Tensor, embeds: torch.Tensor, token_lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token ids [B, N], decoder hidden states [B, N, D]); views valid until the next replay."""
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(token ids [B, N], decoder hidden states [B, N, D]); views valid until the next replay.
+        None: run this shape eagerly (first seen)."""
         batch, frames, dim = memory.shape
         tokens = embeds.size(1)
         rows, padded = bucket(batch, frames)
@@ -264,5 +290,8 @@ class GraphedModel:
             return decode_without_sync(self.decoder, *inputs)
 
         key = (rows, padded, padded_tokens, memory.dtype)
-        ids, hidden = self.decoders.replay(key, make_inputs, forward, fill)
+        replayed = self.decoders.replay(key, make_inputs, forward, fill)
+        if replayed is None:
+            return None
+        ids, hidden = replayed
         return ids[:batch, :tokens], hidden[:batch, :tokens]

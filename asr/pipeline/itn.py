@@ -139,8 +139,14 @@ class InverseNormalizer:
             try:
                 import wetext
             except ImportError as e:
+                if e.name in (None, "wetext"):
+                    raise ITNUnavailableError(
+                        "ITN unavailable: the wetext package is not installed (pip install wetext==0.1.8)."
+                    ) from e
+                # Installed without its dependencies (pip --no-deps, a wheel copied by hand).
                 raise ITNUnavailableError(
-                    "ITN unavailable: the wetext package is not installed (pip install wetext==0.1.8)."
+                    f"ITN unavailable: wetext is installed but its dependency '{e.name}' is missing "
+                    "(pip install wetext==0.1.8 installs both)."
                 ) from e
 
             def verbalize(token: str) -> str:

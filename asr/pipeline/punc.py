@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,13 +112,63 @@ class Punctuator:
         # Class 0 is <unk> and "_" means no mark; both become "".
         self.marks = ["" if p in ("<unk>", "_") else p for p in self._model.punc_list]
         self._lock = threading.Lock()
+        self._waiting: list[_Request] = []
+        self._running = False
+        self.passes = 0
+        """Batches run so far (concurrent callers share them)."""
         self.model_dir = model_dir
 
     def predict(
         self, word_lists: Sequence[Sequence[str]], opts: PuncOptions | None = None
     ) -> list[list[str]]:
-        """The mark to put after each word ("" for none), for many word lists in one pass."""
+        """The mark to put after each word ("" for none), for many word lists in one pass.
+
+        Callers on other threads at the same time (a folder's files finishing together) share
+        one pass: the first runs every request waiting, the others wait for their part. A
+        forward pass per file cost more than the file's recognition on a GPU box."""
         opts = opts or PuncOptions()
+        request = _Request(word_lists, opts)
+        with self._lock:
+            self._waiting.append(request)
+            lead = not self._running
+            self._running = True
+        if not lead:
+            request.done.wait()
+        else:
+            while True:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                    if not batch:
+                        self._running = False
+                        break
+                self._serve(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.marks is not None
+        return request.marks
+
+    def _serve(self, batch: list[_Request]) -> None:
+        # Requests with the same windowing share the pass; others (rare) run on their own.
+        groups: dict[PuncOptions, list[_Request]] = {}
+        for r in batch:
+            groups.setdefault(r.opts, []).append(r)
+        for opts, requests in groups.items():
+            try:
+                marks = self._predict_now([w for r in requests for w in r.word_lists], opts)
+            except BaseException as exc:  # every waiter gets the failure, none hangs
+                for r in requests:
+                    r.error = exc
+            else:
+                at = 0
+                for r in requests:
+                    r.marks = marks[at : at + len(r.word_lists)]
+                    at += len(r.word_lists)
+            finally:
+                for r in requests:
+                    r.done.set()
+
+    def _predict_now(self, word_lists: Sequence[Sequence[str]], opts: PuncOptions) -> list[list[str]]:
+        self.passes += 1
         windows: list[tuple[int, int, int]] = []  # (list index, start, end)
         for i, words in enumerate(word_lists):
             n = len(words)
@@ -187,6 +237,15 @@ class Punctuator:
                     text += _ascii_mark(mark) if word.isascii() else mark
             out.append(close_sentence(text))
         return out
+
+
+@dataclass
+class _Request:
+    word_lists: Sequence[Sequence[str]]
+    opts: PuncOptions
+    done: threading.Event = field(default_factory=threading.Event)
+    marks: list[list[str]] | None = None
+    error: BaseException | None = None
 
 
 def _ascii_mark(mark: str) -> str:

@@ -233,6 +233,46 @@ class SegmentFeed:
         return list(self._state.step(closed, None, self._state.total, final=True))
 
 
+class _Rope:
+    """Audio kept as the blocks it arrived in (absolute sample indices): appending and dropping
+    the front copy nothing, so holding minutes of audio ahead of the VAD's decisions costs no
+    more per block than holding seconds; a span is copied out when a segment is emitted."""
+
+    def __init__(self) -> None:
+        self.blocks: collections.deque[np.ndarray] = collections.deque()
+        self.start = 0  # absolute index of the first sample held
+        self.end = 0  # absolute index after the last
+
+    def append(self, block: np.ndarray) -> None:
+        if len(block):
+            self.blocks.append(block)
+            self.end += len(block)
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        """A copy of samples [a, b), clamped to what is held."""
+        a, b = max(a, self.start), min(b, self.end)
+        parts = []
+        pos = self.start
+        for block in self.blocks:
+            nxt = pos + len(block)
+            if nxt > a and pos < b:
+                parts.append(block[max(a - pos, 0) : min(b, nxt) - pos])
+            if nxt >= b:
+                break
+            pos = nxt
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+    def drop_before(self, pos: int) -> None:
+        while self.blocks and self.start + len(self.blocks[0]) <= pos:
+            self.start += len(self.blocks.popleft())
+        if self.blocks and pos > self.start:
+            self.blocks[0] = self.blocks[0][pos - self.start :]
+            self.start = pos
+        self.start = max(self.start, min(pos, self.end))
+
+
 class _SegmentState:
     """Audio buffer plus the pad / merge / cut rules shared by all backends (all in samples)."""
 
@@ -242,8 +282,7 @@ class _SegmentState:
         self.merge_gap = int(opts.merge_gap_s * SAMPLE_RATE)
         self.pad = opts.speech_pad_ms * SAMPLE_RATE // 1000
         self.min_speech = opts.min_speech_ms * SAMPLE_RATE // 1000
-        self.buf = np.zeros(0, dtype=np.float32)
-        self.buf_start = 0  # absolute index of buf[0]
+        self.buf = _Rope()  # audio from where a future segment may still begin
         self.total = 0  # samples received so far
         self.cursor = 0  # speech before this has been emitted
         self.last_end = 0  # end of the last emitted segment (padding included)
@@ -251,14 +290,14 @@ class _SegmentState:
         self.pending: tuple[int, int, bool] | None = None
 
     def append(self, block: np.ndarray) -> None:
-        self.buf = np.concatenate((self.buf, block))
+        self.buf.append(block)
         self.total += len(block)
 
     def _emit(self, next_start: int | None) -> SpeechChunk:
         assert self.pending is not None
         start, end, cut = self.pending
         self.pending = None
-        left = start if cut else max(start - self.pad, self.last_end, self.buf_start)
+        left = start if cut else max(start - self.pad, self.last_end, self.buf.start)
         right = end + self.pad
         if next_start is not None:
             # Never pad into the next segment's speech.
@@ -266,7 +305,7 @@ class _SegmentState:
         right = min(right, self.total)
         self.last_end = right
         self.cursor = max(self.cursor, end)
-        audio = self.buf[left - self.buf_start : right - self.buf_start].copy()
+        audio = self.buf.slice(left, right)
         return SpeechChunk(Segment(left, right), audio)
 
     def _fits(self, start: int, end: int) -> bool:
@@ -302,9 +341,9 @@ class _SegmentState:
             # Search the later three quarters: a cut near the start would leave a tiny segment.
             lo = p_start + self.max_len // 4
             hi = p_start + self.max_len - 2 * self.pad
-            cut = self.buf_start + quietest_cut(
-                self.buf, lo - self.buf_start, hi - self.buf_start
-            )
+            lo_held, hi_held = max(lo, self.buf.start), min(hi, self.buf.end)
+            span = self.buf.slice(lo_held, hi_held)
+            cut = lo_held + quietest_cut(span, 0, len(span))
             cut = min(max(cut, p_start + 1), hi)
             self.pending = (p_start, cut, p_cut)
             yield self._emit(cut)
@@ -343,10 +382,9 @@ class _SegmentState:
             keep = min(keep, self.pending[0] - (0 if self.pending[2] else self.pad))
         if open_start is not None:
             keep = min(keep, max(open_start, self.cursor) - self.pad)
-        keep = min(max(keep, self.last_end, self.buf_start), self.total)
-        if keep > self.buf_start:
-            self.buf = self.buf[keep - self.buf_start :].copy()
-            self.buf_start = keep
+        keep = min(max(keep, self.last_end, self.buf.start), self.total)
+        if keep > self.buf.start:
+            self.buf.drop_before(keep)
 
 
 class LiveSegmenter:
@@ -391,10 +429,10 @@ class LiveSegmenter:
             start = max(self.regions.open_start, st.cursor) - self.pad
         else:
             return None
-        start = max(start, st.last_end, st.buf_start)
+        start = max(start, st.last_end, st.buf.start)
         if start >= st.total:
             return None
-        return SpeechChunk(Segment(start, st.total), st.buf[start - st.buf_start :].copy())
+        return SpeechChunk(Segment(start, st.total), st.buf.slice(start, st.total))
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,7 +657,7 @@ class _SileroRegions:
         self.vad = vad
         self.rules = _Hysteresis(opts)
         self.block = vad.lanes * vad.lane_frames * _SILERO_FRAME
-        self.todo = np.zeros(0, dtype=np.float32)  # received, not yet handed to a decider
+        self.todo = _Rope()  # received, not yet handed to a decider
         self.history = np.zeros(0, dtype=np.float32)  # audio just before `todo`, for warm-up
         self.deciding: collections.deque[tuple[Future[np.ndarray], int]] = collections.deque()
         self.done = 0  # samples whose frames the hysteresis has read
@@ -634,17 +672,19 @@ class _SileroRegions:
         return min(self.done, self.total)
 
     def push(self, audio: np.ndarray) -> list[tuple[int, int]]:
-        self.todo = np.concatenate((self.todo, audio))
+        self.todo.append(audio)
         self.total += len(audio)
-        while len(self.todo) >= self.block:
-            self._submit(self.todo[: self.block])
-            self.todo = self.todo[self.block :]
-        return self._read(ahead=2 * self.vad.workers)
+        while self.todo.end - self.todo.start >= self.block:
+            start = self.todo.start
+            self._submit(self.todo.slice(start, start + self.block))
+            self.todo.drop_before(start + self.block)
+        # One block ahead per worker: the audio held here stays a few blocks, whatever the length.
+        return self._read(ahead=self.vad.workers)
 
     def finish(self) -> list[tuple[int, int]]:
-        if len(self.todo):
-            self._submit(self.todo)
-            self.todo = self.todo[:0]
+        if self.todo.end > self.todo.start:
+            self._submit(self.todo.slice(self.todo.start, self.todo.end))
+            self.todo.drop_before(self.todo.end)
         return self._read(ahead=0) + self.rules.close(self.total)
 
     def _submit(self, audio: np.ndarray) -> None:
