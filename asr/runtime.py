@@ -13,6 +13,16 @@ from asr.settings import Settings
 # default): 15 ms GPU gaps were measured between batches on an H100.
 GPU_SWITCH_INTERVAL_S = 0.0005
 
+_configured = False
+
+
+def own_process() -> bool:
+    """Whether one of the product's entry points (the CLI, the server, a bench) started this
+    process. Only then may the pipeline start decoding processes on its own: they are spawned,
+    and a spawned child re-imports the parent's main module, which a user's script without an
+    `if __name__ == "__main__":` guard would run again."""
+    return _configured
+
 
 def usable_cores() -> int:
     """The cores this process may run on (a container's or taskset's share), not the machine's."""
@@ -25,6 +35,8 @@ def configure_process(settings: Settings) -> None:
     GPU box, a short GIL switch interval."""
     import torch
 
+    global _configured
+    _configured = True
     if settings.engine.num_threads:
         torch.set_num_threads(settings.engine.num_threads)
     elif settings.engine.device == "cpu" or not torch.cuda.is_available():

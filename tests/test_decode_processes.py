@@ -153,3 +153,24 @@ def test_a_file_object_is_read_again_from_its_start_when_it_stays_here(engine, p
 
     result = asyncio.run(go())
     assert result.duration_ms > 50_000 and result.applied.vad
+
+
+@pytest.mark.parametrize("entry_point", [False, True])
+def test_processes_start_on_their_own_only_under_the_products_entry_points(engine, monkeypatch, entry_point):
+    # A user's script that calls the pipeline without a main-module guard must not have its
+    # module re-run by spawned children: the automatic setting decodes in threads there.
+    import asr.pipeline.pipeline as pipeline_module
+    import asr.runtime as runtime
+
+    monkeypatch.setattr(pipeline_module, "usable_cores", lambda: 16)
+    monkeypatch.setattr(runtime, "_configured", entry_point)
+
+    async def go() -> bool:
+        pipeline = Pipeline(_settings(-1), engine)
+        await pipeline.start()
+        try:
+            return pipeline._decoders is not None
+        finally:
+            await pipeline.stop()
+
+    assert asyncio.run(go()) is entry_point

@@ -86,7 +86,7 @@ from asr.pipeline.subtitles import (
 )
 from asr.pipeline.vad import Segment as VadSegment
 from asr.pipeline.vad import SegmentFeed, SpeechChunk, VadOptions, WholeAudio
-from asr.runtime import usable_cores
+from asr.runtime import own_process, usable_cores
 from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
 from asr.settings import Settings
 
@@ -262,7 +262,7 @@ class Pipeline:
         processes = self.settings.pipeline.decode_processes
         if processes < 0:
             cores = usable_cores()
-            processes = min(16, cores // 2) if cores >= 4 else 0
+            processes = min(16, cores // 2) if cores >= 4 and own_process() else 0
         if processes:
             # Spawned, not forked: this process has CUDA and threads running.
             self._decoders = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
