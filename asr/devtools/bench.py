@@ -293,5 +293,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sherpa-batch-size", type=int, default=1,
                    help="with --peers: clips per sherpa-onnx decode_streams call (length-sorted)")
     p.add_argument("--repeat", type=int, default=2, help="with --peers: passes over the workload; the best counts")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --peers: run every path this many times in turn; each path's best round counts")
     p.add_argument("--peer-child", help=argparse.SUPPRESS)  # child process: one path's JSON spec
     p.set_defaults(func=run)
