@@ -126,3 +126,26 @@ def test_funasr_onnx_loads_the_same_directory(exported: Path, held_out: tuple[li
         model = funasr_onnx.Paraformer(str(exported), batch_size=1, quantize=quantize, intra_op_num_threads=2)
         hyps = [model(w)[0]["preds"][0] for w in waves]  # (text, tokens) per clip
         assert evaluate.cer(texts, hyps) < 60
+
+
+@pytest.mark.slow
+def test_bench_peers_measures_every_path_in_its_own_process(exported: Path, tmp_path: Path) -> None:
+    """`asr bench --peers sherpa-onnx` on the small demonstration model: one row per path, each
+    with its own peak RSS (a child process per path), and the thread count it was given."""
+    pytest.importorskip("sherpa_onnx", reason="sherpa-onnx is not installed (pip install sherpa-onnx)")
+    out = tmp_path / "peers.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "asr", "bench", "--peers", "sherpa-onnx", "--model-dir", str(DEMO / "asr"),
+         "--onnx-dir", str(exported), "--seconds", "8", "--skip-funasr", "--variant", '{"dtype":"int8"}',
+         "--threads", "1", "--latency-runs", "1", "--repeat", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text("utf-8"))
+    assert result["threads"] == 1
+    rows = {r["path"]: r for r in result["rows"]}
+    assert set(rows) == {"engine int8", "sherpa-onnx fp32 bs=1", "sherpa-onnx int8 bs=1"}
+    for row in rows.values():
+        assert row["x_real_time"] > 0 and row["latency_10s_ms_p50"] > 0 and row["torch_threads"] == 1
+    # Separate processes: sherpa-onnx's peak RSS does not include the torch engine's weights.
+    assert len({r["peak_rss_mb"] for r in rows.values()}) == 3
+    assert "| sherpa-onnx int8 bs=1 |" in result["table"]

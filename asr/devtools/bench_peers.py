@@ -169,6 +169,10 @@ def run_peers(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     model_dir = Path(args.model_dir).resolve()
     onnx_dir = Path(args.onnx_dir or f"bench-out/onnx-{model_dir.name}").resolve()
+    if not (model_dir / "model.pt").is_file():  # as the GPU comparison does: a fresh box has none
+        from asr.devtools.testmodel import make_model_dir
+
+        make_model_dir(model_dir, "full", seed=0)
     if "sherpa-onnx" in args.peers and not (onnx_dir / "model.int8.onnx").is_file():
         from asr.devtools.export_onnx import export_onnx
 
