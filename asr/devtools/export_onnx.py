@@ -110,6 +110,8 @@ def export_onnx(model_dir: Path, out_dir: Path, *, quantize_int8: bool = False) 
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter, which funasr's export code is written for (dynamic_axes,
         # tracing through its Python-side control flow); the tracer's warnings are about that.
+        # funasr's own `AutoModel.export()` fails under torch 2.13 ("Failed to convert
+        # 'dynamic_axes' to 'dynamic_shapes'"): torch.onnx.export now defaults to dynamo=True.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, dummy, str(onnx_path), input_names=model.export_input_names(),
                           output_names=model.export_output_names(), dynamic_axes=model.export_dynamic_axes(),
