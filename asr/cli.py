@@ -1,4 +1,4 @@
-"""Command line: `python -m asr transcribe FILE_OR_DIR...`, `make-model`, `bench`."""
+"""Command line: `python -m asr transcribe FILE_OR_DIR...`, `make-model`, `bench`, `export-onnx`."""
 
 from __future__ import annotations
 
@@ -223,10 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     from asr.devtools.bench import add_parser as add_bench
     from asr.devtools.bench_e2e import add_parser as add_bench_e2e
     from asr.devtools.bench_long import add_parser as add_bench_long
+    from asr.devtools.export_onnx import add_parser as add_export_onnx
 
     add_bench(sub)
     add_bench_long(sub)
     add_bench_e2e(sub)
+    add_export_onnx(sub)
     return parser
 
 

@@ -223,6 +223,15 @@ DEFAULT_VARIANTS = [
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.peer_child or args.peers:
+        from asr.devtools import bench_peers
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        if args.funasr_batch_sizes is None:
+            args.funasr_batch_sizes = [1]
+        return bench_peers.run_child(args) if args.peer_child else bench_peers.run_peers(args)
+    if args.funasr_batch_sizes is None:
+        args.funasr_batch_sizes = [1, 64]
     from asr.runtime import configure_process
     from asr.settings import load_settings
 
@@ -265,14 +274,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="benchmark funasr and this engine side by side (GPU)")
+    p = sub.add_parser("bench", help="benchmark funasr and this engine side by side (GPU; with --peers: CPU "
+                       "against sherpa-onnx)")
     p.add_argument("--model-dir", default="models/full", help="generated here (full size) if missing")
     p.add_argument("--seconds", type=float, default=1924.0, help="audio in the workload")
-    p.add_argument("--funasr-batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--funasr-batch-sizes", type=int, nargs="+",
+                   help="default: 1 64 (GPU comparison), 1 (with --peers)")
     p.add_argument("--skip-funasr", action="store_true")
     p.add_argument("--variant", action="append", help='engine settings as JSON, e.g. {"dtype":"bf16"}; repeatable')
     p.add_argument("--base", help="settings JSON applied to every variant")
     p.add_argument("--latency-runs", type=int, default=50)
     p.add_argument("--out", help="write the JSON result here")
     p.add_argument("--profile-dir", help="write a torch.profiler table per engine variant here")
+    # The CPU comparison with the peer runtimes (asr/devtools/bench_peers.py).
+    p.add_argument("--peers", nargs="+", choices=["sherpa-onnx"],
+                   help="CPU comparison, one child process per path: funasr, the engine variants (default "
+                   "fp32 and int8) and these runtimes on the same weights (exported with export-onnx)")
+    p.add_argument("--threads", type=int, help="with --peers: threads for every path (default: the CPU affinity count)")
+    p.add_argument("--onnx-dir", help="with --peers: the export-onnx output (written there if missing; "
+                   "default bench-out/onnx-<model dir name>)")
+    p.add_argument("--sherpa-batch-size", type=int, default=1,
+                   help="with --peers: clips per sherpa-onnx decode_streams call (length-sorted)")
+    p.add_argument("--repeat", type=int, default=2, help="with --peers: passes over the workload; the best counts")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --peers: run every path this many times in turn; each path's best round counts")
+    p.add_argument("--peer-child", help=argparse.SUPPRESS)  # child process: one path's JSON spec
     p.set_defaults(func=run)
