@@ -99,6 +99,46 @@ def test_a_shape_is_run_eagerly_until_it_is_asked_for_again() -> None:
     assert (999, 16, torch.float32) in cache.sightings and (1, 16, torch.float32) not in cache.sightings
 
 
+def test_a_full_cache_keeps_its_hot_graphs_against_shapes_that_do_not_come_back() -> None:
+    """The admission rule, with captures stood in for (the real ones need a GPU): hot shapes
+    stay cached, a stream of new shapes runs eagerly instead of capturing a graph per batch, and
+    a shape that keeps coming back earns its place."""
+    import contextlib
+    from types import SimpleNamespace
+
+    cache = graphs._GraphCache("decoder", torch.device("cpu"), contextlib.nullcontext, None, max_graphs=4)
+    made: list[tuple] = []
+
+    def fake_capture(key, make_inputs, forward):
+        made.append(key)
+        return SimpleNamespace(graph=SimpleNamespace(replay=lambda: None), inputs=[], outputs=(key,))
+
+    cache._capture = fake_capture  # type: ignore[method-assign]
+    fill = lambda inputs: None  # noqa: E731
+
+    def ask(key):
+        return cache.replay(key, None, None, fill)
+
+    hot = [(r, 64, 16) for r in (1, 2, 3, 4)]
+    for key in hot:
+        assert ask(key) is None  # first request: eager
+        assert ask(key) == (key,)  # second: captured and replayed
+    for _ in range(5):
+        for key in hot:
+            assert ask(key) == (key,)
+    assert made == hot
+    for rows in range(5, 400):  # shapes that come back once more, then never again, while
+        assert ask((rows, 80, 32)) is None  # the hot ones keep coming (counts are halved
+        assert ask((rows, 80, 32)) is None  # every 64 requests here)
+        for key in hot[rows % 2 :: 2]:
+            assert ask(key) == (key,)
+    assert made == hot and set(cache.graphs) == set(hot)
+    comer = (9, 96, 48)
+    answers = [ask(comer) for _ in range(60)]
+    assert answers[0] is None and answers[-1] == (comer,)  # it came back often enough: admitted
+    assert len(cache.graphs) == 4 and comer in cache.graphs and made[-1] == comer
+
+
 def test_unsupported_encoders_are_named(tiny_model_dir) -> None:
     model = load_model(tiny_model_dir, torch.device("cpu")).model
     assert graphs.supported(model.encoder, model.decoder) is None

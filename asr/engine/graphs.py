@@ -135,7 +135,16 @@ class _Graph:
 
 
 class _GraphCache:
-    """Graphs of one network, by input shape, least recently used dropped first."""
+    """Graphs of one network, by input shape.
+
+    A capture costs 40-600 ms, a replay saves a few milliseconds of launches, so a graph pays
+    only for shapes that come back. Admission is by frequency: a shape runs eagerly on its first
+    request; later, when the cache is full, it displaces the least recently used graph only if it
+    was asked for more often than that graph was replayed. Counts are halved every
+    `16 * max_graphs` requests so the cache follows a changing workload. Traffic whose shapes
+    never repeat (live partials, many long recordings at once) then runs eagerly instead of
+    capturing a graph per batch.
+    """
 
     def __init__(self, name: str, device: torch.device, context: Callable[[], AbstractContextManager[Any]],
                  pool: Any, max_graphs: int) -> None:
@@ -145,11 +154,10 @@ class _GraphCache:
         self.pool = pool
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[tuple[Any, ...], _Graph] = OrderedDict()
-        # Shapes asked for without a graph, and how often: a graph is captured on a shape's
-        # second request. Captures cost 40-600 ms; a workload of ever-new shapes (long
-        # recordings, mixed traffic) paid one per batch and ran many times slower than eager.
-        self.sightings: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self.sightings: OrderedDict[tuple[Any, ...], int] = OrderedDict()  # requests per shape
+        self.hits: dict[tuple[Any, ...], int] = {}  # replays per cached graph
         self.captures = 0
+        self.requests = 0
 
     def replay(
         self,
@@ -164,13 +172,14 @@ class _GraphCache:
         make_inputs() gives (static inputs, other tensors the graph reads); forward(*inputs, *kept)
         is the captured computation.
         """
+        self._age()
         entry = self.graphs.get(key)
         if entry is None:
             seen = self.sightings.pop(key, 0) + 1
-            if seen < 2:
-                self.sightings[key] = seen
-                while len(self.sightings) > 64 * self.max_graphs:
-                    self.sightings.popitem(last=False)
+            self.sightings[key] = seen
+            while len(self.sightings) > 64 * self.max_graphs:
+                self.sightings.popitem(last=False)
+            if not self._admits(seen):
                 return None
             self.captures += 1
             try:
@@ -179,14 +188,34 @@ class _GraphCache:
                 raise
             except RuntimeError as exc:
                 raise CaptureError(f"capturing the {self.name} for shape {key[:-1]} failed: {exc}") from exc
+            while len(self.graphs) >= self.max_graphs:
+                victim, _ = self.graphs.popitem(last=False)
+                self.hits.pop(victim, None)
             self.graphs[key] = entry
-            while len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
+            self.hits[key] = 0
         else:
             self.graphs.move_to_end(key)
+            self.hits[key] += 1
         fill(entry.inputs)
         entry.graph.replay()
         return entry.outputs
+
+    def _admits(self, seen: int) -> bool:
+        """Whether a shape asked for `seen` times earns a graph now."""
+        if seen < 2:
+            return False
+        if len(self.graphs) < self.max_graphs:
+            return True
+        victim = next(iter(self.graphs))
+        return seen > self.hits[victim]
+
+    def _age(self) -> None:
+        self.requests += 1
+        if self.requests % (16 * self.max_graphs) == 0:
+            for key in self.sightings:
+                self.sightings[key] //= 2
+            for key in self.hits:
+                self.hits[key] //= 2
 
     def _capture(
         self,
