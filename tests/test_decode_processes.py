@@ -92,9 +92,9 @@ def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engin
     in_threads, plain = _run(engine, 0, inputs, tmp_path)
     in_processes, pooled = _run(engine, 2, inputs, tmp_path)
     assert plain.decoded_in_processes == 0
-    # path, bytes, file object, stereo mp3, m4a, webm, ogg; not the WAV, the long or the large
-    # mp3 (they stream in threads) nor the broken one (refused there, with its code).
-    assert pooled.decoded_in_processes == 7
+    # Every file but the WAV (read here without decoding) and the broken one (refused there,
+    # with its code): the long and the large mp3 stream from a process, the rest decode whole.
+    assert pooled.decoded_in_processes == 9
     assert set(in_threads) == set(in_processes)
     for name in in_threads:
         assert in_processes[name] == in_threads[name], name
@@ -107,7 +107,7 @@ def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engin
     assert in_threads["speech.mp3 (path)"] == in_threads["speech.mp3 (bytes)"] == in_threads["speech.mp3 (file)"]
 
 
-def test_only_short_compressed_files_are_sent_to_the_processes(engine, tmp_path):
+def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
     inputs = _inputs()
 
     async def go() -> dict[str, bool]:
@@ -130,12 +130,35 @@ def test_only_short_compressed_files_are_sent_to_the_processes(engine, tmp_path)
 
     sent = asyncio.run(go())
     assert sent == {
-        "speech.mp3 (bytes)": True,
+        "speech.mp3 (bytes)": True,  # decoded whole there
         "pcm16_16k.wav": False,  # WAV needs no decoding
-        "too big.mp3": False,  # over decode_process_max_mb
-        "long.mp3": False,  # decoded there, longer than 45 s: streams here instead
+        "too big.mp3": True,  # over decode_process_max_mb: streamed from there
+        "long.mp3": True,  # decoded there, longer than 45 s: streamed from there instead
         "broken.mp3": True,
     }
+
+
+def test_a_stream_abandoned_midway_frees_its_process(engine):
+    """A long recording's reader that stops early (a request cancelled, a limit hit) ends the
+    decoding process's work: the pool serves the next recordings."""
+    inputs = _inputs()
+
+    async def go() -> list[int]:
+        pipeline = Pipeline(_settings(1), engine)  # one process: a stuck job would block the rest
+        await pipeline.start()
+        try:
+            for _ in range(3):
+                stream = await pipeline._decode_elsewhere(inputs["too big.mp3"], 45.0)  # type: ignore[arg-type]
+                assert isinstance(stream, AudioStream)
+                first = next(iter(stream.blocks()))
+                assert len(first) > 0
+                stream.close()  # 290 s of audio left unread
+            done = await pipeline.transcribe(inputs["speech.mp3 (bytes)"], Options(), background=True)
+            return [done.duration_ms]
+        finally:
+            await pipeline.stop()
+
+    assert asyncio.run(go())[0] > 1000
 
 
 @pytest.mark.parametrize("processes", [0, 2])
@@ -174,3 +197,29 @@ def test_processes_start_on_their_own_only_under_the_products_entry_points(engin
             await pipeline.stop()
 
     assert asyncio.run(go()) is entry_point
+
+
+def test_when_the_decoding_processes_die_files_decode_in_threads(engine):
+    inputs = _inputs()
+
+    async def go() -> tuple[list[object], bool]:
+        pipeline = Pipeline(_settings(2), engine)
+        await pipeline.start()
+        try:
+            await pipeline.transcribe(inputs["speech.mp3 (bytes)"], Options(), background=True)  # pool up
+            for process in list(pipeline._decoders._processes.values()):  # type: ignore[union-attr]
+                process.kill()
+            out = []
+            for name in ("long.mp3", "speech.mp3 (bytes)", "broken.mp3"):
+                try:
+                    result = await pipeline.transcribe(inputs[name], Options(), background=True)
+                    out.append(result.duration_ms)
+                except AudioError as exc:
+                    out.append(exc.code)
+            return out, pipeline._decoders is None
+        finally:
+            await pipeline.stop()
+
+    out, fell_back = asyncio.run(go())
+    assert fell_back
+    assert out[0] > 50_000 and out[1] > 1_000 and out[2] == "unsupported_format"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pickle
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,6 +187,64 @@ def decode_clip(source: bytes | str, up_to_s: float, max_duration_s: float | Non
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     finally:
         stream.close()
+
+
+def decode_to(source: bytes | str, conn: Any, max_duration_s: float | None) -> None:
+    """Decode `source` into the pipe `conn` (run in a decoding process, for a long compressed
+    recording): a header, then float32 16 kHz mono blocks, then an empty message; an error as
+    its own message. The pipe's small buffer paces the decoding to the reader; a reader that
+    goes away ends it."""
+    try:
+        try:
+            stream = open_audio(source, max_duration_s=max_duration_s)
+        except ASRError as exc:
+            conn.send_bytes(b"E" + pickle.dumps(exc))
+            return
+        try:
+            conn.send_bytes(b"H" + pickle.dumps((stream.duration_s, stream.channels)))
+            for block in stream.blocks():
+                conn.send_bytes(b"D" + block.tobytes())
+            conn.send_bytes(b"")
+        except ASRError as exc:
+            conn.send_bytes(b"E" + pickle.dumps(exc))
+        finally:
+            stream.close()
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        pass  # the request ended (cancelled, refused): nothing is waiting for the rest
+    finally:
+        conn.close()
+
+
+def stream_from(conn: Any, max_duration_s: float | None) -> AudioStream:
+    """The reading end of `decode_to`: an `AudioStream` whose blocks arrive through `conn`
+    (receiving releases the GIL; the decoding holds another process's)."""
+    kind, payload = _receive(conn)
+    if kind == b"E":
+        conn.close()
+        raise pickle.loads(payload)
+    if kind != b"H":
+        conn.close()
+        raise AudioError("The decoding process sent no header.", code="corrupt_audio")
+    duration_s, channels = pickle.loads(payload)
+
+    def blocks() -> Iterator[np.ndarray]:
+        while True:
+            kind, payload = _receive(conn)
+            if kind == b"":
+                return
+            if kind == b"E":
+                raise pickle.loads(payload)
+            yield np.frombuffer(payload, dtype=np.float32).copy()  # writable, like every other block
+
+    return AudioStream(SAMPLE_RATE, duration_s, blocks(), conn.close, max_duration_s, channels)
+
+
+def _receive(conn: Any) -> tuple[bytes, bytes]:
+    try:
+        message = conn.recv_bytes()
+    except (EOFError, OSError) as exc:
+        raise AudioError("The decoding process ended before the audio did.", code="corrupt_audio") from exc
+    return message[:1], message[1:]
 
 
 def is_wav(head: bytes) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from asr.errors import ASRError, BusyError, LimitError, OptionsError, engine_failure
+from asr.errors import ASRError, AudioError, BusyError, LimitError, OptionsError, engine_failure
 from asr.pipeline.audio import (
     BLOCK_S,
     BYTES_PER_SECOND,
@@ -46,8 +46,10 @@ from asr.pipeline.audio import (
     AudioSource,
     AudioStream,
     decode_clip,
+    decode_to,
     is_wav,
     open_audio,
+    stream_from,
 )
 from asr.pipeline.corrections import correct
 from asr.pipeline.hotwords import find_hotwords
@@ -398,24 +400,61 @@ class Pipeline:
         """A short compressed file decoded whole by a decoding process, as a stream of one block;
         a WAV, a large file or one longer than `up_to_s` comes back as it was (it streams here).
         The audio is the same either way: the same code decodes it."""
-        assert self._decoders is not None
-        data = await self._run(_decodable_input, source, int(self.settings.pipeline.decode_process_max_mb * 1048576))
+        max_bytes = int(self.settings.pipeline.decode_process_max_mb * 1048576)
+        data, small = await self._run(_decodable_input, source, max_bytes)
         if data is None:
             return source
+        if not small:
+            return await self._stream_elsewhere(data)
         try:
             audio = await asyncio.get_running_loop().run_in_executor(
                 self._decoders, decode_clip, data, up_to_s, self.settings.limits.max_audio_s
             )
         except BrokenProcessPool:
-            log.warning("a decoding process died; decoding in threads from now on")
-            self._decoders = None
-            audio = None
-        if audio is None:
-            if not isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
-                source.seek(0)
+            self._decoding_broke()
             return source
+        if audio is None:
+            # Longer than it looked: it streams from a decoding process after all.
+            return await self._stream_elsewhere(data)
         self.decoded_in_processes += 1
         return blocks_stream([audio], duration_s=len(audio) / SAMPLE_RATE)
+
+    async def _stream_elsewhere(self, data: bytes | str) -> AudioStream:
+        """A long compressed recording decoded by a decoding process as it is read: the blocks
+        come through a pipe, and this process only waits for them (PyAV holds the GIL while it
+        decodes, ~1.2 s per hour of mp3, which ten long files at once spent here in turn)."""
+        if self._decoders is None:  # broken meanwhile
+            return data
+        reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        try:
+            job = self._decoders.submit(decode_to, data, writer, self.settings.limits.max_audio_s)
+        except (BrokenProcessPool, RuntimeError):
+            reader.close()
+            writer.close()
+            self._decoding_broke()
+            return data
+        # This process's copy of the writing end is closed once the job has ended (it is sent
+        # to the process after submit returns): a process that dies then leaves the reader EOF.
+        job.add_done_callback(lambda done: _finish_job(done, writer))
+        try:
+            stream = await self._run(stream_from, reader, self.settings.limits.max_audio_s)
+        except AudioError:
+            reader.close()
+            if job.done() and isinstance(job.exception(), BrokenProcessPool):
+                self._decoding_broke()
+                return data  # nothing was read yet: it decodes here instead
+            raise
+        except BaseException:
+            reader.close()
+            raise
+        self.decoded_in_processes += 1
+        return stream
+
+    def _decoding_broke(self) -> None:
+        if self._decoders is not None:
+            log.warning("a decoding process died; decoding in threads from now on")
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders = None
 
     def _window_bytes(self, duration_s: float | None) -> int:
         """A streaming recording's segments in flight: its length when the header says, at most
@@ -865,31 +904,37 @@ def transcribe_files(
     return asyncio.run(run())
 
 
-def _decodable_input(source: AudioSource, max_bytes: int) -> bytes | str | None:
-    """What a decoding process is sent for `source` (its path, or its bytes), or None when it
-    stays here: a WAV (read without decoding), a file over `max_bytes`."""
+def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str | None, bool]:
+    """What a decoding process is sent for `source` (its path, or its bytes; None when it stays
+    here: a WAV is read without decoding) and whether it is small (at most `max_bytes`: decoded
+    whole there) or long (streamed from there)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        return None if len(data) > max_bytes or is_wav(data[:12]) else data
+        return (None if is_wav(data[:12]) else data), len(data) <= max_bytes
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fh:
                 head = fh.read(12)
                 size = os.fstat(fh.fileno()).st_size
         except OSError:
-            return None  # the pipeline's own opening reports it
-        return None if size > max_bytes or is_wav(head) else os.fspath(source)
+            return None, True  # the pipeline's own opening reports it
+        return (None if is_wav(head) else os.fspath(source)), size <= max_bytes
     try:
-        source.seek(0, os.SEEK_END)
-        size = source.tell()
+        head = source.read(12)
         source.seek(0)
     except (OSError, AttributeError, ValueError):
-        return None
-    if size > max_bytes:
-        return None
-    data = source.read()
+        return None, True
+    if is_wav(head):
+        return None, True
+    data = source.read()  # an upload: already in memory or spooled; the process gets its bytes
     source.seek(0)
-    return None if is_wav(data[:12]) else data
+    return data, len(data) <= max_bytes
+
+
+def _finish_job(job: Any, writer: Any) -> None:
+    writer.close()
+    if not job.cancelled() and job.exception() is not None:
+        log.warning("a decoding process failed: %s", job.exception())
 
 
 def blocks_stream(blocks: Iterator[np.ndarray] | Sequence[np.ndarray], duration_s: float | None = None) -> AudioStream:
