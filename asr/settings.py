@@ -56,10 +56,11 @@ class EngineSettings(BaseModel):
     overlap_timestamps: bool = True
     cuda_graphs: bool = True
     """On a GPU, replay the encoder and decoder as CUDA graphs (one per padded batch shape,
-    captured on first use: 40-660 ms on an H100) instead of launching their ~1,500 kernels one by
-    one from Python."""
+    captured when a shape is asked for a second time: 40-660 ms on an H100) instead of launching
+    their ~1,500 kernels one by one from Python. Shapes that do not come back run eagerly."""
     cuda_graph_cache: int = Field(default=64, ge=1)
-    """Graphs kept per network (least recently used dropped). Each holds its padded inputs and
+    """Graphs kept per network; when full, a shape replaces the least recently used graph only if
+    it was asked for more often than that graph was replayed. Each holds its padded inputs and
     outputs on the GPU (about 70 MB for a 40 x 30 s batch); a service whose batch shapes vary
     more than this recaptures often (see the INFO log lines 'graph captured')."""
     lstm_kernel: Literal["auto", "fused", "cudnn"] = "auto"
