@@ -268,6 +268,7 @@ class Pipeline:
         if processes:
             # Spawned, not forked: this process has CUDA and threads running.
             self._decoders = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            log.info("compressed audio is decoded in %d processes (pipeline.decode_processes)", processes)
         # The models every request uses load now, not in the first request (ITN's grammars take
         # ~0.2 s, a punctuation model seconds); a missing one is reported once, here.
         if self.settings.pipeline.itn:

@@ -1,0 +1,55 @@
+"""The server with decoding processes (as it runs on machines of 4+ cores) answers uploads exactly
+as the one-process server does: short mp3 decoded whole elsewhere, long ones streamed back, broken
+ones refused with the same status and code."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from audio_fixtures import all_formats, encode_av
+from speech import SENTENCES, recording, require_espeak
+
+from .conftest import start_server
+
+
+@pytest.fixture(scope="module")
+def pooled_server(tiny_model_dir, tmp_path_factory):
+    # Two processes whatever the cores here; 50 kB and up streams from them.
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("pooled"), env={
+        "ASR_PIPELINE__DECODE_PROCESSES": "2", "ASR_PIPELINE__DECODE_PROCESS_MAX_MB": "0.05"})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _answer(url: str, name: str, data: bytes) -> tuple[int, dict]:
+    resp = httpx.post(url + "/api/transcribe", files={"file": (name, data)}, timeout=120)
+    body = resp.json()
+    if resp.status_code == 200:
+        body.pop("processing_ms")
+    return resp.status_code, body
+
+
+def test_uploads_get_the_same_answers_with_decoding_processes(live_server, pooled_server):
+    require_espeak()
+    short = encode_av(recording(SENTENCES[:2], [0.8]).audio, 16000, "mp3", "mp3")
+    long = encode_av(recording(SENTENCES * 2, [1.0]).audio, 16000, "mp3", "mp3")
+    uploads = {
+        "short.mp3": short,  # under 50 kB: decoded whole in a process
+        "long.mp3": long,  # over: streamed back from a process, VAD path
+        "aac.m4a": all_formats(2.0)["aac.m4a"],
+        "speech.wav": all_formats(2.0)["pcm16_16k.wav"],  # WAV stays in the server process
+        "broken.mp3": b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40,
+    }
+    assert len(short) < 50_000 < len(long)
+    for name, data in uploads.items():
+        plain = _answer(live_server.url, name, data)
+        pooled = _answer(pooled_server.url, name, data)
+        assert pooled == plain, name
+    assert _answer(pooled_server.url, "broken.mp3", uploads["broken.mp3"])[0] == 415
+    status, body = _answer(pooled_server.url, "long.mp3", long)
+    assert status == 200 and body["applied"]["vad"] and body["duration_ms"] > 50_000
+    log = pooled_server.log()
+    assert "decoded in 2 processes" in log and "decoded in" not in live_server.log()
+    assert "decoding process died" not in log and "Traceback" not in log
