@@ -30,6 +30,11 @@ def test_int8_is_the_cpu_default_and_only_a_cpu_path() -> None:
     assert load_settings(str(ROOT / "configs" / "cpu.yaml")).engine.dtype == "int8"
 
 
+def test_cpu_attention_is_fused_with_int8_and_funasrs_own_in_fp32(tiny_model_dir: Path) -> None:
+    assert _engine(tiny_model_dir, "int8").attention_backend == "sdpa"
+    assert _engine(tiny_model_dir, "fp32").attention_backend == "eager"
+
+
 def test_linear_layers_are_int8_and_token_counts_stay_fp32(tiny_model_dir: Path, clips: list) -> None:
     engine = _engine(tiny_model_dir, "int8")
     assert engine.info()["dtype"] == "int8"
