@@ -186,3 +186,4 @@ def test_engine_with_graphs_keeps_results(tiny_model_dir, clips) -> None:
     same = sum(a.token_ids == b.token_ids for a, b in zip(*runs, strict=True))
     assert same >= len(runs[0]) - 1  # fp32: only a float-rounding tie could flip a token count
     assert engines[1]._graphs.decoders.graphs and engines[1]._graphs.encoders.graphs
+    assert engines[1].info()["cuda_graph_captures"] >= 2 and engines[0].info()["cuda_graph_captures"] == 0

@@ -200,6 +200,11 @@ class Engine:
             "attention": self.attention_backend,
             "timestamp_lstm": self.lstm_backend,
             "cuda_graphs": self._graphs is not None,
+            # Captures so far (each 40-600 ms of the engine's time): steady growth under load means
+            # the traffic's batch shapes do not repeat (see asr.engine.graphs._GraphCache).
+            "cuda_graph_captures": (
+                self._graphs.encoders.captures + self._graphs.decoders.captures if self._graphs is not None else 0
+            ),
             "frontend": self.frontend_kind,
             "batch_budget_s": self.settings.batch_budget_s,
             "max_batch_size": self.settings.max_batch_size,
