@@ -215,13 +215,16 @@ def _cold_start(args: argparse.Namespace, short: Path, out_dir: Path) -> dict[st
         cmd += ["--config", args.config]
     if args.punc_model:
         cmd += ["--punc-model", args.punc_model]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-    out = {"row": "cold start: python -m asr transcribe one 10 s mp3 (new process)", "wall_s": round(seconds, 2),
-           "returncode": proc.returncode}
+    walls = []
+    for _ in range(2):  # the first also fills compiler caches (Triton's) a user's later runs reuse
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        walls.append(round(time.perf_counter() - t, 2))
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            break
+    out = {"row": "cold start: python -m asr transcribe one 10 s mp3 (new process; first run, then again)",
+           "wall_s": walls[0], "again_s": walls[-1], "returncode": proc.returncode}
     print(json.dumps(out), flush=True)
     return out
 
@@ -293,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text, encoding="utf-8")
     print("\n| row | setting | audio s | wall s | x real time |\n|---|---|---|---|---|")
     for r in result["rows"]:
-        print(f"| {r['row']} | {r.get('setting', '')} | {r.get('audio_s', '')} | {r['wall_s']} "
+        wall = f"{r['wall_s']} (then {r['again_s']})" if "again_s" in r else r["wall_s"]
+        print(f"| {r['row']} | {r.get('setting', '')} | {r.get('audio_s', '')} | {wall} "
               f"| {r.get('x_real_time', '')} |")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
