@@ -238,3 +238,25 @@ def test_model_generation_is_deterministic(tiny_model_dir, tmp_path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = torch.load(make_model_dir(tmp_path / "other", "tiny", seed=1) / "model.pt", weights_only=True)
     assert any(not torch.equal(a[k], other[k]) for k in a)
+
+
+def test_loading_skips_random_init_and_leaves_torch_init_as_it_was(tiny_model_dir) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    from asr.engine.model import skip_init
+
+    before = torch.nn.init.normal_
+    with pytest.raises(RuntimeError), skip_init():
+        assert torch.nn.init.normal_ is not before
+        raise RuntimeError("a constructor failed")
+    assert torch.nn.init.normal_ is before
+    # In a fresh interpreter: building the network imports no compiler machinery (the meta
+    # device's reference kernels imported torch._dynamo, about a second of every start).
+    code = ("import sys, torch; from pathlib import Path; from asr.engine.model import load_model; "
+            f"load_model(Path({str(tiny_model_dir)!r}), torch.device('cpu')); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

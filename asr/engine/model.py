@@ -23,6 +23,7 @@ import sys
 import threading
 import types
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,30 @@ def _read_cmvn(path: Path) -> np.ndarray:
         raise ModelLoadError(f"{path} is not a valid am.mvn file: {exc}") from exc
 
 
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build modules with their parameters left uninitialised (every one is then loaded from the
+    checkpoint, which load_model checks): torch.nn.init's functions do nothing meanwhile."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, _unchanged)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def _unchanged(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
+
+
 def load_model(model_dir: Path, device: torch.device) -> LoadedModel:
     """Build the network with funasr's registry and load model.pt strictly onto `device`."""
     files = ModelFiles.from_dir(model_dir)
@@ -286,8 +311,9 @@ def load_model(model_dir: Path, device: torch.device) -> LoadedModel:
     frontend_conf = config.get("frontend_conf", {})
     input_size = frontend_conf.get("n_mels", 80) * frontend_conf.get("lfr_m", 1)
     build_args = {k: v for k, v in config.items() if k != "model_conf"}
-    with torch.device("meta"):
-        # Build on the meta device: no time is spent on random init that the weights replace.
+    with skip_init():
+        # No time on random init that the weights replace. (Not the meta device: its ops run
+        # through Python reference kernels that import torch._dynamo, ~1 s of every cold start.)
         model = model_class(**config.get("model_conf", {}), **build_args,
                             vocab_size=len(token_list), input_size=input_size)
     try:

@@ -81,7 +81,7 @@ class Punctuator:
         try:
             import torch
 
-            from asr.engine.model import funasr_registry
+            from asr.engine.model import funasr_registry, skip_init
 
             tables = funasr_registry(conf)
 
@@ -94,10 +94,11 @@ class Punctuator:
             model_cls = tables.model_classes.get("CTTransformer")
             if model_cls is None:
                 raise ModelLoadError("funasr could not register CTTransformer.")
-            self._model = model_cls(
-                encoder=conf["encoder"], encoder_conf=conf["encoder_conf"],
-                vocab_size=len(tokens), **conf.get("model_conf", {}),
-            )
+            with skip_init():  # every parameter comes from model.pt (loaded strictly below)
+                self._model = model_cls(
+                    encoder=conf["encoder"], encoder_conf=conf["encoder_conf"],
+                    vocab_size=len(tokens), **conf.get("model_conf", {}),
+                )
             state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
             self._model.load_state_dict(state, strict=True)
             self._model.eval().to(device)
