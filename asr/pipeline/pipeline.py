@@ -226,7 +226,12 @@ class Pipeline:
     the VAD / punctuation / speaker models, the decoded-audio budget and the worker threads."""
 
     def __init__(
-        self, settings: Settings, engine: EngineLike, *, on_batch: Callable[[BatchStats], None] | None = None
+        self,
+        settings: Settings,
+        engine: EngineLike,
+        *,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        models: StageModels | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -240,7 +245,8 @@ class Pipeline:
             sample_rate=SAMPLE_RATE,
             on_batch=on_batch,
         )
-        self.models = StageModels(settings.longform, settings.engine.model_cache)
+        # Passed in when they were loading while the engine loaded (the CLI's cold start).
+        self.models = models or StageModels(settings.longform, settings.engine.model_cache)
         self.budget = AudioBudget(int(settings.limits.decoded_audio_mb * 1048576))
         self._workers = ThreadPoolExecutor(settings.pipeline.workers, thread_name_prefix="asr-pipeline")
         self._whole = WholeAudio()
