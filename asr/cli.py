@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,21 +91,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def _preload_models(settings: Settings, options: Options) -> StageModels:
-    """Start loading the models around the recogniser (ITN's grammars, punctuation) on a thread
-    while the engine loads: they took half a second of the first result's time one after the
-    other. A model that fails is reported when the pipeline asks for it, as before."""
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            if settings.pipeline.itn if options.itn is None else options.itn:
-                models.itn()
-            if options.punctuation is not False and settings.longform.punc_model:
-                models.punctuator()
-
-    threading.Thread(target=load, name="asr-preload", daemon=True).start()
+    models.preload(itn=settings.pipeline.itn if options.itn is None else options.itn,
+                   punctuation=options.punctuation)
     return models
 
 

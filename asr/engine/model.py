@@ -278,22 +278,46 @@ _INIT_FUNCTIONS = (
 )
 
 
+_skipping = threading.local()
+_wrap_lock = threading.Lock()
+_wrapped = False
+
+
+def _wrap_init_functions() -> None:
+    """Make torch.nn.init's functions do nothing on a thread inside `skip_init` (and what they
+    always did everywhere else). Installed once; a per-thread flag, not a swap of the functions
+    for the duration, because the punctuation model loads on another thread at the same time
+    and a model built elsewhere meanwhile must still be initialised."""
+    global _wrapped
+    with _wrap_lock:
+        if _wrapped:
+            return
+        for name in _INIT_FUNCTIONS:
+            original = getattr(torch.nn.init, name, None)
+            if original is None:
+                continue
+
+            @functools.wraps(original)
+            def wrapper(tensor: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if getattr(_skipping, "on", False):
+                    return tensor
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.nn.init, name, wrapper)
+        _wrapped = True
+
+
 @contextlib.contextmanager
 def skip_init() -> Iterator[None]:
-    """Build modules with their parameters left uninitialised (every one is then loaded from the
-    checkpoint, which load_model checks): torch.nn.init's functions do nothing meanwhile."""
-    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS if hasattr(torch.nn.init, name)}
+    """Build modules on this thread with their parameters left uninitialised (every one is then
+    loaded from the checkpoint, which load_model checks)."""
+    _wrap_init_functions()
+    before = getattr(_skipping, "on", False)
+    _skipping.on = True
     try:
-        for name in saved:
-            setattr(torch.nn.init, name, _unchanged)
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
-
-
-def _unchanged(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return tensor
+        _skipping.on = before
 
 
 def load_model(model_dir: Path, device: torch.device) -> LoadedModel:

@@ -39,6 +39,21 @@ class StageModels:
         self._itn: InverseNormalizer | None = None
         self._itn_error: str | None = None
 
+    def preload(self, itn: bool, punctuation: bool) -> threading.Thread:
+        """Start loading ITN's grammars and the punctuation model on a thread, so they load while
+        the engine does (half a second of a cold start one after the other). A model that fails
+        is reported when the pipeline asks for it, as without this."""
+
+        def load() -> None:
+            if itn:
+                self.itn()
+            if punctuation and self.settings.punc_model:
+                self.punctuator()
+
+        thread = threading.Thread(target=load, name="asr-preload", daemon=True)
+        thread.start()
+        return thread
+
     def _resolve(self, model: str, required: tuple[str, ...], setting: str, flag: str) -> Any:
         from asr.engine.model import resolve_model_dir
 

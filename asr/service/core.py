@@ -17,6 +17,7 @@ from typing import Any
 
 from asr.errors import ASRError, JobNotFoundError, LimitError, RequestTimeoutError
 from asr.pipeline.audio import AudioSource
+from asr.pipeline.models import StageModels
 from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline, SegmentCallback
 from asr.pipeline.result import Result
@@ -32,11 +33,11 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything a request needs, built once per app from one settings object."""
 
-    def __init__(self, settings: Settings, engine: EngineLike) -> None:
+    def __init__(self, settings: Settings, engine: EngineLike, models: StageModels | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.started_at = time.time()
-        self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch)
+        self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch, models=models)
         self.scheduler = self.pipeline.scheduler
         self.live = LiveHub(settings, self.pipeline)
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)

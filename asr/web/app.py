@@ -78,11 +78,15 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
     ``engine`` defaults to ``Engine.from_settings(settings.engine)``; it is loaded here, before the
     server accepts connections, and the lifespan pushes one clip through the scheduler (warm-up).
     """
+    from asr.pipeline.models import StageModels
+
+    models = StageModels(settings.longform, settings.engine.model_cache)
+    models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
     if engine is None:
         from asr.engine.core import Engine
 
         engine = Engine.from_settings(settings.engine)
-    service = Service(settings, engine)
+    service = Service(settings, engine, models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
