@@ -30,8 +30,9 @@ def test_int8_is_the_cpu_default_and_only_a_cpu_path() -> None:
     assert load_settings(str(ROOT / "configs" / "cpu.yaml")).engine.dtype == "int8"
 
 
-def test_cpu_attention_is_fused_with_int8_and_funasrs_own_in_fp32(tiny_model_dir: Path) -> None:
-    assert _engine(tiny_model_dir, "int8").attention_backend == "sdpa"
+def test_cpu_attention_is_funasrs_own_whatever_the_dtype(tiny_model_dir: Path) -> None:
+    # The fused CPU kernel's sums depend on the padded batch: results would depend on companions.
+    assert _engine(tiny_model_dir, "int8").attention_backend == "eager"
     assert _engine(tiny_model_dir, "fp32").attention_backend == "eager"
 
 
