@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -171,9 +173,16 @@ def output_names(paths: list[str], source: str) -> dict[str, str]:
 class Recognizer:
     """A Ray Data actor: one Engine (one GPU, or the CPU) and one Pipeline with its own event loop.
     Each call takes a batch of paths and transcribes them concurrently through the pipeline, so
-    their segments share engine batches; a file that fails becomes a failure row."""
+    their segments share engine batches; a file that fails becomes a failure row.
 
-    def __init__(self, settings: Settings, options: Options, formats: list[str]) -> None:
+    A worker that dies (killed, out of memory, a crash in native code) is restarted by Ray and its
+    batch retried. So that one file that kills every worker cannot loop for ever, the actor counts
+    attempts per file in `attempts_dir` (a file per path, on the worker's machine): a retried batch
+    goes one file at a time, and a file already tried more than `max_retries` times becomes a
+    `worker_crashed` row without being opened again."""
+
+    def __init__(self, settings: Settings, options: Options, formats: list[str], attempts_dir: str = "",
+                 max_retries: int = 2) -> None:
         from asr.engine import Engine
         from asr.pipeline.pipeline import Pipeline
         from asr.runtime import configure_process
@@ -181,6 +190,8 @@ class Recognizer:
         configure_process(settings)
         self.options = options
         self.formats = formats
+        self.attempts = Path(attempts_dir) if attempts_dir else None
+        self.max_retries = max_retries
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.loop = asyncio.new_event_loop()
         self.pipeline = Pipeline(settings, Engine.from_settings(settings.engine))
@@ -190,8 +201,50 @@ class Recognizer:
         rows = self.loop.run_until_complete(self._batch(list(batch["path"]), list(batch["name"])))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
+    def _attempt_file(self, path: str) -> Path | None:
+        if self.attempts is None:
+            return None
+        return self.attempts / hashlib.sha1(path.encode()).hexdigest()
+
+    def _tried(self, path: str) -> int:
+        f = self._attempt_file(path)
+        try:
+            return int(f.read_text()) if f else 0
+        except (OSError, ValueError):
+            return 0
+
+    def _set_tried(self, path: str, n: int) -> None:
+        f = self._attempt_file(path)
+        if f is None:
+            return
+        if n:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(str(n))
+        else:
+            f.unlink(missing_ok=True)
+
     async def _batch(self, paths: list[str], names: list[str]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self._one(p, n) for p, n in zip(paths, names))))
+        tried = {p: self._tried(p) for p in paths}
+        if not any(tried.values()):  # the first attempt: all files at once
+            for p in paths:
+                self._set_tried(p, 1)
+            rows = list(await asyncio.gather(*(self._one(p, n) for p, n in zip(paths, names))))
+            for p in paths:
+                self._set_tried(p, 0)
+            return rows
+        rows = []  # a retry: a worker died on this batch; one file at a time finds the one that did it
+        for p, n in zip(paths, names):
+            if tried[p] > self.max_retries:
+                row = {"path": p, "ok": False, "error_code": "worker_crashed", "audio_s": 0.0, "result": "",
+                       "error": f"The worker died on this file {tried[p]} times (killed, out of memory or a "
+                       "crash in a decoder).", "name": n, "processing_s": 0.0, "worker": self.worker,
+                       **{f"out_{fmt}": "" for fmt in self.formats}}
+            else:
+                self._set_tried(p, tried[p] + 1)
+                row = await self._one(p, n)
+            self._set_tried(p, 0)  # done (or given up): a later retry of this batch starts it afresh
+            rows.append(row)
+        return rows
 
     async def _one(self, path: str, name: str) -> dict[str, Any]:
         from asr.pipeline.formats import render
@@ -220,6 +273,8 @@ class Summary:
     transcribed: int = 0
     failed: int = 0
     skipped_failed: int = 0
+    missing: int = 0
+    """Files that got no row (never expected: Ray retries a dead worker's batch); a rerun does them."""
     """Of `skipped`: failure rows of an earlier run (delete their lines to try them again)."""
     audio_s: float = 0.0
     wall_s: float = 0.0
@@ -234,6 +289,7 @@ class Summary:
         return (f"{self.files} files: {self.transcribed} transcribed, {self.failed} failed"
                 f"{f' ({codes})' if codes else ''}, {self.skipped} already done"
                 f"{f' ({self.skipped_failed} of them failures)' if self.skipped_failed else ''}; "
+                f"{f'; {self.missing} got no row (run again)' if self.missing else ''}; "
                 f"{self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s = {self.realtime:.1f}x real time")
 
 
@@ -257,6 +313,7 @@ def transcribe_archive(
     cpus_per_actor: float = 1.0,
     batch_size: int = 16,
     column: str = "path",
+    max_retries: int = 2,
     progress: bool = True,
     recognizer: type = Recognizer,
 ) -> Summary:
@@ -270,7 +327,8 @@ def transcribe_archive(
         if not ray.is_initialized():
             ray.init(logging_level="WARNING")
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # an INFO line per dataset run
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts files, Ray's blocks
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours counts files, Ray's blocks
 
     formats = list(formats)
     out_dir = Path(output)
@@ -294,37 +352,49 @@ def transcribe_archive(
             gpus_per_actor = 1.0 if gpus else 0.0
         if actors is None:
             actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1
+        bar = tqdm(total=len(todo), unit="file", disable=not progress or None)
+
+        def record(row: dict[str, Any]) -> None:
+            if row["path"] in log.done:  # a retried batch delivered it again: written once only
+                return
+            if row["ok"]:
+                for fmt in formats:
+                    write_text(out_dir / f"{row['name']}.{fmt}", row[f"out_{fmt}"])
+            log.append(output_row(row))  # the line is the commit: after the subtitle files
+            if row["ok"]:
+                summary.transcribed += 1
+                summary.audio_s += float(row["audio_s"])
+            else:
+                summary.failed += 1
+                summary.failures[row["error_code"]] = summary.failures.get(row["error_code"], 0) + 1
+                tqdm.write(f"FAILED {row['path']}: {row['error_code']}: {row['error']}", file=sys.stderr)
+            bar.update(1)
+
+        attempts_dir = out_dir / ".attempts"  # the Recognizer's attempt counts (local machine's)
+        shutil.rmtree(attempts_dir, ignore_errors=True)
         ds = ray.data.from_items([{"path": p, "name": names[p]} for p in todo])
         ds = ds.repartition(max(1, -(-len(todo) // batch_size)))  # blocks of about one batch each
         results = ds.map_batches(
             recognizer,
-            fn_constructor_kwargs={"settings": settings, "options": options, "formats": formats},
+            fn_constructor_kwargs={"settings": settings, "options": options, "formats": formats,
+                                   "attempts_dir": str(attempts_dir.resolve()), "max_retries": max_retries},
             compute=ray.data.ActorPoolStrategy(size=actors),
             batch_size=batch_size,
             batch_format="numpy",
             num_gpus=gpus_per_actor,
             num_cpus=cpus_per_actor,
+            # Ray's defaults, said here because the archive relies on them: a dead worker's actor
+            # is restarted and its batch retried (the Recognizer bounds the retries per file).
+            max_restarts=-1,
+            max_task_retries=-1,
         )
-        bar = tqdm(total=len(todo), unit="file", disable=not progress or None)
         try:
-            for batch in results.iter_rows():
-                row = dict(batch)
-                if row["path"] in log.done:  # a retried batch delivered it again: written once only
-                    continue
-                if row["ok"]:
-                    for fmt in formats:
-                        write_text(out_dir / f"{row['name']}.{fmt}", row[f"out_{fmt}"])
-                log.append(output_row(row))  # the line is the commit: after the subtitle files
-                if row["ok"]:
-                    summary.transcribed += 1
-                    summary.audio_s += float(row["audio_s"])
-                else:
-                    summary.failed += 1
-                    summary.failures[row["error_code"]] = summary.failures.get(row["error_code"], 0) + 1
-                    tqdm.write(f"FAILED {row['path']}: {row['error_code']}: {row['error']}", file=sys.stderr)
-                bar.update(1)
+            for row in results.iter_rows():
+                record(dict(row))
         finally:
             bar.close()
+            shutil.rmtree(attempts_dir, ignore_errors=True)
+        summary.missing = sum(1 for p in todo if p not in log.done)
     finally:
         log.close()
         summary.wall_s = time.perf_counter() - t0
@@ -372,12 +442,12 @@ def cmd_transcribe_archive(args: argparse.Namespace) -> int:
     summary = transcribe_archive(
         args.input, args.output, settings, options, formats=args.format, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
-        column=args.column, progress=not args.quiet,
+        column=args.column, max_retries=args.max_retries, progress=not args.quiet,
     )
     if args.parquet:
         write_parquet(Path(args.output))
     print(summary.line(), file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.missing else 0
 
 
 def add_parser(sub: Any) -> None:
@@ -397,6 +467,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="files per actor call (transcribed concurrently)")
+    p.add_argument("--max-retries", type=int, default=2,
+                   help="a file whose worker died more than this many times (killed, out of memory) "
+                   "becomes a failure row (worker_crashed) instead of being retried again")
     add_recognition_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe_archive)
