@@ -197,6 +197,16 @@ class Recognizer:
         self.pipeline = Pipeline(settings, Engine.from_settings(settings.engine))
         self.loop.run_until_complete(self.pipeline.start())
 
+    def __del__(self) -> None:
+        # Ray Data deletes the UDF when it retires an actor normally: stop the scheduler task and
+        # the decoding processes rather than leave them to die with the process.
+        loop = getattr(self, "loop", None)
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.run_until_complete(self.pipeline.stop())
+            finally:
+                loop.close()
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         rows = self.loop.run_until_complete(self._batch(list(batch["path"]), list(batch["name"])))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
@@ -288,9 +298,24 @@ class Summary:
         codes = ", ".join(f"{code} {n}" for code, n in sorted(self.failures.items()))
         return (f"{self.files} files: {self.transcribed} transcribed, {self.failed} failed"
                 f"{f' ({codes})' if codes else ''}, {self.skipped} already done"
-                f"{f' ({self.skipped_failed} of them failures)' if self.skipped_failed else ''}; "
-                f"{f'; {self.missing} got no row (run again)' if self.missing else ''}; "
+                f"{f' ({self.skipped_failed} of them failures)' if self.skipped_failed else ''}"
+                f"{f', {self.missing} got no row (run again)' if self.missing else ''}; "
                 f"{self.audio_s / 3600:.3f} h of audio in {self.wall_s:.1f} s = {self.realtime:.1f}x real time")
+
+
+def actor_settings(settings: Settings, cpus: float) -> Settings:
+    """Settings sized to the CPUs Ray gives each actor, where they are left automatic: the
+    automatic values count the machine's cores, which every actor on the machine would take at
+    once. Torch threads = the actor's CPUs; decoding processes = the CPUs beyond the first (0:
+    the pipeline decodes in its threads), so `--cpus-per-actor 8` on a GPU box gives each GPU's
+    actor 7 decoding processes."""
+    n = max(1, int(cpus))
+    engine, pipeline = settings.engine, settings.pipeline
+    if not engine.num_threads:
+        engine = engine.model_copy(update={"num_threads": n})
+    if pipeline.decode_processes < 0:
+        pipeline = pipeline.model_copy(update={"decode_processes": n - 1})
+    return settings.model_copy(update={"engine": engine, "pipeline": pipeline})
 
 
 def write_text(target: Path, text: str) -> None:
@@ -352,6 +377,7 @@ def transcribe_archive(
             gpus_per_actor = 1.0 if gpus else 0.0
         if actors is None:
             actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1
+        settings = actor_settings(settings, cpus_per_actor)
         bar = tqdm(total=len(todo), unit="file", disable=not progress or None)
 
         def record(row: dict[str, Any]) -> None:
@@ -372,8 +398,11 @@ def transcribe_archive(
 
         attempts_dir = out_dir / ".attempts"  # the Recognizer's attempt counts (local machine's)
         shutil.rmtree(attempts_dir, ignore_errors=True)
-        ds = ray.data.from_items([{"path": p, "name": names[p]} for p in todo])
-        ds = ds.repartition(max(1, -(-len(todo) // batch_size)))  # blocks of about one batch each
+        # Blocks of about one batch each, made here in the driver: no Ray task runs before the
+        # actors, so actors that take every CPU of the cluster cannot starve it (a repartition
+        # step here waited for ever for a CPU held by the actor).
+        ds = ray.data.from_items([{"path": p, "name": names[p]} for p in todo],
+                                 override_num_blocks=max(1, -(-len(todo) // batch_size)))
         results = ds.map_batches(
             recognizer,
             fn_constructor_kwargs={"settings": settings, "options": options, "formats": formats,
@@ -383,10 +412,9 @@ def transcribe_archive(
             batch_format="numpy",
             num_gpus=gpus_per_actor,
             num_cpus=cpus_per_actor,
-            # Ray's defaults, said here because the archive relies on them: a dead worker's actor
-            # is restarted and its batch retried (the Recognizer bounds the retries per file).
-            max_restarts=-1,
-            max_task_retries=-1,
+            # Ray Data's defaults, which the archive relies on (not passed: passing them is
+            # deprecated): an actor whose worker died is restarted (max_restarts=-1) and its batch
+            # retried (max_task_retries=-1); the Recognizer bounds the retries per file.
         )
         try:
             for row in results.iter_rows():

@@ -192,6 +192,34 @@ def test_a_file_that_kills_every_worker_is_a_failure_row(local_ray, settings, tm
     assert summary.missing == 0 and not (out / ".attempts").exists()
 
 
+def test_command_line(local_ray, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    """`python -m asr transcribe-archive` (in this process, on the module's Ray): a text manifest,
+    subtitle files, results.parquet, the summary, exit status 1 for failures. Two CPUs for the
+    actor: one decoding process beside it (pipeline.decode_processes, sized by actor_settings)."""
+    from asr.cli import main
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    files = _folder(src)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("# recordings\n" + "".join(f"{src / n}\n" for n in files), encoding="utf-8")
+    code = main(["transcribe-archive", str(manifest), str(out), "--model", str(tiny_model_dir), "--device", "cpu",
+                 "--format", "vtt", "--parquet", "--quiet", "--cpus-per-actor", "2", "--batch-size", "4"])
+    assert code == 1  # three files failed
+    err = capsys.readouterr().err
+    assert "6 files: 3 transcribed, 3 failed" in err and "x real time" in err
+    rows = list(iter_rows(out))
+    assert len(rows) == 6 and {r["ok"] for r in rows} == {True, False}
+    assert (out / "sub" / "b.vtt").read_text(encoding="utf-8").startswith("WEBVTT")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["path"] for r in table] == [r["path"] for r in rows]
+    assert [json.loads(r["result"]) if r["result"] else None for r in table] == [r["result"] for r in rows]
+
+    assert main(["transcribe-archive", str(manifest), str(out), "--model", str(tiny_model_dir), "--quiet"]) == 0
+    assert "6 already done (3 of them failures)" in capsys.readouterr().err
+
+
 def test_result_log_writes_a_path_once(tmp_path: Path) -> None:
     log = ResultLog(tmp_path / RESULTS)
     assert log.append({"path": "a", "ok": True})
