@@ -466,7 +466,11 @@ def cmd_transcribe_archive(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     options = build_options(args, settings)
     if args.address:
-        ray.init(address=args.address, logging_level="WARNING")
+        try:
+            ray.init(address=args.address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError) as exc:  # no cluster there, or its token is missing
+            print(f"error: cannot join the Ray cluster at {args.address}: {exc}", file=sys.stderr)
+            return 2
     summary = transcribe_archive(
         args.input, args.output, settings, options, formats=args.format, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
