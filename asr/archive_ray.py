@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asr.errors import ASRError
+from asr.errors import ASRError, ConfigError
 
 if TYPE_CHECKING:
     from asr.pipeline.options import Options
@@ -129,14 +129,14 @@ def list_inputs(ray: Any, source: str, column: str = "path") -> list[str]:
         return [str(p) for p in find_audio_files([source])]
     kind = next((k for s, k in MANIFEST_SUFFIXES.items() if source.lower().endswith(s)), None)
     if kind is None:
-        raise ValueError(f"{source}: not a folder or a .txt/.lst/.csv/.parquet manifest")
+        raise ConfigError(f"{source}: not a folder or a .txt/.lst/.csv/.parquet manifest")
     if kind == "text":
         rows = ray.data.read_text(source).take_all()
         paths = [r["text"].strip() for r in rows]
     else:
         ds = ray.data.read_csv(source) if kind == "csv" else ray.data.read_parquet(source)
         if column not in ds.columns():
-            raise ValueError(f"{source}: no column {column!r} (columns: {', '.join(ds.columns())})")
+            raise ConfigError(f"{source}: no column {column!r} (columns: {', '.join(ds.columns())})")
         paths = [str(r[column]) for r in ds.select_columns([column]).take_all()]
     paths = [p for p in paths if p and not p.startswith("#")]
     if local.is_file():
@@ -148,23 +148,18 @@ def output_names(paths: list[str], source: str) -> dict[str, str]:
     """Subtitle file names (without suffix) under OUTPUT: relative to the input folder, or for a
     manifest relative to the folder all its paths share, so that two `a.wav` in different folders
     do not overwrite each other's subtitles. Computed over the whole list: the same on a rerun."""
-    root = Path(source)
-    if not root.is_dir():
-        local = [p for p in paths if "://" not in p]
+    if Path(source).is_dir():  # the paths are as find_audio_files gave them: under `source`
+        return {p: str(Path(p).relative_to(source).with_suffix("")) for p in paths}
+    local = [os.path.abspath(p) for p in paths if "://" not in p]
+    if len(local) == 1:
+        root = os.path.dirname(local[0])
+    else:
         try:
-            root = Path(os.path.commonpath([os.path.abspath(p) for p in local])) if local else Path("/")
-        except ValueError:
-            root = Path("/")
-        if len(local) == 1:
-            root = Path(os.path.abspath(local[0])).parent
-    names = {}
-    for p in paths:
-        path = Path(os.path.abspath(p)) if "://" not in p and not root.is_dir() else Path(p)
-        if "://" not in p and path.is_relative_to(root):
-            names[p] = str(path.relative_to(root).with_suffix(""))
-        else:
-            names[p] = Path(p).stem
-    return names
+            root = os.path.commonpath(local) if local else "/"
+        except ValueError:  # different drives
+            root = "/"
+    return {p: str(Path(os.path.relpath(os.path.abspath(p), root)).with_suffix("")) if "://" not in p
+            else Path(p).stem for p in paths}
 
 
 # ---- the actors ------------------------------------------------------------------------------
@@ -357,14 +352,14 @@ def transcribe_archive(
 
     formats = list(formats)
     out_dir = Path(output)
-    log = ResultLog(out_dir / RESULTS)
     summary = Summary()
     t0 = time.perf_counter()
+    if not Path(source).is_dir():
+        connect()  # manifests are read by Ray Data
+    paths = list_inputs(ray, source, column)  # before OUTPUT is made: a wrong INPUT leaves nothing
+    names = output_names(paths, source)
+    log = ResultLog(out_dir / RESULTS)
     try:
-        if not Path(source).is_dir():
-            connect()  # manifests are read by Ray Data
-        paths = list_inputs(ray, source, column)
-        names = output_names(paths, source)
         summary.files = len(paths)
         todo = [p for p in paths if p not in log.done]
         summary.skipped = len(paths) - len(todo)

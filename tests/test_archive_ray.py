@@ -219,6 +219,11 @@ def test_command_line(local_ray, tiny_model_dir: Path, tmp_path: Path, capsys) -
     assert main(["transcribe-archive", str(manifest), str(out), "--model", str(tiny_model_dir), "--quiet"]) == 0
     assert "6 already done (3 of them failures)" in capsys.readouterr().err
 
+    (tmp_path / "list.json").write_text("[]")
+    assert main(["transcribe-archive", str(tmp_path / "list.json"), str(tmp_path / "out2"), "--quiet"]) == 2
+    assert "not a folder or a .txt/.lst/.csv/.parquet manifest" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+
 
 def test_result_log_writes_a_path_once(tmp_path: Path) -> None:
     log = ResultLog(tmp_path / RESULTS)
