@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -466,11 +467,19 @@ def cmd_transcribe_archive(args: argparse.Namespace) -> int:
         except (ConnectionError, RuntimeError) as exc:  # no cluster there, or its token is missing
             print(f"error: cannot join the Ray cluster at {args.address}: {exc}", file=sys.stderr)
             return 2
-    summary = transcribe_archive(
-        args.input, args.output, settings, options, formats=args.format, actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
-        column=args.column, max_retries=args.max_retries, progress=not args.quiet,
-    )
+    try:
+        summary = transcribe_archive(
+            args.input, args.output, settings, options, formats=args.format, actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
+            column=args.column, max_retries=args.max_retries, progress=not args.quiet,
+        )
+    except ray.exceptions.RayError as exc:
+        # Per-file errors are rows; what reaches here stopped the run, most often a recognizer that
+        # could not start (a model path missing on a worker): its own error is in Ray's text.
+        found = re.findall(r"asr\.errors\.\w+: (.*)", str(exc))
+        print(f"error: {found[-1] if found else str(exc).splitlines()[0]} (rows written so far are kept; "
+              "a rerun resumes)", file=sys.stderr)
+        return 2
     if args.parquet:
         write_parquet(Path(args.output))
     print(summary.line(), file=sys.stderr)

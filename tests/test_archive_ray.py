@@ -224,6 +224,12 @@ def test_command_line(local_ray, tiny_model_dir: Path, tmp_path: Path, capsys) -
     assert "not a folder or a .txt/.lst/.csv/.parquet manifest" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
 
+    # A recognizer that cannot start stops the run with its own error, not a Ray traceback.
+    missing_model = tmp_path / "no-model"
+    assert main(["transcribe-archive", str(src), str(tmp_path / "out3"), "--model", str(missing_model),
+                 "--device", "cpu", "--quiet"]) == 2
+    assert f"error: Model directory not found: {missing_model}" in capsys.readouterr().err
+
 
 def test_result_log_writes_a_path_once(tmp_path: Path) -> None:
     log = ResultLog(tmp_path / RESULTS)
