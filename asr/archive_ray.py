@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from asr.errors import ASRError, ConfigError
 
 if TYPE_CHECKING:
@@ -61,8 +63,8 @@ class MissingRayError(ImportError):
 def failure_row(path: str, exc: BaseException) -> dict[str, Any]:
     """A file that failed: its typed error code (`unsupported_format`, `corrupt_audio`, ...) or,
     for an error that is not ours, `internal` with the exception's type, so the archive goes on."""
-    if isinstance(exc, ASRError):
-        code, message = exc.code, exc.message
+    if isinstance(exc, (ASRError, DecodedError)):
+        code, message = exc.code, str(exc)
     else:
         code, message = "internal", f"{type(exc).__name__}: {exc}"
     return {"path": path, "ok": False, "error_code": code, "error": message, "audio_s": 0.0, "result": ""}
@@ -110,7 +112,8 @@ class ResultLog:
 
 def output_row(row: dict[str, Any]) -> dict[str, Any]:
     """What results.jsonl holds for a row from the actors: the Result as a JSON object."""
-    out = {k: row[k] for k in ("path", "name", "ok", "error_code", "error", "audio_s", "processing_s", "worker")}
+    out = {k: row.get(k, "") for k in ("path", "name", "ok", "error_code", "error", "audio_s", "processing_s",
+                                         "worker", "decoded")}
     out["result"] = json.loads(row["result"]) if row["ok"] else None
     return out
 
@@ -163,6 +166,41 @@ def output_names(paths: list[str], source: str) -> dict[str, str]:
             else Path(p).stem for p in paths}
 
 
+# ---- decoding on CPU tasks (--cpu-decode) ------------------------------------------------------
+
+
+class DecodedError(Exception):
+    """A decoding task's typed error, carried to the recognizer as its code and message."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def decode_batch(batch: dict[str, Any], *, max_mb: float, max_audio_s: float) -> dict[str, Any]:
+    """A Ray Data task on a CPU: files up to `max_mb` decoded whole to 16 kHz mono float32 (bytes),
+    so GPU actors only recognise; larger files (and remote paths) go on as paths, for the actor's
+    pipeline to stream. A file that fails keeps its error's code for its row."""
+    from asr.pipeline.audio import decode_audio
+
+    audio, codes, errors = [], [], []
+    for path in batch["path"]:
+        path = str(path)
+        data, code, error = b"", "", ""
+        try:
+            if "://" not in path and os.path.getsize(path) <= max_mb * 1048576:
+                data = decode_audio(path, max_duration_s=max_audio_s).astype(np.float32, copy=False).tobytes()
+        except ASRError as exc:
+            code, error = exc.code, exc.message
+        except OSError:
+            pass  # missing or unreadable: the pipeline reports it with its own code
+        audio.append(data)
+        codes.append(code)
+        errors.append(error)
+    return {**batch, "audio_f32": np.array(audio, dtype=object), "decode_code": np.array(codes, dtype=object),
+            "decode_error": np.array(errors, dtype=object)}
+
+
 # ---- the actors ------------------------------------------------------------------------------
 
 
@@ -204,6 +242,10 @@ class Recognizer:
                 loop.close()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        # With --cpu-decode, the files came decoded (or failed) from the CPU tasks (decode_batch).
+        self._decoded = ({p: (a, c, e) for p, a, c, e in zip(batch["path"], batch["audio_f32"], batch["decode_code"],
+                                                             batch["decode_error"])}
+                         if "audio_f32" in batch else {})
         rows = self.loop.run_until_complete(self._batch(list(batch["path"]), list(batch["name"])))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
@@ -243,7 +285,7 @@ class Recognizer:
             if tried[p] > self.max_retries:
                 row = {"path": p, "ok": False, "error_code": "worker_crashed", "audio_s": 0.0, "result": "",
                        "error": f"The worker died on this file {tried[p]} times (killed, out of memory or a "
-                       "crash in a decoder).", "name": n, "processing_s": 0.0, "worker": self.worker,
+                       "crash in a decoder).", "name": n, "processing_s": 0.0, "worker": self.worker, "decoded": "",
                        **{f"out_{fmt}": "" for fmt in self.formats}}
             else:
                 self._set_tried(p, tried[p] + 1)
@@ -252,12 +294,25 @@ class Recognizer:
             rows.append(row)
         return rows
 
+    def _source(self, path: str) -> Any:
+        """The path, or the audio a CPU task decoded (its typed error raised here, as the
+        pipeline would have raised it)."""
+        from asr.pipeline.pipeline import blocks_stream
+
+        audio, code, message = self._decoded.get(path, (b"", "", ""))
+        if code:
+            raise DecodedError(str(message), str(code))
+        if len(audio):
+            samples = np.frombuffer(audio, dtype=np.float32)
+            return blocks_stream([samples], len(samples) / 16000)
+        return Path(path)
+
     async def _one(self, path: str, name: str) -> dict[str, Any]:
         from asr.pipeline.formats import render
 
         t0 = time.perf_counter()
         try:
-            result = await self.pipeline.transcribe(Path(path), self.options, background=True)
+            result = await self.pipeline.transcribe(self._source(path), self.options, background=True)
             rendered = {f"out_{fmt}": render(result, fmt) for fmt in self.formats}
         except Exception as exc:  # every failure is this file's row; the archive goes on
             row = failure_row(path, exc)
@@ -265,7 +320,9 @@ class Recognizer:
         else:
             row = {"path": path, "ok": True, "error_code": "", "error": "", "audio_s": result.duration_s,
                    "result": result.to_json().decode()}
-        row.update(name=name, processing_s=round(time.perf_counter() - t0, 3), worker=self.worker, **rendered)
+        audio, code, _ = self._decoded.get(path, (b"", "", ""))
+        row.update(name=name, processing_s=round(time.perf_counter() - t0, 3), worker=self.worker, **rendered,
+                   decoded="task" if len(audio) or code else "actor")
         return row
 
 
@@ -335,6 +392,7 @@ def transcribe_archive(
     batch_size: int = 16,
     column: str = "path",
     max_retries: int = 2,
+    cpu_decode: bool = False,
     progress: bool = True,
     recognizer: type = Recognizer,
 ) -> Summary:
@@ -399,6 +457,14 @@ def transcribe_archive(
         # step here waited for ever for a CPU held by the actor).
         ds = ray.data.from_items([{"path": p, "name": names[p]} for p in todo],
                                  override_num_blocks=max(1, -(-len(todo) // batch_size)))
+        if cpu_decode and options.channels != "split":  # split keeps channels: the pipeline opens those
+            free = ray.cluster_resources().get("CPU", 0) - actors * cpus_per_actor
+            if free < 1:
+                raise ConfigError(f"--cpu-decode needs a CPU beside the actors' ({actors} x {cpus_per_actor} of "
+                                  f"{free + actors * cpus_per_actor:g}): decoding tasks would wait for ever")
+            ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+                                fn_kwargs={"max_mb": settings.pipeline.decode_process_max_mb,
+                                           "max_audio_s": settings.limits.max_audio_s})
         results = ds.map_batches(
             recognizer,
             fn_constructor_kwargs={"settings": settings, "options": options, "formats": formats,
@@ -471,7 +537,8 @@ def cmd_transcribe_archive(args: argparse.Namespace) -> int:
         summary = transcribe_archive(
             args.input, args.output, settings, options, formats=args.format, actors=args.actors,
             gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
-            column=args.column, max_retries=args.max_retries, progress=not args.quiet,
+            column=args.column, max_retries=args.max_retries, cpu_decode=args.cpu_decode,
+            progress=not args.quiet,
         )
     except ray.exceptions.RayError as exc:
         # Per-file errors are rows; what reaches here stopped the run, most often a recognizer that
@@ -506,6 +573,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-retries", type=int, default=2,
                    help="a file whose worker died more than this many times (killed, out of memory) "
                    "becomes a failure row (worker_crashed) instead of being retried again")
+    p.add_argument("--cpu-decode", action="store_true",
+                   help="decode files up to pipeline.decode_process_max_mb in Ray tasks on the CPUs beside the "
+                   "actors (larger ones stream in the actors); needs a CPU no actor holds")
     add_recognition_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe_archive)

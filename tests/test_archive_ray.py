@@ -192,6 +192,26 @@ def test_a_file_that_kills_every_worker_is_a_failure_row(local_ray, settings, tm
     assert summary.missing == 0 and not (out / ".attempts").exists()
 
 
+def test_cpu_decode(local_ray, settings, engine, tmp_path: Path) -> None:
+    """--cpu-decode: Ray tasks decode, the actor only recognises; the rows are those of the pipeline
+    decoding the files itself (texts, durations, error codes)."""
+    from asr.pipeline.pipeline import transcribe_files
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    files = _folder(src)
+    summary = transcribe_archive(str(src), out, settings, Options(), batch_size=3, cpu_decode=True, progress=False)
+    rows = {Path(r["path"]).relative_to(src).as_posix(): r for r in iter_rows(out)}
+    assert sorted(rows) == sorted(files) and (summary.transcribed, summary.failed) == (3, 3)
+    assert {r["decoded"] for r in rows.values()} == {"task"}  # all small: none left to the actor
+    good = [n for n in files if n not in CORRUPT]
+    expected = transcribe_files(settings, engine, [src / n for n in good])
+    for name, result in zip(good, expected):
+        assert rows[name]["result"]["text"] == result.text, name
+        assert rows[name]["result"]["duration_ms"] == result.duration_ms
+    for name in CORRUPT:
+        assert rows[name]["error_code"] == _expected_error(settings, engine, src / name), name
+
+
 def test_command_line(local_ray, tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     """`python -m asr transcribe-archive` (in this process, on the module's Ray): a text manifest,
     subtitle files, results.parquet, the summary, exit status 1 for failures. Two CPUs for the
