@@ -169,6 +169,10 @@ def output_names(paths: list[str], source: str) -> dict[str, str]:
 # ---- decoding on CPU tasks (--cpu-decode) ------------------------------------------------------
 
 
+def _no_extra_args() -> dict[str, Any]:
+    return {}
+
+
 class DecodedError(Exception):
     """A decoding task's typed error, carried to the recognizer as its code and message."""
 
@@ -184,6 +188,7 @@ def decode_batch(batch: dict[str, Any], *, max_mb: float, max_audio_s: float) ->
     from asr.pipeline.audio import decode_audio
 
     audio, codes, errors = [], [], []
+    here = f"{socket.gethostname()}:{os.getpid()}"
     for path in batch["path"]:
         path = str(path)
         data, code, error = b"", "", ""
@@ -197,7 +202,8 @@ def decode_batch(batch: dict[str, Any], *, max_mb: float, max_audio_s: float) ->
         audio.append(data)
         codes.append(code)
         errors.append(error)
-    return {**batch, "audio_f32": np.array(audio, dtype=object), "decode_code": np.array(codes, dtype=object),
+    return {**batch, "decoder": np.array([here] * len(audio), dtype=object),
+            "audio_f32": np.array(audio, dtype=object), "decode_code": np.array(codes, dtype=object),
             "decode_error": np.array(errors, dtype=object)}
 
 
@@ -246,6 +252,7 @@ class Recognizer:
         self._decoded = ({p: (a, c, e) for p, a, c, e in zip(batch["path"], batch["audio_f32"], batch["decode_code"],
                                                              batch["decode_error"])}
                          if "audio_f32" in batch else {})
+        self._decoder = dict(zip(batch["path"], batch["decoder"])) if "decoder" in batch else {}
         rows = self.loop.run_until_complete(self._batch(list(batch["path"]), list(batch["name"])))
         return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
@@ -303,7 +310,7 @@ class Recognizer:
         if code:
             raise DecodedError(str(message), str(code))
         if len(audio):
-            samples = np.frombuffer(audio, dtype=np.float32)
+            samples = np.frombuffer(audio, dtype=np.float32).copy()  # writable, as torch.from_numpy wants
             return blocks_stream([samples], len(samples) / 16000)
         return Path(path)
 
@@ -322,7 +329,7 @@ class Recognizer:
                    "result": result.to_json().decode()}
         audio, code, _ = self._decoded.get(path, (b"", "", ""))
         row.update(name=name, processing_s=round(time.perf_counter() - t0, 3), worker=self.worker, **rendered,
-                   decoded="task" if len(audio) or code else "actor")
+                   decoded=str(self._decoder.get(path, "")) if len(audio) or code else self.worker)
         return row
 
 
@@ -464,7 +471,11 @@ def transcribe_archive(
                                   f"{free + actors * cpus_per_actor:g}): decoding tasks would wait for ever")
             ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                                 fn_kwargs={"max_mb": settings.pipeline.decode_process_max_mb,
-                                           "max_audio_s": settings.limits.max_audio_s})
+                                           "max_audio_s": settings.limits.max_audio_s},
+                                # Ray Data fuses a task stage into the actor stage after it when their
+                                # resources match (CPU actors): decoding would run in the actor again.
+                                # A ray_remote_args_fn is never fused.
+                                ray_remote_args_fn=_no_extra_args)
         results = ds.map_batches(
             recognizer,
             fn_constructor_kwargs={"settings": settings, "options": options, "formats": formats,
