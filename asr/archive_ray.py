@@ -8,8 +8,8 @@ and writes the subtitle files. A path already in results.jsonl is skipped, both 
 (resume) and when a retried batch (a worker died and Ray redid its batch) delivers it again, so
 each file gets exactly one row.
 
-Ray is an optional dependency (`pip install "ray[data]"`), imported
-only here and only when the command runs.
+Ray is an optional dependency (`pip install "ray[data]"`), imported only here and only when the
+command runs. docs/archive.md has the command, the rows, resuming and where it runs.
 """
 
 from __future__ import annotations
@@ -408,7 +408,6 @@ def transcribe_archive(
     ray = import_ray()
     from tqdm import tqdm
 
-
     def connect() -> None:  # a local Ray starts in seconds: not for a folder that is all done
         if not ray.is_initialized():
             ray.init(logging_level="WARNING")
@@ -439,6 +438,12 @@ def transcribe_archive(
         if actors is None:
             actors = max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1
         settings = actor_settings(settings, cpus_per_actor)
+        cpu_decode = cpu_decode and options.channels != "split"  # split: the pipeline opens the channels
+        if cpu_decode:
+            free = ray.cluster_resources().get("CPU", 0) - actors * cpus_per_actor
+            if free < 1:
+                raise ConfigError(f"--cpu-decode needs a CPU beside the actors' ({actors} x {cpus_per_actor:g} of "
+                                  f"{free + actors * cpus_per_actor:g}): decoding tasks would wait for ever")
         bar = tqdm(total=len(todo), unit="file", disable=not progress or None)
 
         def record(row: dict[str, Any]) -> None:
@@ -464,11 +469,7 @@ def transcribe_archive(
         # step here waited for ever for a CPU held by the actor).
         ds = ray.data.from_items([{"path": p, "name": names[p]} for p in todo],
                                  override_num_blocks=max(1, -(-len(todo) // batch_size)))
-        if cpu_decode and options.channels != "split":  # split keeps channels: the pipeline opens those
-            free = ray.cluster_resources().get("CPU", 0) - actors * cpus_per_actor
-            if free < 1:
-                raise ConfigError(f"--cpu-decode needs a CPU beside the actors' ({actors} x {cpus_per_actor} of "
-                                  f"{free + actors * cpus_per_actor:g}): decoding tasks would wait for ever")
+        if cpu_decode:
             ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
                                 fn_kwargs={"max_mb": settings.pipeline.decode_process_max_mb,
                                            "max_audio_s": settings.limits.max_audio_s},

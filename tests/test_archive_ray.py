@@ -245,6 +245,11 @@ def test_command_line(local_ray, tiny_model_dir: Path, tmp_path: Path, capsys) -
     assert "not a folder or a .txt/.lst/.csv/.parquet manifest" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
 
+    # Decoding tasks with no CPU left beside the actors would wait for ever: refused at the start.
+    assert main(["transcribe-archive", str(src), str(tmp_path / "out4"), "--model", str(tiny_model_dir),
+                 "--cpu-decode", "--cpus-per-actor", "2", "--quiet"]) == 2
+    assert "--cpu-decode needs a CPU beside the actors'" in capsys.readouterr().err
+
     # A recognizer that cannot start stops the run with its own error, not a Ray traceback.
     missing_model = tmp_path / "no-model"
     assert main(["transcribe-archive", str(src), str(tmp_path / "out3"), "--model", str(missing_model),
