@@ -42,10 +42,8 @@ def _output_name(path: Path, roots: list[Path]) -> str:
     return path.stem
 
 
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.engine import Engine
-    from asr.pipeline.options import Options
-    from asr.runtime import configure_process
+def build_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command with the recognition arguments (`add_recognition_arguments`)."""
     from asr.settings import load_settings, resolve_config
 
     overrides: dict = {"engine": {"warmup": False}, "longform": {}, "server": {}}
@@ -58,18 +56,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             overrides["longform"][key] = getattr(args, name)
     if args.data_dir:
         overrides["server"]["data_dir"] = args.data_dir
-    missing = [name for name in args.inputs if not Path(name).exists()]
-    if missing:
-        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    settings = load_settings(resolve_config(args.config), **overrides)
+    return load_settings(resolve_config(args.config), **overrides)
+
+
+def build_options(args: argparse.Namespace, settings: Settings) -> Options:
+    """The recognition options of a command with the recognition arguments."""
+    from asr.errors import ConfigError
+    from asr.pipeline.options import Options
+
     hotword_text = args.hotwords or ""
     if args.hotword_file:
         try:
             hotword_text += "\n" + Path(args.hotword_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: cannot read the hotword file {args.hotword_file}: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"cannot read the hotword file {args.hotword_file}: {exc}") from exc
     switch = {None: "auto", True: "on", False: "off"}
     options = Options.from_form(
         hotwords=hotword_text, vad=switch[args.vad], punc=switch[args.punc],
@@ -80,6 +80,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     )
     if options.hotword_sets:
         options = _resolve_sets(settings, options)
+    return options
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from asr.engine import Engine
+    from asr.runtime import configure_process
+
+    missing = [name for name in args.inputs if not Path(name).exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = build_settings(args)
+    options = build_options(args, settings)
     files = find_audio_files(args.inputs)
     if not files:
         print("no audio files found", file=sys.stderr)
@@ -179,14 +192,8 @@ def cmd_make_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from asr.pipeline.formats import FORMATS
-
-    parser = argparse.ArgumentParser(prog="python -m asr", description="SeACo-Paraformer speech recognition")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    tr = sub.add_parser("transcribe", help="transcribe audio files or folders")
-    tr.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
+def add_recognition_arguments(tr: argparse.ArgumentParser) -> None:
+    """The hotword, model and pipeline arguments of `transcribe` and `transcribe-archive`."""
     tr.add_argument("--hotwords", help="hotwords, separated by spaces, commas or new lines")
     tr.add_argument("--hotword-file", help="a text file of hotwords, one per line")
     tr.add_argument("--hotword-set", action="append", metavar="NAME",
@@ -200,8 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "labelled (two-channel call recordings)")
     tr.add_argument("--channel-names", metavar="A,B",
                     help="with --channels split: names for channels 1, 2, ... (e.g. 坐席,客户)")
-    tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
-    tr.add_argument("--output-dir", default="transcripts")
     tr.add_argument("--model", help="model directory or ModelScope id")
     tr.add_argument("--config", help="settings YAML, a profile name (configs/<name>.yaml) or auto (by GPU)")
     tr.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -223,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--vad-model", help="FSMN-VAD model directory or ModelScope id")
     tr.add_argument("--punc-model", help="punctuation model directory or ModelScope id")
     tr.add_argument("--speaker-model", help="CAM++ model directory or ModelScope id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from asr.pipeline.formats import FORMATS
+
+    parser = argparse.ArgumentParser(prog="python -m asr", description="SeACo-Paraformer speech recognition")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("transcribe", help="transcribe audio files or folders")
+    tr.add_argument("inputs", nargs="+", help="audio files and/or folders (searched recursively)")
+    tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
+    tr.add_argument("--output-dir", default="transcripts")
+    add_recognition_arguments(tr)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_transcribe)
 
@@ -241,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_long(sub)
     add_bench_e2e(sub)
     add_export_onnx(sub)
+    from asr.archive_ray import add_parser as add_transcribe_archive  # Ray itself only when it runs
+
+    add_transcribe_archive(sub)
     return parser
 
 
