@@ -151,9 +151,12 @@ def list_inputs(ray: Any, source: str, column: str = "path") -> list[str]:
 def output_names(paths: list[str], source: str) -> dict[str, str]:
     """Subtitle file names (without suffix) under OUTPUT: relative to the input folder, or for a
     manifest relative to the folder all its paths share, so that two `a.wav` in different folders
-    do not overwrite each other's subtitles. Computed over the whole list: the same on a rerun."""
+    do not overwrite each other's subtitles (nor `a.wav` and `a.mp3` in one: those keep their
+    extensions). Computed over the whole list: the same on a rerun."""
+    from asr.cli import distinct_names
+
     if Path(source).is_dir():  # the paths are as find_audio_files gave them: under `source`
-        return {p: str(Path(p).relative_to(source).with_suffix("")) for p in paths}
+        return distinct_names({p: str(Path(p).relative_to(source).with_suffix("")) for p in paths})
     local = [os.path.abspath(p) for p in paths if "://" not in p]
     if len(local) == 1:
         root = os.path.dirname(local[0])
@@ -162,8 +165,8 @@ def output_names(paths: list[str], source: str) -> dict[str, str]:
             root = os.path.commonpath(local) if local else "/"
         except ValueError:  # different drives
             root = "/"
-    return {p: str(Path(os.path.relpath(os.path.abspath(p), root)).with_suffix("")) if "://" not in p
-            else Path(p).stem for p in paths}
+    return distinct_names({p: str(Path(os.path.relpath(os.path.abspath(p), root)).with_suffix(""))
+                           if "://" not in p else Path(p).stem for p in paths})
 
 
 # ---- decoding on CPU tasks (--cpu-decode) ------------------------------------------------------

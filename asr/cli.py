@@ -42,6 +42,17 @@ def _output_name(path: Path, roots: list[Path]) -> str:
     return path.stem
 
 
+def distinct_names(names: dict[str, str]) -> dict[str, str]:
+    """Output names (without the output's suffix) made distinct: where recordings would share one
+    (`a.wav` and `a.mp3` in one folder), each keeps its own extension (`a.wav.srt`, `a.mp3.srt`)
+    instead of the second overwriting the first's files. Keys are the recordings' paths."""
+    seen: dict[str, int] = {}
+    for name in names.values():
+        seen[name.casefold()] = seen.get(name.casefold(), 0) + 1
+    return {path: name + Path(path).suffix if seen[name.casefold()] > 1 else name
+            for path, name in names.items()}
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
     """The settings of a command with the recognition arguments (`add_recognition_arguments`)."""
     from asr.settings import load_settings, resolve_config
@@ -140,6 +151,7 @@ async def _transcribe_files(
     await pipeline.start()
     out_dir = Path(args.output_dir)
     roots = [Path(p) for p in args.inputs]
+    names = distinct_names({str(p): _output_name(p, roots) for p in files})
     failed = 0
     done = 0
     noticed: set[str] = set()
@@ -147,7 +159,7 @@ async def _transcribe_files(
     slots = asyncio.Semaphore(settings.pipeline.files_in_flight)
 
     def write(path: Path, result: Result) -> None:
-        name = _output_name(path, roots)
+        name = names[str(path)]
         for fmt in args.format:
             target = out_dir / f"{name}.{fmt}"
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,20 @@ def test_only_our_own_messages_reach_the_terminal(tiny_model_dir, tmp_path) -> N
                   "sudo apt install", "Traceback"):  # fmt: skip
         assert noise not in output, output
     assert "2 transcribed, 0 failed" in proc.stderr
+
+
+def test_recordings_sharing_a_name_keep_their_own_outputs(tiny_model_dir, tmp_path) -> None:
+    formats = all_formats(2.0)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "call.wav").write_bytes(formats["pcm16_16k.wav"])
+    (src / "call.mp3").write_bytes(formats["stereo44.mp3"])
+    (src / "other.ogg").write_bytes(formats["vorbis.ogg"])
+    out = tmp_path / "out"
+    code = main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--format", "json",
+                 "--output-dir", str(out), "--quiet"])
+    assert code == 0
+    # The two "call" recordings keep their extensions instead of one overwriting the other.
+    assert sorted(p.name for p in out.iterdir()) == ["call.mp3.json", "call.wav.json", "other.json"]
+    for ext in ("wav", "mp3"):
+        assert abs(json.loads((out / f"call.{ext}.json").read_text())["duration_ms"] - 2000) < 100
