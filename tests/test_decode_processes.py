@@ -24,7 +24,7 @@ def _settings(processes: int):
         None,
         engine={"device": "cpu"},
         longform={"punc_model": None},
-        pipeline={"decode_processes": processes, "decode_process_max_mb": 1.0},
+        pipeline={"decode_processes": processes, "decode_process_max_mb": 0.75},
     )
 
 
@@ -92,9 +92,10 @@ def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engin
     in_threads, plain = _run(engine, 0, inputs, tmp_path)
     in_processes, pooled = _run(engine, 2, inputs, tmp_path)
     assert plain.decoded_in_processes == 0
-    # Every file but the WAV (read here without decoding) and the broken one (refused there,
-    # with its code): the long and the large mp3 stream from a process, the rest decode whole.
-    assert pooled.decoded_in_processes == 9
+    # Every file but the WAV (read here without decoding), the large mp3 given as bytes (sending
+    # it would copy it whole) and the broken one (refused there, with its code): the long mp3
+    # streams from a process, the rest decode whole there.
+    assert pooled.decoded_in_processes == 8
     assert set(in_threads) == set(in_processes)
     for name in in_threads:
         assert in_processes[name] == in_threads[name], name
@@ -132,13 +133,13 @@ def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
     assert sent == {
         "speech.mp3 (bytes)": True,  # decoded whole there
         "pcm16_16k.wav": False,  # WAV needs no decoding
-        "too big.mp3": True,  # over decode_process_max_mb: streamed from there
+        "too big.mp3": False,  # bytes over decode_process_max_mb: read here (no copy to send)
         "long.mp3": True,  # decoded there, longer than 45 s: streamed from there instead
         "broken.mp3": True,
     }
 
 
-def test_a_stream_abandoned_midway_frees_its_process(engine):
+def test_a_stream_abandoned_midway_frees_its_process(engine, tmp_path):
     """A long recording's reader that stops early (a request cancelled, a limit hit) ends the
     decoding process's work: the pool serves the next recordings."""
     inputs = _inputs()
@@ -147,8 +148,10 @@ def test_a_stream_abandoned_midway_frees_its_process(engine):
         pipeline = Pipeline(_settings(1), engine)  # one process: a stuck job would block the rest
         await pipeline.start()
         try:
+            big = tmp_path / "too big.mp3"
+            big.write_bytes(inputs["too big.mp3"])  # type: ignore[arg-type]
             for _ in range(3):
-                stream = await pipeline._decode_elsewhere(inputs["too big.mp3"], 45.0)  # type: ignore[arg-type]
+                stream = await pipeline._decode_elsewhere(big, 45.0)  # a path: streamed from there
                 assert isinstance(stream, AudioStream)
                 first = next(iter(stream.blocks()))
                 assert len(first) > 0

@@ -404,9 +404,11 @@ class Pipeline:
         return int((self._first_seconds(options) + BLOCK_S) * BYTES_PER_SECOND)
 
     async def _decode_elsewhere(self, source: AudioSource, up_to_s: float) -> AudioSource | AudioStream:
-        """A short compressed file decoded whole by a decoding process, as a stream of one block;
-        a WAV, a large file or one longer than `up_to_s` comes back as it was (it streams here).
-        The audio is the same either way: the same code decodes it."""
+        """A compressed recording decoded by a decoding process: a small one whole (a stream of
+        one block), a file on disk larger than `pipeline.decode_process_max_mb` or longer than
+        `up_to_s` streamed back through a pipe. A WAV, and large bytes or uploads (sending them
+        would copy them whole), come back as they were: they are read here. The audio is the same
+        either way: the same code decodes it."""
         max_bytes = int(self.settings.pipeline.decode_process_max_mb * 1048576)
         data, small = await self._run(_decodable_input, source, max_bytes)
         if data is None:
@@ -913,11 +915,13 @@ def transcribe_files(
 
 def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str | None, bool]:
     """What a decoding process is sent for `source` (its path, or its bytes; None when it stays
-    here: a WAV is read without decoding) and whether it is small (at most `max_bytes`: decoded
-    whole there) or long (streamed from there)."""
+    here) and whether it is small (at most `max_bytes`: decoded whole there). A WAV stays (it is
+    read without decoding), and so do bytes and uploads over `max_bytes`: only a path is cheap to
+    send whatever the size."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        return (None if is_wav(data[:12]) else data), len(data) <= max_bytes
+        if len(source) > max_bytes or is_wav(bytes(source[:12])):
+            return None, False
+        return bytes(source), True
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fh:
@@ -927,15 +931,18 @@ def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str |
             return None, True  # the pipeline's own opening reports it
         return (None if is_wav(head) else os.fspath(source)), size <= max_bytes
     try:
+        source.seek(0, os.SEEK_END)
+        size = source.tell()
+        source.seek(0)
         head = source.read(12)
         source.seek(0)
     except (OSError, AttributeError, ValueError):
         return None, True
-    if is_wav(head):
-        return None, True
-    data = source.read()  # an upload: already in memory or spooled; the process gets its bytes
+    if size > max_bytes or is_wav(head):
+        return None, False
+    data = source.read()  # a small upload: the process gets its bytes
     source.seek(0)
-    return data, len(data) <= max_bytes
+    return data, True
 
 
 def _finish_job(job: Any, writer: Any) -> None:
