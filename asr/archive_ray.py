@@ -346,9 +346,9 @@ class Summary:
     transcribed: int = 0
     failed: int = 0
     skipped_failed: int = 0
+    """Of `skipped`: failure rows of an earlier run (delete their lines to try them again)."""
     missing: int = 0
     """Files that got no row (never expected: Ray retries a dead worker's batch); a rerun does them."""
-    """Of `skipped`: failure rows of an earlier run (delete their lines to try them again)."""
     audio_s: float = 0.0
     wall_s: float = 0.0
     failures: dict[str, int] = field(default_factory=dict)

@@ -7,8 +7,10 @@ sentence starts and ends in the file's timeline.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +117,39 @@ def two_voice_recording(texts: list[str], _tmp: Path | None = None, pause_s: flo
     audio = np.concatenate(parts)
     audio += rng.normal(0, 0.002, len(audio)).astype(np.float32)
     return Recording(np.clip(audio, -1, 1).astype(np.float32), spans, list(texts))
+
+
+_REPO = Path(__file__).resolve().parents[1]
+_SYNTHESISE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import evaluate
+texts = json.loads(open(sys.argv[2], encoding="utf-8").read())
+pairs = evaluate.held_out_audio(texts, offset=int(sys.argv[3]))
+np.savez(sys.argv[4], *[w for w, _ in pairs], *[s for _, s in pairs])
+"""
+
+
+def held_out_speech(texts: list[str], offset: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The demonstration model's held-out utterances as training/evaluate.py speaks them: (16 kHz
+    wave, character starts in ms) per text. Synthesised by libespeak-ng in a fresh process: in a
+    process where other tests have synthesised, the same sentence can come out slightly different,
+    and the figures compared with the model's would depend on the test order. Skips without
+    libespeak-ng."""
+    if str(_REPO / "training") not in sys.path:
+        sys.path.insert(0, str(_REPO / "training"))
+    import espeak
+
+    try:
+        espeak.shared()
+    except OSError as exc:
+        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt: espeak-ng): {exc}")
+    with tempfile.TemporaryDirectory() as tmp:
+        listed, out = Path(tmp) / "texts.json", Path(tmp) / "speech.npz"
+        listed.write_text(json.dumps(list(texts), ensure_ascii=False), encoding="utf-8")
+        subprocess.run([sys.executable, "-c", _SYNTHESISE, str(_REPO / "training"), str(listed), str(offset),
+                        str(out)], check=True)
+        with np.load(out) as saved:
+            n = len(texts)
+            return [(saved[f"arr_{i}"], saved[f"arr_{n + i}"]) for i in range(n)]

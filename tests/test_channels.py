@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from speech import held_out_speech
 
 from asr.engine.core import Transcript
 from asr.errors import LimitError, OptionsError
@@ -197,17 +197,8 @@ def demo_engine() -> Any:
 def conversation() -> tuple[np.ndarray, dict[str, str]]:
     """甲 (channel 0) says held-out sentences 0, 2, 4 and 乙 (channel 1) answers with 1, 3, 5, half
     a second apart; each channel is quiet (line noise) while the other talks. 16 kHz."""
-    sys.path.insert(0, str(ROOT / "training"))
-    import espeak
-
-    try:
-        espeak.shared()
-    except OSError as exc:
-        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt): {exc}")
-    import evaluate
-
     texts = json.loads((DEMO.parent / "testset.json").read_text("utf-8"))["cer"][:6]
-    waves = [w for w, _ in evaluate.held_out_audio(texts)]
+    waves = [w for w, _ in held_out_speech(texts)]
     gap = int(0.5 * SR)
     audio = np.random.default_rng(0).normal(0, 0.001, (sum(map(len, waves)) + gap * 7, 2)).astype(np.float32)
     pos = gap

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speech import held_out_speech
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "tests" / "assets" / "demo-model"
@@ -54,29 +55,9 @@ def test_export_writes_both_peers_layouts(exported: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def held_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[np.ndarray]]:
-    sys.path.insert(0, str(ROOT / "training"))
-    import espeak
-
-    try:
-        espeak.shared()
-    except OSError as exc:
-        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt: espeak-ng): {exc}")
+def held_out() -> tuple[list[str], list[np.ndarray]]:
     texts = json.loads((DEMO / "testset.json").read_text("utf-8"))["cer"][:N_UTTERANCES]
-    # Synthesised in a fresh process: in this one, tests that ran before had left state behind
-    # (the same sentences came out slightly different), and the comparison below is sharp
-    # enough to notice (sherpa-onnx's CER moved by 2 points).
-    out = tmp_path_factory.mktemp("held-out") / "waves.npz"
-    code = (
-        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import evaluate, json; "
-        "texts = json.loads(open(sys.argv[2], encoding='utf-8').read())['cer'][:int(sys.argv[3])]; "
-        "np.savez(sys.argv[4], *[w for w, _ in evaluate.held_out_audio(texts)])"
-    )
-    subprocess.run([sys.executable, "-c", code, str(ROOT / "training"), str(DEMO / "testset.json"),
-                    str(N_UTTERANCES), str(out)], check=True)
-    with np.load(out) as saved:
-        waves = [saved[f"arr_{i}"] for i in range(len(texts))]
-    return texts, waves
+    return texts, [w for w, _ in held_out_speech(texts)]
 
 
 def _sherpa(model: Path, tokens: Path, waves: list[np.ndarray]) -> list[list[str]]:

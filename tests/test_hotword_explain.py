@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
+from speech import held_out_speech
 
 from asr.engine.core import Transcript
 from asr.errors import OptionsError
@@ -172,20 +172,11 @@ def demo() -> tuple[Any, list[np.ndarray]]:
     """The demonstration model and held-out sentences spoken by espeak-ng (docs/demo-model.md)."""
     if not (DEMO / "asr" / "model.pt").is_file():
         pytest.skip("the demonstration model is not in tests/assets/demo-model (docs/demo-model.md)")
-    sys.path.insert(0, str(ROOT / "training"))
-    import espeak
-
-    try:
-        espeak.shared()
-    except OSError as exc:
-        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt): {exc}")
-    import evaluate
-
     from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
     texts = json.loads((DEMO / "testset.json").read_text("utf-8"))["cer"][:8]
-    waves = [_pcm16(w) for w, _ in evaluate.held_out_audio(texts)]
+    waves = [_pcm16(w) for w, _ in held_out_speech(texts)]
     engine = Engine.from_settings(EngineSettings(model=str(DEMO / "asr"), device="cpu", dtype="fp32", warmup=False))
     yield engine, waves
     engine.close()

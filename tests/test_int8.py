@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from speech import held_out_speech
 
 from asr.engine.core import Engine, _wants_int8
 from asr.engine.int8 import Int8Linear
@@ -82,17 +82,8 @@ def test_encoder_output_stays_close_to_fp32(tiny_model_dir: Path, clips: list, e
 
 @pytest.fixture(scope="module")
 def demo_fp32_and_int8() -> tuple[list[str], list, list]:
-    sys.path.insert(0, str(ROOT / "training"))
-    import espeak
-
-    try:
-        espeak.shared()
-    except OSError as exc:
-        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt: espeak-ng): {exc}")
-    import evaluate
-
     texts = json.loads((DEMO / "testset.json").read_text("utf-8"))["cer"][:240]
-    waves = [w for w, _ in evaluate.held_out_audio(texts)]
+    waves = [w for w, _ in held_out_speech(texts)]
     return texts, _engine(DEMO / "asr", "fp32").transcribe(waves), _engine(DEMO / "asr", "int8").transcribe(waves)
 
 

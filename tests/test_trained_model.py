@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from speech import held_out_speech
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -66,7 +67,7 @@ def demo_engine() -> Any:
 @pytest.fixture(scope="module")
 def held_out(speech: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     texts = TESTSET["cer"][:N_CER]
-    return [(t, w, s) for t, (w, s) in zip(texts, speech.held_out_audio(texts))]
+    return [(t, w, s) for t, (w, s) in zip(texts, held_out_speech(texts))]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_character_starts_reach_the_target(start_share: float) -> None:
 
 def _traps(speech: Any) -> tuple[list[dict], list[np.ndarray]]:
     traps = TESTSET["hotwords"]
-    waves = [w for w, _ in speech.held_out_audio([t["text"] for t in traps], offset=5000)]
+    waves = [w for w, _ in held_out_speech([t["text"] for t in traps], offset=5000)]
     return traps, waves
 
 

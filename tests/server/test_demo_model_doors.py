@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from speech import held_out_speech
 
 from .conftest import REPO, LiveServer, start_server
 from .test_browser import _open, browser, page  # noqa: F401  (fixtures)
@@ -31,18 +32,11 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """Held-out sentences as 16-bit WAV files (the voices and noise of training/evaluate.py)."""
-    import espeak
-
-    try:
-        espeak.shared()
-    except OSError as exc:
-        pytest.skip(f"libespeak-ng is not installed (tests/apt-packages.txt: espeak-ng): {exc}")
-    import evaluate
     from synth import write_wav
 
     texts = json.loads((MODEL_ROOT / "testset.json").read_text("utf-8"))["cer"][:N_FILES]
     folder = tmp_path_factory.mktemp("spoken")
-    for i, (wave, _) in enumerate(evaluate.held_out_audio(texts)):
+    for i, (wave, _) in enumerate(held_out_speech(texts)):
         write_wav(folder / f"s{i:02d}.wav", wave)
     return folder, texts
 
