@@ -95,6 +95,10 @@ class LongformSettings(BaseModel):
     vad_workers: int = Field(default=0, ge=0)
     """Threads deciding a long recording's Silero blocks at once (the segments are the same for
     any number); 0 picks half the cores the process may use, at most 8."""
+    vad_device: str = "auto"
+    """Where Silero decides: 'cpu' (onnxruntime, `vad_workers` threads), 'cuda' / 'cuda:N' (its
+    network in PyTorch, all frames of a block or of every live connection batched on the GPU),
+    or 'auto': the GPU when there is one. The FSMN VAD always runs on the CPU."""
     auto_vad_s: float = Field(default=45.0, ge=0)
     """With VAD on 'auto', recordings longer than this take the long path (VAD segments,
     sentences); shorter ones are one engine clip."""

@@ -72,8 +72,13 @@ class StageModels:
                                          "vad_model", "--vad-model")
                     self._vad = load_vad("fsmn", path)
                 else:
-                    self._vad = load_vad("silero", workers=self._vad_workers())
+                    self._vad = load_vad("silero", workers=self._vad_workers(), device=self.silero_device())
             return self._vad
+
+    def silero_device(self) -> str | None:
+        """Where Silero runs: None for onnxruntime on the CPU, else a torch device."""
+        device = _device(self.settings.vad_device)
+        return None if device == "cpu" else device
 
     def _vad_workers(self) -> int:
         from asr.runtime import usable_cores

@@ -486,8 +486,10 @@ _SILERO_FRAME = 512  # samples per Silero decision at 16 kHz (32 ms)
 _SILERO_CONTEXT = 64  # samples of the previous frame Silero sees with each frame
 
 
-def _silero_model_path() -> Path:
-    # Locate the weights without importing `silero_vad`: its package import calls
+def silero_file(name: str = "silero_vad.onnx") -> Path:
+    """A file of the silero-vad package's data: its ONNX model (onnxruntime's form) or
+    `silero_vad.jit` (the same network and weights, which the PyTorch path reads)."""
+    # Located without importing `silero_vad`: its package import calls
     # torch.set_num_threads(1), which would slow every other torch user in the process.
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
@@ -495,14 +497,16 @@ def _silero_model_path() -> Path:
             "Silero VAD is not installed; install the 'silero-vad' package (its weights ship "
             "inside it)."
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
     if not path.is_file():
         raise ModelLoadError(f"Silero VAD weights are missing from the package ({path}).")
     return path
 
 
 class SileroVad(_Segmenter):
-    """Silero VAD (trained; weights ship in the `silero-vad` wheel), run with onnxruntime on CPU.
+    """Silero VAD (trained; weights ship in the `silero-vad` wheel), run with onnxruntime on the
+    CPU, or with `device` as a PyTorch network (`asr.pipeline.silero_torch`) that decides all
+    frames of a block, or of a tick of every live stream, in one batched call.
 
     The ONNX form is used rather than TorchScript because its recurrent state is passed in and
     out explicitly: one loaded model serves any number of threads without a lock, and there is no
@@ -522,24 +526,18 @@ class SileroVad(_Segmenter):
 
     def __init__(
         self, lanes: int = 16, lane_s: float = 8.0, warmup_s: float = 1.0, threads: int = 1,
-        workers: int = 1,
+        workers: int = 1, device: str | None = None,
     ) -> None:
-        try:
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            # A tiny model: more threads only contend with the recogniser for the cores.
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(
-                str(_silero_model_path()), so, providers=["CPUExecutionProvider"]
-            )
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # missing onnxruntime, corrupt file
-            raise ModelLoadError(f"Silero VAD could not be loaded: {exc}") from exc
         if lanes < 1 or lane_s <= 0 or warmup_s < 0 or workers < 1:
             raise VadOptionsError("lanes, lane_s, warmup_s and workers must be positive.")
+        self._torch: Any = None
+        self._session: Any = None
+        if device is not None:
+            from asr.pipeline.silero_torch import TorchSilero
+
+            self._torch = TorchSilero(device)
+        else:
+            self._session = self._onnx_session(threads)
         self.workers = workers
         # One pool for every recording: a server's concurrent long uploads share the cores.
         self._pool = (
@@ -548,6 +546,21 @@ class SileroVad(_Segmenter):
         self.lanes = lanes
         self.lane_frames = max(1, int(lane_s * SAMPLE_RATE) // _SILERO_FRAME)
         self.warm_frames = int(warmup_s * SAMPLE_RATE) // _SILERO_FRAME
+
+    @staticmethod
+    def _onnx_session(threads: int) -> Any:
+        try:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            # A tiny model: more threads only contend with the recogniser for the cores.
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            return ort.InferenceSession(str(silero_file()), so, providers=["CPUExecutionProvider"])
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # missing onnxruntime, corrupt file
+            raise ModelLoadError(f"Silero VAD could not be loaded: {exc}") from exc
 
     def open_stream(self, opts: VadOptions) -> RegionStream:
         return _SileroRegions(self, opts)
@@ -576,14 +589,17 @@ class SileroVad(_Segmenter):
         for i in range(n_lanes):
             piece = ext[i * lane : i * lane + width]
             lanes[i, : len(piece)] = piece
-        state = np.zeros((2, n_lanes, 128), dtype=np.float32)
-        sr = np.array(SAMPLE_RATE, dtype=np.int64)
-        out = np.empty((n_lanes, steps), dtype=np.float32)
-        for j in range(steps):
-            # Each call sees 64 samples of context before its 512-sample frame, as Silero expects.
-            x = lanes[:, j * frame : j * frame + frame + ctx]
-            prob, state = self._session.run(None, {"input": x, "state": state, "sr": sr})
-            out[:, j] = prob[:, 0]
+        if self._torch is not None:
+            out = self._torch.lane_probs(lanes, steps)
+        else:
+            state = np.zeros((2, n_lanes, 128), dtype=np.float32)
+            sr = np.array(SAMPLE_RATE, dtype=np.int64)
+            out = np.empty((n_lanes, steps), dtype=np.float32)
+            for j in range(steps):
+                # Each call sees 64 samples of context before its 512-sample frame, as Silero expects.
+                x = lanes[:, j * frame : j * frame + frame + ctx]
+                prob, state = self._session.run(None, {"input": x, "state": state, "sr": sr})
+                out[:, j] = prob[:, 0]
         return out[:, self.warm_frames :].reshape(-1)[:n_frames]
 
     def open_live(self, opts: VadOptions) -> SileroLiveStream:
@@ -594,6 +610,8 @@ class SileroVad(_Segmenter):
         """Decide every complete frame the streams hold: one batched Silero call per frame
         position across all streams (each keeps its own recurrent state), so a thousand live
         connections cost a few calls per tick instead of thousands. Returns the frames decided."""
+        if self._torch is not None:
+            return self._decide_streams_torch(streams)
         sr = np.array(SAMPLE_RATE, dtype=np.int64)
         decided = 0
         while True:
@@ -606,6 +624,22 @@ class SileroVad(_Segmenter):
             for i, s in enumerate(ready):
                 s.accept(float(prob[i, 0]), state[:, i : i + 1].copy())
             decided += len(ready)
+
+    def _decide_streams_torch(self, streams: Sequence[SileroLiveStream]) -> int:
+        """Every ready frame of every stream in one call: the fronts of all frames batched, the
+        recurrence over each stream's frames as one packed LSTM."""
+        ready = [s for s in streams if s.ready]
+        if not ready:
+            return 0
+        counts = [s.ready for s in ready]
+        windows = np.concatenate([s.windows(n) for s, n in zip(ready, counts)])
+        state = np.concatenate([s.state for s in ready], axis=1)
+        probs, after = self._torch.stream_probs(windows, counts, state)
+        at = 0
+        for i, (s, n) in enumerate(zip(ready, counts)):
+            s.accept_frames(probs[at : at + n].tolist(), after[:, i : i + 1].copy())
+            at += n
+        return at
 
 
 class _Hysteresis:
@@ -752,6 +786,17 @@ class SileroLiveStream:
     def next_input(self) -> np.ndarray:
         """The next frame with the context Silero expects before it (64 + 512 samples)."""
         return np.concatenate((self.context, self.todo[:_SILERO_FRAME]))
+
+    def windows(self, n: int) -> np.ndarray:
+        """The next `n` frames, each with its context: (n, 576)."""
+        ext = np.concatenate((self.context, self.todo[: n * _SILERO_FRAME]))
+        view = np.lib.stride_tricks.sliding_window_view(ext, _SILERO_FRAME + _SILERO_CONTEXT)
+        return view[:: _SILERO_FRAME][:n]
+
+    def accept_frames(self, probs: list[float], state: np.ndarray) -> None:
+        """Decisions on the next `len(probs)` frames and the recurrent state after the last."""
+        for prob in probs:
+            self.accept(prob, state)
 
     def accept(self, prob: float, state: np.ndarray) -> None:
         """The decision on the frame `next_input` gave, and the recurrent state after it."""
@@ -952,10 +997,17 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
     return out
 
 
-def load_vad(kind: str = "silero", model_dir: str | Path | None = None, workers: int = 1) -> VadBackend:
+def load_vad(
+    kind: str = "silero", model_dir: str | Path | None = None, workers: int = 1, device: str | None = None
+) -> VadBackend:
     """Build a VAD backend: 'silero' (weights from the silero-vad package; `workers` threads
-    decide a long recording's blocks) or 'fsmn' (model_dir)."""
+    decide a long recording's blocks; on `device` with PyTorch, else onnxruntime on the CPU) or
+    'fsmn' (model_dir)."""
     if kind == "silero":
+        if device is not None:
+            # One GPU call decides a whole block's frames: blocks of 64 lanes (512 s) keep the
+            # calls few; the lanes' boundaries, and so the probabilities, do not depend on it.
+            return SileroVad(lanes=64, workers=min(workers, 2), device=device)
         return SileroVad(workers=workers)
     if kind == "fsmn":
         if model_dir is None:

@@ -510,8 +510,9 @@ class LiveHub:
 
     def vad(self) -> SileroVad:
         if self._vad is None:
-            # One session for every connection: `decide_streams` batches them in one call.
-            self._vad = SileroVad(lanes=1)
+            # One model for every connection: `decide_streams` batches them in one call (on the
+            # GPU where there is one: a tick of a thousand connections is a few kernels).
+            self._vad = SileroVad(lanes=1, device=self.pipeline.models.silero_device())
         return self._vad
 
     def segmenter(self) -> LiveSegmenter:
