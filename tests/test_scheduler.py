@@ -165,3 +165,40 @@ def test_optional_work_is_shed_while_the_queue_is_busy() -> None:
 
     asyncio.run(main())
     assert sum(fake.calls) == 5  # the shed clip never reached the engine
+
+
+def test_priorities_order_the_queue_and_equal_ones_keep_their_arrival() -> None:
+    """A live caption's final (URGENT) is served before waiting files (NORMAL), which are served
+    before partial text (OPTIONAL); within a priority, first come first served."""
+    from asr.service.scheduler import OPTIONAL, URGENT
+
+    gate = threading.Event()
+    order: list[int] = []
+
+    def transcribe(audios: Sequence[np.ndarray], hotwords: Sequence[Sequence[str]]) -> list[int]:
+        gate.wait(5)
+        order.extend(int(a[0]) for a in audios)
+        return [int(a[0]) for a in audios]
+
+    async def main() -> None:
+        sched = await _with_scheduler(transcribe, SchedulerOptions(max_batch_size=2, max_wait_ms=0, max_queue=16))
+        try:
+            first = asyncio.create_task(sched.submit(clip(0)))
+            await asyncio.sleep(0.05)  # running, stuck at the gate
+            queued = [
+                asyncio.create_task(sched.submit_unless_busy(clip(1), max_waiting=8)),
+                asyncio.create_task(sched.submit(clip(2))),
+                asyncio.create_task(sched.submit(clip(3), priority=URGENT)),
+                asyncio.create_task(sched.submit(clip(4), block=True)),
+                asyncio.create_task(sched.submit(clip(5), priority=OPTIONAL)),
+                asyncio.create_task(sched.submit(clip(6), priority=URGENT)),
+            ]
+            await asyncio.sleep(0.01)
+            gate.set()
+            assert await asyncio.gather(first, *queued) == [0, 1, 2, 3, 4, 5, 6]  # each its own result
+        finally:
+            gate.set()
+            await sched.stop()
+
+    asyncio.run(main())
+    assert order == [0, 3, 6, 2, 4, 1, 5]

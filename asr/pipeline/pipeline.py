@@ -89,7 +89,7 @@ from asr.pipeline.subtitles import (
 from asr.pipeline.vad import Segment as VadSegment
 from asr.pipeline.vad import SegmentFeed, SpeechChunk, VadOptions, WholeAudio
 from asr.runtime import own_process, usable_cores
-from asr.service.scheduler import BatchStats, Scheduler, SchedulerOptions
+from asr.service.scheduler import NORMAL, BatchStats, Scheduler, SchedulerOptions
 from asr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -589,21 +589,26 @@ class Pipeline:
             return self._assemble(parts, samples, options, use_vad, t0)
         return await self._run(self._assemble, parts, samples, options, use_vad, t0)
 
-    async def transcribe_segment(self, chunk: SpeechChunk, options: Options, *, background: bool = True) -> Result:
+    async def transcribe_segment(
+        self, chunk: SpeechChunk, options: Options, *, background: bool = True, priority: int = NORMAL
+    ) -> Result:
         """Recognise one segment cut elsewhere (a live stream's VAD) and assemble it as
         `segment_result` does. `background=True` waits for room in a full scheduler queue: the
-        segment is never dropped."""
+        segment is never dropped. `priority`: the scheduler's (a live caption's final is URGENT)."""
         t0 = time.perf_counter()
-        part = await self._part(chunk, options, background)
+        part = await self._part(chunk, options, background, priority=priority)
         return await self.segment_result(part, options, True, t0)
 
-    async def _part(self, chunk: SpeechChunk, options: Options, background: bool, channel: int = 0) -> _Part:
+    async def _part(
+        self, chunk: SpeechChunk, options: Options, background: bool, channel: int = 0, priority: int = NORMAL
+    ) -> _Part:
         plain = None
         try:
             if options.hotword_diff and options.hotwords:
                 # Both queued in one step, side by side: they share an engine batch. If one
                 # fails, the other is withdrawn (a cancelled wait is skipped by the scheduler).
-                both = [asyncio.ensure_future(self.scheduler.submit(chunk.audio, words, block=background))
+                both = [asyncio.ensure_future(self.scheduler.submit(chunk.audio, words, block=background,
+                                                                    priority=priority))
                         for words in (options.hotwords, ())]
                 try:
                     transcript, plain = await asyncio.gather(*both)
@@ -612,7 +617,9 @@ class Pipeline:
                         task.cancel()
                     raise
             else:
-                transcript = await self.scheduler.submit(chunk.audio, options.hotwords, block=background)
+                transcript = await self.scheduler.submit(
+                    chunk.audio, options.hotwords, block=background, priority=priority
+                )
         except ASRError:
             raise
         except Exception as exc:  # noqa: BLE001 - engine failures become typed, logged errors

@@ -38,6 +38,7 @@ from asr.pipeline.options import Options
 from asr.pipeline.pipeline import Pipeline
 from asr.pipeline.result import Result
 from asr.pipeline.vad import LiveSegmenter, SileroVad, SpeechChunk, VadOptions
+from asr.service.scheduler import URGENT
 from asr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -428,7 +429,8 @@ class LiveSession:
         before it. Never skipped: the scheduler keeps it queued however busy it is."""
         assert self.config is not None
         try:
-            result: Result | None = await self.hub.pipeline.transcribe_segment(chunk, self.options)
+            # URGENT: a caption is waiting on it; partials (OPTIONAL) and files queue behind.
+            result: Result | None = await self.hub.pipeline.transcribe_segment(chunk, self.options, priority=URGENT)
         except ASRError as exc:
             result = None
             error: ASRError = exc

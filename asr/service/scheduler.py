@@ -1,11 +1,13 @@
 """One scheduler in front of the engine: batches concurrent requests across users.
 
-Every transcription the service performs (UI, HTTP API, batch jobs) is submitted here. Requests
-wait in an asyncio queue as ``(item, future)`` pairs; a single consumer takes the first waiting
-item, then collects more for at most ``max_wait_ms`` (or until ``max_batch_size`` items) and runs
-them as ONE ``transcribe(audios, hotwords_per_item)`` call on a worker thread. While that batch
-runs, new requests accumulate, so under load batches fill up by themselves and at low load a
-request waits no longer than the short window.
+Every transcription the service performs (UI, HTTP API, batch jobs, live captions) is submitted
+here. Requests wait in an asyncio priority queue as ``(item, future)`` pairs, in order of
+arrival within three priorities (`URGENT`: a live caption's final text, someone is watching
+for it; `NORMAL`; `OPTIONAL`: live partial text, which the next partial replaces); a single
+consumer takes the first waiting item, then collects more for at most ``max_wait_ms`` (or
+until ``max_batch_size`` items) and runs them as ONE ``transcribe(audios, hotwords_per_item)``
+call on a worker thread. While that batch runs, new requests accumulate, so under load batches
+fill up by themselves and at low load a request waits no longer than the short window.
 
 The GPU is therefore used by exactly one thread, the web layer never holds it, and nobody
 sleep-polls: the consumer blocks on the queue and callers await their futures.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +32,9 @@ from asr.errors import QueueFullError
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+URGENT, NORMAL, OPTIONAL = 0, 1, 2
+"""Request priorities: lower is served first; equal ones in order of arrival."""
 
 # The engine call: audios plus one hotword list per audio -> results aligned with the inputs.
 TranscribeFn = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], Sequence[R]]
@@ -74,6 +80,9 @@ class _Request(Generic[R]):
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
+_Entry = tuple[int, int, "_Request[Any]"]  # (priority, arrival number, request)
+
+
 class Scheduler(Generic[R]):
     """Dynamic batcher around a thread-safe ``transcribe`` callable.
 
@@ -92,7 +101,8 @@ class Scheduler(Generic[R]):
         self.options = options or SchedulerOptions()
         self._sample_rate = sample_rate
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Request[R]] | None = None
+        self._queue: asyncio.PriorityQueue[_Entry] | None = None
+        self._arrivals = itertools.count()
         self._consumer: asyncio.Task[None] | None = None
         # One worker thread: the engine is thread-safe, but the device is served by one
         # batch at a time; parallel calls would only fight over GPU memory.
@@ -114,7 +124,7 @@ class Scheduler(Generic[R]):
         """Start the consumer task on the running event loop."""
         if self.running:
             return
-        self._queue = asyncio.Queue(maxsize=self.options.max_queue)
+        self._queue = asyncio.PriorityQueue(maxsize=self.options.max_queue)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-engine")
         self._consumer = asyncio.create_task(self._consume(), name="asr-scheduler")
 
@@ -127,28 +137,32 @@ class Scheduler(Generic[R]):
             self._consumer = None
         if self._queue is not None:
             while not self._queue.empty():
-                req = self._queue.get_nowait()
+                *_, req = self._queue.get_nowait()
                 if not req.future.done():
                     req.future.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, audio: np.ndarray, hotwords: Sequence[str] = (), *, block: bool = False) -> R:
+    async def submit(
+        self, audio: np.ndarray, hotwords: Sequence[str] = (), *, block: bool = False, priority: int = NORMAL
+    ) -> R:
         """Queue one clip and wait for its result.
 
         ``block=False`` (interactive requests) raises QueueFullError at once when the queue is
-        full; ``block=True`` (background jobs) waits for room instead.
+        full; ``block=True`` (background jobs) waits for room instead. ``priority``: URGENT,
+        NORMAL or OPTIONAL (see the module's docstring).
         """
         if self._queue is None or not self.running:
             raise RuntimeError("Scheduler.submit() called before start().")
         loop = asyncio.get_running_loop()
         req: _Request[R] = _Request(audio, tuple(hotwords), loop.create_future())
+        entry = (priority, next(self._arrivals), req)
         if block:
-            await self._queue.put(req)
+            await self._queue.put(entry)
         else:
             try:
-                self._queue.put_nowait(req)
+                self._queue.put_nowait(entry)
             except asyncio.QueueFull:
                 raise QueueFullError(
                     f"The server is busy ({self.options.max_queue} requests waiting). "
@@ -160,23 +174,24 @@ class Scheduler(Generic[R]):
     async def submit_unless_busy(self, audio: np.ndarray, hotwords: Sequence[str] = (), *, max_waiting: int) -> R:
         """Queue one clip only while fewer than ``max_waiting`` requests wait, else raise
         QueueFullError at once: for work that is worth doing only when it is cheap to do now
-        (live partial text, which the next partial or the final replaces). Everything else keeps
-        its place; under load such clips are shed first, before the queue is full."""
+        (live partial text, which the next partial or the final replaces). Queued at OPTIONAL
+        priority: everything else is served first, and under load such clips are shed first,
+        before the queue is full."""
         if self.queue_depth >= max_waiting:
             raise QueueFullError(
                 f"{self.queue_depth} requests are waiting; optional work is skipped.",
                 retry_after_s=self.options.retry_after_s,
             )
-        return await self.submit(audio, hotwords)
+        return await self.submit(audio, hotwords, priority=OPTIONAL)
 
     async def _collect(self) -> list[_Request[R]]:
         assert self._queue is not None
-        batch = [await self._queue.get()]
+        batch = [(await self._queue.get())[2]]
         deadline = time.perf_counter() + self.options.max_wait_ms / 1000.0
         while len(batch) < self.options.max_batch_size:
             # Whatever is already waiting joins without delay; then wait out the window.
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._queue.get_nowait()[2])
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -184,7 +199,7 @@ class Scheduler(Generic[R]):
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append((await asyncio.wait_for(self._queue.get(), remaining))[2])
             except TimeoutError:
                 break
         # Callers that went away (client disconnected) are not worth GPU time.
