@@ -8,11 +8,6 @@ import sys
 
 from asr.settings import Settings
 
-# A thread launching GPU work gives up the GIL at every torch call; while another thread turns
-# results into text (pure Python), each re-acquire waits out the switch interval (5 ms by
-# default): 15 ms GPU gaps were measured between batches on an H100.
-GPU_SWITCH_INTERVAL_S = 0.0005
-
 _configured = False
 
 
@@ -32,7 +27,9 @@ def usable_cores() -> int:
 
 def configure_process(settings: Settings) -> None:
     """Torch's CPU threads (`engine.num_threads`, else the cores this process may use) and, on a
-    GPU box, a short GIL switch interval."""
+    GPU box, a short GIL switch interval (`engine.gil_switch_ms`): while another thread turns
+    results into text, each of the GPU thread's re-acquires waits out the interval (5 ms by
+    default; 15 ms GPU gaps were measured between batches on an H100)."""
     import torch
 
     global _configured
@@ -42,4 +39,4 @@ def configure_process(settings: Settings) -> None:
     elif settings.engine.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(usable_cores())
     if settings.engine.device != "cpu" and torch.cuda.is_available():
-        sys.setswitchinterval(min(sys.getswitchinterval(), GPU_SWITCH_INTERVAL_S))
+        sys.setswitchinterval(min(sys.getswitchinterval(), settings.engine.gil_switch_ms / 1000))

@@ -54,6 +54,7 @@ class EngineSettings(BaseModel):
     hotword_cache_size: int = Field(default=256, ge=0)
     """Distinct hotword lists whose bias-encoder output stays cached on the device."""
     overlap_timestamps: bool = True
+    """On a GPU, run the timestamp head on a side stream beside the decoder."""
     cuda_graphs: bool = True
     """On a GPU, replay the encoder and decoder as CUDA graphs (one per padded batch shape,
     captured when a shape is asked for a second time: 40-660 ms on an H100) instead of launching
@@ -66,11 +67,15 @@ class EngineSettings(BaseModel):
     lstm_kernel: Literal["auto", "fused", "cudnn"] = "auto"
     """The timestamp head's BLSTM: 'fused' is one persistent Triton kernel (CUDA, fp16/bf16);
     'cudnn' is torch's LSTM; 'auto' uses the fused kernel where it can run."""
-    """On a GPU, run the timestamp head on a side stream beside the decoder."""
     warmup: bool = True
     """Run the shapes that will be used once at start so the first request is not slow."""
     num_threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
+    gil_switch_ms: float = Field(default=0.5, gt=0, le=5)
+    """On a GPU box, Python's thread switch interval in the CLI and the server. Every PyTorch call
+    gives up the GIL, and taking it back waits up to this long for a thread running Python (the
+    event loop, result assembly): an eager batch of a few thousand calls pays it a few thousand
+    times (BENCHMARKS.md). Shorter gives the GPU thread more turns and Python threads fewer."""
 
     @field_validator("device")
     @classmethod

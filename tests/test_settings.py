@@ -42,3 +42,27 @@ def test_every_profile_loads_and_its_values_arrive(tmp_path: Path) -> None:
             for key, value in values.items():
                 assert loaded[section][key] == value, (path.name, section, key)
 
+
+
+def test_the_gil_switch_interval_is_set_on_a_gpu_box_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import torch
+
+    from asr import runtime
+    from asr.settings import load_settings
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep the test process's threads
+    monkeypatch.setattr(runtime, "_configured", runtime._configured)  # restored after the test
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        runtime.configure_process(load_settings(engine={"device": "cuda", "gil_switch_ms": 0.1}))
+        assert sys.getswitchinterval() == before  # no GPU: Python's default stays
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        runtime.configure_process(load_settings(engine={"device": "cuda", "gil_switch_ms": 0.1}))
+        assert sys.getswitchinterval() == pytest.approx(0.0001)
+        runtime.configure_process(load_settings(engine={"device": "cpu", "gil_switch_ms": 0.05}))
+        assert sys.getswitchinterval() == pytest.approx(0.0001)  # a CPU engine leaves it
+    finally:
+        sys.setswitchinterval(before)
