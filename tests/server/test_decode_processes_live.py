@@ -11,12 +11,28 @@ from speech import SENTENCES, recording, require_espeak
 
 from .conftest import start_server
 
+# One clip per engine call in both servers: the long file's segments reach the scheduler at
+# different moments when decoded elsewhere, and with random weights a batch of a different
+# composition (other padding, other matrix shapes) can flip a near-tie token. What is compared
+# here is the decoded audio's path, not batching.
+_ONE_BY_ONE = {"ASR_ENGINE__MAX_BATCH_SIZE": "1"}
+
 
 @pytest.fixture(scope="module")
 def pooled_server(tiny_model_dir, tmp_path_factory):
     # Two processes whatever the cores here.
     server = start_server(tiny_model_dir, tmp_path_factory.mktemp("pooled"), env={
-        "ASR_PIPELINE__DECODE_PROCESSES": "2"})
+        "ASR_PIPELINE__DECODE_PROCESSES": "2", **_ONE_BY_ONE})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_server(tiny_model_dir, tmp_path_factory):
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("plain"), env={
+        "ASR_PIPELINE__DECODE_PROCESSES": "0", **_ONE_BY_ONE})
     try:
         yield server
     finally:
@@ -31,7 +47,7 @@ def _answer(url: str, name: str, data: bytes) -> tuple[int, dict]:
     return resp.status_code, body
 
 
-def test_uploads_get_the_same_answers_with_decoding_processes(live_server, pooled_server):
+def test_uploads_get_the_same_answers_with_decoding_processes(plain_server, pooled_server):
     require_espeak()
     short = encode_av(recording(SENTENCES[:2], [0.8]).audio, 16000, "mp3", "mp3")
     long = encode_av(recording(SENTENCES * 2, [1.0]).audio, 16000, "mp3", "mp3")
@@ -43,12 +59,12 @@ def test_uploads_get_the_same_answers_with_decoding_processes(live_server, poole
         "broken.mp3": b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40,
     }
     for name, data in uploads.items():
-        plain = _answer(live_server.url, name, data)
+        plain = _answer(plain_server.url, name, data)
         pooled = _answer(pooled_server.url, name, data)
         assert pooled == plain, name
     assert _answer(pooled_server.url, "broken.mp3", uploads["broken.mp3"])[0] == 415
     status, body = _answer(pooled_server.url, "long.mp3", long)
     assert status == 200 and body["applied"]["vad"] and body["duration_ms"] > 50_000
     log = pooled_server.log()
-    assert "decoded in 2 processes" in log and "decoded in" not in live_server.log()
+    assert "decoded in 2 processes" in log and "decoded in" not in plain_server.log()
     assert "decoding process died" not in log and "Traceback" not in log
