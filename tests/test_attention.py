@@ -100,6 +100,53 @@ def test_decoder_sdpa_equals_eager(seed: int) -> None:
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_encoder_rowwise_equals_eager_on_every_clips_frames(seed: int) -> None:
+    encoder = _encoder(seed)
+    xs, lens = _inputs(seed)
+    eager = _run_encoder(encoder, xs, lens, "eager")
+    rowwise = _run_encoder(encoder, xs, lens, "rowwise")
+    for row, n in enumerate(lens.tolist()):  # padded frames differ: nothing reads them
+        torch.testing.assert_close(rowwise[row, :n], eager[row, :n], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rowwise_gives_a_clip_the_same_result_whatever_its_batch(seed: int) -> None:
+    """The point of 'rowwise': a clip's frames are bit for bit those it gets alone. funasr's
+    batched arithmetic sums over the padded keys, so its results move with the padded length."""
+    encoder = _encoder(seed)
+    xs, lens = _inputs(seed, batch=4, frames=61)
+    lens[1] = 23
+    rowwise = _run_encoder(encoder, xs, lens, "rowwise")
+    alone = _run_encoder(encoder, xs[1:2, :23], lens[1:2], "rowwise")
+    assert torch.equal(rowwise[1, :23], alone[0])
+    decoder = _decoder(seed)
+    patch_attention(decoder, "rowwise")
+    gen = torch.Generator().manual_seed(seed)
+    memory, embeds = torch.randn(3, 29, DIM, generator=gen), torch.randn(3, 9, DIM, generator=gen)
+    with torch.no_grad():
+        batched = decoder(memory, torch.tensor([29, 17, 5]), embeds, torch.tensor([9, 4, 1]),
+                          return_hidden=True)[0]
+        single = decoder(memory[1:2, :17], torch.tensor([17]), embeds[1:2, :4], torch.tensor([4]),
+                         return_hidden=True)[0]
+    torch.testing.assert_close(batched[1, :4], single[0], atol=ATOL, rtol=0)
+
+
+def test_decoder_rowwise_equals_eager() -> None:
+    decoder = _decoder(0)
+    gen = torch.Generator().manual_seed(0)
+    memory, embeds = torch.randn(3, 29, DIM, generator=gen), torch.randn(3, 9, DIM, generator=gen)
+    outs = {}
+    for backend in ("eager", "rowwise"):
+        model = copy.deepcopy(decoder)
+        patch_attention(model, backend)
+        with torch.no_grad():
+            outs[backend] = model(memory, torch.tensor([29, 17, 5]), embeds, torch.tensor([9, 4, 1]),
+                                  return_hidden=True)[0]
+    for row, n in enumerate([9, 4, 1]):
+        torch.testing.assert_close(outs["rowwise"][row, :n], outs["eager"][row, :n], atol=ATOL, rtol=0)
+
+
 def test_patch_reaches_every_attention_and_keeps_fsmn() -> None:
     encoder, decoder = _encoder(), _decoder()
     model = torch.nn.ModuleDict({"encoder": encoder, "decoder": decoder})
@@ -200,7 +247,7 @@ def test_unavailable_backend_falls_back_with_one_log_line(caplog: pytest.LogCapt
         assert patch_attention(encoder, "flash-attn") == "sdpa"
         assert patch_attention(encoder, "auto") == "sdpa"
     assert len(caplog.records) == 3 and "no CUDA device" in caplog.records[0].getMessage()
-    assert available_backends() == ["sdpa", "eager"]
+    assert available_backends() == ["sdpa", "rowwise", "eager"]
     with pytest.raises(ValueError, match="attention backend"):
         patch_attention(encoder, "xformers")
 

@@ -139,10 +139,10 @@ class Engine:
     def _attention_choice(self) -> str:
         if self.settings.attention != "auto":
             return self.settings.attention
-        # On the CPU funasr's own attention. PyTorch's fused CPU attention was 13% faster with
-        # int8, but it walks the keys in blocks whose sums depend on the batch's padded length:
-        # a clip's text changed with its companions (the consistency test's batch job caught it).
-        return "auto" if self.device.type == "cuda" else "eager"
+        # On the CPU funasr's arithmetic one clip at a time ('rowwise'): batched over padded keys,
+        # fused (PyTorch's CPU SDPA) or not (funasr's own), the sums depend on the batch's padded
+        # length, and a clip's text changed with its companions.
+        return "auto" if self.device.type == "cuda" else "rowwise"
 
     def _choose_lstm_kernel(self) -> str:
         """'fused' or 'cudnn' for the timestamp head's BLSTM (see `asr.engine.lstm`)."""
