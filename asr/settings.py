@@ -82,9 +82,13 @@ class EngineSettings(BaseModel):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-            return value
-        raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return _device_name(value)
+
+
+def _device_name(value: str) -> str:
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 class LongformSettings(BaseModel):
@@ -134,6 +138,11 @@ class LongformSettings(BaseModel):
     speaker_threshold: float = Field(default=0.5, gt=0, lt=2)
     """Cosine distance above which two groups of speech are different speakers (when the
     number of speakers is estimated)."""
+
+    @field_validator("vad_device")
+    @classmethod
+    def _check_vad_device(cls, value: str) -> str:
+        return _device_name(value)
 
 
 class LimitSettings(BaseModel):

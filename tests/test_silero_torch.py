@@ -130,3 +130,12 @@ def test_gpu_decisions_match_onnxruntime(rec, onnx):
     audios = [rec.audio, rec.audio[3 * SR :].copy(), np.zeros(8 * SR, np.float32)]
     live = _live(SileroVad(lanes=1, device="cuda"), audios, [960, 1600, 320])
     assert [len(s) for s in live] == [len(s) for s in _live(onnx, audios, [960, 1600, 320])]
+
+
+def test_a_wrong_vad_device_is_a_settings_error():
+    from asr.errors import ConfigError
+    from asr.settings import load_settings
+
+    with pytest.raises(ConfigError, match="vad_device"):
+        load_settings(longform={"vad_device": "gpu"})
+    assert load_settings(longform={"vad_device": "cuda:1"}).longform.vad_device == "cuda:1"

@@ -17,6 +17,7 @@ other way, which moves a segment's edge by one frame (32 ms).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,6 @@ class TorchSilero:
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _context(self) -> Any:
-        import contextlib
-
         if self._stream is None:
             return contextlib.nullcontext()
         return torch.cuda.stream(self._stream)
