@@ -18,25 +18,23 @@ from .conftest import start_server
 _ONE_BY_ONE = {"ASR_ENGINE__MAX_BATCH_SIZE": "1"}
 
 
-@pytest.fixture(scope="module")
-def pooled_server(tiny_model_dir, tmp_path_factory):
-    # Two processes whatever the cores here.
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("pooled"), env={
-        "ASR_PIPELINE__DECODE_PROCESSES": "2", **_ONE_BY_ONE})
+def _server(tiny_model_dir, tmp_path_factory, name: str, processes: int):
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp(name), env={
+        "ASR_PIPELINE__DECODE_PROCESSES": str(processes), **_ONE_BY_ONE})
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def pooled_server(tiny_model_dir, tmp_path_factory):
+    yield from _server(tiny_model_dir, tmp_path_factory, "pooled", 2)  # two, whatever the cores here
 
 
 @pytest.fixture(scope="module")
 def plain_server(tiny_model_dir, tmp_path_factory):
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("plain"), env={
-        "ASR_PIPELINE__DECODE_PROCESSES": "0", **_ONE_BY_ONE})
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _server(tiny_model_dir, tmp_path_factory, "plain", 0)
 
 
 def _answer(url: str, name: str, data: bytes) -> tuple[int, dict]:
