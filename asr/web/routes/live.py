@@ -64,11 +64,19 @@ async def live(websocket: WebSocket) -> None:
         elif receiver in done and receiver.exception() is None:
             await _close(websocket, None)  # quiet for live.idle_timeout_s after the last result
     finally:
-        # First, with no await: a cancelled handler (the server shutting down) may not get past one.
+        # No await here: a handler being cancelled (the server shutting down, a test client
+        # leaving) would get a second CancelledError of its own making out of it, which its
+        # caller cannot tell from a real failure. The two tasks end by themselves once cancelled.
         service.live.close(session)
         for task in (sender, receiver):
             task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """Collect an ended task's outcome (its error was handled above, or the connection is gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _receive(websocket: WebSocket, session: LiveSession, idle_s: float, max_kb: float) -> str:
