@@ -95,7 +95,7 @@ def build_options(args: argparse.Namespace, settings: Settings) -> Options:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from asr.engine import Engine
+    from asr.engine.process import load_engine
     from asr.runtime import configure_process
 
     missing = [name for name in args.inputs if not Path(name).exists()]
@@ -110,8 +110,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return 2
     configure_process(settings)
     models = _preload_models(settings, options)
-    engine = Engine.from_settings(settings.engine)
-    return asyncio.run(_transcribe_files(settings, engine, files, options, args, models))
+    engine = load_engine(settings.engine)
+    try:
+        return asyncio.run(_transcribe_files(settings, engine, files, options, args, models))
+    finally:
+        engine.close()
 
 
 def _preload_models(settings: Settings, options: Options) -> StageModels:

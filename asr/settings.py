@@ -79,6 +79,13 @@ class EngineSettings(BaseModel):
     event loop, result assembly): an eager batch of a few thousand calls pays it a few thousand
     times (BENCHMARKS.md). Shorter gives the GPU thread more turns and Python threads fewer."""
 
+    process: Literal["auto", "on", "off"] = "auto"
+    """Run the engine in a process of its own ('auto': on a GPU, in the CLI and the server). Every
+    PyTorch call gives the GIL up and waits to take it back; in the service's process the event
+    loop and result assembly hold it much of the time (an engine batch measured ~10x slower under
+    load than alone on an H200). The child loads the same model; audio reaches it through shared
+    memory, and a child that dies is started again (asr/engine/process.py)."""
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

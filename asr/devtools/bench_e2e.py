@@ -189,7 +189,7 @@ def _pipeline_rows(
     return rows
 
 
-def _engine_row(engine: Any, clips: list[np.ndarray]) -> dict[str, Any]:
+def _engine_row(engine: Any, clips: list[np.ndarray], where: str = "") -> dict[str, Any]:
     import torch
 
     engine.transcribe(clips[:64])
@@ -202,7 +202,7 @@ def _engine_row(engine: Any, clips: list[np.ndarray]) -> dict[str, Any]:
         seconds = time.perf_counter() - t
         best = seconds if best is None else min(best, seconds)
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
-    out = {"row": f"engine: the folder's {len(clips)} clips, decoded, one call (best of 3)",
+    out = {"row": f"engine{where}: the folder's {len(clips)} clips, decoded, one call (best of 3)",
            "audio_s": round(audio_s, 1), "wall_s": round(best, 3), "x_real_time": round(audio_s / best, 1)}
     print(json.dumps(out), flush=True)
     return out
@@ -254,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from asr.engine import Engine
+    from asr.engine.process import EngineProcess, load_engine
     from asr.runtime import configure_process, usable_cores
     from asr.settings import load_settings, resolve_config
 
@@ -279,7 +280,15 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine.from_settings(base.engine)
     result["rows"].append(_engine_row(engine, inputs["clips"]))
     parallel = base.model_copy(deep=True)
-    result["rows"] += _pipeline_rows(parallel, engine, inputs, "parallel (defaults)", work / "out")
+    default = load_engine(base.engine)  # what users run: in a process of its own on a GPU
+    if isinstance(default, EngineProcess):
+        result["rows"].append(_engine_row(default, inputs["clips"], " in its own process"))
+        result["rows"] += _pipeline_rows(parallel, default, inputs, "defaults (engine process)", work / "out")
+        if args.in_process_too:
+            result["rows"] += _pipeline_rows(parallel, engine, inputs, "engine in this process", work / "out-in")
+        default.close()
+    else:
+        result["rows"] += _pipeline_rows(parallel, engine, inputs, "parallel (defaults)", work / "out")
     if not args.skip_serial:
         serial = load_settings(resolve_config(args.config) if args.config else None,
                                engine={"model": args.model, "warmup": False},
@@ -315,6 +324,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--long-minutes", type=float, default=60.0)
     p.add_argument("--long-files", type=int, default=10)
     p.add_argument("--skip-serial", action="store_true", help="skip the rows with the parallel parts off")
+    p.add_argument("--in-process-too", action="store_true",
+                   help="where the engine runs in a process of its own, also the rows with it in this one")
     p.add_argument("--funasr", action="store_true", help="also funasr's own VAD pipeline on the long recording")
     p.add_argument("--work", help="keep the inputs and outputs here (default: a temporary folder)")
     p.add_argument("--out", help="write the JSON result here")

@@ -75,17 +75,19 @@ def _script_route(path: Path) -> Callable[[], Awaitable[FileResponse]]:
 def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
     """Build the service from one settings object.
 
-    ``engine`` defaults to ``Engine.from_settings(settings.engine)``; it is loaded here, before the
-    server accepts connections, and the lifespan pushes one clip through the scheduler (warm-up).
+    ``engine`` defaults to ``load_engine(settings.engine)`` (in a process of its own on a GPU); it
+    is loaded here, before the server accepts connections, and the lifespan pushes one clip through
+    the scheduler (warm-up).
     """
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
     models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
+    owned = engine is None
     if engine is None:
-        from asr.engine.core import Engine
+        from asr.engine.process import load_engine
 
-        engine = Engine.from_settings(settings.engine)
+        engine = load_engine(settings.engine)
     service = Service(settings, engine, models)
 
     @asynccontextmanager
@@ -97,6 +99,8 @@ def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
             yield
         finally:
             await service.stop()
+            if owned:
+                engine.close()  # an engine process ends with the service
 
     # /docs and /redoc with Swagger UI and ReDoc served from this machine (fastapi-offline ships
     # their files): FastAPI's own pages load them from a CDN and are blank offline.

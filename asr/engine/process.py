@@ -1,0 +1,293 @@
+"""The engine in a process of its own (`engine.process`).
+
+Every PyTorch call gives the GIL up and has to take it back. In the service's process the event
+loop, result assembly, the live VAD tick and the decoders' threads run Python all the time, so
+each of an eager batch's thousands of calls waited for a turn: measured on an H200 under load, an
+engine batch took about a second that the engine alone runs in a tenth of it, and the GPU was
+busy 4-7% of the time (BENCHMARKS.md, "What limits the service"). In a process of its own the
+engine's threads are the only Python there.
+
+The child is spawned (the parent may have CUDA and threads running), loads the model from the
+same `EngineSettings` and answers one call at a time over a pipe. Audio goes through one shared
+memory area (a memfd, grown when a call needs more; on systems without memfd, through the pipe):
+the parent copies each clip in once, the child's engine reads it in place. Results come back as
+the engine's own `Transcript`s, errors as the engine's own exceptions (typed errors keep their
+code). A child that dies (killed, a CUDA fault) fails the call it was running with
+EngineFailedError and is started again for the next one: the scheduler then retries that batch's
+items one by one, so no accepted request is lost to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from asr.engine.batching import check_audio, per_item_hotwords
+from asr.errors import EngineFailedError, ModelLoadError
+from asr.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+_MIN_AREA = 64 << 20  # bytes: 17 minutes of float32 audio; grown to the next power of two
+_POLL_S = 0.5  # how often a waiting call checks that the child is alive
+
+
+class _ChildDied(Exception):
+    """The child exited (or its pipe broke) before answering."""
+
+
+class EngineProcess:
+    """An `asr.engine.Engine` in a spawned child process, behind the same `transcribe` and `info`.
+
+    Thread-safe: calls are served one at a time (the engine pipelines a call's batches itself).
+    """
+
+    def __init__(self, settings: EngineSettings, *, start_timeout_s: float = 900.0) -> None:
+        self.settings = settings
+        self._timeout_s = start_timeout_s
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._area: mmap.mmap | None = None
+        self._area_size = 0
+        self._info: dict[str, Any] = {}
+        self.restarts = 0
+        """Children started again after one died."""
+        with self._lock:
+            self._start()
+
+    # ---------------------------------------------------------------- life cycle
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(
+            target=_serve, args=(self.settings.model_dump(mode="json"), child, logging.getLogger().level),
+            name="asr-engine", daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._area, self._area_size = None, 0
+        try:
+            reply = self._reply(self._timeout_s, "while loading the model")
+        except _ChildDied as exc:
+            raise ModelLoadError(str(exc)) from None
+        self._info = {**reply, "process": self._proc.pid}
+        log.info("engine process %d ready", self._proc.pid)
+
+    def close(self) -> None:
+        """Stop the child (the engine is not to be used afterwards)."""
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(OSError):
+                    self._conn.send(("close",))
+                self._conn.close()
+                self._conn = None
+            if self._proc is not None:
+                self._proc.join(10)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                    self._proc.join()
+            if self._area is not None:
+                self._area.close()
+                self._area = None
+
+    def __del__(self) -> None:  # a dropped engine does not leave its process behind
+        proc = getattr(self, "_proc", None)
+        if proc is not None and proc.is_alive():
+            proc.kill()
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    # ---------------------------------------------------------------- the engine's API
+    def info(self) -> dict[str, Any]:
+        """The child engine's `info()` as of its last answer, plus its process id."""
+        return dict(self._info)
+
+    def transcribe(
+        self,
+        audios: Sequence[np.ndarray],
+        hotwords: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    ) -> list[Any]:
+        """`Engine.transcribe`, run in the child."""
+        clips = [check_audio(audio, i) for i, audio in enumerate(audios)]  # the engine's errors, here
+        lists = per_item_hotwords(hotwords, len(clips))
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._restart("it was not running")
+            spans = self._stage(clips)
+            request = ("transcribe", spans, lists)
+            try:
+                assert self._conn is not None
+                self._conn.send(request)
+                return list(self._reply(None, "while recognising"))
+            except _ChildDied as exc:
+                self._restart("it stopped while recognising")
+                raise EngineFailedError(str(exc)) from None
+
+    # ---------------------------------------------------------------- internals
+    def _stage(self, clips: list[np.ndarray]) -> list[Any]:
+        """Where the child finds each clip: (offset, samples) in the shared area, or the array."""
+        if not hasattr(os, "memfd_create"):
+            return clips
+        need = sum(c.nbytes for c in clips)
+        if need > self._area_size:
+            self._grow(need)
+        assert self._area is not None
+        spans, offset = [], 0
+        for clip in clips:
+            np.frombuffer(self._area, np.float32, len(clip), offset)[:] = clip
+            spans.append((offset, len(clip)))
+            offset += clip.nbytes
+        return spans
+
+    def _grow(self, need: int) -> None:
+        from multiprocessing import reduction
+
+        size = max(_MIN_AREA, 1 << (need - 1).bit_length())
+        fd = os.memfd_create("asr-engine-audio")
+        try:
+            os.ftruncate(fd, size)
+            area = mmap.mmap(fd, size)
+            assert self._conn is not None
+            self._conn.send(("area", size))
+            reduction.send_handle(self._conn, fd, self._proc.pid)
+        finally:
+            os.close(fd)
+        if self._area is not None:
+            self._area.close()
+        self._area, self._area_size = area, size
+
+    def _reply(self, timeout_s: float | None, doing: str) -> Any:
+        """The child's answer to the last message: its value, or its exception raised here."""
+        assert self._conn is not None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._conn.poll(_POLL_S):
+            if not self._proc.is_alive():
+                raise _ChildDied(f"The engine process stopped {doing} (exit code {self._proc.exitcode}).")
+            if deadline is not None and time.monotonic() > deadline:
+                self._proc.kill()
+                raise ModelLoadError(f"The engine process did not answer within {timeout_s:g} s {doing}.")
+        try:
+            kind, value, info = self._conn.recv()
+        except (EOFError, OSError):
+            raise _ChildDied(f"The engine process stopped {doing}.") from None
+        if info:
+            self._info.update(info)
+        if kind == "error":
+            raise value
+        return value
+
+    def _restart(self, why: str) -> None:
+        log.error("engine process %s: %s; starting a new one", self._proc.pid if self._proc else "-", why)
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+        if self._proc is not None:
+            self._proc.join()
+        if self._conn is not None:
+            self._conn.close()
+        self.restarts += 1
+        self._start()
+
+
+# -------------------------------------------------------------------- the child
+def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
+    """The child's main: load the engine, then answer until told to close or the parent goes."""
+    logging.basicConfig(level=log_level or logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine = _load(EngineSettings.model_validate(settings))
+    except BaseException as exc:  # noqa: BLE001 - the parent raises it
+        _answer(conn, "error", exc, None)
+        return
+    _answer(conn, "ok", engine.info(), None)
+    area: mmap.mmap | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message[0] == "close":
+            return
+        if message[0] == "area":
+            from multiprocessing import reduction
+
+            fd = reduction.recv_handle(conn)
+            if area is not None:
+                area.close()
+            area = mmap.mmap(fd, message[1])
+            os.close(fd)
+            continue
+        _, spans, lists = message
+        try:
+            audios = [
+                s if isinstance(s, np.ndarray) else np.frombuffer(area, np.float32, s[1], s[0])  # type: ignore[arg-type]
+                for s in spans
+            ]
+            results = engine.transcribe(audios, lists)
+            del audios  # no view of the area outlives the call (the area may be replaced)
+            _answer(conn, "ok", results, {"cuda_graph_captures": engine.info()["cuda_graph_captures"]})
+        except Exception as exc:  # noqa: BLE001 - the parent raises it
+            audios = None
+            _answer(conn, "error", exc, None)
+
+
+def _load(settings: EngineSettings) -> Any:
+    import sys
+
+    import torch
+
+    from asr.engine.core import Engine
+    from asr.runtime import usable_cores
+
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    elif settings.device == "cpu" or not torch.cuda.is_available():
+        torch.set_num_threads(usable_cores())
+    if torch.cuda.is_available() and settings.device != "cpu":
+        # The engine's own threads (its batch pipeline, the timestamp side stream) are the only
+        # ones here, but they still take turns.
+        sys.setswitchinterval(min(sys.getswitchinterval(), settings.gil_switch_ms / 1000))
+    return Engine.from_settings(settings)
+
+
+def _answer(conn: Connection, kind: str, value: Any, info: dict[str, Any] | None) -> None:
+    try:
+        conn.send((kind, value, info))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        # An exception that does not pickle is sent as the failure it is.
+        failure = EngineFailedError(f"Recognition failed ({type(value).__name__}: {str(value)[:200]}).")
+        conn.send(("error", failure, info))
+
+
+def load_engine(settings: EngineSettings) -> Any:
+    """The engine `settings` ask for: `EngineProcess` or an in-process `Engine` (see
+    `EngineSettings.process`)."""
+    from asr.engine.core import Engine
+
+    if wants_process(settings):
+        return EngineProcess(settings)
+    return Engine.from_settings(settings)
+
+
+def wants_process(settings: EngineSettings) -> bool:
+    """'auto' means: on a GPU, and only in a process one of the product's entry points started
+    (a spawned child re-imports the parent's main module; a user's script may lack its guard)."""
+    if settings.process != "auto":
+        return settings.process == "on"
+    from asr.engine.model import default_device
+    from asr.runtime import own_process
+
+    return own_process() and default_device(settings.device).type == "cuda"

@@ -1,0 +1,108 @@
+"""The engine in a process of its own (asr/engine/process.py): a real spawned child on the tiny
+model, compared with the in-process engine on the same clips; its errors, and its death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from speech import SENTENCES, recording, require_espeak
+
+from asr.engine.process import EngineProcess, wants_process
+from asr.errors import AudioError, EngineFailedError, ModelLoadError
+from asr.settings import EngineSettings
+
+
+def _settings(model_dir: Path) -> EngineSettings:
+    # The session's `engine` fixture's settings: the two must answer alike.
+    return EngineSettings(model=str(model_dir), device="cpu", dtype="fp32", warmup=False)
+
+
+@pytest.fixture(scope="module")
+def child(tiny_model_dir: Path):
+    engine = EngineProcess(_settings(tiny_model_dir))
+    yield engine
+    engine.close()
+
+
+def _same(a, b) -> None:
+    assert [(t.text, t.token_ids, t.timestamps, t.duration_s) for t in a] == [
+        (t.text, t.token_ids, t.timestamps, t.duration_s) for t in b
+    ]
+
+
+def test_answers_as_the_engine_in_this_process(child: EngineProcess, engine) -> None:
+    require_espeak()
+    speech = recording(SENTENCES[:2], [0.5]).audio
+    rng = np.random.default_rng(3)
+    clips = [speech, rng.normal(0, 0.05, 8000).astype(np.float32), speech[: 16000 * 3], speech[::-1].copy()]
+    hotwords = [["天气"], [], ["我们", "今天"], []]
+    got = child.transcribe(clips, hotwords)
+    _same(got, engine.transcribe(clips, hotwords))
+    assert any(t.text for t in got)
+    # One list for all, and a call larger than the first shared area (64 MB: 20 min of audio).
+    long = np.tile(speech, int(np.ceil(1250 * 16000 / len(speech))))[: 1250 * 16000]
+    assert long.nbytes > 64 << 20
+    pair = [long[: 16000 * 70], long]
+    _same(child.transcribe(pair, ["天气"]), engine.transcribe(pair, ["天气"]))
+    info = child.info()
+    assert info["process"] == child.pid != os.getpid()
+    assert info["device"] == "cpu" and info["parameters"] == engine.info()["parameters"]
+
+
+def test_bad_input_gets_the_engines_typed_errors(child: EngineProcess) -> None:
+    with pytest.raises(AudioError, match="mono"):
+        child.transcribe([np.zeros((2, 16000), np.float32)])
+    with pytest.raises(AudioError, match="float"):
+        child.transcribe([np.zeros(16000, np.int16)])
+    with pytest.raises(ValueError, match="hotword lists"):
+        child.transcribe([np.zeros(16000, np.float32)] * 2, [["a"], ["b"], ["c"]])
+    assert child.transcribe([np.zeros(16000, np.float32)])[0].duration_s == 1.0  # still serving
+
+
+def test_a_child_that_dies_fails_its_call_and_is_started_again(child: EngineProcess) -> None:
+    clip = np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32)
+    before = child.transcribe([clip])
+    restarts = child.restarts
+    # Frozen, then killed while a call waits on it: that call fails, typed.
+    os.kill(child.pid, signal.SIGSTOP)
+    outcome: list[BaseException | object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(child.transcribe([clip]))
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive()  # waiting on the frozen child
+    os.kill(child.pid, signal.SIGKILL)
+    thread.join(120)
+    assert isinstance(outcome[0], EngineFailedError) and "stopped" in str(outcome[0])
+    assert child.restarts == restarts + 1
+    _same(child.transcribe([clip]), before)  # a new child answers as the old one did
+    # Killed between calls: the next call starts a new one and succeeds.
+    os.kill(child.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    _same(child.transcribe([clip]), before)
+    assert child.restarts == restarts + 2
+
+
+def test_a_model_that_cannot_load_is_a_model_load_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("model: SeacoParaformer\n")
+    with pytest.raises(ModelLoadError):
+        EngineProcess(EngineSettings(model=str(tmp_path), device="cpu", warmup=False))
+
+
+def test_auto_is_a_gpu_and_entry_point_choice(tiny_model_dir: Path) -> None:
+    settings = _settings(tiny_model_dir)
+    assert not wants_process(settings)  # the CPU
+    assert wants_process(settings.model_copy(update={"process": "on"}))
+    assert not wants_process(settings.model_copy(update={"process": "off", "device": "auto"}))
