@@ -60,6 +60,8 @@ def test_bad_input_gets_the_engines_typed_errors(child: EngineProcess) -> None:
         child.transcribe([np.zeros((2, 16000), np.float32)])
     with pytest.raises(AudioError, match="float"):
         child.transcribe([np.zeros(16000, np.int16)])
+    with pytest.raises(AudioError, match="NaN"):  # found by the child
+        child.transcribe([np.zeros(16000, np.float32), np.full(16000, np.nan, np.float32)])
     with pytest.raises(ValueError, match="hotword lists"):
         child.transcribe([np.zeros(16000, np.float32)] * 2, [["a"], ["b"], ["c"]])
     assert child.transcribe([np.zeros(16000, np.float32)])[0].duration_s == 1.0  # still serving

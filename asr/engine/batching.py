@@ -43,8 +43,9 @@ def per_item_hotwords(hotwords: Sequence[str] | Sequence[Sequence[str]] | None, 
     return [tuple(h) for h in hotwords]  # type: ignore[arg-type]
 
 
-def check_audio(audio: np.ndarray, index: int) -> np.ndarray:
-    """A mono float32 array of finite samples, or AudioError naming the input."""
+def check_audio(audio: np.ndarray, index: int, *, finite: bool = True) -> np.ndarray:
+    """A mono float32 array of finite samples, or AudioError naming the input. `finite=False`
+    leaves the scan for NaN and infinity to whoever reads the samples next (the engine process)."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise AudioError(f"Input {index} must be mono (1-D), got shape {audio.shape}.")
@@ -54,7 +55,7 @@ def check_audio(audio: np.ndarray, index: int) -> np.ndarray:
     if audio.size == 0:
         raise AudioError(f"Input {index} contains no samples.")
     audio = audio.astype(np.float32, copy=False)
-    if not np.isfinite(audio).all():
+    if finite and not np.isfinite(audio).all():
         raise AudioError(f"Input {index} contains NaN or infinite samples.")
     return audio
 

@@ -76,6 +76,14 @@ def _quantize_int8(model: torch.nn.Module) -> None:
             quantize_linears(part)
 
 
+def _flatten_rnns(model: torch.nn.Module) -> None:
+    """cuDNN wants an RNN's weights in one block; after a move or a cast they are not, and every
+    call would copy them together again (torch warns once: 'not part of single contiguous chunk')."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            module.flatten_parameters()
+
+
 class Engine:
     """SeACo-Paraformer inference: thread-safe, batched, with per-item hotwords."""
 
@@ -100,6 +108,7 @@ class Engine:
         self.quantized = _wants_int8(settings.dtype, device)
         if self.quantized:
             _quantize_int8(self.model)
+        _flatten_rnns(self.model)
         self.token_list = loaded.token_list
         self._sos = int(getattr(self.model, "sos", 1))
         self._eos = int(getattr(self.model, "eos", 2))

@@ -76,7 +76,9 @@ class SileroNet(torch.nn.Module):
             raise
         except Exception as exc:  # a corrupt or changed weights file
             raise ModelLoadError(f"Silero VAD could not be loaded: {exc}") from exc
-        return net.to(device).eval().requires_grad_(False)
+        net = net.to(device).eval().requires_grad_(False)
+        net.lstm.flatten_parameters()  # one weight block for cuDNN (else copied together on every call)
+        return net
 
     def front(self, windows: torch.Tensor) -> torch.Tensor:
         """(N, 576) frames with their context -> (N, 128) LSTM inputs."""
