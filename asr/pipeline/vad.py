@@ -233,6 +233,9 @@ class SegmentFeed:
         return list(self._state.step(closed, None, self._state.total, final=True))
 
 
+_ROPE_MERGE = SAMPLE_RATE  # samples: small blocks are joined up to this length
+
+
 class _Rope:
     """Audio kept as the blocks it arrived in (absolute sample indices): appending and dropping
     the front copy nothing, so holding minutes of audio ahead of the VAD's decisions costs no
@@ -245,7 +248,12 @@ class _Rope:
 
     def append(self, block: np.ndarray) -> None:
         if len(block):
-            self.blocks.append(block)
+            if self.blocks and len(self.blocks[-1]) + len(block) <= _ROPE_MERGE:
+                # Live audio comes in blocks of tens of ms: joined up to a second, so copying out
+                # an open segment (every partial) walks tens of blocks, not hundreds.
+                self.blocks[-1] = np.concatenate((self.blocks[-1], block))
+            else:
+                self.blocks.append(block)
             self.end += len(block)
 
     def slice(self, a: int, b: int) -> np.ndarray:
