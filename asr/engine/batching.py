@@ -55,7 +55,9 @@ def check_audio(audio: np.ndarray, index: int, *, finite: bool = True) -> np.nda
     if audio.size == 0:
         raise AudioError(f"Input {index} contains no samples.")
     audio = audio.astype(np.float32, copy=False)
-    if finite and not np.isfinite(audio).all():
+    # min and max are NaN when any sample is, and infinite when one is: two passes without the
+    # boolean array isfinite() would allocate (a third of a ms per 30 s clip on the engine's path).
+    if finite and not (np.isfinite(audio.min()) and np.isfinite(audio.max())):
         raise AudioError(f"Input {index} contains NaN or infinite samples.")
     return audio
 
