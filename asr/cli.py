@@ -110,7 +110,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return 2
     configure_process(settings)
     models = _preload_models(settings, options)
-    engine = load_engine(settings.engine)
+    engine = load_engine(settings.engine, input_bytes=sum(Path(f).stat().st_size for f in files))
     try:
         return asyncio.run(_transcribe_files(settings, engine, files, options, args, models))
     finally:

@@ -108,3 +108,6 @@ def test_auto_is_a_gpu_and_entry_point_choice(tiny_model_dir: Path) -> None:
     assert not wants_process(settings)  # the CPU
     assert wants_process(settings.model_copy(update={"process": "on"}))
     assert not wants_process(settings.model_copy(update={"process": "off", "device": "auto"}))
+    # The CLI with a few small files: the child's start would cost more than it saves.
+    assert not wants_process(settings, input_bytes=3 << 20)
+    assert wants_process(settings.model_copy(update={"process": "on"}), input_bytes=3 << 20)

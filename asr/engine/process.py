@@ -273,22 +273,31 @@ def _answer(conn: Connection, kind: str, value: Any, info: dict[str, Any] | None
         conn.send(("error", failure, info))
 
 
-def load_engine(settings: EngineSettings) -> Any:
+# Input the CLI is given below which 'auto' keeps the engine in its own process: a second
+# process's start (its interpreter, torch, the model) is paid before the first result, and a
+# few minutes of audio do not keep the GIL busy long enough to win it back.
+SMALL_INPUT_BYTES = 10 << 20  # ~30 min of 48 kbps mp3, 5 min of 16 kHz WAV
+
+
+def load_engine(settings: EngineSettings, input_bytes: int | None = None) -> Any:
     """The engine `settings` ask for: `EngineProcess` or an in-process `Engine` (see
-    `EngineSettings.process`)."""
+    `EngineSettings.process` and `wants_process`)."""
     from asr.engine.core import Engine
 
-    if wants_process(settings):
+    if wants_process(settings, input_bytes):
         return EngineProcess(settings)
     return Engine.from_settings(settings)
 
 
-def wants_process(settings: EngineSettings) -> bool:
-    """'auto' means: on a GPU, and only in a process one of the product's entry points started
-    (a spawned child re-imports the parent's main module; a user's script may lack its guard)."""
+def wants_process(settings: EngineSettings, input_bytes: int | None = None) -> bool:
+    """'auto' means: on a GPU, only in a process one of the product's entry points started (a
+    spawned child re-imports the parent's main module; a user's script may lack its guard), and
+    not for a known small input (`input_bytes`, the CLI's files) where the start costs more."""
     if settings.process != "auto":
         return settings.process == "on"
     from asr.engine.model import default_device
     from asr.runtime import own_process
 
+    if input_bytes is not None and input_bytes < SMALL_INPUT_BYTES:
+        return False
     return own_process() and default_device(settings.device).type == "cuda"
