@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from speech import SENTENCES, recording, require_espeak
 
 from asr.engine.process import EngineProcess, wants_process
@@ -111,3 +112,21 @@ def test_auto_is_a_gpu_and_entry_point_choice(tiny_model_dir: Path) -> None:
     # The CLI with a few small files: the child's start would cost more than it saves.
     assert not wants_process(settings, input_bytes=3 << 20)
     assert wants_process(settings.model_copy(update={"process": "on"}), input_bytes=3 << 20)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the engine process's default)")
+def test_on_the_gpu_the_child_answers_as_the_engine_here(tiny_model_dir: Path) -> None:
+    from asr.engine.core import Engine
+
+    settings = EngineSettings(model=str(tiny_model_dir), device="cuda", warmup=False)
+    rng = np.random.default_rng(5)
+    clips = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8000, 16000 * 3, 16000 * 12, 16000 * 70)]
+    hotwords = [["天气"], [], ["我们"], []]
+    here = Engine.from_settings(settings)
+    child = EngineProcess(settings)
+    try:
+        for _ in range(3):  # eager, then the captured graphs' replays
+            _same(child.transcribe(clips, hotwords), here.transcribe(clips, hotwords))
+        assert child.info()["device"].startswith("cuda")
+    finally:
+        child.close()
