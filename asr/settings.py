@@ -40,9 +40,10 @@ class EngineSettings(BaseModel):
     dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     """'auto': bf16 on GPUs that support it, fp16 on older GPUs, int8 on CPU (dynamic int8 linear
     layers, fp32 activations); 'fp32' is the reference path."""
-    attention: Literal["auto", "flash-attn", "varlen", "sdpa", "rowwise", "eager"] = "auto"
+    attention: Literal["auto", "flash-attn", "varlen", "sdpa", "rowwise", "rowwise-bf16", "eager"] = "auto"
     """Attention kernel; 'auto' picks the fastest available on a GPU and, on the CPU, 'rowwise'
-    (funasr's arithmetic one clip at a time, so a clip's result does not depend on its batch);
+    (funasr's arithmetic one clip at a time, so a clip's result does not depend on its batch;
+    with dtype int8 on a CPU with native bf16, 'rowwise-bf16': the same with bf16 products);
     'eager' is funasr's own code. The choice is logged."""
     frontend: Literal["auto", "torch", "funasr"] = "auto"
     """Feature extraction: 'torch' computes fbank for a whole batch on the model's device;

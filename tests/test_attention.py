@@ -15,7 +15,7 @@ from funasr.models.sanm.attention import (  # noqa: E402
     MultiHeadedAttentionSANM,
 )
 
-from asr.engine.attention import available_backends, patch_attention  # noqa: E402
+from asr.engine.attention import available_backends, cpu_bf16_native, patch_attention  # noqa: E402
 
 DIM, HEADS = 64, 4
 ATOL = 1e-5
@@ -130,6 +130,23 @@ def test_rowwise_gives_a_clip_the_same_result_whatever_its_batch(seed: int) -> N
         single = decoder(memory[1:2, :17], torch.tensor([17]), embeds[1:2, :4], torch.tensor([4]),
                          return_hidden=True)[0]
     torch.testing.assert_close(batched[1, :4], single[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="this CPU has no native bf16 products")
+@pytest.mark.parametrize("seed", range(3))
+def test_rowwise_bf16_keeps_a_clip_independent_of_its_batch_and_close_to_fp32(seed: int) -> None:
+    """The int8 CPU path's attention: products in bf16, still one clip at a time over its own keys."""
+    encoder = _encoder(seed)
+    xs, lens = _inputs(seed, batch=4, frames=61)
+    lens[1] = 23
+    bf16 = _run_encoder(encoder, xs, lens, "rowwise-bf16")
+    alone = _run_encoder(encoder, xs[1:2, :23], lens[1:2], "rowwise-bf16")
+    assert torch.equal(bf16[1, :23], alone[0])
+    eager = _run_encoder(encoder, xs, lens, "eager")
+    for row, n in enumerate(lens.tolist()):
+        cos = torch.nn.functional.cosine_similarity(bf16[row, :n].flatten(), eager[row, :n].flatten(), dim=0)
+        assert cos > 0.999, (row, float(cos))
+        assert not torch.equal(bf16[row, :n], eager[row, :n])  # bf16 did run
 
 
 def test_decoder_rowwise_equals_eager() -> None:
@@ -247,9 +264,18 @@ def test_unavailable_backend_falls_back_with_one_log_line(caplog: pytest.LogCapt
         assert patch_attention(encoder, "flash-attn") == "sdpa"
         assert patch_attention(encoder, "auto") == "sdpa"
     assert len(caplog.records) == 3 and "no CUDA device" in caplog.records[0].getMessage()
-    assert available_backends() == ["sdpa", "rowwise", "eager"]
+    assert available_backends() == ["sdpa", "rowwise", *(["rowwise-bf16"] if cpu_bf16_native() else []), "eager"]
     with pytest.raises(ValueError, match="attention backend"):
         patch_attention(encoder, "xformers")
+
+
+def test_rowwise_bf16_falls_back_to_rowwise_on_a_cpu_without_bf16(monkeypatch, caplog) -> None:
+    import asr.engine.attention as attention
+
+    monkeypatch.setattr(attention, "cpu_bf16_native", lambda: False)
+    with caplog.at_level(logging.INFO, logger="asr.engine.attention"):
+        assert patch_attention(_encoder(), "rowwise-bf16") == "rowwise"
+    assert "no native bf16" in caplog.records[-1].getMessage()
 
 
 # --- CUDA only: the lead runs these on the GPU machine -------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 from speech import held_out_speech
 
+from asr.engine.attention import cpu_bf16_native
 from asr.engine.core import Engine, _wants_int8
 from asr.engine.int8 import Int8Linear
 from asr.settings import EngineSettings, load_settings
@@ -33,8 +34,12 @@ def test_int8_is_the_cpu_default_and_only_a_cpu_path() -> None:
 def test_cpu_attention_is_funasrs_arithmetic_one_clip_at_a_time_whatever_the_dtype(tiny_model_dir: Path) -> None:
     # Batched kernels, fused or funasr's own, sum over the padded keys: results would depend on
     # companions (tests/test_attention.py shows the rowwise encoder is bit-exact alone or batched).
-    assert _engine(tiny_model_dir, "int8").attention_backend == "rowwise"
-    assert _engine(tiny_model_dir, "fp32").attention_backend == "rowwise"
+    # The int8 path's products in bf16 where the CPU has it natively (rowwise all the same).
+    int8 = _engine(tiny_model_dir, "int8")
+    assert int8.attention_backend == ("rowwise-bf16" if cpu_bf16_native() else "rowwise")
+    assert int8.lstm_backend == ("torch-bf16" if cpu_bf16_native() else "torch")
+    fp32 = _engine(tiny_model_dir, "fp32")  # the reference path stays funasr's arithmetic
+    assert (fp32.attention_backend, fp32.lstm_backend) == ("rowwise", "torch")
 
 
 def test_linear_layers_are_int8_and_token_counts_stay_fp32(tiny_model_dir: Path, clips: list) -> None:
@@ -43,8 +48,11 @@ def test_linear_layers_are_int8_and_token_counts_stay_fp32(tiny_model_dir: Path,
     for part in (engine.model.encoder, engine.model.decoder):
         assert not any(type(m) is torch.nn.Linear for m in part.modules())
         assert any(isinstance(m, Int8Linear) for m in part.modules())
-    # The CIF predictor decides how many tokens there are: it stays fp32.
-    assert all(p.dtype == torch.float32 for p in engine.model.predictor.parameters())
+    # The CIF predictor decides how many tokens there are: it stays fp32 (its timestamp BLSTM
+    # may run in bf16: it places the tokens, it does not count them).
+    predictor = engine.model.predictor
+    counting = [*predictor.cif_conv1d.parameters(), *predictor.cif_output.parameters()]
+    assert counting and all(p.dtype == torch.float32 for p in counting)
     results = engine.transcribe(clips, hotwords=[("丁七",), (), (), ("万丈",), ()])
     assert len(results) == len(clips) and any(r.tokens for r in results)
 

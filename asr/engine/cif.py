@@ -180,6 +180,7 @@ def _blstm_within_lengths(
     dtype = blstm.weight_ih_l0.dtype
     if dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
+    given = x.dtype
     x = x.to(dtype)
     use_fused = kernel != "cudnn" and lstm_kernels.fused_available(x.device, dtype, blstm.hidden_size)
     if kernel == "fused" and not use_fused:
@@ -191,7 +192,8 @@ def _blstm_within_lengths(
         forward, backward = _lstm_directions(blstm)
         ahead, _ = forward(x)
         behind, _ = backward(x_reversed)
-    return torch.cat([ahead, _reverse_within(behind, lens)], dim=-1)
+    # Back in the caller's dtype (a bf16 BLSTM between fp32 layers: the int8 CPU path).
+    return torch.cat([ahead, _reverse_within(behind, lens)], dim=-1).to(given)
 
 
 def _upsampled_hidden(
