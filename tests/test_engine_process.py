@@ -91,11 +91,28 @@ def test_a_child_that_dies_fails_its_call_and_is_started_again(child: EngineProc
     assert isinstance(outcome[0], EngineFailedError) and "stopped" in str(outcome[0])
     assert child.restarts == restarts + 1
     _same(child.transcribe([clip]), before)  # a new child answers as the old one did
+    # Ctrl-C in a terminal reaches the whole process group: the child leaves shutdown to its parent.
+    os.kill(child.pid, signal.SIGINT)
+    os.kill(child.pid, signal.SIGTERM)
+    time.sleep(0.3)
+    _same(child.transcribe([clip]), before)
+    assert child.restarts == restarts + 1
     # Killed between calls: the next call starts a new one and succeeds.
     os.kill(child.pid, signal.SIGKILL)
     time.sleep(0.2)
     _same(child.transcribe([clip]), before)
     assert child.restarts == restarts + 2
+
+
+def test_a_closed_engine_refuses_calls_and_starts_nothing(tiny_model_dir: Path) -> None:
+    engine = EngineProcess(_settings(tiny_model_dir))
+    pid = engine.pid
+    engine.close()
+    with pytest.raises(EngineFailedError, match="closed"):
+        engine.transcribe([np.zeros(16000, np.float32)])
+    assert engine.restarts == 0 and engine.pid == pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_a_model_that_cannot_load_is_a_model_load_error(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ class EngineProcess:
         self._area: mmap.mmap | None = None
         self._area_size = 0
         self._info: dict[str, Any] = {}
+        self._closed = False
         self.restarts = 0
         """Children started again after one died."""
         with self._lock:
@@ -88,6 +89,7 @@ class EngineProcess:
 
     def close(self) -> None:
         """Stop the child (the engine is not to be used afterwards)."""
+        self._closed = True
         with self._lock:
             if self._conn is not None:
                 with contextlib.suppress(OSError):
@@ -127,6 +129,8 @@ class EngineProcess:
         clips = [check_audio(audio, i, finite=False) for i, audio in enumerate(audios)]
         lists = per_item_hotwords(hotwords, len(clips))
         with self._lock:
+            if self._closed:
+                raise EngineFailedError("The engine process was closed (the service is stopping).")
             if self._proc is None or not self._proc.is_alive():
                 self._restart("it was not running")
             spans = self._stage(clips)
@@ -136,7 +140,8 @@ class EngineProcess:
                 self._conn.send(request)
                 return list(self._reply(None, "while recognising"))
             except _ChildDied as exc:
-                self._restart("it stopped while recognising")
+                if not self._closed:
+                    self._restart("it stopped while recognising")
                 raise EngineFailedError(str(exc)) from None
 
     # ---------------------------------------------------------------- internals
@@ -207,6 +212,13 @@ class EngineProcess:
 # -------------------------------------------------------------------- the child
 def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
     """The child's main: load the engine, then answer until told to close or the parent goes."""
+    import signal
+
+    # Ctrl-C in a terminal (or a stop signal to the process group) reaches the child too; the
+    # parent owns shutdown: it finishes or fails what is in flight, then closes the child. A parent
+    # that is killed outright closes the pipe, and the child ends at its next receive.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level or logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         engine = _load(EngineSettings.model_validate(settings))
