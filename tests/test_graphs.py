@@ -20,20 +20,15 @@ def test_buckets_cover_the_batch_and_stay_few() -> None:
         for frames in range(1, 400, 7):
             rows, padded = graphs.bucket(batch, frames)
             assert rows >= batch and padded >= frames
+            assert padded - frames < graphs.FRAME_BUCKET
             if batch <= 4:
                 assert rows == batch
             elif batch <= 64:
-                assert rows in (8, 16, 32, 64) and rows < 2 * batch
+                assert rows % 8 == 0 and rows - batch < 8
             else:
                 assert rows <= 1.5 * batch
-            # Small batches (launch-bound, shapes varying most): coarse frames; large: ~1 s.
-            assert padded - frames < (64 if batch <= 64 else graphs.FRAME_BUCKET)
-            tokens = max(1, frames // 4)
-            assert 0 <= graphs.token_bucket(rows, tokens) - tokens < (32 if batch <= 64 else graphs.TOKEN_BUCKET)
     # Every batch size of an engine call (up to 512 rows) falls into a few dozen row buckets.
-    assert len({graphs.bucket(b, 100)[0] for b in range(1, 513)}) == 4 + 4 + 6
-    # A live minute's batches (1-64 rows, clips up to 15 s = 250 frames): a few dozen encoder shapes.
-    assert len({graphs.bucket(b, f) for b in range(1, 65) for f in range(1, 251)}) == 8 * 4
+    assert len({graphs.bucket(b, 100)[0] for b in range(1, 513)}) == 4 + 8 + 6
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])

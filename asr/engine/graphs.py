@@ -5,13 +5,8 @@ Launched one by one from Python, their host cost (module calls, dispatch, launch
 microseconds a kernel) is larger than their GPU time for a single clip and keeps the GPU half idle
 even for large batches. A CUDA graph replays a whole network with one launch.
 
-A graph has fixed shapes, so batches are padded to a bucket (`bucket`, `token_bucket`): rows to 1,
-2, 3, 4, 8, 16, 32 or 64, then 96, 128, 192, ...; frames to a multiple of 16 (about one second) in
-batches of more than 64 rows, of 64 in smaller ones; tokens to a multiple of 16, or of 32 in
-batches of up to 64 rows. Small batches (live captions, single requests) are bound by launches,
-not arithmetic, and their shapes vary most, so they get coarse buckets: fewer distinct shapes, so
-more replays and fewer eager runs and captures (a live run at 300 streams captured 148 graphs in a
-minute with buckets as fine as the large batches'). Padding changes no
+A graph has fixed shapes, so batches are padded to a bucket: rows to 1, 2, 3, 4 or a multiple of
+8, frames to a multiple of 16 (about one second), tokens to a multiple of 16. Padding changes no
 valid result: attention and the FSMN memories only see each clip's own frames and tokens, as in
 the eager path; padded rows, frames and tokens are zeros. funasr's forwards cannot be captured as
 they are (they build masks from lengths read back to the host, a sync), so `encode_without_sync`
@@ -40,10 +35,6 @@ log = logging.getLogger(__name__)
 
 FRAME_BUCKET = 16
 TOKEN_BUCKET = 16
-SMALL_BATCH = 64  # rows: batches up to this size get the coarse buckets below
-SMALL_FRAME_BUCKET = 64
-SMALL_TOKEN_BUCKET = 32
-_SMALL_ROWS = (8, 16, 32, 64)
 
 
 def _round_up(n: int, step: int) -> int:
@@ -59,16 +50,11 @@ def bucket(batch: int, frames: int) -> tuple[int, int]:
     """The padded (rows, frames) shape whose encoder graph serves a batch."""
     if batch <= 4:
         rows = batch
-    elif batch <= SMALL_BATCH:
-        rows = next(r for r in _SMALL_ROWS if r >= batch)
+    elif batch <= 64:
+        rows = _round_up(batch, 8)
     else:
         rows = next((r for r in _LARGE_ROWS if r >= batch), _round_up(batch, 256))
-    return rows, _round_up(frames, SMALL_FRAME_BUCKET if rows <= SMALL_BATCH else FRAME_BUCKET)
-
-
-def token_bucket(rows: int, tokens: int) -> int:
-    """The padded token count of the decoder's graph for a batch padded to `rows`."""
-    return _round_up(tokens, SMALL_TOKEN_BUCKET if rows <= SMALL_BATCH else TOKEN_BUCKET)
+    return rows, _round_up(frames, FRAME_BUCKET)
 
 
 class CaptureError(RuntimeError):
@@ -307,7 +293,7 @@ class GraphedModel:
         batch, frames, dim = memory.shape
         tokens = embeds.size(1)
         rows, padded = bucket(batch, frames)
-        padded_tokens = token_bucket(rows, tokens)
+        padded_tokens = _round_up(tokens, TOKEN_BUCKET)
 
         def make_inputs() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
             mem = torch.zeros(rows, padded, dim, device=self.device, dtype=memory.dtype)
