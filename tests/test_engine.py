@@ -199,6 +199,8 @@ def test_join_tokens() -> None:
 
 
 def test_out_of_memory_splits_the_batch(engine: Engine, clips, monkeypatch) -> None:
+    # One batch of all the clips, as a GPU plans it (a CPU also splits by padding).
+    monkeypatch.setattr("asr.engine.core._CPU_MAX_PADDING", 1.0)
     # Fault injection: the forward pass runs out of memory for batches of more than two items.
     reference = engine.transcribe(clips)
     real_forward = engine._forward
@@ -216,6 +218,24 @@ def test_out_of_memory_splits_the_batch(engine: Engine, clips, monkeypatch) -> N
     results = engine.transcribe(clips)
     assert [r.token_ids for r in results] == [r.token_ids for r in reference]
     assert tried[0] == len(clips) and sum(ran) == len(clips) and max(ran) <= 2
+
+
+def test_cpu_batches_keep_padding_small() -> None:
+    """Longest first; a clip joins only while the batch's padding stays within max_padding."""
+    from asr.engine.batching import plan
+
+    clips = [np.zeros(n * 1600, np.float32) for n in (297, 202, 201, 100, 99, 98, 10)]
+    def batches(max_padding: float) -> list[list[int]]:
+        return [b.index for b in plan(clips, [()] * len(clips), 600, 8, max_padding)]
+
+    assert batches(1.0) == [[0, 1, 2, 3, 4, 5, 6]]
+    # 29.7 s with 20.2 s would be 16% padding: alone; then the 20 s pair, the 10 s three, 1 s.
+    assert batches(0.1) == [[0], [1, 2], [3, 4, 5], [6]]
+    for max_padding in (0.05, 0.1, 0.3):
+        for index in batches(max_padding):
+            lengths = [len(clips[i]) for i in index]
+            padded = max(lengths) * len(lengths)
+            assert padded - sum(lengths) <= max_padding * padded
 
 
 def test_out_of_memory_on_one_item_is_raised(engine: Engine, clips, monkeypatch) -> None:

@@ -82,18 +82,26 @@ def split_long(audio: np.ndarray, max_clip_s: float) -> list[tuple[int, np.ndarr
 
 
 def plan(
-    clips: list[np.ndarray], hotwords: list[HotwordList], budget_s: float, max_batch_size: int
+    clips: list[np.ndarray], hotwords: list[HotwordList], budget_s: float, max_batch_size: int,
+    max_padding: float = 1.0,
 ) -> Iterator[Batch]:
     """Longest first, so each batch's padding is small; a batch holds at most `budget_s` of
-    padded audio and `max_batch_size` clips."""
+    padded audio and `max_batch_size` clips, and padding at most `max_padding` of its padded
+    audio (the CPU's choice: there every padded frame costs arithmetic; a GPU batch is bound by
+    launches, and fewer batches win)."""
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]), reverse=True)
     budget = budget_s * SAMPLE_RATE
     batch: list[int] = []
+    held = 0  # samples of the clips in the batch
     for i in order:
         longest = len(clips[batch[0]]) if batch else len(clips[i])
-        if batch and (longest * (len(batch) + 1) > budget or len(batch) >= max_batch_size):
+        padded = longest * (len(batch) + 1)
+        if batch and (
+            padded > budget or len(batch) >= max_batch_size or padded - held - len(clips[i]) > max_padding * padded
+        ):
             yield Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
-            batch = []
+            batch, held = [], 0
         batch.append(i)
+        held += len(clips[i])
     if batch:
         yield Batch(batch, [clips[j] for j in batch], [hotwords[j] for j in batch])
