@@ -640,7 +640,7 @@ class SileroVad(_Segmenter):
         if not ready:
             return 0
         counts = [s.ready for s in ready]
-        windows = np.concatenate([s.windows(n) for s, n in zip(ready, counts)])
+        windows = _stream_windows(ready, counts)
         state = np.concatenate([s.state for s in ready], axis=1)
         probs, after = self._torch.stream_probs(windows, counts, state)
         at = 0
@@ -648,6 +648,20 @@ class SileroVad(_Segmenter):
             s.accept_frames(probs[at : at + n].tolist(), after[:, i : i + 1].copy())
             at += n
         return at
+
+
+def _stream_windows(streams: Sequence[SileroLiveStream], counts: Sequence[int]) -> np.ndarray:
+    """`np.concatenate([s.windows(n) ...])` with one gather instead of a strided view per stream
+    (those views were a fifth of the live VAD hop's CPU at 300 streams)."""
+    parts = []
+    for s, n in zip(streams, counts):
+        parts += (s.context, s.todo[: n * _SILERO_FRAME])
+    flat = np.concatenate(parts)
+    n_frames = np.asarray(counts)
+    stream_start = np.cumsum(np.concatenate(([0], _SILERO_CONTEXT + n_frames[:-1] * _SILERO_FRAME)))
+    first = np.repeat(stream_start - np.cumsum(np.concatenate(([0], n_frames[:-1]))) * _SILERO_FRAME, n_frames)
+    starts = first + np.arange(int(n_frames.sum())) * _SILERO_FRAME
+    return flat[starts[:, None] + np.arange(_SILERO_FRAME + _SILERO_CONTEXT)]
 
 
 class _Hysteresis:
