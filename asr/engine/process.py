@@ -133,16 +133,18 @@ class EngineProcess:
                 raise EngineFailedError("The engine process was closed (the service is stopping).")
             if self._proc is None or not self._proc.is_alive():
                 self._restart("it was not running")
-            spans = self._stage(clips)
-            request = ("transcribe", spans, lists)
             try:
+                spans = self._stage(clips)
                 assert self._conn is not None
-                self._conn.send(request)
+                self._conn.send(("transcribe", spans, lists))
                 return list(self._reply(None, "while recognising"))
-            except _ChildDied as exc:
+            except (_ChildDied, BrokenPipeError, ConnectionError) as exc:
+                # (A pipe error: the child died between the check above and the send.)
                 if not self._closed:
                     self._restart("it stopped while recognising")
-                raise EngineFailedError(str(exc)) from None
+                if isinstance(exc, _ChildDied):
+                    raise EngineFailedError(str(exc)) from None
+                raise EngineFailedError(f"The engine process stopped while recognising ({exc}).") from None
 
     # ---------------------------------------------------------------- internals
     def _stage(self, clips: list[np.ndarray]) -> list[Any]:
