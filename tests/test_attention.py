@@ -110,16 +110,23 @@ def test_encoder_rowwise_equals_eager_on_every_clips_frames(seed: int) -> None:
         torch.testing.assert_close(rowwise[row, :n], eager[row, :n], atol=ATOL, rtol=0)
 
 
+def _batched_equals_alone(seed: int, backend: str):
+    """A 23-frame clip in a batch of four padded to 61 frames gets the frames it gets alone, bit
+    for bit. Returns (encoder, inputs, lengths, the batch's output)."""
+    encoder = _encoder(seed)
+    xs, lens = _inputs(seed, batch=4, frames=61)
+    lens[1] = 23
+    batched = _run_encoder(encoder, xs, lens, backend)
+    alone = _run_encoder(encoder, xs[1:2, :23], lens[1:2], backend)
+    assert torch.equal(batched[1, :23], alone[0])
+    return encoder, xs, lens, batched
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_rowwise_gives_a_clip_the_same_result_whatever_its_batch(seed: int) -> None:
     """The point of 'rowwise': a clip's frames are bit for bit those it gets alone. funasr's
     batched arithmetic sums over the padded keys, so its results move with the padded length."""
-    encoder = _encoder(seed)
-    xs, lens = _inputs(seed, batch=4, frames=61)
-    lens[1] = 23
-    rowwise = _run_encoder(encoder, xs, lens, "rowwise")
-    alone = _run_encoder(encoder, xs[1:2, :23], lens[1:2], "rowwise")
-    assert torch.equal(rowwise[1, :23], alone[0])
+    _batched_equals_alone(seed, "rowwise")
     decoder = _decoder(seed)
     patch_attention(decoder, "rowwise")
     gen = torch.Generator().manual_seed(seed)
@@ -136,12 +143,7 @@ def test_rowwise_gives_a_clip_the_same_result_whatever_its_batch(seed: int) -> N
 @pytest.mark.parametrize("seed", range(3))
 def test_rowwise_bf16_keeps_a_clip_independent_of_its_batch_and_close_to_fp32(seed: int) -> None:
     """The int8 CPU path's attention: products in bf16, still one clip at a time over its own keys."""
-    encoder = _encoder(seed)
-    xs, lens = _inputs(seed, batch=4, frames=61)
-    lens[1] = 23
-    bf16 = _run_encoder(encoder, xs, lens, "rowwise-bf16")
-    alone = _run_encoder(encoder, xs[1:2, :23], lens[1:2], "rowwise-bf16")
-    assert torch.equal(bf16[1, :23], alone[0])
+    encoder, xs, lens, bf16 = _batched_equals_alone(seed, "rowwise-bf16")
     eager = _run_encoder(encoder, xs, lens, "eager")
     for row, n in enumerate(lens.tolist()):
         cos = torch.nn.functional.cosine_similarity(bf16[row, :n].flatten(), eager[row, :n].flatten(), dim=0)
