@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from asr.settings import Settings
+from asr.settings import EngineSettings, Settings
 
 _configured = False
 
@@ -30,13 +30,19 @@ def configure_process(settings: Settings) -> None:
     GPU box, a short GIL switch interval (`engine.gil_switch_ms`): while another thread turns
     results into text, each of the GPU thread's re-acquires waits out the interval (5 ms by
     default; 15 ms GPU gaps were measured between batches on an H100)."""
-    import torch
-
     global _configured
     _configured = True
-    if settings.engine.num_threads:
-        torch.set_num_threads(settings.engine.num_threads)
-    elif settings.engine.device == "cpu" or not torch.cuda.is_available():
+    configure_torch(settings.engine)
+
+
+def configure_torch(engine: EngineSettings) -> None:
+    """The torch and GIL part of `configure_process`, for a process that runs an engine only
+    (the engine process, asr/engine/process.py)."""
+    import torch
+
+    if engine.num_threads:
+        torch.set_num_threads(engine.num_threads)
+    elif engine.device == "cpu" or not torch.cuda.is_available():
         torch.set_num_threads(usable_cores())
-    if settings.engine.device != "cpu" and torch.cuda.is_available():
-        sys.setswitchinterval(min(sys.getswitchinterval(), settings.engine.gil_switch_ms / 1000))
+    if engine.device != "cpu" and torch.cuda.is_available():
+        sys.setswitchinterval(min(sys.getswitchinterval(), engine.gil_switch_ms / 1000))

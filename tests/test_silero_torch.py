@@ -139,3 +139,17 @@ def test_a_wrong_vad_device_is_a_settings_error():
     with pytest.raises(ConfigError, match="vad_device"):
         load_settings(longform={"vad_device": "gpu"})
     assert load_settings(longform={"vad_device": "cuda:1"}).longform.vad_device == "cuda:1"
+
+
+def test_stream_windows_are_each_frame_with_its_context() -> None:
+    from asr.pipeline.vad import _stream_windows
+
+    rng = np.random.default_rng(4)
+    streams = [SileroVad().open_live(VadOptions()) for _ in range(5)]
+    for i, s in enumerate(streams):
+        s.context = rng.normal(0, 0.1, 64).astype(np.float32)
+        s.append(rng.normal(0, 0.1, 512 * (i + 1) + int(rng.integers(0, 511))).astype(np.float32))
+    counts = [s.ready for s in streams]
+    want = [np.concatenate((s.context, s.todo))[j * 512 : j * 512 + 576] for s, n in zip(streams, counts)
+            for j in range(n)]
+    assert np.array_equal(_stream_windows(streams, counts), np.stack(want))

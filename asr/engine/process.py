@@ -260,21 +260,12 @@ def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
 
 
 def _load(settings: EngineSettings) -> Any:
-    import sys
-
-    import torch
-
     from asr.engine.core import Engine
-    from asr.runtime import usable_cores
+    from asr.runtime import configure_torch
 
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    elif settings.device == "cpu" or not torch.cuda.is_available():
-        torch.set_num_threads(usable_cores())
-    if torch.cuda.is_available() and settings.device != "cpu":
-        # The engine's own threads (its batch pipeline, the timestamp side stream) are the only
-        # ones here, but they still take turns.
-        sys.setswitchinterval(min(sys.getswitchinterval(), settings.gil_switch_ms / 1000))
+    # The engine's own threads (its batch pipeline, the timestamp side stream) are the only ones
+    # here, but they still take turns: the same switch interval as in the server.
+    configure_torch(settings)
     return Engine.from_settings(settings)
 
 

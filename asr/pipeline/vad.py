@@ -651,8 +651,9 @@ class SileroVad(_Segmenter):
 
 
 def _stream_windows(streams: Sequence[SileroLiveStream], counts: Sequence[int]) -> np.ndarray:
-    """`np.concatenate([s.windows(n) ...])` with one gather instead of a strided view per stream
-    (those views were a fifth of the live VAD hop's CPU at 300 streams)."""
+    """The next `counts[i]` frames of each stream, each with the 64 samples of context before it,
+    in stream order: (sum(counts), 576). One gather over all streams (a strided view per stream
+    was a fifth of the live VAD hop's CPU at 300 streams)."""
     parts = []
     for s, n in zip(streams, counts):
         parts += (s.context, s.todo[: n * _SILERO_FRAME])
@@ -808,12 +809,6 @@ class SileroLiveStream:
     def next_input(self) -> np.ndarray:
         """The next frame with the context Silero expects before it (64 + 512 samples)."""
         return np.concatenate((self.context, self.todo[:_SILERO_FRAME]))
-
-    def windows(self, n: int) -> np.ndarray:
-        """The next `n` frames, each with its context: (n, 576)."""
-        ext = np.concatenate((self.context, self.todo[: n * _SILERO_FRAME]))
-        view = np.lib.stride_tricks.sliding_window_view(ext, _SILERO_FRAME + _SILERO_CONTEXT)
-        return view[:: _SILERO_FRAME][:n]
 
     def accept_frames(self, probs: list[float], state: np.ndarray) -> None:
         """Decisions on the next `len(probs)` frames and the recurrent state after the last."""
