@@ -170,3 +170,43 @@ def test_alignment_targets_count_characters_at_their_boundaries() -> None:
     times = torch.tensor([[0.0, 0.2, 0.35, 0.5, 0.9, 0.95, 1.0, 2.0]])
     curve = train_asr.count_curve(bounds, n, times)
     assert torch.allclose(curve, torch.tensor([[0.0, 0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 3.0]]))
+
+
+def test_frame_characters_follow_the_known_boundaries() -> None:
+    """Each frame is labelled with the character sounding at its time, silence outside speech."""
+    import train_asr
+
+    # Characters start at 0.2, 0.5, 0.9 s; speech ends at 1.0 s; the clip at 1.2 s.
+    bounds = torch.tensor([[0.2, 0.5, 0.9, 1.0, 1.2, 1e4]])
+    times = torch.tensor([[0.0, 0.19, 0.2, 0.49, 0.5, 0.95, 0.99, 1.0, 1.1, 2.0]])
+    labels = train_asr.frame_characters(bounds, torch.tensor([3]), times)
+    assert labels.tolist() == [[-1, -1, 0, 0, 1, 2, 2, -1, -1, -1]]
+
+
+def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
+    """The frame classifier (the CTC branch's output layer) is taught, per valid frame, the
+    decoder target of the character sounding there, the blank id in silence."""
+    import train_asr
+
+    _, tokens = dry_model
+    conf = train_asr.model_config(train_asr.SIZES["dry"], len(tokens), ctc_weight=train_asr.CTC_WEIGHT)
+    torch.manual_seed(0)
+    model = train_asr.build_model(conf, len(tokens))
+    model.eval()
+    feats, feat_lens, ys, lens = _batch(len(tokens), seed=2)
+    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
+                              [None] * len(lens), [])
+    hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
+                                    random.Random(0), torch.device("cpu"), group=len(lens))
+    frames = feats.shape[1]
+    zeros = torch.zeros(len(lens), frames)
+    chars = torch.full((len(lens), frames), -1)
+    chars[0, 10:20] = 1  # utterance 0's second character sounds in frames 10-19
+    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, (zeros, zeros.repeat(1, 3), chars))
+    enc, enc_lens = model.encode(feats, feat_lens)
+    logits = model.ctc.ctc_lo(enc).log_softmax(-1)
+    expected = torch.full((len(lens), frames), model.blank_id)
+    expected[0, 10:20] = ys[0, 1]
+    valid = torch.arange(frames)[None] < enc_lens[:, None]
+    nll = -logits.gather(-1, expected[..., None])[..., 0]
+    assert torch.allclose(out["frame"], nll[valid].mean(), atol=1e-5)

@@ -15,9 +15,10 @@ Held-out sentences come from news paragraphs and reviews that no training senten
 and no training sentence equals a held-out one.
 
 Hotword traps: espeak-ng reads every character by its pinyin, so characters with the same reading
-are the same sound. A trap is a common word (e.g. 设计) respelled with rare characters of the same
-reading (e.g. 厍跻): without hotwords a model must write the common word; with the respelling as a
-hotword it should write the respelling. Training teaches that the SeACo way (the span is in the
+are the same sound. A trap is a common word (e.g. 设计) respelled with other characters of the same
+reading (e.g. 社记), as names are written: characters the model knows, in a word it never saw.
+Without hotwords a model must write the common word; with the respelling as a hotword it should
+write the respelling. Training teaches that the SeACo way (the span is in the
 hotword list, the bias head is trained to copy it) on random respellings; the test terms are
 respellings no training sentence contains.
 """
@@ -338,14 +339,20 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
     readings = reading_table(tokens)
     homophones = homophone_sets(readings)
     freq = collections.Counter("".join(cjk_only(u) for u in train_utts))
-    rare = {c for c in readings if freq[c] <= 2}
+    # Respellings use characters the decoder is taught often (as real names use characters a real
+    # model knows): SeACo reads a hotword through the decoder's embeddings of its characters, and
+    # a character that never is a target keeps a random embedding that says nothing of its sound
+    # (the first traps, written with characters seen at most twice, gave a recall of 0 with and
+    # without hotwords). The respelled words themselves are new: no training sentence holds one.
+    known = {c for c in readings if freq[c] >= 50}
+    train_text = "\n".join(cjk_only(u) for u in train_utts)
 
     # ---- held-out pools
     held_sentences = [s for s in held_sentences if in_vocab(s) and 6 <= len(cjk_only(s)) <= MAX_CHARS]
     rng.shuffle(held_sentences)
     test_rng = random.Random(seed + 2)
 
-    # Hotword traps: common words of held-out sentences respelled with rare homophones.
+    # Hotword traps: common words of held-out sentences respelled with other homophones.
     # Names and terms (nouns of middling frequency), not function words: a trap's sound should
     # be rare in other sentences, where a listed hotword would rightly be written.
     word_freq = {}
@@ -359,8 +366,8 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
             break
         for w in jieba.lcut(cjk_only(s)):
             if len(w) in (2, 3) and 300 <= word_freq.get(w, 0) <= 30000 and w not in used:
-                r = respell(w, homophones, test_rng, allowed=rare)
-                if r and r not in used:
+                r = respell(w, homophones, test_rng, allowed=known)
+                if r and r not in used and r not in train_text:
                     used |= {w, r}
                     traps.append({"hotword": r, "sounds_like": w})
                     trap_sentences.append({"text": s.replace(w, r, 1), "hotword": r, "sounds_like": w})
@@ -387,7 +394,7 @@ def build(out_dir: Path, testset_path: Path | None, seed: int = 0, held_out_rate
             words = [w for w in jieba.lcut(text) if 2 <= len(w) <= 4]
             if words:
                 w = sub_rng.choice(words)
-                r = respell(w, homophones, sub_rng)
+                r = respell(w, homophones, sub_rng, allowed=known)
                 if r and r not in trap_words and not any(t in r for t in trap_words):
                     start = text.index(w)
                     # Keep the pause marks: rebuild the synthesis text around the respelled span.
