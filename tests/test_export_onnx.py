@@ -96,16 +96,17 @@ def test_sherpa_onnx_recognises_what_our_engine_recognises(
     same8 = sum(a == b for a, b in zip(ours_tokens, int8, strict=True)) / len(texts)
     print(f"\nCER ours fp32 {cer_ours:.2f}%, sherpa-onnx fp32 {cer32:.2f}%, int8 {cer8:.2f}%; "
           f"token sequences equal to ours: fp32 {same32:.3f}, int8 {same8:.3f}")
-    # Real recognition: the demonstration model's CER is ~48% (random output or a shifted token
+    # Real recognition: the demonstration model's CER is ~23% (random output or a shifted token
     # table is ~100%).
-    assert cer32 < 60 and cer8 < 60
+    assert cer32 < 35 and cer8 < 35
     # Same weights, same graph: only the features differ (sherpa-onnx's LFR does not pad the first
     # frame as funasr's does), so most sequences are identical and the CER is within a point or two.
-    # The agreement is the sharper check: with inv_stddev left at 1 the CER stayed at 48% (the
+    # The agreement is the sharper check: with inv_stddev left at 1 the first model's CER stayed at 48% (the
     # encoder normalises its input) but only 22% of the sequences were equal.
     assert abs(cer32 - cer_ours) <= 2.0 and same32 >= 0.8
-    # funasr's int8 settings (uint8 weights, per channel) cost this fragile model ~3 points.
-    assert abs(cer8 - cer_ours) <= 5.0 and same8 >= 0.6
+    # funasr's int8 settings (uint8 weights, per channel): within a point, 81% of sequences equal
+    # (the first, more fragile model: 3 points, 66%).
+    assert abs(cer8 - cer_ours) <= 3.0 and same8 >= 0.7
 
 
 def test_funasr_onnx_loads_the_same_directory(exported: Path, held_out: tuple[list[str], list[np.ndarray]]) -> None:

@@ -44,16 +44,18 @@ def half_vs_fp32(request: pytest.FixtureRequest) -> tuple[str, float, float, flo
 
 
 def test_half_precision_keeps_the_trained_models_recognition(half_vs_fp32: tuple[str, float, float, float]) -> None:
-    """The first demonstration model's level (training/install_model.py measured bf16 0.77, fp16
-    0.96 of token sequences equal; CER within 0.2 points)."""
+    """The demonstration model's level (training/evaluate.py on the H200, 300 utterances: bf16
+    0.893, fp16 0.99 of token sequences equal; CER within 0.04 points)."""
     _, same, cer32, cer_half = half_vs_fp32
-    assert same >= 0.7
+    assert same >= 0.85
     assert abs(cer_half - cer32) <= 0.5
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue #12's target: the first demonstration model (MODEL_CARD.md) is short of it"
-)
-def test_half_precision_keeps_99_percent_of_token_sequences(half_vs_fp32: tuple[str, float, float, float]) -> None:
-    _, same, cer32, cer_half = half_vs_fp32
+def test_half_precision_keeps_99_percent_of_token_sequences(
+    half_vs_fp32: tuple[str, float, float, float], request: pytest.FixtureRequest
+) -> None:
+    dtype, same, cer32, cer_half = half_vs_fp32
+    if dtype == "bf16":  # fp16 reaches the target (0.99); bf16's 8-bit mantissa does not yet
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="issue #12's target: bf16 keeps 89% of the demonstration model's sequences"))
     assert same >= 0.99 and abs(cer_half - cer32) <= 0.2

@@ -210,3 +210,14 @@ def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
     valid = torch.arange(frames)[None] < enc_lens[:, None]
     nll = -logits.gather(-1, expected[..., None])[..., 0]
     assert torch.allclose(out["frame"], nll[valid].mean(), atol=1e-5)
+
+
+def test_error_kinds_class_each_substitution_by_reading() -> None:
+    import evaluate
+
+    readings = {"是": "s.i.51", "事": "s.i.51", "时": "s.i.35", "我": "wo214", "你": "n'i214", "好": "xAu214"}
+    kinds = evaluate.error_kinds(["是我你好", "时好"], ["事我好", "是好你"], reading=readings.__getitem__)
+    # 是->事 homophone, 你 deleted; 时->是 tone, 你 inserted; six reference characters.
+    assert kinds == {"tone": round(100 / 6, 2), "homophone": round(100 / 6, 2), "other": 0.0,
+                     "deleted": round(100 / 6, 2), "inserted": round(100 / 6, 2)}
+    assert evaluate.error_kinds(["我"], ["你"], reading=readings.__getitem__)["other"] == 100.0

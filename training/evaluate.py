@@ -44,6 +44,47 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return 100.0 * errors / max(1, sum(len(chars(r)) for r in refs))
 
 
+def error_kinds(refs: Sequence[str], hyps: Sequence[str], reading: Any = None) -> dict[str, float]:
+    """Percent of reference characters per kind of error: `tone` (a substitution whose reading
+    differs from the reference's only in tone), `homophone` (same reading, tone included),
+    `other` substitutions (uneven replaced runs included), `deleted`, `inserted`. Readings are
+    espeak-ng's for each character alone (`reading(char) -> str`, tones as digits)."""
+    import re
+
+    if reading is None:
+        from espeak import shared
+
+        reading = shared().phonemes
+    cache: dict[str, str] = {}
+
+    def read(c: str) -> str:
+        if c not in cache:
+            cache[c] = reading(c)
+        return cache[c]
+
+    counts = dict.fromkeys(("tone", "homophone", "other", "deleted", "inserted"), 0)
+    total = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        ref, hyp = chars(ref), chars(hyp)
+        total += len(ref)
+        for op, a1, a2, b1, b2 in difflib.SequenceMatcher(None, ref, hyp, autojunk=False).get_opcodes():
+            if op == "replace" and a2 - a1 == b2 - b1:
+                for x, y in zip(ref[a1:a2], hyp[b1:b2]):
+                    if read(x) == read(y):
+                        counts["homophone"] += 1
+                    elif re.sub(r"\d", "", read(x)) == re.sub(r"\d", "", read(y)):
+                        counts["tone"] += 1
+                    else:
+                        counts["other"] += 1
+            elif op == "replace":
+                counts["other"] += max(a2 - a1, b2 - b1)
+            elif op == "delete":
+                counts["deleted"] += a2 - a1
+            elif op == "insert":
+                counts["inserted"] += b2 - b1
+    return {k: round(100.0 * v / max(1, total), 2) for k, v in counts.items()}
+
+
 def held_out_audio(texts: Sequence[str], offset: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(16 kHz float32 wave, character starts in ms) per text, as the tests hear them."""
     out = []
@@ -107,6 +148,7 @@ def evaluate(model_dir: Path, testset: dict[str, Any], device: str = "auto",
                            for t, r in zip(texts, with_words))
             metrics["hotword_false_insertion_rate"] = round(inserted / len(texts), 4)
             metrics["cer_fp32_with_hotwords"] = round(cer(texts, [r.text for r in with_words]), 2)
+            metrics["errors_fp32"] = error_kinds(texts, [r.text for r in results[dtype]])
             metrics["examples"] = [{"ref": t, "hyp": r.text} for t, r in zip(texts[:8], results[dtype][:8])]
         engine.close()
     if "fp32" in results:

@@ -388,19 +388,35 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
     # SeACo on detached inputs: only the bias encoder, bias decoder and output layer learn here.
     with torch.no_grad():
         dec_hidden = model.decoder(enc, enc_lens, acoustic, lens1, return_hidden=True)[0]
-    with torch.autocast(enc.device.type, enabled=False):  # a few hundred short words: fp32 is cheap
-        reps = model._hotword_representation(hot.pad, hot.lengths)
-    context = reps[hot.index]  # [B, N, D]
-    acoustic_d = acoustic.detach()
-    cif_att, _ = model.seaco_decoder(context, hot.counts, acoustic_d, lens1)
-    dec_att, _ = model.seaco_decoder(context, hot.counts, dec_hidden, lens1)
-    bias = model.hotword_output_layer(model._merge(cif_att, dec_att)[:, :-1])
-    labels = hot.labels
-    if labels.shape[1] < bias.shape[1]:
-        labels = torch.nn.functional.pad(labels, (0, bias.shape[1] - labels.shape[1]), value=-1)
-    out["seaco"] = model.criterion_seaco(bias.float(), labels[:, : bias.shape[1]])
+    out["seaco"] = seaco_loss(model, acoustic.detach(), dec_hidden, lens1, hot)
     out["acc"] = acc.detach()
     return out
+
+
+def seaco_logits(model: Any, acoustic: torch.Tensor, dec_hidden: torch.Tensor, lens1: torch.Tensor,
+                 hot: Hotwords) -> torch.Tensor:
+    """The bias head's logits [B, L, V] for the CIF embeddings and decoder states of L tokens
+    (the last position, </s>, dropped as funasr's loss drops it)."""
+    with torch.autocast(acoustic.device.type, enabled=False):  # a few hundred short words: fp32 is cheap
+        reps = model._hotword_representation(hot.pad, hot.lengths)
+    context = reps[hot.index]  # [B, N, D]
+    cif_att, _ = model.seaco_decoder(context, hot.counts, acoustic, lens1)
+    dec_att, _ = model.seaco_decoder(context, hot.counts, dec_hidden, lens1)
+    return model.hotword_output_layer(model._merge(cif_att, dec_att)[:, :-1])
+
+
+def seaco_loss(model: Any, acoustic: torch.Tensor, dec_hidden: torch.Tensor, lens1: torch.Tensor,
+               hot: Hotwords) -> torch.Tensor:
+    """funasr's SeACo loss (SeacoParaformer._calc_seaco_loss) on given recogniser outputs."""
+    bias = seaco_logits(model, acoustic, dec_hidden, lens1, hot)
+    return model.criterion_seaco(bias.float(), seaco_labels(hot, bias.shape[1]))
+
+
+def seaco_labels(hot: Hotwords, length: int) -> torch.Tensor:
+    labels = hot.labels
+    if labels.shape[1] < length:
+        labels = torch.nn.functional.pad(labels, (0, length - labels.shape[1]), value=-1)
+    return labels[:, :length]
 
 
 CTC_WEIGHT = 0.3  # builds funasr's CTC branch, whose output layer is the frame classifier
