@@ -463,8 +463,10 @@ class JobWorker:
         concurrency: int = 16,
         retention_s: float | None = None,
         max_inflight_bytes: int | None = None,
+        poll_s: float | None = None,
     ) -> None:
         self.store = store
+        self._poll_s = poll_s  # look for pending files this often even without notify()
         self._retention_s = retention_s
         self._process = process
         self._slots = asyncio.Semaphore(max(1, concurrency))
@@ -525,7 +527,8 @@ class JobWorker:
             task = await asyncio.to_thread(self.store.claim_next)
             if task is None:
                 self._slots.release()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
                 continue
             while not self._has_room(task.size):
                 self._room.clear()
