@@ -210,6 +210,7 @@ class Service:
             "connected": state.get("workers", []),
             "segments_submitted": state.get("requests", 0),
             "mixed_batches": state.get("mixed_batches", 0),
+            "by_worker": state.get("by_worker", {}),
         }
 
 

@@ -107,6 +107,8 @@ class BatchHub:
         self._server: asyncio.AbstractServer | None = None
         self.requests = 0
         """Segments submitted by workers."""
+        self.by_worker: dict[int, dict[str, int]] = {}
+        """Per worker index: segments submitted, batch-job notices sent (tests, diagnostics)."""
         self.workers_by_batch: list[int] = []
         """How many distinct workers had items in each of the last batches (tests, diagnostics)."""
         self.mixed_batches = 0
@@ -156,6 +158,7 @@ class BatchHub:
             "batches_run": s.batches_run, "items_run": s.items_run,
             "engine": self.engine.info(), "throughput": self.metrics.throughput(),
             "workers": self.workers, "requests": self.requests, "mixed_batches": self.mixed_batches,
+            "by_worker": {str(k): dict(v) for k, v in sorted(self.by_worker.items())},
         }  # fmt: skip
         if with_metrics:
             out["metrics"] = self.metrics.render()
@@ -198,6 +201,7 @@ class BatchHub:
                         os.unlink(path)  # both sides have it mapped; nothing else needs the name
             audio = np.frombuffer(peer.blocks[block_id], np.float32, samples)
             self.requests += 1
+            self._count(peer, "segments")
             peer.tasks[rid] = asyncio.create_task(
                 self._submit(peer, rid, audio, hotwords, priority, block, max_waiting)
             )
@@ -211,6 +215,7 @@ class BatchHub:
         elif kind == "state":
             peer.send(("state", message[1], self.state(with_metrics=message[2])))
         elif kind == "jobs":
+            self._count(peer, "jobs")
             # New batch-job files: wake the worker that runs jobs (whichever connection it is).
             for other in self._peers:
                 other.send(("jobs",))
@@ -220,6 +225,10 @@ class BatchHub:
             peer.send(("hello", self.engine.info(), asdict(self.scheduler.options), self.state()))
         else:
             log.error("unknown message from HTTP worker %d: %r", peer.index, kind)
+
+    def _count(self, peer: _Peer, what: str) -> None:
+        counts = self.by_worker.setdefault(peer.index, {"segments": 0, "jobs": 0})
+        counts[what] += 1
 
     async def _submit(
         self, peer: _Peer, rid: int, audio: np.ndarray, hotwords: Sequence[str], priority: int,
