@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -98,7 +99,10 @@ def run(workers: int, seconds: float, clip_s: float, in_flight: int, max_batch: 
             "mixed_batches": hub.mixed_batches,
         }  # fmt: skip
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
