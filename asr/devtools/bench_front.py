@@ -68,6 +68,7 @@ def _client(socket_path: str, arena: str, index: int, seconds: float, clip_s: fl
 
 
 def run(workers: int, seconds: float, clip_s: float, in_flight: int, max_batch: int) -> dict[str, Any]:
+    import asr.engine.results  # noqa: F401 - imported (with torch) before the clock starts
     from asr.service.front import BatchHub
     from asr.service.scheduler import SchedulerOptions
 
