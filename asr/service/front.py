@@ -100,8 +100,9 @@ class BatchHub:
     def __init__(self, scheduler_options: SchedulerOptions, engine: Any, *, sample_rate: int = 16000) -> None:
         self.engine = engine
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
+        self._batch_owner: dict[int, int] = {}  # id(audio array) -> worker index, while queued
         self.scheduler: Scheduler[Any] = Scheduler(
-            engine.transcribe, scheduler_options, sample_rate=sample_rate, on_batch=self._on_batch
+            self._transcribe, scheduler_options, sample_rate=sample_rate, on_batch=self._on_batch
         )
         self._peers: set[_Peer] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -113,7 +114,6 @@ class BatchHub:
         """How many distinct workers had items in each of the last batches (tests, diagnostics)."""
         self.mixed_batches = 0
         """Batches that held items from more than one worker: the workers' requests meet."""
-        self._batch_owner: dict[int, int] = {}  # id(audio array) -> worker index, while queued
 
     def _on_batch(self, stats: BatchStats) -> None:
         self.metrics.observe_batch(stats)
@@ -127,7 +127,6 @@ class BatchHub:
         return self.engine.transcribe(audios, hotwords)
 
     async def start(self, path: str | os.PathLike[str], *, warmup: bool = False) -> None:
-        self.scheduler._transcribe = self._transcribe
         await self.scheduler.start()
         if warmup:
             noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)

@@ -225,6 +225,7 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_serving(workers: Live
     assert codes == [200] * 16
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_the_service_loudly(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Only the workers open the data directory (the job store): a file in its place kills each
     # at start-up, after the batching process is up.
