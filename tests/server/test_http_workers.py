@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ import httpx
 import pytest
 from speech import SENTENCES, recording, require_espeak
 
-from .conftest import LiveServer, start_server, wav_bytes
+from .conftest import REPO, LiveServer, start_server, wav_bytes
 
 FLAGS = ["--no-ui"]
 SR = 16000
@@ -223,6 +225,17 @@ def test_a_killed_worker_is_replaced_and_the_service_keeps_serving(workers: Live
     with cf.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda i: _transcribe(workers, "a.wav", wav_bytes(1.0, seed=i)).status_code, range(16)))
     assert codes == [200] * 16
+
+
+def test_a_second_server_on_the_same_port_is_refused(workers: LiveServer, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # One listening socket per worker (SO_REUSEPORT) must not let another server share the port.
+    port = workers.url.rsplit(":", 1)[1]
+    cmd = [sys.executable, str(REPO / "webui.py"), "--config", "cpu", "--model", str(tiny_model_dir), "--port", port,
+           "--data-dir", str(tmp_path / "data"), "--no-ui", "--http-workers", "2"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert done.returncode == 2 and "Cannot listen on 127.0.0.1:" in done.stderr, done.stderr[-2000:]
+    assert _transcribe(workers, "a.wav", wav_bytes(1.0)).status_code == 200
 
 
 @pytest.mark.slow
