@@ -70,6 +70,8 @@ class Service:
             # Jobs created through other workers wake this one through the batching process; the
             # poll only covers a wake-up sent while this worker was (re)starting.
             poll_s=5.0 if front is not None else None,
+            # A restarted worker 0 must not delete the files of a job another worker is storing.
+            orphan_min_age_s=3600.0 if front is not None else 0.0,
         )
         if front is not None:
             front.on_jobs = self.job_worker.notify
