@@ -19,8 +19,10 @@ So the split is at the scheduler, not at the engine:
 
 The link is a unix socket carrying length-prefixed pickles (small: ids, hotwords, options,
 results, typed errors). Pickles are only for peers this user started: the socket and the blocks
-live in the supervisor's private runtime folder (mode 0700, asr/web/workers.py). Samples go through shared memory: each worker writes a segment into a
-block of its own `AudioArena` (files in /dev/shm, mapped by both sides, the file unlinked once
+live in the supervisor's private runtime folder (mode 0700, asr/web/workers.py).
+
+Samples go through shared memory: each worker writes a segment into a block of its own
+`AudioArena` (files in /dev/shm, mapped by both sides, the file unlinked once
 the hub has mapped it) and sends the block's id; the hub hands the scheduler a view of the block,
 so no sample is copied in the batching process (the engine process copies it into its own area,
 as before). A block is the worker's again only after the hub's final reply for that request:

@@ -253,3 +253,25 @@ def test_the_web_ui_is_refused_with_several_workers(tiny_model_dir: Path, tmp_pa
     with pytest.raises(RuntimeError, match="ui: false") as err:
         start_server(tiny_model_dir, tmp_path, args=["--http-workers", "2"])
     assert "exited with 2" in str(err.value)
+
+
+def test_engine_process_death_fails_in_flight_requests_typed_and_recovers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The GPU's layout on a CPU: workers -> batching process -> engine process (engine.process=on).
+    server = start_server(tiny_model_dir, tmp_path, args=[*FLAGS, "--http-workers", "2"],
+                          env={"ASR_ENGINE__PROCESS": "on"})  # fmt: skip
+    try:
+        info = _wait_for_workers(server, 2)
+        engine_pid = info["engine"]["process"]
+        assert engine_pid not in (server.process.pid, *(w["pid"] for w in info["http_workers"]["connected"]))
+        with cf.ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(_transcribe, server, "l.wav", wav_bytes(20.0, seed=i)) for i in range(12)]
+            time.sleep(1.0)
+            os.kill(engine_pid, signal.SIGKILL)
+            answers = [f.result() for f in futures]
+        for r in answers:  # each its own result or the typed engine failure: none hangs, none is raw
+            typed = r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
+            assert r.status_code == 200 or typed, r.text
+        assert _transcribe(server, "a.wav", wav_bytes(1.0)).status_code == 200
+        assert _info(server)["engine"]["process"] != engine_pid  # a new engine process serves
+    finally:
+        server.stop()
