@@ -72,6 +72,11 @@ def test_results_and_typed_errors_cross(engine: Any, tmp_path: Path) -> None:
             assert type(err.value) is type(direct.value)
             assert (err.value.code, str(err.value)) == (direct.value.code, str(direct.value))
             assert scheduler.batches_run == hub.scheduler.batches_run  # counters come back with replies
+            # Live partial text's path: optional work, refused at once when the queue is long.
+            alone = engine.transcribe([clips[0]])[0]
+            assert (await scheduler.submit_unless_busy(clips[0], (), max_waiting=1)).text == alone.text
+            with pytest.raises(QueueFullError):
+                await scheduler.submit_unless_busy(clips[0], (), max_waiting=0)
         finally:
             await scheduler.stop()
             await hub.stop()
