@@ -8,6 +8,7 @@
 # Flags (all passed to webui.py; see `python webui.py --help`):
 #   --port N  --host ADDR  --model DIR|ID  --config FILE|NAME|auto  --max-batch-size N
 #   --no-gradio-queue  --share  --no-autolaunch  --enable-xformers (= memory-efficient SDPA attention)
+#   --no-ui  --http-workers N (API only: N HTTP processes feeding one batching process)
 #
 # This script only sets the environment and flags; profile choice, warm-up and serving are in Python
 # (asr/web/launch.py). The model is loaded and warmed up before the port accepts connections.

@@ -310,6 +310,20 @@ class ServerSettings(BaseModel):
     """Open a public gradio.live link: exposes the service to the internet."""
     autolaunch: bool = False
     """Open the UI in a browser once the server is ready."""
+    http_workers: int = Field(default=1, ge=1, le=64)
+    """HTTP worker processes. 1: one process parses, decodes, batches and renders (the default).
+    N > 1: N processes parse HTTP, decode audio and render results, and feed ONE batching process
+    (the scheduler and the engine) over a local socket, the samples through shared memory
+    (asr/web/workers.py). Needs `ui: false`: Gradio keeps a browser's session in one process."""
+
+    @model_validator(mode="after")
+    def _workers_serve_the_api(self) -> ServerSettings:
+        if self.http_workers > 1 and self.ui:
+            raise ValueError(
+                "server.http_workers > 1 serves the HTTP API only: set server.ui: false (--no-ui). "
+                "The web UI (Gradio) keeps each browser's queue and uploads in one process."
+            )
+        return self
 
 
 class Settings(BaseSettings):

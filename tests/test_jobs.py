@@ -122,3 +122,24 @@ async def _finish(store, worker, job_id: str) -> None:
             break
         await worker.wait_for_change(0.5)
     await worker.stop()
+
+
+def test_orphan_uploads_being_written_by_another_process_are_kept(tmp_path: Path) -> None:
+    """With several HTTP workers, worker 0's start-up must not delete the files of a job another
+    worker is storing right now (written, not yet committed): only folders idle for
+    `min_age_s` go."""
+    import os
+
+    store = JobStore(tmp_path / "jobs.sqlite3", tmp_path)
+    kept = store.create_job([("a.wav", b"RIFF")], [])
+    fresh, old = store.upload_dir / "fresh", store.upload_dir / "old"
+    for folder in (fresh, old):
+        folder.mkdir()
+        (folder / "00000.upload").write_bytes(b"x")
+    past = time.time() - 7200
+    for path in (old / "00000.upload", old):
+        os.utime(path, (past, past))
+    assert store.remove_orphan_uploads(min_age_s=3600) == 1
+    assert fresh.is_dir() and not old.exists() and (store.upload_dir / kept).is_dir()
+    assert store.remove_orphan_uploads() == 1 and not fresh.exists()
+    store.close()

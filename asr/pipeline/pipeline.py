@@ -119,6 +119,15 @@ class TranscriptLike(Protocol):
     timestamps: list[tuple[int, int]]
 
 
+def scheduler_options(settings: Settings) -> SchedulerOptions:
+    """How the one scheduler in front of the engine batches, from the settings."""
+    return SchedulerOptions(
+        max_batch_size=settings.engine.max_batch_size,
+        max_wait_ms=settings.server.batch_wait_ms,
+        max_queue=settings.limits.max_queue,
+    )
+
+
 class AudioBudget:
     """Bytes of decoded audio that may be held at once, handed out first come, first served.
 
@@ -232,18 +241,14 @@ class Pipeline:
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
         models: StageModels | None = None,
+        scheduler: Any = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.scheduler: Scheduler[Any] = Scheduler(
-            engine.transcribe,
-            SchedulerOptions(
-                max_batch_size=settings.engine.max_batch_size,
-                max_wait_ms=settings.server.batch_wait_ms,
-                max_queue=settings.limits.max_queue,
-            ),
-            sample_rate=SAMPLE_RATE,
-            on_batch=on_batch,
+        # `scheduler`: one with `Scheduler`'s interface that lives elsewhere (an HTTP worker's
+        # link to the batching process, asr/service/front.py); by default this pipeline's own.
+        self.scheduler: Scheduler[Any] = scheduler or Scheduler(
+            engine.transcribe, scheduler_options(settings), sample_rate=SAMPLE_RATE, on_batch=on_batch
         )
         # Passed in when they were loading while the engine loaded (the CLI's cold start).
         self.models = models or StageModels(settings.longform, settings.engine.model_cache)

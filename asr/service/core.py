@@ -21,6 +21,7 @@ from asr.pipeline.models import StageModels
 from asr.pipeline.options import Options
 from asr.pipeline.pipeline import EngineLike, Pipeline, SegmentCallback
 from asr.pipeline.result import Result
+from asr.service.front import HubLink, RemoteMetrics, RemoteScheduler
 from asr.service.hotword_sets import HotwordSetStore
 from asr.service.jobs import JobState, JobStore, JobSummary, JobWorker, UploadSource
 from asr.service.live import LiveHub
@@ -33,25 +34,47 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything a request needs, built once per app from one settings object."""
 
-    def __init__(self, settings: Settings, engine: EngineLike, models: StageModels | None = None) -> None:
+    def __init__(
+        self, settings: Settings, engine: EngineLike, models: StageModels | None = None, *,
+        front: HubLink | None = None,
+    ) -> None:  # fmt: skip
+        """``front``: this is one of several HTTP workers (`server.http_workers`), and the
+        scheduler and engine are in the batching process at the other end of the link
+        (asr/service/front.py); batch jobs run in worker 0 only."""
         self.settings = settings
         self.engine = engine
+        self.front = front
         self.started_at = time.time()
-        self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch, models=models)
+        scheduler = RemoteScheduler(front) if front is not None else None
+        self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch, models=models, scheduler=scheduler)
         self.scheduler = self.pipeline.scheduler
         self.live = LiveHub(settings, self.pipeline)
-        self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
+        self.metrics: Metrics | RemoteMetrics = (
+            RemoteMetrics(front) if front is not None else Metrics(queue_depth=lambda: self.scheduler.queue_depth)
+        )
         data_dir = Path(settings.server.data_dir)
         self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
-        # Named hotword sets live in the same database (a table of their own).
-        self.hotword_sets = HotwordSetStore(self.jobs.db_path, settings.limits)
+        # Named hotword sets live in the same database (a table of their own). Several workers
+        # share it: each re-reads the sets when another process changed the database.
+        self.hotword_sets = HotwordSetStore(self.jobs.db_path, settings.limits, shared=front is not None)
+        # Exactly one process runs batch jobs: with several workers, worker 0. Its start-up
+        # re-queues files left 'running' - only its own predecessor can have left any, and that
+        # one has exited (the supervisor starts a worker again only after the old one is gone).
+        self.runs_jobs = front is None or front.index == 0
         self.job_worker = JobWorker(
             self.jobs,
             self._process_job_file,
             concurrency=settings.pipeline.files_in_flight,
             retention_s=settings.server.job_retention_h * 3600,
             max_inflight_bytes=int(settings.limits.job_inflight_mb * 1048576),
+            # Jobs created through other workers wake this one through the batching process; the
+            # poll only covers a wake-up sent while this worker was (re)starting.
+            poll_s=5.0 if front is not None else None,
+            # A restarted worker 0 must not delete the files of a job another worker is storing.
+            orphan_min_age_s=3600.0 if front is not None else 0.0,
         )
+        if front is not None:
+            front.on_jobs = self.job_worker.notify
 
     def _on_batch(self, stats: Any) -> None:
         self.metrics.observe_batch(stats)
@@ -64,7 +87,14 @@ class Service:
                 await self.pipeline._run(self.live.vad)  # loaded now, not in the first connection
             except ASRError as exc:
                 log.warning("live recognition will refuse connections: %s", exc)
-        await self.job_worker.start()
+        if self.runs_jobs:
+            await self.job_worker.start()
+
+    async def refresh(self, *, metrics: bool = False) -> None:
+        """In an HTTP worker: fetch the batching process's figures (queue, batches, engine,
+        throughput, and with ``metrics`` the Prometheus text) before showing them."""
+        if self.front is not None:
+            await self.front.fetch_state(with_metrics=metrics)
 
     async def stop(self) -> None:
         await self.live.stop()
@@ -131,6 +161,8 @@ class Service:
             max_total_bytes=int(limits.max_job_mb * 1048576),
         )
         self.job_worker.notify()
+        if self.front is not None:
+            self.front.send(("jobs",))  # the worker that runs jobs may be another process
         return job_id
 
     async def _process_job_file(
@@ -165,8 +197,22 @@ class Service:
             },
             "jobs": {"files_pending": self.jobs.pending_count()},
             "live": self.live.info(),
+            **({"http_workers": self._workers_info()} if self.front is not None else {}),
             "throughput": self.metrics.throughput(),
             "uptime_s": time.time() - self.started_at,
+        }
+
+
+    def _workers_info(self) -> dict[str, Any]:
+        assert self.front is not None
+        state = self.front.state
+        return {
+            "count": self.settings.server.http_workers,
+            "this": self.front.index,
+            "connected": state.get("workers", []),
+            "segments_submitted": state.get("requests", 0),
+            "mixed_batches": state.get("mixed_batches", 0),
+            "by_worker": state.get("by_worker", {}),
         }
 
 

@@ -131,13 +131,27 @@ def parse_corrections(
 class HotwordSetStore:
     """The sets in SQLite, with a copy in memory for requests. Safe to use from several threads."""
 
-    def __init__(self, db_path: str | Path, limits: LimitSettings) -> None:
+    def __init__(self, db_path: str | Path, limits: LimitSettings, *, shared: bool = False) -> None:
+        """``shared``: other processes write the same database (several HTTP workers): the sets
+        are read again whenever it changed since (SQLite's data_version, one cheap pragma)."""
         self.db_path = Path(db_path)
         self.limits = limits
         self._lock = threading.Lock()
         self._db = connect_database(self.db_path)
         self._db.executescript(_SCHEMA)
         self._sets: dict[str, HotwordSet] = {}
+        self._shared = shared
+        self._version = -1
+        self._load()
+
+    def _fresh(self) -> None:
+        if not self._shared:
+            return
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return
+            self._version = version
         self._load()
 
     @classmethod
@@ -166,9 +180,11 @@ class HotwordSetStore:
 
     def list(self) -> list[HotwordSet]:
         """Every set, by name."""
+        self._fresh()
         return sorted(self._sets.values(), key=lambda s: s.name)
 
     def get(self, name: str) -> HotwordSet:
+        self._fresh()
         found = self._sets.get(name)
         if found is None:
             raise HotwordSetNotFoundError(f"No hotword set named '{str(name)[:64]}'.")
@@ -180,6 +196,7 @@ class HotwordSetStore:
         and the versions used. The words together stay within `limits.max_hotwords`."""
         if options.sets_resolved:
             return options  # none named, or resolved already (a stored job's options)
+        self._fresh()
         used: list[HotwordSetUse] = []
         words: list[str] = []
         corrections: dict[str, str] = dict(options.corrections)
@@ -242,6 +259,7 @@ class HotwordSetStore:
     def replace(self, name: str, words: str | Sequence[str] | None = None, corrections: Any = None) -> HotwordSet:
         """New words and corrections for an existing set; its version goes up when they change."""
         content = self._content(words, corrections)
+        self._fresh()
         with transaction(self._db, self._lock) as db:
             current = self._sets.get(name)
             if current is None:
@@ -259,6 +277,7 @@ class HotwordSetStore:
 
     def delete(self, name: str) -> None:
         """Remove a set (jobs that used it keep the words they were given)."""
+        self._fresh()
         with transaction(self._db, self._lock) as db:
             if name not in self._sets:
                 raise HotwordSetNotFoundError(f"No hotword set named '{str(name)[:64]}'.")

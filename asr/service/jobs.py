@@ -253,14 +253,20 @@ class JobStore:
                 )
         return job_id
 
-    def remove_orphan_uploads(self) -> int:
+    def remove_orphan_uploads(self, min_age_s: float = 0.0) -> int:
         """Delete upload folders without a job row (the process died between writing the files
-        and committing the job, so the client never got an id). Call only at start-up."""
+        and committing the job, so the client never got an id). Call only at start-up.
+
+        ``min_age_s``: keep folders written to more recently (several processes share the store,
+        and another one may be writing a job's files right now)."""
         with self._lock:
             known = {row[0] for row in self._db.execute("SELECT id FROM jobs")}
         removed = 0
+        cutoff = time.time() - min_age_s
         for entry in self.upload_dir.iterdir():
             if entry.is_dir() and entry.name not in known:
+                if min_age_s > 0 and _last_write(entry) > cutoff:
+                    continue
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return removed
@@ -432,6 +438,14 @@ def display_name(name: str | None, index: int) -> str:
     return cleaned or f"file{index + 1}"
 
 
+def _last_write(folder: Path) -> float:
+    """When the folder or a file in it was last written (0 for one that has just gone)."""
+    try:
+        return max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+    except OSError:
+        return 0.0
+
+
 def _fsync_dir(path: Path) -> None:
     # The directory entry must be durable too, or a crash can lose a freshly written file.
     try:
@@ -463,8 +477,12 @@ class JobWorker:
         concurrency: int = 16,
         retention_s: float | None = None,
         max_inflight_bytes: int | None = None,
+        poll_s: float | None = None,
+        orphan_min_age_s: float = 0.0,
     ) -> None:
         self.store = store
+        self._orphan_min_age_s = orphan_min_age_s  # see JobStore.remove_orphan_uploads
+        self._poll_s = poll_s  # look for pending files this often even without notify()
         self._retention_s = retention_s
         self._process = process
         self._slots = asyncio.Semaphore(max(1, concurrency))
@@ -480,7 +498,7 @@ class JobWorker:
         self._inflight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        orphans = self.store.remove_orphan_uploads()
+        orphans = self.store.remove_orphan_uploads(self._orphan_min_age_s)
         if orphans:
             log.info("removed %d upload folder(s) of jobs that were never accepted", orphans)
         requeued = self.store.requeue_unfinished()
@@ -525,7 +543,8 @@ class JobWorker:
             task = await asyncio.to_thread(self.store.claim_next)
             if task is None:
                 self._slots.release()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
                 continue
             while not self._has_room(task.size):
                 self._room.clear()

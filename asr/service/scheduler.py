@@ -110,6 +110,11 @@ class Scheduler(Generic[R]):
         self.batches_run = 0
         self.items_run = 0
         self.busy = False
+        # Batches taken off the queue and finished (a failed batch's one-by-one retries count
+        # as part of it): a caller that withdrew a request knows when no engine call can still
+        # read its audio (asr/service/front.py lends samples from another process's memory).
+        self.batches_started = 0
+        self.batches_finished = 0
 
     @property
     def queue_depth(self) -> int:
@@ -212,10 +217,12 @@ class Scheduler(Generic[R]):
             if not batch:
                 continue
             self.busy = True
+            self.batches_started += 1
             try:
                 await self._run_batch(loop, batch)
             finally:
                 self.busy = False
+                self.batches_finished += 1
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Request[R]]) -> None:
         started = time.perf_counter()
@@ -235,7 +242,8 @@ class Scheduler(Generic[R]):
             # retry each alone so every caller gets its own result or its own error.
             log.warning("batch of %d failed (%s); retrying items one by one", len(batch), exc)
             for req in batch:
-                await self._run_batch(loop, [req])
+                if not req.future.done():  # withdrawn meanwhile: not worth GPU time either
+                    await self._run_batch(loop, [req])
             return
         self._observe(len(batch), audio_s, started, ok=True)
         for req, result in zip(batch, results, strict=True):

@@ -14,6 +14,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr.service.core import EngineLike, Service
+from asr.service.front import FrontConfig, HubLink, RemoteEngine
 from asr.settings import Settings
 from asr.web.auth import TokenAuth, redact_access_log
 from asr.web.errors import install_error_handlers
@@ -72,28 +73,35 @@ def _script_route(path: Path) -> Callable[[], Awaitable[FileResponse]]:
     return script
 
 
-def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: EngineLike | None = None, *, front: FrontConfig | None = None) -> FastAPI:
     """Build the service from one settings object.
 
     ``engine`` defaults to ``load_engine(settings.engine)`` (in a process of its own on a GPU); it
     is loaded here, before the server accepts connections, and the lifespan pushes one clip through
     the scheduler (warm-up).
+
+    ``front``: the app is one of several HTTP workers (`server.http_workers`, asr/web/workers.py);
+    the scheduler and the engine are in the batching process this config names, which has warmed
+    the engine up already.
     """
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
     models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
-    owned = engine is None
-    if engine is None:
+    link = HubLink(front) if front is not None else None
+    owned = engine is None and link is None
+    if link is not None:
+        engine = RemoteEngine(link)
+    elif engine is None:
         from asr.engine.process import load_engine
 
         engine = load_engine(settings.engine)
-    service = Service(settings, engine, models)
+    service = Service(settings, engine, models, front=link)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redact_access_log()  # here: the server has set up its loggers by now
-        await service.start(warmup=settings.engine.warmup)
+        await service.start(warmup=settings.engine.warmup and link is None)
         log.info("service ready: %s", service.info()["scheduler"])
         try:
             yield

@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-ui", action="store_true", help="serve the HTTP API alone, without the web UI")
     p.add_argument(
+        "--http-workers",
+        type=int,
+        default=None,
+        help="HTTP worker processes feeding the one batching process (server.http_workers; "
+        "default 1; more than 1 needs --no-ui)",
+    )
+    p.add_argument(
         "--share", action="store_true", help="open a public gradio.live link (exposes the service!)"
     )
     p.add_argument("--autolaunch", action=argparse.BooleanOptionalAction, default=None, help="open a browser")
@@ -75,6 +82,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server["gradio_queue"] = False
     if args.no_ui:
         server["ui"] = False
+    if args.http_workers is not None:
+        server["http_workers"] = args.http_workers
     if args.share:
         server["share"] = True
     if args.autolaunch is not None:
@@ -126,6 +135,7 @@ def serve(settings: Settings) -> None:
 
     from asr.runtime import configure_process
     from asr.web.app import create_app
+    from asr.web.workers import serve_workers, uvicorn_options
 
     configure_process(settings)
     server = settings.server
@@ -136,19 +146,16 @@ def serve(settings: Settings) -> None:
         log.warning("--share exposes this service to the public internet through gradio.live.")
     if server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines", server.host)
-    app = create_app(settings)
     local = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}/"
     if server.share:
         _when_ready(local, lambda: _open_share_tunnel(server.host, server.port))
     if server.autolaunch:
         _when_ready(local, lambda: webbrowser.open(local))
-    uvicorn.run(
-        app, host=server.host, port=server.port, log_level=settings.log_level.lower(),
-        ws_ping_interval=settings.live.ping_interval_s, ws_ping_timeout=settings.live.ping_timeout_s,
-        # No permessage-deflate: PCM audio barely compresses, and inflating every 60 ms message
-        # took a fifth of the event loop's time at 300 live streams (profiled on an H200 box).
-        ws_per_message_deflate=False,
-    )  # fmt: skip
+    if server.http_workers > 1:
+        serve_workers(settings)  # N HTTP workers, one batching process (asr/web/workers.py)
+        return
+    app = create_app(settings)
+    uvicorn.run(app, host=server.host, port=server.port, **uvicorn_options(settings))
 
 
 def main(argv: list[str] | None = None) -> None:

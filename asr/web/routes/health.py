@@ -25,9 +25,11 @@ async def healthz(service: Annotated[Service, Depends(get_service)]) -> Any:
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(service: Annotated[Service, Depends(get_service)]) -> Response:
+    await service.refresh(metrics=True)  # several HTTP workers: the batching process's registry
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/info", summary="Engine, scheduler and throughput details")
 async def info(service: Annotated[Service, Depends(get_service)]) -> dict[str, Any]:
+    await service.refresh()
     return service.info()
