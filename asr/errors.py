@@ -282,6 +282,12 @@ class EngineFailedError(ASRError):
     code = "engine_error"
 
 
+class EngineRestartedError(EngineFailedError):
+    """The engine's process died during the call and was started again: nothing says the input
+    caused it (a kill, a fault elsewhere), so the scheduler runs the call once more before this
+    reaches a client."""
+
+
 def engine_failure(exc: BaseException) -> ASRError:
     """The typed error a client sees for an unexpected engine exception."""
     if _is_out_of_memory(exc):

@@ -202,3 +202,36 @@ def test_priorities_order_the_queue_and_equal_ones_keep_their_arrival() -> None:
 
     asyncio.run(main())
     assert order == [0, 3, 6, 2, 4, 1, 5]
+
+
+def test_an_engine_that_died_and_restarted_runs_the_call_again_once() -> None:
+    """A restarted engine process (EngineRestartedError) does not fail what it was running: each
+    item runs again, alone and once; an item whose second run dies too gets the error."""
+    from asr.errors import EngineRestartedError
+
+    deaths = {"left": 1}
+    calls: list[list[int]] = []
+
+    def dies(audios: Sequence[np.ndarray], hotwords: Sequence[Sequence[str]]) -> list[int]:
+        ids = [int(a[0]) for a in audios]
+        calls.append(ids)
+        if 99 in ids or deaths["left"] > 0:  # clip 99 kills the engine every time
+            deaths["left"] -= 1
+            raise EngineRestartedError("The engine process stopped while recognising.")
+        return ids
+
+    async def main() -> None:
+        sched = await _with_scheduler(dies, SchedulerOptions(max_batch_size=8, max_wait_ms=5))
+        try:
+            assert await sched.submit(clip(1), []) == 1  # a batch of one: run again, then served
+            deaths["left"] = 1
+            got = await asyncio.gather(*(sched.submit(clip(i), []) for i in (2, 3, 99)), return_exceptions=True)
+        finally:
+            await sched.stop()
+        assert got[:2] == [2, 3]
+        assert isinstance(got[2], EngineRestartedError)
+
+    asyncio.run(main())
+    assert calls[:2] == [[1], [1]]
+    # the batch of three died; each ran again alone; clip 99 died alone too and was not run a third time
+    assert sorted(map(tuple, calls[2:])) == [(2,), (2, 3, 99), (3,), (99,)]

@@ -13,8 +13,9 @@ memory area (a memfd, grown when a call needs more; on systems without memfd, th
 the parent copies each clip in once, the child's engine reads it in place. Results come back as
 the engine's own `Transcript`s, errors as the engine's own exceptions (typed errors keep their
 code). A child that dies (killed, a CUDA fault) fails the call it was running with
-EngineFailedError and is started again for the next one: the scheduler then retries that batch's
-items one by one, so no accepted request is lost to it.
+EngineRestartedError (an EngineFailedError) and is started again for the next one: the scheduler
+then runs that batch's items again, each alone and once, so no accepted request is lost to it
+(an input that kills the engine itself fails after its second try).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from asr.engine.batching import check_audio, per_item_hotwords
-from asr.errors import EngineFailedError, ModelLoadError
+from asr.errors import EngineFailedError, EngineRestartedError, ModelLoadError
 from asr.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ class EngineProcess:
                 if not self._closed:
                     self._restart("it stopped while recognising")
                 if isinstance(exc, _ChildDied):
-                    raise EngineFailedError(str(exc)) from None
-                raise EngineFailedError(f"The engine process stopped while recognising ({exc}).") from None
+                    raise EngineRestartedError(str(exc)) from None
+                raise EngineRestartedError(f"The engine process stopped while recognising ({exc}).") from None
 
     # ---------------------------------------------------------------- internals
     def _stage(self, clips: list[np.ndarray]) -> list[Any]:

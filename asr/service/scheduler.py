@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from asr.errors import QueueFullError
+from asr.errors import EngineRestartedError, QueueFullError
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,11 @@ class Scheduler(Generic[R]):
                 self.busy = False
                 self.batches_finished += 1
 
-    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Request[R]]) -> None:
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Request[R]], *, again: bool = False
+    ) -> None:
+        """Run one engine call and settle its callers. `again`: these items already ran in a call
+        the engine died in (EngineRestartedError), so a second death is theirs to see."""
         started = time.perf_counter()
         audio_s = sum(len(r.audio) for r in batch) / self._sample_rate
         try:
@@ -235,15 +239,17 @@ class Scheduler(Generic[R]):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(batch)} inputs")
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the waiting callers
             self._observe(len(batch), audio_s, started, ok=False)
-            if len(batch) == 1:
+            died = isinstance(exc, EngineRestartedError)
+            if len(batch) == 1 and (again or not died):
                 _settle(batch[0].future, exc=exc)
                 return
-            # One bad item (e.g. hotwords the engine refuses) must not fail its companions:
-            # retry each alone so every caller gets its own result or its own error.
+            # One bad item (e.g. hotwords the engine refuses) must not fail its companions, and an
+            # engine that died and was restarted must not fail what it was running: retry each
+            # alone so every caller gets its own result or its own error.
             log.warning("batch of %d failed (%s); retrying items one by one", len(batch), exc)
             for req in batch:
                 if not req.future.done():  # withdrawn meanwhile: not worth GPU time either
-                    await self._run_batch(loop, [req])
+                    await self._run_batch(loop, [req], again=again or died)
             return
         self._observe(len(batch), audio_s, started, ok=True)
         for req, result in zip(batch, results, strict=True):
