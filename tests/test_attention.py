@@ -361,3 +361,56 @@ def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout:
     scores = (q @ k.transpose(-1, -2) * 0.25).masked_fill(~mask, float("-inf"))
     ref = (scores.softmax(-1).masked_fill(~mask, 0.0) @ v).transpose(1, 2).reshape(4, 6, -1)
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("masked", [True, False])
+def test_cpu_fsmn_memory_equals_funasrs_to_the_bit(shift: int, masked: bool) -> None:
+    """The CPU's FSMN memory (depthwise convolution on the values' own layout) is funasr's
+    `forward_fsmn` bit for bit, padded frames included; the patched SANM forward uses it."""
+    from asr.engine.attention import _fsmn_channels_last
+
+    torch.manual_seed(shift)
+    module = MultiHeadedAttentionSANM(HEADS, 48, DIM, 0.0, 11, sanm_shfit=shift).eval()
+    x = torch.randn(4, 37, 48)
+    lens = torch.tensor([37, 20, 1, 9])
+    mask = (torch.arange(37)[None] < lens[:, None])[:, None, :] if masked else None
+    with torch.no_grad():
+        _, _, _, v = module.forward_qkv(x)  # a strided slice of the q/k/v projection
+        want = module.forward_fsmn(v, mask)
+        got = _fsmn_channels_last(module, v, mask)
+        assert got.is_contiguous() and torch.equal(got, want)
+        reference = module(x, mask)
+        patch_attention(torch.nn.ModuleList([module]), "rowwise")
+
+        def not_called(*args, **kwargs):
+            raise AssertionError("funasr's forward_fsmn ran")
+
+        module.forward_fsmn = not_called
+        patched = module(x, mask)
+    rows = lens.tolist() if masked else [37] * 4
+    for row, n in enumerate(rows):
+        torch.testing.assert_close(patched[row, :n], reference[row, :n], atol=ATOL, rtol=0)
+
+
+def test_cpu_encoder_layer_equals_funasrs_to_the_bit() -> None:
+    """The CPU's encoder layer (no `1.0 *` passes, residuals added in place) gives funasr's
+    EncoderLayerSANM outputs bit for bit, on the same sublayers; the first layer (no residual,
+    its input is wider) too."""
+    from types import MethodType
+
+    from asr.engine.attention import _encoder_layer_forward
+
+    encoder = _encoder(1)
+    xs, lens = _inputs(1)
+    with torch.no_grad():
+        mask = (torch.arange(xs.size(1))[None] < lens[:, None])[:, None, :]
+        first = encoder.encoders0[0]
+        inputs = torch.randn(4, xs.size(1), first.in_size)
+        layers = [(first, inputs), (encoder.encoders[0], torch.randn(4, xs.size(1), DIM))]
+        for layer, h in layers:
+            want = layer(h, mask)[0]
+            layer.forward = MethodType(_encoder_layer_forward, layer)
+            got = layer(h, mask)[0]
+            assert torch.equal(got, want)
+            assert not torch.equal(got, h[..., :DIM])  # the layer did run
