@@ -414,3 +414,32 @@ def test_cpu_encoder_layer_equals_funasrs_to_the_bit() -> None:
             got = layer(h, mask)[0]
             assert torch.equal(got, want)
             assert not torch.equal(got, h[..., :DIM])  # the layer did run
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_rowwise_products_equal_funasrs_per_clip_arithmetic_to_the_bit(bf16: bool, self_attention: bool) -> None:
+    """`_rowwise_attend` against the plain per-clip loop it stands for (funasr's arithmetic on
+    each clip's own keys; bf16 products with fp32 softmax), bit for bit, and the rows it does not
+    compute (padded queries, a clip without keys) exactly zero."""
+    from asr.engine.attention import _rowwise_attend
+
+    gen = torch.Generator().manual_seed(7)
+    k, v = torch.randn(4, 2, 90, 32, generator=gen), torch.randn(4, 2, 90, 32, generator=gen)
+    q = torch.randn(4, 90, 2, 32, generator=gen).transpose(1, 2)  # a strided view, as forward_qkv gives
+    lens = torch.tensor([90, 41, 0, 7], dtype=torch.int32)
+    scale = 32**-0.5
+    want = torch.zeros(4, 90, 64)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    for b, n in enumerate(lens.tolist()):
+        rows = min(n, 90) if self_attention else 90
+        if n == 0:
+            continue
+        qb = (q[b, :, :rows] * scale).to(dtype)
+        scores = torch.matmul(qb, k[b, :, :n].to(dtype).transpose(-2, -1))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+        want[b, :rows] = torch.matmul(weights, v[b, :, :n].to(dtype)).transpose(0, 1).reshape(rows, 64).float()
+    for _ in range(3):
+        torch.full((4, 90, 64), float("nan")).sum()  # freed NaN memory the output may reuse
+        got = _rowwise_attend(q, k, v, lens, scale, self_attention, bf16=bf16)
+        assert got.dtype == torch.float32 and torch.equal(got, want)

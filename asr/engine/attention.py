@@ -255,19 +255,26 @@ def _rowwise_attend(
     the GPU's attention does; for the int8 path on CPUs with native bf16 (`cpu_bf16_native`)."""
     batch, heads, t_q, dim = q.shape
     lens = [k.size(2)] * batch if key_lens is None else key_lens.tolist()
-    out = q.new_zeros(batch, t_q, heads * dim)
-    q = q * scale  # elementwise: the same values as funasr's per-clip scaling
+    out = q.new_empty(batch, t_q, heads, dim)
     if bf16:
-        q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+        # q * scale in fp32, rounded once to bf16 on the way out: the values of
+        # (q * scale).to(bf16) without the fp32 intermediate.
+        q = torch.mul(q, scale, out=torch.empty(q.shape, dtype=torch.bfloat16))
+        k, v = k.to(torch.bfloat16), v.to(torch.bfloat16)
+    else:
+        q = q * scale  # elementwise: the same values as funasr's per-clip scaling
     for b, n in enumerate(lens):
-        if n == 0:
-            continue  # no keys: zeros, as funasr's masking gives
         rows = min(n, t_q) if self_attention else t_q
-        scores = torch.matmul(q[b, :, :rows], k[b, :, :n].transpose(-2, -1))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        attended = torch.matmul(weights, v[b, :, :n])
-        out[b, :rows] = attended.transpose(0, 1).reshape(rows, heads * dim)
-    return out
+        if n == 0:
+            rows = 0  # no keys: zeros, as funasr's masking gives
+        else:
+            scores = torch.matmul(q[b, :, :rows], k[b, :, :n].transpose(-2, -1))
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            attended = torch.matmul(weights, v[b, :, :n])
+            out[b, :rows].copy_(attended.transpose(0, 1))  # one strided copy (and cast) into place
+        if rows < t_q:
+            out[b, rows:].zero_()  # only the rows no product wrote: no pass over the whole output
+    return out.view(batch, t_q, heads * dim)
 
 
 def _sanm_forward(
