@@ -443,3 +443,23 @@ def test_rowwise_products_equal_funasrs_per_clip_arithmetic_to_the_bit(bf16: boo
         torch.full((4, 90, 64), float("nan")).sum()  # freed NaN memory the output may reuse
         got = _rowwise_attend(q, k, v, lens, scale, self_attention, bf16=bf16)
         assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_cpu_decoder_fsmn_equals_funasrs_to_the_bit() -> None:
+    """The decoder's FSMN block on the CPU: funasr's output and cache values bit for bit; with a
+    cache (streaming) funasr's own code runs."""
+    from funasr.models.sanm.attention import MultiHeadedAttentionSANMDecoder
+
+    torch.manual_seed(4)
+    module = MultiHeadedAttentionSANMDecoder(DIM, 0.0, 11).eval()
+    x = torch.randn(3, 17, DIM)
+    mask = (torch.arange(17)[None] < torch.tensor([17, 9, 1])[:, None])[:, None, :]
+    with torch.no_grad():
+        want, want_cache = module(x, mask)
+        patch_attention(torch.nn.ModuleList([module]), "rowwise")
+        assert "forward" in module.__dict__
+        got, got_cache = module(x, mask)
+        assert torch.equal(got, want) and torch.equal(got_cache, want_cache)
+        step, _ = module(x[:, -1:], None, cache=got_cache)
+        reference, _ = type(module).forward(module, x[:, -1:], None, cache=want_cache)
+        assert torch.equal(step, reference)

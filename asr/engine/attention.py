@@ -320,6 +320,12 @@ def _conv_is_depthwise_same(module: nn.Module, v: torch.Tensor) -> bool:
 
 
 def _fsmn_channels_last(module: nn.Module, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return _fsmn_channels_last_padded(module, v, mask)[0]
+
+
+def _fsmn_channels_last_padded(
+    module: nn.Module, v: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """funasr's `forward_fsmn` (inference, no chunk mask), the same values to the bit, with the
     depthwise convolution run on the values' own [B, T, D] layout (oneDNN's channels-last kernel)
     instead of on a transposed copy: funasr transposes, pads and copies the values to [B, D, T],
@@ -342,7 +348,23 @@ def _fsmn_channels_last(module: nn.Module, v: torch.Tensor, mask: torch.Tensor |
     x = F.conv2d(padded.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, 1, 0, 1, conv.groups)
     x = x.squeeze(2).transpose(1, 2)
     x += inputs
-    return x if mask3 is None else x.mul_(mask3)
+    # Also the padded, masked input as [B, D, T'], the values funasr's decoder returns as its cache.
+    return (x if mask3 is None else x.mul_(mask3)), padded.transpose(1, 2)
+
+
+def _sanm_decoder_forward(
+    self: nn.Module,
+    inputs: torch.Tensor,
+    mask: torch.Tensor | None,
+    cache: torch.Tensor | None = None,
+    mask_shfit_chunk: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """funasr's decoder FSMN (`MultiHeadedAttentionSANMDecoder`) on the CPU as the encoder's
+    (`_fsmn_channels_last`): the same values to the bit. Streaming calls (a cache, a chunk mask)
+    run funasr's own code."""
+    if cache is not None or mask_shfit_chunk is not None or inputs.is_cuda or not _conv_is_depthwise_same(self, inputs):
+        return type(self).forward(self, inputs, mask, cache, mask_shfit_chunk)
+    return _fsmn_channels_last_padded(self, inputs, mask)
 
 
 def _fused_fsmn_fits(module: nn.Module, v: torch.Tensor) -> bool:
@@ -432,7 +454,11 @@ def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
     Returns:
         The backend actually chosen.
     """
-    from funasr.models.sanm.attention import MultiHeadedAttentionCrossAtt, MultiHeadedAttentionSANM
+    from funasr.models.sanm.attention import (
+        MultiHeadedAttentionCrossAtt,
+        MultiHeadedAttentionSANM,
+        MultiHeadedAttentionSANMDecoder,
+    )
     from funasr.models.sanm.encoder import EncoderLayerSANM
     from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
 
@@ -445,6 +471,8 @@ def patch_attention(model: nn.Module, backend: str = "sdpa") -> str:
             forward = _cross_forward
         elif type(module) is PositionwiseFeedForward and isinstance(module.activation, nn.ReLU):
             forward = _ffn_forward  # not attention, but the same layers' fused-kernel path
+        elif type(module) is MultiHeadedAttentionSANMDecoder:
+            forward = _sanm_decoder_forward  # the decoder's FSMN block (no attention in it)
         elif type(module) is EncoderLayerSANM:
             forward = _encoder_layer_forward  # the layer around them, on the CPU (see there)
         else:
