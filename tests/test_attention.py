@@ -361,3 +361,105 @@ def test_varlen_layout_on_cpu_reference(monkeypatch: pytest.MonkeyPatch, layout:
     scores = (q @ k.transpose(-1, -2) * 0.25).masked_fill(~mask, float("-inf"))
     ref = (scores.softmax(-1).masked_fill(~mask, 0.0) @ v).transpose(1, 2).reshape(4, 6, -1)
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shift", [0, 3])
+@pytest.mark.parametrize("masked", [True, False])
+def test_cpu_fsmn_memory_equals_funasrs_to_the_bit(shift: int, masked: bool) -> None:
+    """The CPU's FSMN memory (depthwise convolution on the values' own layout) is funasr's
+    `forward_fsmn` bit for bit, padded frames included; the patched SANM forward uses it."""
+    from asr.engine.attention import _fsmn_channels_last
+
+    torch.manual_seed(shift)
+    module = MultiHeadedAttentionSANM(HEADS, 48, DIM, 0.0, 11, sanm_shfit=shift).eval()
+    x = torch.randn(4, 37, 48)
+    lens = torch.tensor([37, 20, 1, 9])
+    mask = (torch.arange(37)[None] < lens[:, None])[:, None, :] if masked else None
+    with torch.no_grad():
+        _, _, _, v = module.forward_qkv(x)  # a strided slice of the q/k/v projection
+        want = module.forward_fsmn(v, mask)
+        got = _fsmn_channels_last(module, v, mask)
+        assert got.is_contiguous() and torch.equal(got, want)
+        reference = module(x, mask)
+        patch_attention(torch.nn.ModuleList([module]), "rowwise")
+
+        def not_called(*args, **kwargs):
+            raise AssertionError("funasr's forward_fsmn ran")
+
+        module.forward_fsmn = not_called
+        patched = module(x, mask)
+    rows = lens.tolist() if masked else [37] * 4
+    for row, n in enumerate(rows):
+        torch.testing.assert_close(patched[row, :n], reference[row, :n], atol=ATOL, rtol=0)
+
+
+def test_cpu_encoder_layer_equals_funasrs_to_the_bit() -> None:
+    """The CPU's encoder layer (no `1.0 *` passes, residuals added in place) gives funasr's
+    EncoderLayerSANM outputs bit for bit, on the same sublayers; the first layer (no residual,
+    its input is wider) too."""
+    from types import MethodType
+
+    from asr.engine.attention import _encoder_layer_forward
+
+    encoder = _encoder(1)
+    xs, lens = _inputs(1)
+    with torch.no_grad():
+        mask = (torch.arange(xs.size(1))[None] < lens[:, None])[:, None, :]
+        first = encoder.encoders0[0]
+        inputs = torch.randn(4, xs.size(1), first.in_size)
+        layers = [(first, inputs), (encoder.encoders[0], torch.randn(4, xs.size(1), DIM))]
+        for layer, h in layers:
+            want = layer(h, mask)[0]
+            layer.forward = MethodType(_encoder_layer_forward, layer)
+            got = layer(h, mask)[0]
+            assert torch.equal(got, want)
+            assert not torch.equal(got, h[..., :DIM])  # the layer did run
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_rowwise_products_equal_funasrs_per_clip_arithmetic_to_the_bit(bf16: bool, self_attention: bool) -> None:
+    """`_rowwise_attend` against the plain per-clip loop it stands for (funasr's arithmetic on
+    each clip's own keys; bf16 products with fp32 softmax), bit for bit, and the rows it does not
+    compute (padded queries, a clip without keys) exactly zero."""
+    from asr.engine.attention import _rowwise_attend
+
+    gen = torch.Generator().manual_seed(7)
+    k, v = torch.randn(4, 2, 90, 32, generator=gen), torch.randn(4, 2, 90, 32, generator=gen)
+    q = torch.randn(4, 90, 2, 32, generator=gen).transpose(1, 2)  # a strided view, as forward_qkv gives
+    lens = torch.tensor([90, 41, 0, 7], dtype=torch.int32)
+    scale = 32**-0.5
+    want = torch.zeros(4, 90, 64)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    for b, n in enumerate(lens.tolist()):
+        rows = min(n, 90) if self_attention else 90
+        if n == 0:
+            continue
+        qb = (q[b, :, :rows] * scale).to(dtype)
+        scores = torch.matmul(qb, k[b, :, :n].to(dtype).transpose(-2, -1))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
+        want[b, :rows] = torch.matmul(weights, v[b, :, :n].to(dtype)).transpose(0, 1).reshape(rows, 64).float()
+    for _ in range(3):
+        torch.full((4, 90, 64), float("nan")).sum()  # freed NaN memory the output may reuse
+        got = _rowwise_attend(q, k, v, lens, scale, self_attention, bf16=bf16)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_cpu_decoder_fsmn_equals_funasrs_to_the_bit() -> None:
+    """The decoder's FSMN block on the CPU: funasr's output and cache values bit for bit; with a
+    cache (streaming) funasr's own code runs."""
+    from funasr.models.sanm.attention import MultiHeadedAttentionSANMDecoder
+
+    torch.manual_seed(4)
+    module = MultiHeadedAttentionSANMDecoder(DIM, 0.0, 11).eval()
+    x = torch.randn(3, 17, DIM)
+    mask = (torch.arange(17)[None] < torch.tensor([17, 9, 1])[:, None])[:, None, :]
+    with torch.no_grad():
+        want, want_cache = module(x, mask)
+        patch_attention(torch.nn.ModuleList([module]), "rowwise")
+        assert "forward" in module.__dict__
+        got, got_cache = module(x, mask)
+        assert torch.equal(got, want) and torch.equal(got_cache, want_cache)
+        step, _ = module(x[:, -1:], None, cache=got_cache)
+        reference, _ = type(module).forward(module, x[:, -1:], None, cache=want_cache)
+        assert torch.equal(step, reference)
