@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from asr.engine import fsmn
-from asr.engine.int8 import Int8Linear
 
 __all__ = ["BACKENDS", "attach_prefix_mask", "available_backends", "patch_attention"]
 
@@ -398,10 +397,6 @@ def _ffn_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """funasr's PositionwiseFeedForward (Linear, ReLU, Linear) with the ReLU in the first matrix
     product's epilogue (cuBLASLt), which saves a pass over the 4x-wide hidden activations."""
     w_1 = self.w_1
-    if isinstance(w_1, Int8Linear) and isinstance(self.w_2, Int8Linear) and not self.training:
-        # The int8 path: the ReLU in place (no new 4x-wide buffer), and w_2 knows its input is
-        # nonnegative (one pass fewer to find each row's scale).
-        return self.w_2(w_1(x).relu_(), nonnegative=True)
     if not (x.is_cuda and x.dtype == w_1.weight.dtype and not self.training and w_1.bias is not None):
         return type(self).forward(self, x)
     hidden = torch._addmm_activation(w_1.bias, x.reshape(-1, x.size(-1)), w_1.weight.t())
