@@ -87,6 +87,12 @@ class EngineSettings(BaseModel):
     load than alone on an H200). The child loads the same model; audio reaches it through shared
     memory, and a child that dies is started again (asr/engine/process.py)."""
 
+    cpu_processes: int = Field(default=0, ge=0)
+    """On a CPU, engines run side by side, each in its own process with its share of the usable
+    cores as torch threads; a call's clips are split among them (asr/engine/pool.py). One engine's
+    small CPU batches keep few of 16 threads busy. 0: one below 8 cores, one per 4 cores from 8;
+    1: one engine (in this process unless `process: on`)."""
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

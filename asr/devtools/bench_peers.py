@@ -38,7 +38,19 @@ def default_threads() -> int:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS plus the peaks of its live children (a pool's engine processes)."""
+    total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] != me:  # field 4: the parent's pid
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return total
 
 
 def _runner(spec: dict[str, Any], model_dir: Path, onnx_dir: Path, threads: int):
@@ -56,12 +68,15 @@ def _runner(spec: dict[str, Any], model_dir: Path, onnx_dir: Path, threads: int)
         bs = int(spec.get("batch_size", 1))
         return lambda clips: model.generate(input=clips, batch_size=bs)
     if kind == "engine":
-        from asr.engine.core import Engine
+        from asr.engine.process import load_engine
         from asr.settings import EngineSettings
 
-        settings = {"batch_budget_s": 60.0, "max_batch_size": 8} | spec.get("settings", {})
-        engine = Engine.from_settings(EngineSettings(model=str(model_dir), device="cpu", warmup=False,
-                                                     num_threads=threads, **settings))
+        # In this process, unless the variant asks for `cpu_processes` (a pool of engine processes,
+        # which share `threads`) or `process: on`: what the CLI and the service build.
+        settings = {"batch_budget_s": 60.0, "max_batch_size": 8, "process": "off", "cpu_processes": 1}
+        settings |= spec.get("settings", {})
+        engine = load_engine(EngineSettings(model=str(model_dir), device="cpu", warmup=False,
+                                            num_threads=threads, **settings))
         return engine.transcribe
     if kind == "sherpa-onnx":
         import sherpa_onnx

@@ -286,10 +286,21 @@ SMALL_INPUT_BYTES = 10 << 20  # ~30 min of 48 kbps mp3, 5 min of 16 kHz WAV
 
 
 def load_engine(settings: EngineSettings, input_bytes: int | None = None) -> Any:
-    """The engine `settings` ask for: `EngineProcess` or an in-process `Engine` (see
-    `EngineSettings.process` and `wants_process`)."""
+    """The engine `settings` ask for: `EngineProcess`, an in-process `Engine` (see
+    `EngineSettings.process` and `wants_process`) or, on a CPU with `cpu_processes` above one
+    (explicit, or 0 on 8 cores and more), an `EnginePool` of engine processes."""
     from asr.engine.core import Engine
+    from asr.engine.model import default_device
 
+    if settings.process != "off" and default_device(settings.device).type == "cpu":
+        from asr.engine.pool import EnginePool, cpu_processes
+        from asr.runtime import own_process, usable_cores
+
+        cores = settings.num_threads or usable_cores()
+        # 'auto' spawns only from the product's own entry points, as `wants_process` explains.
+        n = cpu_processes(settings, cores) if settings.cpu_processes or own_process() else 1
+        if n > 1:
+            return EnginePool(settings, n, max(1, cores // n))
     if wants_process(settings, input_bytes):
         return EngineProcess(settings)
     return Engine.from_settings(settings)

@@ -1,0 +1,123 @@
+"""Several CPU engines side by side (asr/engine/pool.py): real spawned children on the tiny model,
+compared item by item with the in-process engine; its splitting, errors and a child's death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr.engine.pool import EnginePool, auto_processes, shards
+from asr.engine.process import load_engine
+from asr.errors import AudioError, EngineRestartedError
+from asr.settings import EngineSettings
+
+
+def _settings(model_dir: Path, **extra) -> EngineSettings:
+    # The session's `engine` fixture's settings: the pool must answer as that engine does.
+    return EngineSettings(model=str(model_dir), device="cpu", dtype="fp32", warmup=False, **extra)
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_model_dir: Path):
+    engine = load_engine(_settings(tiny_model_dir, cpu_processes=2, num_threads=2))
+    assert isinstance(engine, EnginePool)
+    yield engine
+    engine.close()
+
+
+def _clips(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 0.1, int(rng.uniform(0.5, 9) * 16000)).astype(np.float32) for _ in range(n)]
+
+
+def _key(results) -> list:
+    return [(t.text, t.token_ids, t.timestamps, t.duration_s) for t in results]
+
+
+def test_shards_are_runs_of_neighbouring_lengths_with_about_equal_audio() -> None:
+    lengths = [int(x) for x in np.random.default_rng(1).integers(1, 1000, 97)]
+    runs = shards(lengths, 4)
+    assert sorted(i for r in runs for i in r) == list(range(97))
+    sums = [sum(lengths[i] for i in r) for r in runs]
+    assert len(runs) == 4 and max(sums) - min(sums) <= max(lengths)
+    # Neighbouring lengths: every clip of an earlier run is at least as long as any of a later one.
+    for a, b in zip(runs, runs[1:]):
+        assert min(lengths[i] for i in a) >= max(lengths[i] for i in b)
+    assert shards([5000, 1, 1, 1], 3)[0] == [0]  # a long clip gets a run of its own
+    assert shards([7], 4) == [[0]]
+
+
+def test_auto_is_one_engine_below_8_cores_and_one_per_4_from_8() -> None:
+    assert [auto_processes(c) for c in (1, 2, 7, 8, 16, 64)] == [1, 1, 1, 2, 4, 16]
+
+
+def test_answers_item_by_item_as_one_engine(pool: EnginePool, engine) -> None:
+    clips = _clips(9)
+    hotwords = [["天气"], [], ["我们", "今天"], [], [], ["天气"], [], [], ["今天"]]
+    got = pool.transcribe(clips, hotwords)
+    assert _key(got) == _key(engine.transcribe(clips, hotwords))
+    assert _key(pool.transcribe(clips[:1])) == _key(engine.transcribe(clips[:1]))  # one clip: one child
+    info = pool.info()
+    assert info["cpu_processes"] == 2 and info["threads_per_process"] == 1
+    assert len(set(info["process"])) == 2 and os.getpid() not in info["process"]
+
+
+def test_concurrent_calls_each_get_their_own_results(pool: EnginePool, engine) -> None:
+    calls = [_clips(5, seed=s) for s in range(4)]
+    want = [_key(engine.transcribe(c)) for c in calls]
+    got: dict[int, list] = {}
+
+    def call(k: int) -> None:
+        got[k] = _key(pool.transcribe(calls[k]))
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [got[k] for k in range(4)] == want
+
+
+def test_errors_name_the_callers_input(pool: EnginePool) -> None:
+    clips = _clips(6)
+    clips[4] = np.full(16000, np.nan, np.float32)
+    with pytest.raises(AudioError, match="Input 4 contains NaN"):
+        pool.transcribe(clips)
+    with pytest.raises(AudioError, match="Input 1 must be mono"):
+        pool.transcribe([clips[0], np.zeros((2, 100), np.float32)])
+    assert pool.transcribe(_clips(2))[0].duration_s > 0  # still serving
+
+
+def test_a_child_that_dies_fails_its_call_and_the_pool_goes_on(pool: EnginePool, engine) -> None:
+    clips = _clips(8, seed=5)
+    victim = pool.info()["process"][0]
+    os.kill(victim, signal.SIGSTOP)  # frozen, so the call is surely running on it when it dies
+    outcome: list = []
+    caller = threading.Thread(target=lambda: outcome.append(_catch(pool.transcribe, clips)))
+    caller.start()
+    caller.join(3)
+    os.kill(victim, signal.SIGKILL)
+    caller.join(120)
+    assert isinstance(outcome[0], EngineRestartedError)
+    assert _key(pool.transcribe(clips)) == _key(engine.transcribe(clips))
+    assert pool.restarts == 1 and victim not in pool.info()["process"]
+
+
+def _catch(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+def test_one_process_or_off_keeps_a_single_engine(tiny_model_dir: Path) -> None:
+    from asr.engine.core import Engine
+
+    one = load_engine(_settings(tiny_model_dir, cpu_processes=1))
+    off = load_engine(_settings(tiny_model_dir, cpu_processes=3, process="off"))
+    assert isinstance(one, Engine) and isinstance(off, Engine)
