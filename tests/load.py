@@ -183,6 +183,88 @@ async def run_load(
     return report
 
 
+def _client_process(url: str, duration_s: float, concurrency: int, clip_seconds: float | None) -> LoadReport:
+    """One client process's share of the load (spawned: no state from the parent)."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    clips = make_clips(seconds=clip_seconds) if clip_seconds else None
+    return asyncio.run(run_load(url, duration_s=duration_s, concurrency=concurrency, clips=clips))
+
+
+def run_load_processes(url: str, *, duration_s: float, concurrency: int, processes: int,
+                       pid: int | None = None, clip_seconds: float | None = None) -> LoadReport:
+    """`run_load` spread over `processes` client processes, merged into one report: one Python
+    process posting 30 s WAVs tops out near the rates the service is asked to reach, so the
+    client would be what is measured. The server's memory and CPU are read here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [concurrency // processes + (k < concurrency % processes) for k in range(processes)]
+    report = LoadReport(duration_s, concurrency)
+    start = time.monotonic()
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        while pid is not None and not done.is_set():
+            report.rss_mb.append((time.monotonic() - start, tree_rss_mb(pid)))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    sampler.start()
+    server_cpu0 = tree_cpu_s(pid) if pid is not None else None
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_client_process, [url] * processes, [duration_s] * processes, shares,
+                              [clip_seconds] * processes))
+    done.set()
+    sampler.join()
+    for part in parts:
+        for name in ("sent", "answered", "audio_s", "ok", "busy_503", "client_cpu_s"):
+            setattr(report, name, getattr(report, name) + getattr(part, name))
+        report.errors += part.errors
+        report.latencies_s += part.latencies_s
+    if pid is not None and server_cpu0 is not None:
+        report.server_cpu_s = tree_cpu_s(pid) - server_cpu0
+    return report
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a multi-worker server's worker and engine processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            total += rss_mb(p)
+        except (OSError, RuntimeError):
+            continue
+    return total
+
+
+def tree_cpu_s(pid: int) -> float:
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            total += cpu_s(p)
+        except (OSError, IndexError):
+            continue
+    return total
+
+
 def write_report(report: LoadReport, name: str) -> Path:
     OUTPUT_DIR.mkdir(exist_ok=True)
     path = OUTPUT_DIR / name
@@ -198,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--clip-seconds", type=float, help="every clip this long (default: 0.6-1.4 s)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="client processes sharing the clients (memory and CPU: the server's whole process tree)")
     args = p.parse_args(argv)
     import logging
 
@@ -207,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     url, pid = args.url, args.pid
     if url is None:
         from asr.devtools.testmodel import make_model_dir
+
+        sys.path.insert(0, str(ROOT / "tests"))  # the server fixtures import the tests' helpers by name
         from tests.server.conftest import start_server
 
         work = Path(tempfile.mkdtemp(prefix="asr-load-"))
@@ -214,10 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(model, work, env={"ASR_LIMITS__MAX_QUEUE": "256"})
         url, pid = server.url, server.process.pid
     try:
-        clips = make_clips(seconds=args.clip_seconds) if args.clip_seconds else None
-        report = asyncio.run(
-            run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid, clips=clips)
-        )
+        if args.processes > 1:
+            report = run_load_processes(url, duration_s=args.duration, concurrency=args.concurrency,
+                                        processes=args.processes, pid=pid, clip_seconds=args.clip_seconds)
+        else:
+            clips = make_clips(seconds=args.clip_seconds) if args.clip_seconds else None
+            report = asyncio.run(
+                run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid, clips=clips)
+            )
     finally:
         if server is not None:
             server.stop()
