@@ -121,3 +121,41 @@ def test_one_process_or_off_keeps_a_single_engine(tiny_model_dir: Path) -> None:
     one = load_engine(_settings(tiny_model_dir, cpu_processes=1))
     off = load_engine(_settings(tiny_model_dir, cpu_processes=3, process="off"))
     assert isinstance(one, Engine) and isinstance(off, Engine)
+
+
+def test_the_cli_with_a_pool_writes_what_one_engine_writes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """What a CPU user runs: `transcribe` over a folder, one engine against two engine processes
+    (ASR_ENGINE__CPU_PROCESSES, as on a 8-core server), the scheduler merging two batches a call."""
+    import json
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, clip in enumerate(_clips(6, seed=9)):
+        sf.write(folder / f"c{k}.wav", clip, 16000, subtype="FLOAT")
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"out{n}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "asr", "transcribe", str(folder), "--model", str(tiny_model_dir), "--device", "cpu",
+             "--dtype", "fp32", "--no-punc", "--format", "json", "--output-dir", str(out), "--quiet"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "ASR_ENGINE__CPU_PROCESSES": str(n), "ASR_ENGINE__NUM_THREADS": "2"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        outs[n] = {p.name: json.loads(p.read_text("utf-8")) for p in sorted(out.glob("*.json"))}
+    assert len(outs[1]) == 6
+    for name, one in outs[1].items():
+        two = outs[2][name]
+        assert (two["text"], two["tokens"]) == (one["text"], one["tokens"]), name
+
+
+def test_the_scheduler_merges_a_batch_per_engine(tiny_model_dir: Path, pool: EnginePool) -> None:
+    from asr.pipeline.pipeline import Pipeline
+    from asr.settings import Settings
+
+    settings = Settings(engine=_settings(tiny_model_dir, max_batch_size=6))
+    assert Pipeline(settings, pool).scheduler.options.max_batch_size == 12  # (not started: no threads yet)

@@ -71,10 +71,11 @@ def _runner(spec: dict[str, Any], model_dir: Path, onnx_dir: Path, threads: int)
         from asr.engine.process import load_engine
         from asr.settings import EngineSettings
 
-        # In this process, unless the variant asks for `cpu_processes` (a pool of engine processes,
-        # which share `threads`) or `process: on`: what the CLI and the service build.
-        settings = {"batch_budget_s": 60.0, "max_batch_size": 8, "process": "off", "cpu_processes": 1}
-        settings |= spec.get("settings", {})
+        # One engine in this process, unless the variant asks for `cpu_processes` > 1 (a pool of
+        # engine processes sharing `threads`, as the CLI and the service build it) or `process: on`.
+        settings = {"batch_budget_s": 60.0, "max_batch_size": 8, "cpu_processes": 1} | spec.get("settings", {})
+        if settings["cpu_processes"] == 1:
+            settings.setdefault("process", "off")
         engine = load_engine(EngineSettings(model=str(model_dir), device="cpu", warmup=False,
                                             num_threads=threads, **settings))
         return engine.transcribe

@@ -79,6 +79,11 @@ class EnginePool:
         self._lock = threading.Lock()
 
     @property
+    def engines(self) -> int:
+        """How many engines a call is split among (the scheduler merges that many batches)."""
+        return len(self._children)
+
+    @property
     def restarts(self) -> int:
         return sum(c.restarts for c in self._children)
 

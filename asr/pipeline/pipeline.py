@@ -119,10 +119,12 @@ class TranscriptLike(Protocol):
     timestamps: list[tuple[int, int]]
 
 
-def scheduler_options(settings: Settings) -> SchedulerOptions:
-    """How the one scheduler in front of the engine batches, from the settings."""
+def scheduler_options(settings: Settings, engines: int = 1) -> SchedulerOptions:
+    """How the one scheduler in front of the engine batches, from the settings. `engines`: how
+    many engines one call is split among (a CPU pool, asr/engine/pool.py), each of which gets
+    batches of up to `engine.max_batch_size`."""
     return SchedulerOptions(
-        max_batch_size=settings.engine.max_batch_size,
+        max_batch_size=settings.engine.max_batch_size * engines,
         max_wait_ms=settings.server.batch_wait_ms,
         max_queue=settings.limits.max_queue,
     )
@@ -248,7 +250,8 @@ class Pipeline:
         # `scheduler`: one with `Scheduler`'s interface that lives elsewhere (an HTTP worker's
         # link to the batching process, asr/service/front.py); by default this pipeline's own.
         self.scheduler: Scheduler[Any] = scheduler or Scheduler(
-            engine.transcribe, scheduler_options(settings), sample_rate=SAMPLE_RATE, on_batch=on_batch
+            engine.transcribe, scheduler_options(settings, getattr(engine, "engines", 1)), sample_rate=SAMPLE_RATE,
+            on_batch=on_batch,
         )
         # Passed in when they were loading while the engine loaded (the CLI's cold start).
         self.models = models or StageModels(settings.longform, settings.engine.model_cache)

@@ -196,7 +196,7 @@ class Supervisor:
         from asr.pipeline.audio import SAMPLE_RATE
         from asr.pipeline.pipeline import scheduler_options
 
-        hub = BatchHub(scheduler_options(self.settings), engine, sample_rate=SAMPLE_RATE)
+        hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine, sample_rate=SAMPLE_RATE)
         socket_path = str(runtime / "hub.sock")
         await hub.start(socket_path, warmup=self.settings.engine.warmup)
         server = self.settings.server
