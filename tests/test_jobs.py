@@ -269,3 +269,31 @@ def test_worker_keeps_its_lease_while_it_runs_and_gives_files_back_on_stop(tmp_p
 
     asyncio.run(main())
     assert calls == ["slow", "forever"]  # each processed once
+
+
+def test_a_second_connection_in_one_process_keeps_the_wal_shared(tmp_path: Path) -> None:
+    """A process holds two connections to the database (the job store and the hotword sets).
+    Opening the second must not drop the first's locks: then another process closing its own
+    connection would take itself for the last, checkpoint and delete the WAL, and this process's
+    later commits would go to an unlinked file that no other process (and no restart) sees."""
+    import subprocess
+    import sys
+
+    from asr.service.jobs import connect_database
+
+    db = tmp_path / "jobs.sqlite3"
+    store = JobStore(db, tmp_path)
+    second = connect_database(db)
+    count = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+             "print(c.execute('SELECT COUNT(*) FROM jobs').fetchone()[0]); c.close()")
+
+    def seen_elsewhere() -> int:
+        out = subprocess.run([sys.executable, "-c", count, str(db)], capture_output=True, text=True, timeout=60)
+        return int(out.stdout)
+
+    store.create_job([("a.wav", b"a")], [])
+    assert seen_elsewhere() == 1  # that process opened and closed its connection
+    store.create_job([("b.wav", b"b")], [])
+    assert seen_elsewhere() == 2 and db.with_name(db.name + "-wal").exists()
+    second.close()
+    store.close()

@@ -145,8 +145,15 @@ class JobSummary:
 def connect_database(db_path: Path) -> sqlite3.Connection:
     """The service's SQLite database (jobs, hotword sets): the file and its WAL files 0600, WAL
     mode, usable from several threads (callers hold their own lock around every use)."""
-    # SQLite gives its -wal and -shm files the database file's permissions.
-    os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    # SQLite gives its -wal and -shm files the database file's permissions. Created here only
+    # when missing (O_EXCL: an existing file is never opened here): closing any descriptor of the
+    # database file drops every POSIX lock this process holds on it, those of its connections
+    # already open included (SQLite's "how to corrupt" 2.2). Without their shared lock, another
+    # process closing its last connection takes itself for the last one, checkpoints and deletes
+    # the WAL: this process's later commits go to an unlinked file, seen by no one and lost.
+    # (A process opens it twice: the job store and the hotword sets.)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
         if path.exists():
             path.chmod(0o600)
