@@ -1,0 +1,274 @@
+"""`python -m asr serve-ray`: the HTTP API as a Ray Serve application with 2 CPU replicas on a
+local Ray (the tiny model), over real HTTP on loopback through Serve's proxy.
+
+The API tests of the plain service (tests/server/test_api.py) run here unchanged against the
+Serve app, with a token set; the OpenAI route answers as the plain app does; a burst of requests
+reaches both replicas; batch jobs created through either replica are claimed and run exactly once
+each (checked in the shared job database: owner and claim count per file); a file claimed by a
+replica that stops renewing its lease (it died) is taken over after the lease, never while the
+lease is renewed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asr.service.jobs import JobStore
+
+from . import test_api as plain
+from .conftest import REPO, free_port, service_settings, wav_bytes
+
+pytest.importorskip("ray.serve", reason='the Serve app needs Ray Serve: pip install "ray[serve]"')
+
+TOKEN = "serve-s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LEASE_S = 2.0  # the replicas' job lease (renewed every 0.5 s): short, so a dead claim comes back fast
+
+
+@dataclass
+class ServeApp:
+    url: str
+    data: Path
+    deployed: dict[str, Any]
+
+    @property
+    def db(self) -> Path:
+        return self.data / "jobs.sqlite3"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=120, **{"headers": AUTH, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def serve_app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeApp]:
+    """One local Ray (2 CPUs) and one Serve app with 2 replicas for the module: starting them
+    takes most of this module's time. The settings are the in-process apps' of test_api.py (fp32
+    tiny model: results equal `shared_engine`'s), plus a token and the short lease."""
+    import ray
+    from ray import serve
+
+    from asr.serve_ray import deploy
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    data = tmp_path_factory.mktemp("serve") / "data"
+    port = free_port()
+    settings = service_settings(tiny_model_dir, data, server={"ui": False, "api_token": TOKEN, "port": port,
+                                                              "job_lease_s": LEASE_S})  # fmt: skip
+    try:
+        deployed = deploy(settings, replicas=2)
+        yield ServeApp(f"http://127.0.0.1:{port}", data, deployed)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture()
+def api(serve_app: ServeApp) -> Iterator[httpx.Client]:
+    """What test_api.py's tests call `client`: here the Serve app over HTTP, with the token."""
+    with serve_app.client() as c:
+        yield c
+
+
+def _replicas(app: ServeApp, want: int = 2, tries: int = 60) -> dict[str, dict[str, Any]]:
+    """Each replica's /api/info (asked over new connections until `want` different ones answered)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(tries):
+        with app.client() as c:
+            info = c.get("/api/info").json()
+        seen[info["replica"]["id"]] = info
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def _rows(db: Path, job_id: str) -> list[tuple[int, str, str | None, int]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT idx, status, owner, claims FROM files WHERE job_id=? ORDER BY idx",
+                           (job_id,)).fetchall()  # fmt: skip
+    finally:
+        con.close()
+
+
+# ---- the plain service's API tests, against the Serve app ----------------------------------
+
+
+def test_two_replicas_each_a_whole_service(serve_app: ServeApp) -> None:
+    assert serve_app.deployed["replicas"] == 2 and serve_app.deployed["gpus_per_replica"] == 0
+    infos = _replicas(serve_app)
+    assert len(infos) == 2, infos.keys()  # two replicas answer, each with its own scheduler
+    for info in infos.values():
+        assert info["scheduler"]["max_batch_size"] == 16 and info["replica"]["job_lease_s"] == LEASE_S
+
+
+@pytest.mark.parametrize("name", ["clip1.wav", "clip.mp3"])
+def test_transcribe(api: httpx.Client, shared_engine: Any, audio_dir: Path, name: str) -> None:
+    plain.test_transcribe_returns_the_engine_result_with_timings(api, shared_engine, audio_dir, name)
+
+
+def test_subtitle_and_text_formats(api: httpx.Client, audio_dir: Path) -> None:
+    plain.test_subtitle_and_text_formats(api, audio_dir)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [(plain.CORRUPT, 400, "corrupt_audio"), (b"this is plain text, not audio at all" * 10, 415, "unsupported_format"),
+     (b"", 400, "empty_file")],
+)  # fmt: skip
+def test_bad_audio_is_a_typed_client_error(api: httpx.Client, payload: bytes, status: int, code: str) -> None:
+    plain.test_bad_audio_is_a_client_error_with_a_message(api, payload, status, code)
+
+
+def test_hotword_and_request_errors(api: httpx.Client) -> None:
+    plain.test_hotword_and_request_errors(api)
+
+
+def test_token_is_required_but_for_healthz(serve_app: ServeApp) -> None:
+    with serve_app.client(headers={}) as c:
+        assert c.get("/healthz").status_code == 200
+        for r in (c.post("/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))}), c.get("/api/info"),
+                  c.post("/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(1.0))}, data={"model": "x"})):
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text
+        wrong = c.get("/api/info", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+
+
+def test_openai_route_answers_as_the_plain_app(api: httpx.Client, client: Any) -> None:
+    """`client` is the plain service in process (conftest.py, the same engine settings)."""
+    data = wav_bytes(2.0, seed=3)
+    for fields in ({"response_format": "verbose_json"}, {"response_format": "text"}, {"stream": "true"}):
+        answers = []
+        for door in (client, api):
+            r = door.post("/v1/audio/transcriptions", files={"file": ("s.wav", data)},
+                          data={"model": "paraformer", **fields})  # fmt: skip
+            assert r.status_code == 200, r.text
+            answers.append(r.json() if fields.get("response_format") == "verbose_json" else r.text)
+        assert answers[1] == answers[0], fields
+    assert api.post("/v1/audio/transcriptions", files={"file": ("x.wav", b"")}, data={"model": "x"}).status_code == 400
+
+
+def test_a_burst_of_requests_reaches_both_replicas(serve_app: ServeApp) -> None:
+    """Serve's router sends each request to the less busy of two replicas: under concurrent
+    requests both replicas' schedulers run items."""
+    before = {rid: info["scheduler"]["items_run"] for rid, info in _replicas(serve_app).items()}
+    clips = [wav_bytes(1.0 + 0.1 * (i % 4), seed=i) for i in range(16)]
+
+    def one(data: bytes) -> int:
+        with serve_app.client() as c:
+            return c.post("/api/transcribe", files={"file": ("c.wav", data)}).status_code
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, clips)) == [200] * len(clips)
+    after = {rid: info["scheduler"]["items_run"] for rid, info in _replicas(serve_app).items()}
+    ran = {rid: after[rid] - before[rid] for rid in before}
+    assert sum(ran.values()) >= len(clips) and all(n > 0 for n in ran.values()), ran
+
+
+# ---- durable jobs with several replicas ---------------------------------------------------
+
+
+def test_batch_job_runs_each_file_once(api: httpx.Client, serve_app: ServeApp, shared_engine: Any,
+                                       audio_dir: Path) -> None:  # fmt: skip
+    """test_api.py's batch test (results, the failed file, the zip download) through the Serve
+    app, then the shared database: every file of the job claimed once, by a replica."""
+    plain.test_batch_of_ten_with_one_corrupt_file(api, shared_engine, audio_dir)
+    owners = set(_replicas(serve_app))
+    con = sqlite3.connect(serve_app.db)
+    try:
+        rows = con.execute("SELECT status, owner, claims FROM files").fetchall()
+    finally:
+        con.close()
+    assert len(rows) >= 10
+    assert all(status in ("done", "failed") and owner in owners and claims == 1 for status, owner, claims in rows)
+
+
+def test_jobs_created_through_both_replicas_run_once_each(serve_app: ServeApp) -> None:
+    owners = set(_replicas(serve_app))
+    used: set[str] = set()
+    for _ in range(3):  # rounds until jobs ran on both replicas (the router picks the replica of each upload)
+        jobs = []
+        for j in range(6):
+            with serve_app.client() as c:
+                r = c.post("/api/batch_async", files=[("files", (f"j{j}-{k}.wav", wav_bytes(0.6 + 0.2 * k, seed=j)))
+                                                      for k in range(2)])  # fmt: skip
+            assert r.status_code == 202, r.text
+            jobs.append(r.json()["job_id"])
+        for job_id in jobs:
+            with serve_app.client() as c:  # any replica answers for any job
+                state = plain.wait_job(c, job_id)
+            assert state["status"] == "done" and state["done"] == 2, state
+            rows = _rows(serve_app.db, job_id)
+            assert [(status, claims) for _, status, _, claims in rows] == [("done", 1), ("done", 1)], rows
+            assert {owner for _, _, owner, _ in rows} <= owners
+            used |= {owner for _, _, owner, _ in rows}
+        if used == owners:
+            break
+    assert used == owners, f"jobs ran on {used} only"
+
+
+def test_a_dead_replicas_claim_is_taken_over_after_its_lease_only(serve_app: ServeApp) -> None:
+    """A third owner on the shared database (as a replica would be) claims a file and renews its
+    lease: the replicas leave it alone; once it stops renewing (it died), a replica re-queues it
+    after the lease and transcribes it; the dead owner can no longer store a result."""
+    ghost = JobStore(serve_app.db, serve_app.data, owner="ghost-replica", lease_s=1.0)
+    try:
+        for _ in range(5):  # a replica polling at that very moment may claim the new file first
+            job_id = ghost.create_job([("ghost.wav", wav_bytes(1.0, seed=42))], [])
+            task = ghost.claim_next()
+            if task is not None and task.job_id == job_id:
+                break
+        else:
+            pytest.fail("the replicas always claimed the file before the test could")
+        deadline = time.monotonic() + 3 * LEASE_S  # the owner lives: renewing well within its lease
+        while time.monotonic() < deadline:
+            assert ghost.renew_leases() == 1
+            assert _rows(serve_app.db, job_id) == [(0, "running", "ghost-replica", 1)]
+            time.sleep(0.25)
+        # The owner dies (no more renewals): after its 1 s lease a replica takes the file.
+        with serve_app.client() as c:
+            state = plain.wait_job(c, job_id)
+        assert state["status"] == "done" and state["files"][0]["result"]["text"] is not None, state
+        (_, status, owner, claims), = _rows(serve_app.db, job_id)
+        assert status == "done" and owner in set(_replicas(serve_app)) and claims == 2
+        assert ghost.finish_file(job_id, 0, {"text": "late"}) is False
+    finally:
+        ghost.close()
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def test_command_line_builds_webui_settings(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from asr.cli import build_parser
+    from asr.serve_ray import replica_settings, settings_from_args
+
+    args = build_parser().parse_args(["serve-ray", "--config", "cpu", "--model", str(tiny_model_dir), "--port", "7999",
+                                      "--data-dir", str(tmp_path), "--max-batch-size", "4", "--replicas", "3"])
+    settings = settings_from_args(args)
+    assert (settings.engine.model, settings.engine.max_batch_size, settings.engine.dtype) == (str(tiny_model_dir), 4,
+                                                                                             "int8")
+    assert (settings.server.port, settings.server.data_dir, args.replicas) == (7999, tmp_path, 3)
+    replica = replica_settings(settings, 2)
+    assert not replica.server.ui and replica.engine.num_threads == 2 and replica.pipeline.decode_processes == 1
+
+
+def test_without_ray_serve_the_command_says_how_to_install(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['ray.serve'] = None\n"
+            "from asr.cli import main\n"
+            "sys.exit(main(['serve-ray', '--data-dir', 'x']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert 'pip install "ray[serve]"' in proc.stderr
