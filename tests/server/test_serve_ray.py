@@ -272,3 +272,26 @@ def test_without_ray_serve_the_command_says_how_to_install(tmp_path: Path) -> No
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert 'pip install "ray[serve]"' in proc.stderr
+
+
+def test_live_websocket_through_the_proxy(serve_app: ServeApp) -> None:
+    """FunASR's live protocol (offline mode) over Serve's proxy: the final text is /api/transcribe's."""
+    import io
+    import json
+
+    import soundfile as sf
+    from websockets.sync.client import connect
+
+    data = wav_bytes(2.0, seed=5)
+    with serve_app.client() as c:
+        want = c.post("/api/transcribe", files={"file": ("s.wav", data)}, data={"itn": "off"}).json()["text"]
+    pcm = sf.read(io.BytesIO(data), dtype="int16")[0].astype("<i2").tobytes()
+    config = {"mode": "offline", "wav_name": "s", "wav_format": "pcm", "audio_fs": 16000, "is_speaking": True,
+              "chunk_size": [5, 10, 5], "chunk_interval": 10, "itn": False}  # fmt: skip
+    with connect(serve_app.url.replace("http://", "ws://") + "/api/live", open_timeout=30,
+                 additional_headers=AUTH) as ws:  # fmt: skip
+        ws.send(json.dumps(config))
+        ws.send(pcm)
+        ws.send(json.dumps({"is_speaking": False}))
+        msg = json.loads(ws.recv(timeout=60))
+    assert msg["is_final"] and msg["text"] == want
