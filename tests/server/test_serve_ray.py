@@ -4,9 +4,9 @@ local Ray (the tiny model), over real HTTP on loopback through Serve's proxy.
 The API tests of the plain service (tests/server/test_api.py) run here unchanged against the
 Serve app, with a token set; the OpenAI route answers as the plain app does; a burst of requests
 reaches both replicas; batch jobs created through either replica are claimed and run exactly once
-each (checked in the shared job database: owner and claim count per file); a file claimed by a
-replica that stops renewing its lease (it died) is taken over after the lease, never while the
-lease is renewed.
+each (checked in the shared job database: owner and claim count per file); a file claimed by an
+owner that stops renewing its lease (it died) is taken over after the lease, never while the
+lease is renewed; a replica killed while it holds claims leaves them to the other.
 """
 
 from __future__ import annotations
@@ -295,3 +295,36 @@ def test_live_websocket_through_the_proxy(serve_app: ServeApp) -> None:
         ws.send(json.dumps({"is_speaking": False}))
         msg = json.loads(ws.recv(timeout=60))
     assert msg["is_final"] and msg["text"] == want
+
+
+def test_a_killed_replicas_files_are_finished_by_the_other(serve_app: ServeApp) -> None:
+    """End to end: a replica is SIGKILLed while it holds claims on a job's files. After the lease
+    the other replica re-queues and transcribes them (each claimed a second time, no file a third),
+    and the job completes. (Last in the module: Serve starts a new replica meanwhile.)"""
+    import signal
+
+    files = [("files", (f"k{i}.wav", wav_bytes(3.0, seed=100 + i))) for i in range(40)]
+    with serve_app.client() as c:
+        r = c.post("/api/batch_async", files=files)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 30
+    while True:  # the replica that received the upload claims the files at once
+        running = [row for row in _rows(serve_app.db, job_id) if row[1] == "running"]
+        if running:
+            break
+        assert time.monotonic() < deadline, _rows(serve_app.db, job_id)
+        time.sleep(0.01)
+    dead = running[0][2]
+    assert dead is not None
+    os.kill(int(dead.split(":")[1]), signal.SIGKILL)  # the owner id is host:pid:replica
+    held = {idx for idx, status, owner, _ in _rows(serve_app.db, job_id) if status == "running" and owner == dead}
+    assert held, "the replica finished every file before it was killed: the test tested nothing"
+    with serve_app.client() as c:  # any live replica answers
+        state = plain.wait_job(c, job_id, timeout_s=120)
+    assert state["status"] == "done" and state["done"] == 40, state
+    rows = {idx: (status, owner, claims) for idx, status, owner, claims in _rows(serve_app.db, job_id)}
+    for idx in held:
+        status, owner, claims = rows[idx]
+        assert status == "done" and owner != dead and claims == 2, (idx, rows[idx])
+    assert all(claims <= 2 for _, _, claims in rows.values())
