@@ -103,6 +103,41 @@ def _rows(db: Path, job_id: str) -> list[tuple[int, str, str | None, int]]:
         con.close()
 
 
+# ---- the command, as users run it (before the module's Ray starts: one Ray at a time) --------
+
+
+def test_the_command_serves_and_ctrl_c_stops_everything(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`python -m asr serve-ray` with its own local Ray: it answers on the port, and Ctrl-C (SIGINT
+    to its process group, as a terminal sends it) stops the replicas and Ray, leaving no process."""
+    import signal
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "asr", "serve-ray", "--config", "cpu", "--model", str(tiny_model_dir),
+           "--data-dir", str(tmp_path / "data"), "--port", str(port), "--replicas", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "serving on" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(url + "/healthz", timeout=30).json()["status"] == "ok"
+        r = httpx.post(url + "/api/transcribe", files={"file": ("a.wav", wav_bytes(1.0))}, timeout=60)
+        assert r.status_code == 200 and r.json()["duration_ms"] == 1000, r.text
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(90) == 0, log.read_text(errors="replace")[-3000:]
+        time.sleep(1.0)
+        left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert not left, f"processes left in the command's group: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # ---- the plain service's API tests, against the Serve app ----------------------------------
 
 
