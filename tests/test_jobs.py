@@ -297,3 +297,28 @@ def test_a_second_connection_in_one_process_keeps_the_wal_shared(tmp_path: Path)
     assert seen_elsewhere() == 2 and db.with_name(db.name + "-wal").exists()
     second.close()
     store.close()
+
+
+def test_a_database_of_an_older_version_gets_the_claim_columns(tmp_path: Path) -> None:
+    """A jobs.sqlite3 written before owners and leases: opened, it gains the columns, and its
+    file left running is re-queued as before."""
+    db = tmp_path / "jobs.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, created_at REAL NOT NULL, hotwords TEXT NOT NULL);"
+        "CREATE TABLE files (job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,"
+        " name TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'pending',"
+        " result TEXT, error_code TEXT, error TEXT, updated_at REAL NOT NULL, PRIMARY KEY (job_id, idx));"
+        "INSERT INTO jobs VALUES ('j', 1.0, '[]');"
+        "INSERT INTO files(job_id, idx, name, path, size, status, updated_at)"
+        " VALUES ('j', 0, 'a', '/x', 1, 'running', 1.0);"
+    )
+    old.commit()
+    old.close()
+    store = JobStore(db, tmp_path)
+    assert store.requeue_unfinished() == 1
+    task = store.claim_next()
+    assert task is not None and (task.job_id, task.index) == ("j", 0)
+    store.close()
+    columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(files)")}
+    assert {"owner", "lease_until", "claims"} <= columns
