@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -159,6 +160,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return launch_settings(full)
 
 
+def _deployment_message(serve: Any) -> str:
+    """What Serve recorded about the replicas that failed to start (their traceback), if anything:
+    serve.run's own error only says that the deployment failed."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        return "\n".join(d.message for d in app.deployments.values()) if app else ""
+    except Exception:  # noqa: BLE001 - only a better message is lost
+        return ""
+
+
+def _cause(exc: BaseException, details: str = "") -> str:
+    text = f"{exc}\n{details}"
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+    ours = [m[1] for line in lines if (m := re.match(r"asr\.errors\.\w+: (.*)", line))]  # a typed error's message
+    return (ours or lines or [type(exc).__name__])[-1]
+
+
 def cmd_serve_ray(args: argparse.Namespace) -> int:
     try:
         ray, serve = import_serve()
@@ -184,8 +202,10 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     except ASRError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ray.exceptions.RayError as exc:  # a replica that could not start: its error, not Ray's wrapping
-        print(f"error: the service did not start: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except (ray.exceptions.RayError, RuntimeError) as exc:
+        # A replica that could not start (a missing model), or Serve's proxy (the port is taken):
+        # the cause is the last line of Ray's text (the remote traceback comes before it).
+        print(f"error: the service did not start: {_cause(exc, _deployment_message(serve))}", file=sys.stderr)
         return 2
     print(f"serving on http://{shown['host']}:{shown['port']}/ with {shown['replicas']} replica(s) "
           f"({shown['gpus_per_replica']:g} GPU, {shown['cpus_per_replica']:g} CPU each; "

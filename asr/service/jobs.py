@@ -157,7 +157,9 @@ def connect_database(db_path: Path) -> sqlite3.Connection:
     for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
         if path.exists():
             path.chmod(0o600)
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    # timeout: how long a write waits for another process's write transaction (HTTP workers,
+    # Serve replicas and their lease threads share the file) before "database is locked".
+    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30.0)
     db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode loses nothing when the process dies; only a power cut can drop
     # the last commits, which is the trade every WAL service makes for write speed.

@@ -363,3 +363,16 @@ def test_a_killed_replicas_files_are_finished_by_the_other(serve_app: ServeApp) 
         status, owner, claims = rows[idx]
         assert status == "done" and owner != dead and claims == 2, (idx, rows[idx])
     assert all(claims <= 2 for _, _, claims in rows.values())
+
+
+def test_a_failed_start_names_its_cause() -> None:
+    """What `serve-ray` prints when the application does not start: the replica's typed error
+    (from Serve's deployment status), else the last line of Ray's text (the proxy's own error)."""
+    from asr.serve_ray import _cause
+
+    status = ("Failed to start.\n  File \"asr/engine/model.py\", line 9, in load\n"
+              "asr.errors.ModelLoadError: Model directory not found: /m\n")
+    assert _cause(RuntimeError("Deploying application asr failed"), status) == "Model directory not found: /m"
+    bind = RuntimeError("\x1b[36mray::ProxyActor.ready()\x1b[39m (pid=1)\n  File \"proxy.py\"\n"
+                        "RuntimeError: Failed to bind to address '127.0.0.1:7860'.")
+    assert _cause(bind) == "RuntimeError: Failed to bind to address '127.0.0.1:7860'."
