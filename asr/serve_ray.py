@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asr.archive_ray import MissingRayError, actor_settings
@@ -98,8 +99,17 @@ def replica_settings(settings: Settings, cpus: float) -> Settings:
     sized to the CPUs Ray gives it (as the archive's actors: automatic values would count every
     core of the machine in every replica)."""
     settings = actor_settings(settings, cpus)
-    server = settings.server.model_copy(update={"ui": False, "http_workers": 1, "share": False, "autolaunch": False})
-    return settings.model_copy(update={"server": server})
+    server = settings.server.model_copy(update={
+        "ui": False, "http_workers": 1, "share": False, "autolaunch": False,
+        # Resolved here, where the command runs: a replica's working directory is Ray's, not the
+        # command's, and every replica must find the one data directory.
+        "data_dir": settings.server.data_dir.resolve(),
+        "jobs_db": settings.server.jobs_db.resolve() if settings.server.jobs_db else None,
+    })  # fmt: skip
+    engine = settings.engine
+    if Path(engine.model).exists():  # a local model directory (else a ModelScope id: left as it is)
+        engine = engine.model_copy(update={"model": str(Path(engine.model).resolve())})
+    return settings.model_copy(update={"server": server, "engine": engine})
 
 
 def deploy(

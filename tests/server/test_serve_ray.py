@@ -286,7 +286,8 @@ def test_a_dead_replicas_claim_is_taken_over_after_its_lease_only(serve_app: Ser
 # ---- the command ---------------------------------------------------------------------------
 
 
-def test_command_line_builds_webui_settings(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_command_line_builds_webui_settings(tiny_model_dir: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from asr.cli import build_parser
     from asr.serve_ray import replica_settings, settings_from_args
 
@@ -298,6 +299,14 @@ def test_command_line_builds_webui_settings(tiny_model_dir: Path, tmp_path: Path
     assert (settings.server.port, settings.server.data_dir, args.replicas) == (7999, tmp_path, 3)
     replica = replica_settings(settings, 2)
     assert not replica.server.ui and replica.engine.num_threads == 2 and replica.pipeline.decode_processes == 1
+    # Relative paths are the command's: made absolute before they travel to the replicas.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    relative = settings_from_args(build_parser().parse_args(["serve-ray", "--data-dir", "d", "--model", "models/m"]))
+    replica = replica_settings(relative, 1)
+    assert replica.server.data_dir == tmp_path / "d" and replica.engine.model == str(tmp_path / "models" / "m")
+    assert replica_settings(settings_from_args(build_parser().parse_args(["serve-ray", "--model", "iic/x"])),
+                            1).engine.model == "iic/x"  # a ModelScope id stays one
 
 
 def test_without_ray_serve_the_command_says_how_to_install(tmp_path: Path) -> None:
