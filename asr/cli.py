@@ -1,4 +1,5 @@
-"""Command line: `python -m asr transcribe FILE_OR_DIR...`, `make-model`, `bench`, `export-onnx`."""
+"""Command line: `python -m asr transcribe FILE_OR_DIR...`, `make-model`, `bench`, `export-onnx`,
+`transcribe-archive` (Ray Data), `serve-ray` (Ray Serve)."""
 
 from __future__ import annotations
 
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from asr.archive_ray import add_parser as add_transcribe_archive  # Ray itself only when it runs
 
     add_transcribe_archive(sub)
+    from asr.serve_ray import add_parser as add_serve_ray
+
+    add_serve_ray(sub)
     return parser
 
 

@@ -307,6 +307,10 @@ class ServerSettings(BaseModel):
     finished."""
     jobs_db: Path | None = None
     """SQLite file holding batch jobs (WAL mode); default `<data_dir>/jobs.sqlite3`."""
+    job_lease_s: float = Field(default=60.0, gt=0)
+    """With several Ray Serve replicas sharing the job store (`python -m asr serve-ray`): how long
+    a replica's claim on a job file lasts without being renewed (it renews every quarter of it).
+    A replica that dies leaves its files to the others after this long."""
     ui: bool = True
     """Serve the web UI at /; false serves the HTTP API alone (and does not load gradio)."""
     gradio_queue: bool = True

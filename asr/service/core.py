@@ -36,14 +36,19 @@ class Service:
 
     def __init__(
         self, settings: Settings, engine: EngineLike, models: StageModels | None = None, *,
-        front: HubLink | None = None,
+        front: HubLink | None = None, replica: str | None = None,
     ) -> None:  # fmt: skip
         """``front``: this is one of several HTTP workers (`server.http_workers`), and the
         scheduler and engine are in the batching process at the other end of the link
-        (asr/service/front.py); batch jobs run in worker 0 only."""
+        (asr/service/front.py); batch jobs run in worker 0 only.
+
+        ``replica``: this is one of several whole services (Ray Serve replicas, asr/serve_ray.py)
+        sharing the data directory; the id names this one's claims in the shared job store, and
+        every replica runs jobs (see asr/service/jobs.py: owners and leases)."""
         self.settings = settings
         self.engine = engine
         self.front = front
+        self.replica = replica
         self.started_at = time.time()
         scheduler = RemoteScheduler(front) if front is not None else None
         self.pipeline = Pipeline(settings, engine, on_batch=self._on_batch, models=models, scheduler=scheduler)
@@ -53,10 +58,12 @@ class Service:
             RemoteMetrics(front) if front is not None else Metrics(queue_depth=lambda: self.scheduler.queue_depth)
         )
         data_dir = Path(settings.server.data_dir)
-        self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir)
+        self.jobs = JobStore(settings.server.jobs_db or data_dir / "jobs.sqlite3", data_dir, owner=replica,
+                             lease_s=settings.server.job_lease_s)
+        shared = front is not None or replica is not None
         # Named hotword sets live in the same database (a table of their own). Several workers
-        # share it: each re-reads the sets when another process changed the database.
-        self.hotword_sets = HotwordSetStore(self.jobs.db_path, settings.limits, shared=front is not None)
+        # (or replicas) share it: each re-reads the sets when another process changed the database.
+        self.hotword_sets = HotwordSetStore(self.jobs.db_path, settings.limits, shared=shared)
         # Exactly one process runs batch jobs: with several workers, worker 0. Its start-up
         # re-queues files left 'running' - only its own predecessor can have left any, and that
         # one has exited (the supervisor starts a worker again only after the old one is gone).
@@ -68,10 +75,12 @@ class Service:
             retention_s=settings.server.job_retention_h * 3600,
             max_inflight_bytes=int(settings.limits.job_inflight_mb * 1048576),
             # Jobs created through other workers wake this one through the batching process; the
-            # poll only covers a wake-up sent while this worker was (re)starting.
-            poll_s=5.0 if front is not None else None,
-            # A restarted worker 0 must not delete the files of a job another worker is storing.
-            orphan_min_age_s=3600.0 if front is not None else 0.0,
+            # poll only covers a wake-up sent while this worker was (re)starting. Replicas have
+            # no such link: each finds the jobs created through the others by polling.
+            poll_s=1.0 if replica is not None else 5.0 if front is not None else None,
+            # A restarted worker 0 (or any replica) must not delete the files of a job another
+            # process is storing.
+            orphan_min_age_s=3600.0 if shared else 0.0,
         )
         if front is not None:
             front.on_jobs = self.job_worker.notify
@@ -198,6 +207,9 @@ class Service:
             "jobs": {"files_pending": self.jobs.pending_count()},
             "live": self.live.info(),
             **({"http_workers": self._workers_info()} if self.front is not None else {}),
+            # Which replica answered (each has its own scheduler, queue and figures).
+            **({"replica": {"id": self.replica, "job_lease_s": self.settings.server.job_lease_s}}
+               if self.replica is not None else {}),
             "throughput": self.metrics.throughput(),
             "uptime_s": time.time() - self.started_at,
         }

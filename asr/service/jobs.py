@@ -5,6 +5,13 @@ name in the data directory and the job's rows are committed, so a job that was a
 id survives a crash or SIGKILL. SQLite runs in WAL mode: readers (status polls) never block the
 worker's writes. On start-up, files that were in progress are put back to pending and the worker
 carries on; each file's result is stored once (a finished file is never overwritten).
+
+Several processes may share one store (Ray Serve replicas, asr/serve_ray.py): each then opens it
+with an `owner` id. A claim records the owner and a lease (`lease_until`) that the owner's worker
+renews from a thread while it lives; only a claim whose lease has run out (its owner died or hung
+that long) goes back to pending, so one replica starting never takes a file another one is
+running. A store without an owner (one service process) keeps the old rule: everything left
+'running' is re-queued at start-up.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ CREATE TABLE IF NOT EXISTS job_options (     -- per-job processing options (VAD,
     options     TEXT NOT NULL               -- JSON object
 );
 CREATE INDEX IF NOT EXISTS files_status ON files(status, job_id, idx);
+-- (files.owner, files.lease_until, files.claims: added by JobStore._migrate, for older databases)
 CREATE INDEX IF NOT EXISTS jobs_newest ON jobs(created_at, id);
 """
 
@@ -137,12 +145,21 @@ class JobSummary:
 def connect_database(db_path: Path) -> sqlite3.Connection:
     """The service's SQLite database (jobs, hotword sets): the file and its WAL files 0600, WAL
     mode, usable from several threads (callers hold their own lock around every use)."""
-    # SQLite gives its -wal and -shm files the database file's permissions.
-    os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+    # SQLite gives its -wal and -shm files the database file's permissions. Created here only
+    # when missing (O_EXCL: an existing file is never opened here): closing any descriptor of the
+    # database file drops every POSIX lock this process holds on it, those of its connections
+    # already open included (SQLite's "how to corrupt" 2.2). Without their shared lock, another
+    # process closing its last connection takes itself for the last one, checkpoints and deletes
+    # the WAL: this process's later commits go to an unlinked file, seen by no one and lost.
+    # (A process opens it twice: the job store and the hotword sets.)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for path in (db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))):
         if path.exists():
             path.chmod(0o600)
-    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+    # timeout: how long a write waits for another process's write transaction (HTTP workers,
+    # Serve replicas and their lease threads share the file) before "database is locked".
+    db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30.0)
     db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode loses nothing when the process dies; only a power cut can drop
     # the last commits, which is the trade every WAL service makes for write speed.
@@ -167,7 +184,12 @@ def transaction(db: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite
 class JobStore:
     """SQLite-backed job state plus the upload directory. Safe to use from several threads."""
 
-    def __init__(self, db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, db_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
+        owner: str | None = None, lease_s: float = 60.0,
+    ) -> None:  # fmt: skip
+        """``owner``: this process shares the store with others that run jobs too (see the module
+        docstring); its claims carry this id and a lease of ``lease_s`` seconds."""
         self.db_path = Path(db_path)
         self.upload_dir = Path(data_dir) / "uploads"
         # Uploads and results are the users' data: folders 0700, files 0600, whatever the umask.
@@ -180,6 +202,18 @@ class JobStore:
         self._lock = threading.Lock()
         self._db = connect_database(self.db_path)
         self._db.executescript(_SCHEMA)
+        self.owner = owner
+        self.lease_s = lease_s
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the claim columns to a database made by an older version. Checked inside a write
+        transaction: several processes may open the store at once, and only one may add them."""
+        with self._tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+            for column, kind in (("owner", "TEXT"), ("lease_until", "REAL"), ("claims", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in have:
+                    db.execute(f"ALTER TABLE files ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -272,10 +306,51 @@ class JobStore:
         return removed
 
     def requeue_unfinished(self) -> int:
-        """Put files that were being processed when the service stopped back to pending."""
+        """At start-up: put files that were being processed when the service stopped back to
+        pending. With an owner, only claims whose lease ran out (`requeue_expired`): the others
+        belong to processes that are alive."""
+        if self.owner is not None:
+            return self.requeue_expired()
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE files SET status='pending', updated_at=? WHERE status='running'", (time.time(),)
+                "UPDATE files SET status='pending', owner=NULL, updated_at=? WHERE status='running'", (time.time(),)
+            )
+            return cur.rowcount
+
+    def requeue_expired(self) -> int:
+        """Put files whose claim's lease has run out back to pending: their owner died (or has
+        not renewed for a whole lease). A claim with no lease (a one-process service's, or an
+        older version's) counts as expired: such a process does not share the store."""
+        with self._tx() as db:
+            now = time.time()
+            cur = db.execute(
+                "UPDATE files SET status='pending', owner=NULL, lease_until=NULL, updated_at=? "
+                "WHERE status='running' AND (lease_until IS NULL OR lease_until < ?)",
+                (now, now),
+            )
+            return cur.rowcount
+
+    def renew_leases(self) -> int:
+        """Extend the leases of this owner's running files (its heartbeat); returns how many."""
+        if self.owner is None:
+            return 0
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE files SET lease_until=? WHERE status='running' AND owner=?",
+                (time.time() + self.lease_s, self.owner),
+            )
+            return cur.rowcount
+
+    def release_claims(self) -> int:
+        """Put this owner's running files back to pending (a clean stop: another process takes
+        them at once instead of after the lease)."""
+        if self.owner is None:
+            return 0
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE files SET status='pending', owner=NULL, lease_until=NULL, updated_at=? "
+                "WHERE status='running' AND owner=?",
+                (time.time(), self.owner),
             )
             return cur.rowcount
 
@@ -290,20 +365,35 @@ class JobStore:
             ).fetchone()
             if row is None:
                 return None
+            # Selected and marked in one write transaction (BEGIN IMMEDIATE holds SQLite's write
+            # lock across processes): two stores on one database never claim the same file.
+            now = time.time()
             db.execute(
-                "UPDATE files SET status='running', updated_at=? WHERE job_id=? AND idx=?",
-                (time.time(), row[0], row[1]),
+                "UPDATE files SET status='running', owner=?, lease_until=?, claims=claims+1, updated_at=? "
+                "WHERE job_id=? AND idx=?",
+                (self.owner, now + self.lease_s if self.owner is not None else None, now, row[0], row[1]),
             )
         options = json.loads(row[5]) if row[5] else {}
         return FileTask(row[0], row[1], row[2], Path(row[3]), tuple(json.loads(row[4])), options, row[6])
 
+    @property
+    def _ours(self) -> str:
+        # With an owner, a result is stored only while the claim is still this process's: one
+        # whose lease ran out (and was re-queued, maybe claimed by another) is not written.
+        return " AND owner=?" if self.owner is not None else ""
+
+    @property
+    def _owner_arg(self) -> tuple[str, ...]:
+        return (self.owner,) if self.owner is not None else ()
+
     def finish_file(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
-        """Store a file's result; returns False if it was already finished (stored once)."""
+        """Store a file's result; returns False if it was already finished (stored once), or,
+        with an owner, if the claim is no longer this owner's."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE files SET status='done', result=?, updated_at=? "
-                "WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed')",
-                (json.dumps(result, ensure_ascii=False), time.time(), job_id, index),
+                "UPDATE files SET status='done', result=?, lease_until=NULL, updated_at=? "
+                f"WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed'){self._ours}",
+                (json.dumps(result, ensure_ascii=False), time.time(), job_id, index, *self._owner_arg),
             )
             return cur.rowcount == 1
 
@@ -311,9 +401,9 @@ class JobStore:
         """Record why a file failed; the rest of its job goes on."""
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE files SET status='failed', error_code=?, error=?, updated_at=? "
-                "WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed')",
-                (code, message, time.time(), job_id, index),
+                "UPDATE files SET status='failed', error_code=?, error=?, lease_until=NULL, updated_at=? "
+                f"WHERE job_id=? AND idx=? AND status NOT IN ('done', 'failed'){self._ours}",
+                (code, message, time.time(), job_id, index, *self._owner_arg),
             )
             return cur.rowcount == 1
 
@@ -496,6 +586,7 @@ class JobWorker:
         self._task: asyncio.Task[None] | None = None
         self._cleanup: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._heartbeat: LeaseHeartbeat | None = None
 
     async def start(self) -> None:
         orphans = self.store.remove_orphan_uploads(self._orphan_min_age_s)
@@ -504,6 +595,9 @@ class JobWorker:
         requeued = self.store.requeue_unfinished()
         if requeued:
             log.info("re-queued %d unfinished file(s) from before the restart", requeued)
+        if self.store.owner is not None:
+            self._heartbeat = LeaseHeartbeat(self.store, asyncio.get_running_loop(), self.notify)
+            self._heartbeat.start()
         self._task = asyncio.create_task(self._run(), name="asr-job-worker")
         if self._retention_s is not None:
             self._cleanup = asyncio.create_task(self._expire_loop(self._retention_s), name="asr-job-expiry")
@@ -521,6 +615,15 @@ class JobWorker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = self._cleanup = None
+        if self._heartbeat is not None:
+            # A shared store: the files this process was running go back to pending now (their
+            # tasks were just cancelled), for the other processes to take without waiting for
+            # the lease to run out. A one-process store leaves them 'running' for its next start.
+            self._heartbeat.stop()
+            self._heartbeat = None
+            released = await asyncio.to_thread(self.store.release_claims)
+            if released:
+                log.info("gave back %d unfinished job file(s) to the shared store", released)
 
     def notify(self) -> None:
         """Tell the worker new files are pending."""
@@ -583,9 +686,48 @@ class JobWorker:
                     f"Processing failed: {exc}",
                 )
             else:
-                await asyncio.to_thread(self.store.finish_file, task.job_id, task.index, result)
+                stored = await asyncio.to_thread(self.store.finish_file, task.job_id, task.index, result)
+                if not stored and self.store.owner is not None:
+                    log.warning("job %s file %d: the claim was lost (its lease ran out) before the result "
+                                "was stored; the process that holds it now stores its own", task.job_id, task.index)
             self._signal_change()
         finally:
             self._slots.release()
             self._inflight_bytes -= task.size
             self._room.set()
+
+
+class LeaseHeartbeat:
+    """A thread that renews this owner's leases every quarter lease and re-queues the files of
+    owners whose leases ran out (dead processes), waking the worker when it did.
+
+    A thread, not a task on the event loop: a loop that is busy for a while (a large result being
+    rendered, a slow synchronous call) must not let the lease run out while the process lives."""
+
+    def __init__(self, store: JobStore, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        self.store = store
+        self._loop = loop
+        self._wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="asr-job-leases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        interval = max(0.05, self.store.lease_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                self.store.renew_leases()
+                requeued = self.store.requeue_expired()
+            except sqlite3.Error as exc:  # the database busy past its timeout: try again next round
+                log.warning("could not renew the job leases: %s", exc)
+                continue
+            if requeued:
+                log.warning("re-queued %d job file(s) whose owner's lease ran out (a replica died)", requeued)
+                with contextlib.suppress(RuntimeError):  # the loop has closed: stopping anyway
+                    self._loop.call_soon_threadsafe(self._wake)

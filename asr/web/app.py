@@ -73,7 +73,10 @@ def _script_route(path: Path) -> Callable[[], Awaitable[FileResponse]]:
     return script
 
 
-def create_app(settings: Settings, engine: EngineLike | None = None, *, front: FrontConfig | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, engine: EngineLike | None = None, *, front: FrontConfig | None = None,
+    replica: str | None = None,
+) -> FastAPI:  # fmt: skip
     """Build the service from one settings object.
 
     ``engine`` defaults to ``load_engine(settings.engine)`` (in a process of its own on a GPU); it
@@ -83,6 +86,10 @@ def create_app(settings: Settings, engine: EngineLike | None = None, *, front: F
     ``front``: the app is one of several HTTP workers (`server.http_workers`, asr/web/workers.py);
     the scheduler and the engine are in the batching process this config names, which has warmed
     the engine up already.
+
+    ``replica``: the app is one of several Ray Serve replicas (asr/serve_ray.py), each a whole
+    service with its own engine and scheduler, sharing the data directory; the id names its claims
+    in the shared job store.
     """
     from asr.pipeline.models import StageModels
 
@@ -96,7 +103,7 @@ def create_app(settings: Settings, engine: EngineLike | None = None, *, front: F
         from asr.engine.process import load_engine
 
         engine = load_engine(settings.engine)
-    service = Service(settings, engine, models, front=link)
+    service = Service(settings, engine, models, front=link, replica=replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
