@@ -86,6 +86,8 @@ def test_int8_linear_equals_the_exact_product_of_its_quantized_operands() -> Non
     assert torch.allclose(one(x).reshape(-1, 40), want1, atol=1e-5)
     two = Int8Linear(linear)
     assert two.terms == 2 and torch.equal(two.weight_t, one.weight_t)
+    # The coarse weight is a view of the cross product's lower half: 2 bytes a weight, not 3.
+    assert two.weight_t.untyped_storage().data_ptr() == two.cross_t.untyped_storage().data_ptr()
     # coarse x coarse + the two cross terms; residual x residual (< 1/254^2 of a step) left out.
     want2 = (xq @ wq.t() + (xq @ wf.t() + xf @ wq.t()) / 254) * scale * wscale + bias
     assert xf.abs().max() <= 127 and wf.abs().max() <= 127 and xf.abs().max() > 64

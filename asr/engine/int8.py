@@ -42,12 +42,16 @@ class Int8Linear(nn.Module):
         coarse = torch.round(units).clamp(-_QMAX, _QMAX)
         self.terms = terms
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_t", coarse.to(torch.int8).t().contiguous())  # [in, out]: _int_mm's layout
         if terms == 2:
             # |units - coarse| <= 0.5, so the residual in 1/254 steps fits int8.
             fine = torch.round((units - coarse) * _FINE).clamp(-_QMAX, _QMAX)
-            # [fine; coarse] against the activations' [coarse | fine]: both cross terms in one product.
-            self.register_buffer("cross_t", torch.cat([fine, coarse], dim=1).to(torch.int8).t().contiguous())
+            # [fine; coarse] against the activations' [coarse | fine]: both cross terms in one
+            # product. Its lower half is the coarse weight itself (a view: no second copy).
+            cross_t = torch.cat([fine, coarse], dim=1).to(torch.int8).t().contiguous()
+            self.register_buffer("cross_t", cross_t)
+            self.register_buffer("weight_t", cross_t[self.in_features :])  # [in, out]: _int_mm's layout
+        else:
+            self.register_buffer("weight_t", coarse.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias)
