@@ -109,12 +109,13 @@ def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path) -> None:
 
 
 def test_encoder_output_stays_close_to_fp32(tiny_model_dir: Path, clips: list, engine: Engine) -> None:
-    """The issue's guard on random weights: encoder cosine >= 0.99 against fp32 (the full-size
-    model measured 0.9995, BENCHMARKS.md)."""
+    """The issue's guard on random weights: encoder cosine >= 0.99 against fp32. Two int8 terms
+    per operand measured 1 - cos = 3.6e-7 here (one term: 3.8e-5, which this bound rejects; the
+    full-size model 1e-6 against 1.4e-4, BENCHMARKS.md)."""
     int8 = _engine(tiny_model_dir, "int8")
     for ref, got in zip(engine.probe(clips), int8.probe(clips), strict=True):
         cos = torch.nn.functional.cosine_similarity(ref["enc"].flatten(), got["enc"].flatten(), dim=0)
-        assert cos >= 0.99
+        assert cos >= 0.99999
 
 
 @pytest.fixture(scope="module")
