@@ -99,8 +99,12 @@ def test_int8_linear_equals_the_exact_product_of_its_quantized_operands() -> Non
     assert err1 < 2e-2 and err2 < 2e-4 and err2 < err1 / 50
 
 
-def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path) -> None:
+def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert EngineSettings().int8_terms == 2
+    monkeypatch.setenv("ASR_ENGINE__INT8_TERMS", "1")  # as a server's environment gives it: a string
+    assert load_settings(None).engine.int8_terms == 1
+    with pytest.raises(ValueError):
+        EngineSettings(int8_terms=3)
     for terms in (1, 2):
         engine = Engine.from_settings(EngineSettings(model=str(tiny_model_dir), device="cpu", dtype="int8",
                                                      int8_terms=terms, warmup=False))
