@@ -68,16 +68,17 @@ def _wants_int8(setting: str, device: torch.device) -> bool:
     return setting == "int8" or (setting == "auto" and device.type == "cpu")
 
 
-def _quantize_int8(model: torch.nn.Module) -> None:
+def _quantize_int8(model: torch.nn.Module, terms: int) -> None:
     """The encoder's and decoder's linear layers with int8 weights and per-row int8 activations
     (`asr.engine.int8`). They hold almost all of the network's arithmetic. The CIF predictor (it
-    decides token counts), the timestamp head and the hotword bias path stay fp32."""
+    decides token counts), the timestamp head and the hotword bias path stay fp32. `terms`:
+    `EngineSettings.int8_terms`."""
     if not int8_available():
         raise ValueError("dtype 'int8' needs torch's CPU int8 product (torch._int_mm); use fp32")
     for name in ("encoder", "decoder"):
         part = getattr(model, name, None)
         if part is not None:
-            quantize_linears(part)
+            quantize_linears(part, terms)
 
 
 def _flatten_rnns(model: torch.nn.Module) -> None:
@@ -115,7 +116,7 @@ class Engine:
         # clips on 2 cores), as the GPU path runs them.
         self.cpu_bf16 = self.quantized and cpu_bf16_native()
         if self.quantized:
-            _quantize_int8(self.model)
+            _quantize_int8(self.model, settings.int8_terms)
             blstm = getattr(self.model.predictor, "blstm", None)
             if self.cpu_bf16 and blstm is not None:
                 blstm.to(torch.bfloat16)

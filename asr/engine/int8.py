@@ -7,7 +7,10 @@ text changed with the batch it ran in, which breaks the engine's rule that an it
 that item alone. Here every row (one frame of one clip) has its own scale, and int32 sums are
 exact, so a row's output depends on that row only. It is also faster on the CPUs measured (a
 3000 x 512 x 2048 product on 2 cores: 5.6 ms, against 14.8 ms for `quantize_dynamic` and 34 ms for
-fp32), and torch marks its eager quantization as deprecated.
+fp32; one int8 term per operand), and torch marks its eager quantization as deprecated.
+
+By default each operand is two int8 terms (`Int8Linear`, `EngineSettings.int8_terms`): one int8
+term flipped near-tie tokens against fp32 in 11% of the demonstration model's utterances.
 """
 
 from __future__ import annotations
@@ -16,18 +19,42 @@ import torch
 from torch import nn
 
 _QMAX = 127.0
+_FINE = 2 * _QMAX  # the residual's step: 1/254 of the coarse step
 
 
 class Int8Linear(nn.Module):
-    """A drop-in for `nn.Linear` at inference: y = x W^T + b with int8 weights and activations."""
+    """A drop-in for `nn.Linear` at inference: y = x W^T + b with int8 weights and activations.
 
-    def __init__(self, linear: nn.Linear) -> None:
+    Each operand is two int8 terms: a coarse one (scale = row max / 127) and its rounding residual
+    at 1/254 of that scale, so weights and activations carry about 15 bits instead of 7. Why: the
+    demonstration model's decoder chooses between homophones with log-probability margins under
+    0.05 in a fifth of its utterances, and one int8 term per operand flipped such a token in 11% of
+    them (88.7% of token sequences equal to fp32); two terms keep 98.7% (BENCHMARKS.md, CPU,
+    2026-12-02). Three int8 products instead of one: coarse x coarse, and the two cross terms as one
+    product over the operands stacked along K; residual x residual (under 1/254^2) is left out.
+    `terms=1` is the single-term layer, kept for comparisons.
+    """
+
+    def __init__(self, linear: nn.Linear, terms: int = 2) -> None:
         super().__init__()
+        if terms not in (1, 2):
+            raise ValueError("terms is 1 or 2")
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _QMAX
-        q = torch.round(weight / scale[:, None]).clamp(-_QMAX, _QMAX).to(torch.int8)
+        units = weight / scale[:, None]
+        coarse = torch.round(units).clamp(-_QMAX, _QMAX)
+        self.terms = terms
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight_t", q.t().contiguous())  # [in, out]: _int_mm's layout
+        if terms == 2:
+            # |units - coarse| <= 0.5, so the residual in 1/254 steps fits int8.
+            fine = torch.round((units - coarse) * _FINE).clamp(-_QMAX, _QMAX)
+            # [fine; coarse] against the activations' [coarse | fine]: both cross terms in one
+            # product. Its lower half is the coarse weight itself (a view: no second copy).
+            cross_t = torch.cat([fine, coarse], dim=1).to(torch.int8).t().contiguous()
+            self.register_buffer("cross_t", cross_t)
+            self.register_buffer("weight_t", cross_t[self.in_features :])  # [in, out]: _int_mm's layout
+        else:
+            self.register_buffer("weight_t", coarse.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias)
@@ -36,10 +63,17 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _QMAX
-        q = torch.div(rows, scale).round_().to(torch.int8)  # in place: one [rows, in] buffer fewer
+        units = torch.div(rows, scale)
+        coarse = torch.round(units)
+        q = coarse.to(torch.int8)
         # One pass to float with the row scales, one fused multiply-add for the column scales and
         # the bias (separate passes over the [rows, out] result cost more than the int8 product).
-        out = torch._int_mm(q, self.weight_t) * scale
+        out = torch._int_mm(q, self.weight_t).float()
+        if self.terms == 2:
+            fine = units.sub_(coarse).mul_(_FINE).round_().to(torch.int8)  # in place: |.| <= 127
+            cross = torch._int_mm(torch.cat([q, fine], dim=1), self.cross_t).float()
+            out.add_(cross, alpha=1.0 / _FINE)  # float + float: int32 + float with alpha is 6x slower
+        out.mul_(scale)
         if self.bias is not None:
             out = torch.addcmul(self.bias, out, self.weight_scale, out=out)
         else:
@@ -47,7 +81,8 @@ class Int8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, terms={self.terms}")
 
 
 def int8_available() -> bool:
@@ -59,13 +94,13 @@ def int8_available() -> bool:
     return True
 
 
-def quantize_linears(module: nn.Module) -> int:
+def quantize_linears(module: nn.Module, terms: int = 2) -> int:
     """Replace every `nn.Linear` under `module` by an `Int8Linear`; returns how many."""
     count = 0
     for name, child in list(module.named_children()):
         if type(child) is nn.Linear:
-            setattr(module, name, Int8Linear(child))
+            setattr(module, name, Int8Linear(child, terms))
             count += 1
         else:
-            count += quantize_linears(child)
+            count += quantize_linears(child, terms)
     return count
