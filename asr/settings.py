@@ -40,10 +40,11 @@ class EngineSettings(BaseModel):
     dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     """'auto': bf16 on GPUs that support it, fp16 on older GPUs, int8 on CPU (dynamic int8 linear
     layers, fp32 activations); 'fp32' is the reference path."""
-    int8_terms: int = Field(default=2, ge=1, le=2)  # not Literal[1, 2]: an env value is a string
-    """With dtype int8: int8 terms per operand of a linear layer. 2 (coarse + residual, about 15
-    bits, three int8 products) keeps 99% of the demonstration model's token sequences equal to
-    fp32; 1 (one product) runs the int8 pass about 1.7x faster but keeps 89% (BENCHMARKS.md, CPU,
+    int8_terms: int = Field(default=1, ge=1, le=2)  # not Literal[1, 2]: an env value is a string
+    """With dtype int8: int8 terms per operand of a linear layer. 1 (one int8 product) is the fast
+    path: the same CER as fp32 on the demonstration model, 89% of its token sequences identical
+    (the rest differ where the model picks between homophones by a hair). 2 (coarse + residual,
+    about 15 bits, three products) keeps 99% identical at about 0.6x the speed (BENCHMARKS.md, CPU,
     2026-12-02)."""
     attention: Literal["auto", "flash-attn", "varlen", "sdpa", "rowwise", "rowwise-bf16", "eager"] = "auto"
     """Attention kernel; 'auto' picks the fastest available on a GPU and, on the CPU, 'rowwise'

@@ -9,8 +9,9 @@ exact, so a row's output depends on that row only. It is also faster on the CPUs
 3000 x 512 x 2048 product on 2 cores: 5.6 ms, against 14.8 ms for `quantize_dynamic` and 34 ms for
 fp32; one int8 term per operand), and torch marks its eager quantization as deprecated.
 
-By default each operand is two int8 terms (`Int8Linear`, `EngineSettings.int8_terms`): one int8
-term flipped near-tie tokens against fp32 in 11% of the demonstration model's utterances.
+Each operand is one int8 term by default, or two (`Int8Linear`, `EngineSettings.int8_terms`): one
+term keeps fp32's CER but flips near-tie tokens in 11% of the demonstration model's utterances; two
+keep 99% of them identical at about 0.6x the speed.
 """
 
 from __future__ import annotations
@@ -25,17 +26,17 @@ _FINE = 2 * _QMAX  # the residual's step: 1/254 of the coarse step
 class Int8Linear(nn.Module):
     """A drop-in for `nn.Linear` at inference: y = x W^T + b with int8 weights and activations.
 
-    Each operand is two int8 terms: a coarse one (scale = row max / 127) and its rounding residual
+    With `terms=2` each operand is two int8 terms: a coarse one (scale = row max / 127) and its rounding residual
     at 1/254 of that scale, so weights and activations carry about 15 bits instead of 7. Why: the
     demonstration model's decoder chooses between homophones with log-probability margins under
     0.05 in a fifth of its utterances, and one int8 term per operand flipped such a token in 11% of
     them (88.7% of token sequences equal to fp32); two terms keep 98.7% (BENCHMARKS.md, CPU,
     2026-12-02). Three int8 products instead of one: coarse x coarse, and the two cross terms as one
     product over the operands stacked along K; residual x residual (under 1/254^2) is left out.
-    `terms=1` is the single-term layer, kept for comparisons.
+    `terms=1` (the default path) is one int8 term per operand, one product.
     """
 
-    def __init__(self, linear: nn.Linear, terms: int = 2) -> None:
+    def __init__(self, linear: nn.Linear, terms: int = 1) -> None:
         super().__init__()
         if terms not in (1, 2):
             raise ValueError("terms is 1 or 2")
@@ -94,7 +95,7 @@ def int8_available() -> bool:
     return True
 
 
-def quantize_linears(module: nn.Module, terms: int = 2) -> int:
+def quantize_linears(module: nn.Module, terms: int = 1) -> int:
     """Replace every `nn.Linear` under `module` by an `Int8Linear`; returns how many."""
     count = 0
     for name, child in list(module.named_children()):
