@@ -11,6 +11,21 @@ from asr.settings import EngineSettings, Settings
 _configured = False
 
 
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`); False where there
+    is no glibc. Loading a model leaves hundreds of MB of freed allocations (the checkpoint's
+    tensors, the fp32 weights the int8 layers replaced) in the heap, where the RSS still counts
+    them: the full model's int8 engine held 1,377 MB after loading, 600 MB after a trim."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 def own_process() -> bool:
     """Whether one of the product's entry points (the CLI, the server, a bench) started this
     process. Only then may the pipeline start decoding processes on its own: they are spawned,

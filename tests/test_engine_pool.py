@@ -159,3 +159,4 @@ def test_the_scheduler_merges_a_batch_per_engine(tiny_model_dir: Path, pool: Eng
 
     settings = Settings(engine=_settings(tiny_model_dir, max_batch_size=6))
     assert Pipeline(settings, pool).scheduler.options.max_batch_size == 12  # (not started: no threads yet)
+

@@ -33,6 +33,7 @@ from asr.engine.model import LoadedModel, default_device, load_model, resolve_mo
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
 from asr.pipeline.hotwords import HotwordList, HotwordTokenizer
+from asr.runtime import release_free_memory
 from asr.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Engine:
             if self.cpu_bf16 and blstm is not None:
                 blstm.to(torch.bfloat16)
         _flatten_rnns(self.model)
+        release_free_memory()  # the checkpoint and the weights int8 replaced: gone from the RSS too
         self.token_list = loaded.token_list
         self._sos = int(getattr(self.model, "sos", 1))
         self._eos = int(getattr(self.model, "eos", 2))
