@@ -100,8 +100,16 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def make_clips(n: int = 10, rate: int = 16000, seconds: float | None = None) -> list[bytes]:
-    """16-bit WAV clips of gated tones over noise: 0.6-1.4 s, or all `seconds` long."""
+@dataclass(frozen=True)
+class Clip:
+    data: bytes
+    seconds: float
+    filename: str
+
+
+def make_clips(n: int = 10, rate: int = 16000, seconds: float | None = None, fmt: str = "wav") -> list[Clip]:
+    """Clips of gated tones over noise: 0.6-1.4 s, or all `seconds` long; 16-bit WAV, or mp3
+    (48 kbps through PyAV, as users upload recordings)."""
     import io
 
     import numpy as np
@@ -114,9 +122,17 @@ def make_clips(n: int = 10, rate: int = 16000, seconds: float | None = None) -> 
         t = np.arange(int(length * rate)) / rate
         x = 0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) * (np.sin(2 * np.pi * 3 * t) > 0)
         x = (x + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+        if fmt == "mp3":
+            from asr.devtools.bench_e2e import write_mp3
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "clip.mp3"
+                write_mp3(path, x)
+                clips.append(Clip(path.read_bytes(), len(t) / rate, "load.mp3"))
+            continue
         buf = io.BytesIO()
         sf.write(buf, x, rate, format="WAV", subtype="PCM_16")
-        clips.append(buf.getvalue())
+        clips.append(Clip(buf.getvalue(), len(t) / rate, "load.wav"))
     return clips
 
 
@@ -126,7 +142,7 @@ async def run_load(
     duration_s: float = 12.0,
     concurrency: int = 200,
     pid: int | None = None,
-    clips: list[bytes] | None = None,
+    clips: list[Clip] | None = None,
     request_timeout_s: float = 120.0,
 ) -> LoadReport:
     """Run ``concurrency`` looping clients for ``duration_s`` seconds (127.0.0.1 only)."""
@@ -140,19 +156,19 @@ async def run_load(
     async def client(n: int, http: httpx.AsyncClient) -> None:
         i = n
         while time.monotonic() < deadline:
-            data = clips[i % len(clips)]
+            clip = clips[i % len(clips)]
             i += concurrency
             report.sent += 1
             t0 = time.monotonic()
             try:
-                resp = await http.post("/api/transcribe", files={"file": ("load.wav", data)})
+                resp = await http.post("/api/transcribe", files={"file": (clip.filename, clip.data)})
             except httpx.HTTPError as exc:
                 report.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             report.answered += 1
             if resp.status_code == 200:
                 report.ok += 1
-                report.audio_s += (len(data) - 44) / 32000  # 16-bit mono 16 kHz WAV
+                report.audio_s += clip.seconds
                 report.latencies_s.append(time.monotonic() - t0)
             elif resp.status_code == 503 and "Retry-After" in resp.headers:
                 report.busy_503 += 1
@@ -183,17 +199,16 @@ async def run_load(
     return report
 
 
-def _client_process(url: str, duration_s: float, concurrency: int, clip_seconds: float | None) -> LoadReport:
+def _client_process(url: str, duration_s: float, concurrency: int, clips: list[Clip]) -> LoadReport:
     """One client process's share of the load (spawned: no state from the parent)."""
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    clips = make_clips(seconds=clip_seconds) if clip_seconds else None
     return asyncio.run(run_load(url, duration_s=duration_s, concurrency=concurrency, clips=clips))
 
 
 def run_load_processes(url: str, *, duration_s: float, concurrency: int, processes: int,
-                       pid: int | None = None, clip_seconds: float | None = None) -> LoadReport:
+                       pid: int | None = None, clips: list[Clip] | None = None) -> LoadReport:
     """`run_load` spread over `processes` client processes, merged into one report: one Python
     process posting 30 s WAVs tops out near the rates the service is asked to reach, so the
     client would be what is measured. The server's memory and CPU are read here."""
@@ -201,6 +216,7 @@ def run_load_processes(url: str, *, duration_s: float, concurrency: int, process
     from concurrent.futures import ProcessPoolExecutor
 
     shares = [concurrency // processes + (k < concurrency % processes) for k in range(processes)]
+    clips = clips or make_clips()
     report = LoadReport(duration_s, concurrency)
     start = time.monotonic()
     done = threading.Event()
@@ -215,7 +231,7 @@ def run_load_processes(url: str, *, duration_s: float, concurrency: int, process
     server_cpu0 = tree_cpu_s(pid) if pid is not None else None
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = list(pool.map(_client_process, [url] * processes, [duration_s] * processes, shares,
-                              [clip_seconds] * processes))
+                              [clips] * processes))
     done.set()
     sampler.join()
     for part in parts:
@@ -280,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--concurrency", type=int, default=200)
     p.add_argument("--clip-seconds", type=float, help="every clip this long (default: 0.6-1.4 s)")
+    p.add_argument("--format", choices=["wav", "mp3"], default="wav", help="what the clients upload")
     p.add_argument("--processes", type=int, default=1,
                    help="client processes sharing the clients (memory and CPU: the server's whole process tree)")
     args = p.parse_args(argv)
@@ -300,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         server = start_server(model, work, env={"ASR_LIMITS__MAX_QUEUE": "256"})
         url, pid = server.url, server.process.pid
     try:
+        clips = make_clips(seconds=args.clip_seconds, fmt=args.format)
         if args.processes > 1:
             report = run_load_processes(url, duration_s=args.duration, concurrency=args.concurrency,
-                                        processes=args.processes, pid=pid, clip_seconds=args.clip_seconds)
+                                        processes=args.processes, pid=pid, clips=clips)
         else:
-            clips = make_clips(seconds=args.clip_seconds) if args.clip_seconds else None
             report = asyncio.run(
                 run_load(url, duration_s=args.duration, concurrency=args.concurrency, pid=pid, clips=clips)
             )

@@ -11,7 +11,11 @@ Rows (each after the models are loaded, except the cold start):
   (`vad_workers=1`, `decode_processes=0`), so the run shows what they bring;
 - cold start: `python -m asr transcribe` of one 10 s mp3 in a fresh process, first result;
 - funasr (`--funasr`): funasr's own pipeline (FSMN-VAD + model + CT-Transformer) on the long
-  recording, already decoded.
+  recording, already decoded;
+- the service (`--service-workers 1 4`): the server started per worker count (`--no-ui
+  --http-workers W`), its time from start to a ready `/healthz`, then clients posting 30 s clips
+  (WAV at 150 and 300 clients, mp3 at 150; `tests/load.py` spread over `--load-processes`
+  processes so the client is not the limit): audio-s/s, latency, errors, the server's memory.
 
 The audio is made by the bench, seeded: `--speech` (a WAV of real speech, e.g. from
 `python -m tests.live_load --make-wav`) cut and tiled with random gains and pauses, encoded as mp3
@@ -229,6 +233,63 @@ def _cold_start(args: argparse.Namespace, short: Path, out_dir: Path) -> dict[st
     return out
 
 
+def _service_rows(args: argparse.Namespace, punc_dir: Path, work: Path) -> list[dict[str, Any]]:
+    """The HTTP service as users start it, once per worker count, under the load client."""
+    import os
+    import signal
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "tests" / "load.py").is_file() or not (root / "webui.py").is_file():
+        raise SystemExit("--service-workers needs a checkout of the repository (webui.py, tests/load.py)")
+    sys.path.insert(0, str(root))
+    from tests.load import make_clips, run_load_processes
+
+    clips = {fmt: make_clips(seconds=30.0, fmt=fmt) for fmt in ("wav", "mp3")}
+    rows = []
+    for workers in args.service_workers:
+        port = 7990 + workers
+        cmd = [sys.executable, str(root / "webui.py"), "--no-ui", "--model", args.model, "--port", str(port),
+               "--http-workers", str(workers), "--data-dir", str(work / f"data-w{workers}")]
+        if args.config:
+            cmd += ["--config", args.config]
+        env = {**os.environ, "ASR_LONGFORM__PUNC_MODEL": str(punc_dir)}
+        log = open(work / f"server-w{workers}.log", "w")  # noqa: SIM115 - closed below
+        t0 = time.perf_counter()
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        ready = None
+        while ready is None and server.poll() is None and time.perf_counter() - t0 < 600:
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+                    ready = time.perf_counter() - t0 if resp.status == 200 else None
+            except OSError:
+                time.sleep(0.25)
+        try:
+            if ready is None:
+                rows.append({"row": f"service, {workers} HTTP worker(s)", "error": "not ready (see the server log)"})
+                continue
+            for fmt, clients in (("wav", 150), ("wav", 300), ("mp3", 150)):
+                report = run_load_processes(url, duration_s=args.load_seconds, concurrency=clients,
+                                            processes=args.load_processes, pid=server.pid, clips=clips[fmt])
+                summary = report.summary()
+                row = {"row": f"service, {workers} HTTP worker(s), {clients} clients, 30 s {fmt}",
+                       "ready_s": round(ready, 1), "audio_s_per_s": summary["audio_s_per_s"],
+                       **{k: summary[k] for k in ("ok", "errors", "busy_503", "latency_p50_s", "latency_p95_s",
+                                                  "latency_p99_s", "rss_mb_peak", "server_cpu_s")}}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+            log.close()
+    return rows
+
+
 def _funasr_long(args: argparse.Namespace, audio: np.ndarray, punc_dir: Path, work: Path) -> dict[str, Any]:
     import torch
     from funasr import AutoModel
@@ -299,13 +360,20 @@ def run(args: argparse.Namespace) -> int:
                                          work / "out-serial", many=False)
     if args.funasr:
         result["rows"].append(_funasr_long(args, inputs["long_audio"], Path(args.punc_model), work))
+    if args.service_workers:
+        result["rows"] += _service_rows(args, Path(args.punc_model), work)
     text = json.dumps(result, indent=1, ensure_ascii=False)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text, encoding="utf-8")
     print("\n| row | setting | audio s | wall s | x real time |\n|---|---|---|---|---|")
     for r in result["rows"]:
-        wall = f"{r['wall_s']} (then {r['again_s']})" if "again_s" in r else r["wall_s"]
+        wall = f"{r['wall_s']} (then {r['again_s']})" if "again_s" in r else r.get("wall_s", "")
+        if "audio_s_per_s" in r:  # a service row
+            print(f"| {r['row']} | ready after {r['ready_s']} s | - | p50/p95/p99 {r['latency_p50_s']}/"
+                  f"{r['latency_p95_s']}/{r['latency_p99_s']} s, {r['errors']} errors "
+                  f"| {r['audio_s_per_s']} audio-s/s |")
+            continue
         print(f"| {r['row']} | {r.get('setting', '')} | {r.get('audio_s', '')} | {wall} "
               f"| {r.get('x_real_time', '')} |")
     if not args.work:
@@ -327,6 +395,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--in-process-too", action="store_true",
                    help="where the engine runs in a process of its own, also the rows with it in this one")
     p.add_argument("--funasr", action="store_true", help="also funasr's own VAD pipeline on the long recording")
+    p.add_argument("--service-workers", type=int, nargs="+", metavar="W",
+                   help="also the HTTP service under load, started with each of these --http-workers counts")
+    p.add_argument("--load-seconds", type=float, default=20.0, help="each service row's load duration")
+    p.add_argument("--load-processes", type=int, default=6, help="client processes of the load client")
     p.add_argument("--work", help="keep the inputs and outputs here (default: a temporary folder)")
     p.add_argument("--out", help="write the JSON result here")
     p.set_defaults(func=run)
