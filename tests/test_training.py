@@ -221,3 +221,22 @@ def test_error_kinds_class_each_substitution_by_reading() -> None:
     assert kinds == {"tone": round(100 / 6, 2), "homophone": round(100 / 6, 2), "other": 0.0,
                      "deleted": round(100 / 6, 2), "inserted": round(100 / 6, 2)}
     assert evaluate.error_kinds(["我"], ["你"], reading=readings.__getitem__)["other"] == 100.0
+
+
+def test_weighted_seaco_loss_is_funasrs_at_weight_one_and_leans_on_listed_positions() -> None:
+    import train_seaco
+    from funasr.losses.label_smoothing_loss import LabelSmoothingLoss
+
+    torch.manual_seed(0)
+    no_bias, vocab = 9, 10
+    logits = torch.randn(3, 5, vocab)
+    labels = torch.tensor([[no_bias, 2, 3, no_bias, -1], [no_bias] * 5, [4, no_bias, -1, -1, -1]])
+    funasr = LabelSmoothingLoss(vocab, padding_idx=-1, smoothing=0.1, normalize_length=True)
+    same = train_seaco.weighted_loss(logits, labels, no_bias, 1.0)
+    assert torch.allclose(same, funasr(logits, labels), atol=1e-5)
+    # Weight 10: the mean moves towards the listed positions' own loss.
+    copy = (labels >= 0) & (labels != no_bias)
+    listed = train_seaco.weighted_loss(logits.masked_fill(~copy[..., None], 0), labels.masked_fill(~copy, -1),
+                                       no_bias, 1.0)
+    heavy = train_seaco.weighted_loss(logits, labels, no_bias, 10.0)
+    assert abs(heavy - listed) < abs(same - listed)
