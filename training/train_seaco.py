@@ -11,8 +11,12 @@ respelled span, the case the bias path exists for.
 
 Not enough yet: on the H200, 16,000 utterances and 1,520 steps of 128 (110 s) raised the share of
 listed positions the head copies from 4.5% to 7.4% (it keeps NO_BIAS right at 99.5%), and the
-hotword recall stayed 0, so gpu_run.sh does not run it and its weights were not installed. It is
-the place to continue (longer runs, weighting the copy positions against NO_BIAS's 92%).
+hotword recall stayed 0, so gpu_run.sh does not run it and its weights were not installed. On this
+project's 2-core CPU (2026-12-02), `--copy-weight 10 --lr 2e-3`, 3,000 utterances, 2,231 steps of
+64: copies 67% and NO_BIAS kept 74% on the training batches, but held-out recall still 0 and the
+CER with the trap list given rose 24.0 -> 28.5% (the head fires at the wrong places; with one
+listed word the text did not change at all on 8 traps): not installed either. What it lacks is
+not yet understood; more utterances (3,000 were seen ~48 times each) is the next thing to try.
 
     python training/train_seaco.py MODEL_DIR --corpus corpus.json.gz [--utterances 8000] [--train-seconds 600]
 
