@@ -115,6 +115,24 @@ def _catch(fn, *args):
         return exc
 
 
+def test_auto_pools_only_in_the_products_processes_and_for_inputs_worth_it(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asr.runtime
+    from asr.engine.core import Engine
+
+    settings = _settings(tiny_model_dir, num_threads=8)  # 8 cores' worth: 'auto' runs 2 engines
+    monkeypatch.setattr(asr.runtime, "_configured", False)
+    assert isinstance(load_engine(settings), Engine)  # a user's script: no spawned processes
+    monkeypatch.setattr(asr.runtime, "_configured", True)
+    assert isinstance(load_engine(settings, input_bytes=1 << 20), Engine)  # the CLI's one small file
+    pool = load_engine(settings, input_bytes=100 << 20)
+    try:
+        assert isinstance(pool, EnginePool) and pool.engines == 2
+        assert pool.info()["threads_per_process"] == 4
+    finally:
+        pool.close()
+
+
 def test_one_process_or_off_keeps_a_single_engine(tiny_model_dir: Path) -> None:
     from asr.engine.core import Engine
 
@@ -160,3 +178,23 @@ def test_the_scheduler_merges_a_batch_per_engine(tiny_model_dir: Path, pool: Eng
     settings = Settings(engine=_settings(tiny_model_dir, max_batch_size=6))
     assert Pipeline(settings, pool).scheduler.options.max_batch_size == 12  # (not started: no threads yet)
 
+
+
+def test_a_model_that_does_not_load_is_a_typed_error_and_no_child_is_left(tmp_path: Path) -> None:
+    from asr.errors import ModelLoadError
+
+    def children() -> set[int]:
+        me = str(os.getpid())
+        out = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                    out.add(int(stat.parent.name))
+            except (OSError, IndexError):
+                continue
+        return out
+
+    before = children()
+    with pytest.raises(ModelLoadError, match="not found"):
+        EnginePool(_settings(tmp_path / "no-model"), 2, 1)
+    assert children() - before == set()

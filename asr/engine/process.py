@@ -297,8 +297,10 @@ def load_engine(settings: EngineSettings, input_bytes: int | None = None) -> Any
         from asr.runtime import own_process, usable_cores
 
         cores = settings.num_threads or usable_cores()
-        # 'auto' spawns only from the product's own entry points, as `wants_process` explains.
-        n = cpu_processes(settings, cores) if settings.cpu_processes or own_process() else 1
+        # 'auto' spawns only from the product's own entry points, and not for a small input whose
+        # recognition takes less than the other processes' start, as `wants_process` explains.
+        small = input_bytes is not None and input_bytes < SMALL_INPUT_BYTES
+        n = cpu_processes(settings, cores) if settings.cpu_processes or (own_process() and not small) else 1
         if n > 1:
             return EnginePool(settings, n, max(1, cores // n))
     if wants_process(settings, input_bytes):
