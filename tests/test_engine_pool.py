@@ -184,11 +184,13 @@ def test_a_model_that_does_not_load_is_a_typed_error_and_no_child_is_left(tmp_pa
     from asr.errors import ModelLoadError
 
     def children() -> set[int]:
+        """This process's spawned children (not multiprocessing's resource tracker, which stays)."""
         me = str(os.getpid())
         out = set()
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                if (stat.read_text().rsplit(")", 1)[1].split()[1] == me
+                        and b"spawn_main" in (stat.parent / "cmdline").read_bytes()):
                     out.add(int(stat.parent.name))
             except (OSError, IndexError):
                 continue

@@ -83,8 +83,18 @@ class EngineProcess:
         self._area, self._area_size = None, 0
         try:
             reply = self._reply(self._timeout_s, "while loading the model")
-        except _ChildDied as exc:
-            raise ModelLoadError(str(exc)) from None
+        except BaseException as exc:
+            # A child that could not load is ending (or hung): wait for it, so that no process
+            # outlives the error its caller gets.
+            parent.close()
+            self._conn = None
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            if isinstance(exc, _ChildDied):
+                raise ModelLoadError(str(exc)) from None
+            raise
         self._info = {**reply, "process": self._proc.pid}
         log.info("engine process %d ready", self._proc.pid)
 
