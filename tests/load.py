@@ -261,24 +261,23 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_mb(pid: int) -> float:
+def _tree_sum(pid: int, read: Any) -> float:
+    """`read(p)` summed over `pid` and its descendants; a process that ended meanwhile counts 0."""
     total = 0.0
     for p in _tree(pid):
         try:
-            total += rss_mb(p)
-        except (OSError, RuntimeError):
+            total += read(p)
+        except (OSError, RuntimeError, IndexError):
             continue
     return total
+
+
+def tree_rss_mb(pid: int) -> float:
+    return _tree_sum(pid, rss_mb)
 
 
 def tree_cpu_s(pid: int) -> float:
-    total = 0.0
-    for p in _tree(pid):
-        try:
-            total += cpu_s(p)
-        except (OSError, IndexError):
-            continue
-    return total
+    return _tree_sum(pid, cpu_s)
 
 
 def write_report(report: LoadReport, name: str) -> Path:
