@@ -82,15 +82,24 @@ def api(serve_app: ServeApp) -> Iterator[httpx.Client]:
         yield c
 
 
-def _replicas(app: ServeApp, want: int = 2, tries: int = 60) -> dict[str, dict[str, Any]]:
-    """Each replica's /api/info (asked over new connections until `want` different ones answered)."""
-    seen: dict[str, dict[str, Any]] = {}
-    for _ in range(tries):
+def _replicas(app: ServeApp, want: int = 2, tries: int = 30) -> dict[str, dict[str, Any]]:
+    """Each replica's /api/info, asked in concurrent rounds until `want` different ones answered.
+
+    One request at a time is not enough: with both replicas idle, Serve's router may break the tie
+    the same way every time (a CI run saw 60 sequential requests reach one replica); concurrent
+    requests give the one in flight a deeper queue, so the next goes to the other."""
+
+    def one(_: int) -> dict[str, Any]:
         with app.client() as c:
-            info = c.get("/api/info").json()
-        seen[info["replica"]["id"]] = info
-        if len(seen) >= want:
-            break
+            return c.get("/api/info").json()
+
+    seen: dict[str, dict[str, Any]] = {}
+    with cf.ThreadPoolExecutor(8) as pool:
+        for _ in range(tries):
+            for info in pool.map(one, range(8)):
+                seen[info["replica"]["id"]] = info
+            if len(seen) >= want:
+                break
     return seen
 
 
@@ -208,6 +217,7 @@ def test_a_burst_of_requests_reaches_both_replicas(serve_app: ServeApp) -> None:
     with cf.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, clips)) == [200] * len(clips)
     after = {rid: info["scheduler"]["items_run"] for rid, info in _replicas(serve_app).items()}
+    assert len(before) == 2 and set(after) == set(before), (before, after)
     ran = {rid: after[rid] - before[rid] for rid in before}
     assert sum(ran.values()) >= len(clips) and all(n > 0 for n in ran.values()), ran
 
