@@ -105,6 +105,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return 2
     settings = build_settings(args)
     options = build_options(args, settings)
+    settings = _only_what_is_used(settings, options)
     files = find_audio_files(args.inputs)
     if not files:
         print("no audio files found", file=sys.stderr)
@@ -116,6 +117,22 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         return asyncio.run(_transcribe_files(settings, engine, files, options, args, models))
     finally:
         engine.close()
+
+
+def _only_what_is_used(settings: Settings, options: Options) -> Settings:
+    """The settings without the models these options switch off: the pipeline loads ITN's grammars
+    and the punctuation model when it starts (a service's requests may ask for them), a command
+    whose every file says --no-punc / --no-itn need not wait for them, nor warn that one is
+    missing."""
+    longform, pipeline = {}, {}
+    if not options.punctuation:
+        longform["punc_model"] = ""
+    if options.itn is False:
+        pipeline["itn"] = False
+    return settings.model_copy(update={
+        "longform": settings.longform.model_copy(update=longform),
+        "pipeline": settings.pipeline.model_copy(update=pipeline),
+    })
 
 
 def _preload_models(settings: Settings, options: Options) -> StageModels:

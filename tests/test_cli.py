@@ -164,3 +164,24 @@ def test_recordings_sharing_a_name_keep_their_own_outputs(tiny_model_dir, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["call.mp3.json", "call.wav.json", "other.json"]
     for ext in ("wav", "mp3"):
         assert abs(json.loads((out / f"call.{ext}.json").read_text())["duration_ms"] - 2000) < 100
+
+
+def test_models_switched_off_are_not_loaded(tiny_model_dir, tmp_path) -> None:
+    """--no-punc / --no-itn: the command neither loads the punctuation model and ITN's grammars
+    (seconds of a cold start for the full CT-Transformer) nor warns that the model is missing."""
+    (tmp_path / "a.wav").write_bytes(all_formats(1.0)["pcm16_16k.wav"])
+    script = ("import sys; from asr.cli import main; code = main(sys.argv[1:]); "
+              "print('wetext loaded:', 'wetext' in sys.modules); sys.exit(code)")
+    common = [str(tmp_path / "a.wav"), "--model", str(tiny_model_dir), "--device", "cpu",
+              "--punc-model", str(tmp_path / "no-such-model"), "--output-dir", str(tmp_path / "o"), "--quiet"]
+
+    def run(*flags: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", script, "transcribe", *common, *flags],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+
+    assert "unavailable" in run()  # the missing model is noticed when punctuation is on
+    off = run("--no-punc", "--no-itn")
+    assert "unavailable" not in off and "wetext loaded: False" in off, off
+    assert "wetext loaded: True" in run("--no-punc")
