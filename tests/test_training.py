@@ -260,3 +260,36 @@ def test_hotword_lists_include_the_few_word_lists_the_product_gets() -> None:
     for b in own:
         assert hot.labels[b, 2:4].tolist() == ids[b][2:4].tolist()
 
+
+def test_respeller_draws_new_homophone_spellings_of_the_span(espeak_engine) -> None:
+    """Issue #12: with each utterance's spelling fixed, stage 2 learnt utterance -> spelling (96%
+    of respelled positions copied on its own utterances, 13% on unseen ones); drawn anew, the
+    spelling can only come from the list. The sound must not change: the frozen outputs are the
+    recogniser's on the utterance as spoken."""
+    import json
+
+    import train_seaco
+
+    tokens = json.loads((ROOT / "tests/assets/demo-model/asr/tokens.json").read_text("utf-8"))
+    index = {t: i for i, t in enumerate(tokens)}
+    every = [np.arange(len(tokens))] * 50  # every character counts as well known
+    respeller = train_seaco.Respeller(tokens, every, avoid={"颖骗"}, fresh_p=1.0)
+    dec = np.array([index[c] for c in "影片中的医生是个典型的例子"])
+    ids = dec.copy()
+    ids[0:2] = [index["郢"], index["骗"]]  # the corpus's spelling
+    rng = random.Random(0)
+    spellings = set()
+    for _ in range(20):
+        out, span = respeller(dec, ids, (0, 2), rng)
+        assert span == (0, 2) and out[2:].tolist() == dec[2:].tolist()
+        word = "".join(tokens[i] for i in out[0:2])
+        assert word != "颖骗"  # a held-out trap word is never drawn
+        assert espeak_engine.phonemes(word) == espeak_engine.phonemes("影片")
+        spellings.add(word)
+    assert len(spellings) > 3
+    # An utterance without a respelled span gets a fresh one, written differently, sounding the same.
+    out, span = respeller(dec, dec, None, rng)
+    assert span is not None and out.tolist() != dec.tolist()
+    s, e = span
+    assert espeak_engine.phonemes("".join(tokens[i] for i in out[s:e])) == \
+        espeak_engine.phonemes("".join(tokens[i] for i in dec[s:e]))
