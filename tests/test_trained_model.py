@@ -185,6 +185,59 @@ def test_each_request_in_a_batch_gets_its_own_hotwords(speech: Any, demo_engine:
     assert sum(unlisted) <= 1
 
 
+def test_bias_head_is_the_same_in_the_engine_funasr_and_training(speech: Any, demo_engine: Any) -> None:
+    """Issue #12: with one listed word the text did not change. The bias head's distribution on
+    a trap with its word listed is the same in the engine, in funasr's AutoModel and in the
+    training code's path (train_asr.seaco_logits on the same recogniser outputs and list), so
+    the cause is in what the head learnt, not in how inference runs it."""
+    import logging
+
+    import torch
+    import train_asr
+    from funasr import AutoModel
+    from funasr.models.transformer.utils.nets_utils import make_pad_mask
+
+    traps, waves = _traps(speech)
+    model = AutoModel(model=str(ASR_DIR), disable_update=True, device="cpu", log_level="ERROR", disable_pbar=True)
+    logging.getLogger().setLevel(logging.WARNING)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        return lambda module, args, out: seen.__setitem__(name, out.detach().float())
+
+    hooks = [demo_engine.model.hotword_output_layer.register_forward_hook(keep("engine")),
+             model.model.hotword_output_layer.register_forward_hook(keep("funasr"))]
+    try:
+        for trap, wave in list(zip(traps, waves))[:2]:
+            word = trap["hotword"]
+            demo_engine.transcribe([wave], hotwords=[word])
+            model.generate(input=[wave], hotword=word)
+            ours, theirs = seen["engine"][0], seen["funasr"][0]
+            assert ours.shape == theirs.shape
+            assert torch.allclose(ours.log_softmax(-1), theirs.log_softmax(-1), atol=2e-3)
+            # The training path on the same outputs of the recogniser, the list built as in training.
+            net = demo_engine.model
+            with torch.no_grad():
+                feats, lens = demo_engine._features_of(*demo_engine._pad([wave]))
+                enc, enc_lens = net.encode(feats, lens)
+                mask = (~make_pad_mask(enc_lens, maxlen=enc.size(1)))[:, None, :]
+                acoustic, n = net.predictor(enc, None, mask, ignore_id=-1)[:2]
+                n = n.round().long()
+                acoustic = acoustic[:, : int(n)]
+                hidden = net.decoder(enc, enc_lens, acoustic, n, return_hidden=True)[0]
+                ids = demo_engine.hotword_tokenizer.encode((word,))
+                hot = train_asr.Hotwords(
+                    pad=train_asr.pad([np.array(x) for x in ids], 0, torch.device("cpu")),
+                    lengths=torch.tensor([len(x) for x in ids], dtype=torch.int32),
+                    index=torch.arange(len(ids))[None], counts=torch.tensor([len(ids)]), labels=torch.empty(0))
+                # seaco_logits drops the last position (</s>), as funasr's loss does; inference keeps it.
+                trained = train_asr.seaco_logits(net, acoustic, hidden, n, hot)[0].float()
+            assert torch.allclose(trained.log_softmax(-1), ours[:-1].log_softmax(-1), atol=2e-3)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @TARGET
 def test_listed_hotwords_are_written_in_a_mixed_batch(speech: Any, demo_engine: Any) -> None:
     traps, waves = _traps(speech)

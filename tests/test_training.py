@@ -139,7 +139,7 @@ def test_losses_equal_funasr_paraformer_and_seaco(dry_model) -> None:
     corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
                               [(0, 3), None, (2, 5), None], [])
     hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
-                                    random.Random(0), torch.device("cpu"), group=len(lens))
+                                    random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
     ours = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, None)
     enc, enc_lens = model.encode(feats, feat_lens)
     loss_att, _, _, _, loss_pre = model._calc_att_loss(enc, enc_lens, ys, lens)
@@ -197,7 +197,7 @@ def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
     corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
                               [None] * len(lens), [])
     hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
-                                    random.Random(0), torch.device("cpu"), group=len(lens))
+                                    random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
     frames = feats.shape[1]
     zeros = torch.zeros(len(lens), frames)
     chars = torch.full((len(lens), frames), -1)
@@ -240,3 +240,56 @@ def test_weighted_seaco_loss_is_funasrs_at_weight_one_and_leans_on_listed_positi
                                        no_bias, 1.0)
     heavy = train_seaco.weighted_loss(logits, labels, no_bias, 10.0)
     assert abs(heavy - listed) < abs(same - listed)
+
+
+def test_hotword_lists_include_the_few_word_lists_the_product_gets() -> None:
+    """Issue #12: group lists (about 30 words, one of them nearly always spoken) were the only
+    lists the bias head saw; given one word, as the product often is, it copied almost nothing."""
+    import train_asr
+
+    rng = random.Random(0)
+    ids = [np.array([rng.randrange(3, 50) for _ in range(10)]) for _ in range(256)]
+    corpus = train_asr.Corpus([str(i) for i in range(60)], ids, [], [(2, 4)] * 256, [])
+    hot = train_asr.sample_hotwords(corpus, list(range(256)), 59, 1, random.Random(0), torch.device("cpu"))
+    counts = hot.counts.tolist()
+    assert min(counts) <= 2 and max(counts) > 10  # few-word lists and group lists, "<s>" included
+    # One-word lists holding just the utterance's own span, copied where it is spoken.
+    own = [b for b, n in enumerate(counts)
+           if n == 2 and hot.pad[hot.index[b, 0], : hot.lengths[hot.index[b, 0]]].tolist() == ids[b][2:4].tolist()]
+    assert own
+    for b in own:
+        assert hot.labels[b, 2:4].tolist() == ids[b][2:4].tolist()
+
+
+def test_respeller_draws_new_homophone_spellings_of_the_span(espeak_engine) -> None:
+    """Issue #12: with each utterance's spelling fixed, stage 2 learnt utterance -> spelling (96%
+    of respelled positions copied on its own utterances, 13% on unseen ones); drawn anew, the
+    spelling can only come from the list. The sound must not change: the frozen outputs are the
+    recogniser's on the utterance as spoken."""
+    import json
+
+    import train_seaco
+
+    tokens = json.loads((ROOT / "tests/assets/demo-model/asr/tokens.json").read_text("utf-8"))
+    index = {t: i for i, t in enumerate(tokens)}
+    every = [np.arange(len(tokens))] * 50  # every character counts as well known
+    respeller = train_seaco.Respeller(tokens, every, avoid={"颖骗"}, fresh_p=1.0)
+    dec = np.array([index[c] for c in "影片中的医生是个典型的例子"])
+    ids = dec.copy()
+    ids[0:2] = [index["郢"], index["骗"]]  # the corpus's spelling
+    rng = random.Random(0)
+    spellings = set()
+    for _ in range(20):
+        out, span = respeller(dec, ids, (0, 2), rng)
+        assert span == (0, 2) and out[2:].tolist() == dec[2:].tolist()
+        word = "".join(tokens[i] for i in out[0:2])
+        assert word != "颖骗"  # a held-out trap word is never drawn
+        assert espeak_engine.phonemes(word) == espeak_engine.phonemes("影片")
+        spellings.add(word)
+    assert len(spellings) > 3
+    # An utterance without a respelled span gets a fresh one, written differently, sounding the same.
+    out, span = respeller(dec, dec, None, rng)
+    assert span is not None and out.tolist() != dec.tolist()
+    s, e = span
+    assert espeak_engine.phonemes("".join(tokens[i] for i in out[s:e])) == \
+        espeak_engine.phonemes("".join(tokens[i] for i in dec[s:e]))
