@@ -9,7 +9,7 @@ import torch
 
 from asr.engine import lstm as lstm_kernels
 from asr.engine.attention import cpu_bf16_native
-from asr.engine.cif import _blstm_within_lengths
+from asr.engine.cif import CPU_LSTM_STEPS, _blstm_within_lengths, _run_lstm
 from asr.engine.core import Engine
 from asr.engine.model import load_model
 from asr.settings import EngineSettings
@@ -67,6 +67,39 @@ def test_torch_path_equals_each_row_alone() -> None:
     x = torch.randn(5, 9, 12, generator=gen)
     lens = _random_lengths(5, 9, gen)
     out = _blstm_within_lengths(lstm, x, lens, "cudnn")
+    for b, ref in enumerate(_reference(lstm, x, lens)):
+        torch.testing.assert_close(out[b, : int(lens[b])], ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_windows_are_one_call_exactly_and_few_shapes(dtype) -> None:
+    """On the CPU the LSTM runs in fixed windows (oneDNN keeps a primitive per input shape): the
+    outputs are bit-identical to one call over the whole length, and the LSTM sees one length
+    whatever lengths come, where one call per batch length made a new shape every time."""
+    gen = torch.Generator().manual_seed(5)
+    lstm = torch.nn.LSTM(16, 24, batch_first=True).to(dtype).requires_grad_(False)
+    seen: set[tuple[int, ...]] = set()
+    lstm.register_forward_pre_hook(lambda _, args: seen.add(tuple(args[0].shape[1:2])))
+    for steps in (1, CPU_LSTM_STEPS - 1, CPU_LSTM_STEPS, 2 * CPU_LSTM_STEPS + 37, 1500):
+        x = torch.randn(3, steps, 16, generator=gen).to(dtype)
+        whole = lstm(x)[0]
+        got = _run_lstm(lstm, x)
+        assert got.shape == whole.shape and torch.equal(got, whole), steps
+    assert seen == {(CPU_LSTM_STEPS,), (1,), (CPU_LSTM_STEPS - 1,), (2 * CPU_LSTM_STEPS + 37,), (1500,)}
+    seen.clear()
+    for steps in range(100, 1600, 97):
+        _run_lstm(lstm, torch.randn(3, steps, 16, generator=gen).to(dtype))
+    assert seen == {(CPU_LSTM_STEPS,)}
+
+
+def test_windows_keep_each_row_alone_past_the_first_window() -> None:
+    gen = torch.Generator().manual_seed(4)
+    lstm = torch.nn.LSTM(12, 16, batch_first=True, bidirectional=True)
+    steps = 2 * CPU_LSTM_STEPS + 41
+    x = torch.randn(4, steps, 12, generator=gen)
+    lens = torch.tensor([steps, CPU_LSTM_STEPS + 3, CPU_LSTM_STEPS, 17])
+    with torch.no_grad():
+        out = _blstm_within_lengths(lstm, x, lens, "cudnn")
     for b, ref in enumerate(_reference(lstm, x, lens)):
         torch.testing.assert_close(out[b, : int(lens[b])], ref, atol=1e-5, rtol=1e-5)
 
