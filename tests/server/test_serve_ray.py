@@ -243,14 +243,18 @@ def test_batch_job_runs_each_file_once(api: httpx.Client, serve_app: ServeApp, s
 def test_jobs_created_through_both_replicas_run_once_each(serve_app: ServeApp) -> None:
     owners = set(_replicas(serve_app))
     used: set[str] = set()
-    for _ in range(3):  # rounds until jobs ran on both replicas (the router picks the replica of each upload)
-        jobs = []
-        for j in range(6):
-            with serve_app.client() as c:
-                r = c.post("/api/batch_async", files=[("files", (f"j{j}-{k}.wav", wav_bytes(0.6 + 0.2 * k, seed=j)))
-                                                      for k in range(2)])  # fmt: skip
-            assert r.status_code == 202, r.text
-            jobs.append(r.json()["job_id"])
+    def upload(j: int) -> str:
+        with serve_app.client() as c:
+            r = c.post("/api/batch_async", files=[("files", (f"j{j}-{k}.wav", wav_bytes(0.6 + 0.2 * k, seed=j)))
+                                                  for k in range(2)])  # fmt: skip
+        assert r.status_code == 202, r.text
+        return str(r.json()["job_id"])
+
+    for _ in range(5):  # rounds until jobs ran on both replicas (the router picks the replica of each upload)
+        # Concurrent uploads: with both replicas idle the router may send sequential ones to the
+        # same replica every time (_replicas says why); one in flight makes the next go elsewhere.
+        with cf.ThreadPoolExecutor(6) as pool:
+            jobs = list(pool.map(upload, range(6)))
         for job_id in jobs:
             with serve_app.client() as c:  # any replica answers for any job
                 state = plain.wait_job(c, job_id)
