@@ -449,59 +449,60 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, sp
         container.close()
         raise AudioError(f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio") from exc
     step = max(1, int(BLOCK_S * rate))
+    # Codec frames are small (an mp3 frame is 576-1,152 samples, 50,000 an hour), and turning
+    # each into arrays cost twice FFmpeg's own decoding: frames of one kind are gathered as raw
+    # bytes and converted a block at a time, with the same arithmetic per sample.
+    group = _FrameGroup(channels, split)
 
-    def frames() -> Iterator[np.ndarray]:
-        for frame in _frames(container, stream):
-            block = frame.to_ndarray()
-            if block.dtype.kind in "iu":
-                info = np.iinfo(block.dtype)
-                block = block.astype(np.float32) / float(max(abs(info.min), info.max))
-            block = block.astype(np.float32, copy=False)
-            n_channels = len(frame.layout.channels)
-            if split:
-                if n_channels != channels:
-                    raise AudioError(
-                        f"The audio changes from {channels} to {n_channels} channels mid-stream; it cannot be "
-                        "split by channel.", code="corrupt_audio",
-                    )
-                out = block.T if frame.format.is_planar else block.reshape(-1, n_channels)
-            elif n_channels == 1:
-                out = block.reshape(-1)  # mono: no mixing (most speech files)
-            elif frame.format.is_planar:
-                out = block.mean(axis=0)
-            else:
-                out = block.reshape(-1, n_channels).mean(axis=1)
-            if frame.sample_rate and frame.sample_rate != rate:
-                out = soxr.resample(out, frame.sample_rate, rate, quality="HQ")
-            yield np.ascontiguousarray(out, dtype=np.float32)
+    def converted(frame: Any) -> np.ndarray:
+        # A frame at another rate than the stream's (a mid-stream change) is resampled alone.
+        single = _FrameGroup(channels, split)
+        single.add(frame)
+        return soxr.resample(single.take(), frame.sample_rate, rate, quality="HQ")
 
     def blocks() -> Iterator[np.ndarray]:
-        # Codec frames are small (1,152 samples for mp3): they are gathered into blocks.
         pending: list[np.ndarray] = []
         held = 0
         decoded = False
-        source = frames()
+        source = _frames(container, stream)
         while True:
             try:
-                part = next(source)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                if not decoded and not pending:
-                    raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
-                break  # a truncated tail: keep what decoded
+                try:
+                    frame = next(source)
+                except StopIteration:
+                    break
+                except av.error.FFmpegError as exc:
+                    if not decoded and not pending and not group.samples:
+                        raise AudioError(f"The audio data could not be decoded ({exc}).", code="corrupt_audio") from exc
+                    break  # a truncated tail: keep what decoded
+                if frame.sample_rate and frame.sample_rate != rate:
+                    if group.samples:
+                        pending.append(group.take())
+                    part = converted(frame)
+                    pending.append(part)
+                    held += len(part)
+                else:
+                    if not group.accepts(frame) and group.samples:
+                        pending.append(group.take())
+                    group.add(frame)
+                    held += frame.samples
+                if held >= step:
+                    if group.samples:
+                        pending.append(group.take())
+                    decoded = True
+                    yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                    pending, held = [], 0
             except _AV_ODDITIES as exc:
                 raise AudioError(
                     f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
                 ) from exc
-            pending.append(part)
-            held += len(part)
-            if held >= step:
-                decoded = True
-                yield np.concatenate(pending)
-                pending, held = [], 0
+        try:
+            if group.samples:
+                pending.append(group.take())
+        except _AV_ODDITIES as exc:
+            raise AudioError(f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio") from exc
         if pending:
-            yield np.concatenate(pending)
+            yield pending[0] if len(pending) == 1 else np.concatenate(pending)
         elif not decoded:
             raise AudioError("The file contains no decodable audio.", code="corrupt_audio")
 
@@ -510,6 +511,68 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, sp
             container.close()
 
     return AudioStream(rate, estimate, blocks(), close, max_duration_s, channels, split)
+
+
+# FFmpeg's sample formats as numpy types ("p": planar, one plane per channel).
+_AV_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32,
+              "dbl": np.float64}
+
+
+class _FrameGroup:
+    """Decoded frames of one sample format and channel count, held as their planes' bytes until
+    `take()` converts them together: float32, ints scaled to [-1, 1], channels averaged (mono) or
+    [frames, channels] (`split`)."""
+
+    def __init__(self, channels: int, split: bool) -> None:
+        self.channels = channels
+        self.split = split
+        self.samples = 0
+        self._kind: tuple[str, int] | None = None
+        self._planes: list[list[Any]] = []
+
+    def accepts(self, frame: Any) -> bool:
+        return self._kind == (frame.format.name, len(frame.layout.channels))
+
+    def add(self, frame: Any) -> None:
+        kind = (frame.format.name, len(frame.layout.channels))
+        if self._kind != kind:
+            if self.samples:
+                raise ValueError("a frame group holds one sample format")
+            self._kind = kind
+            self._planes = [[] for _ in frame.planes]
+        n_channels = kind[1]
+        width = frame.format.bytes * frame.samples * (1 if frame.format.is_planar else n_channels)
+        for held, plane in zip(self._planes, frame.planes, strict=True):
+            held.append(memoryview(plane)[:width])
+        self.samples += frame.samples
+
+    def take(self) -> np.ndarray:
+        assert self._kind is not None
+        name, n_channels = self._kind
+        planar = name.endswith("p")
+        dtype = _AV_DTYPES[name.rstrip("p")]
+        planes = [np.frombuffer(b"".join(views), dtype=dtype) for views in self._planes]
+        block = np.stack(planes) if planar else planes[0]
+        self._planes = [[] for _ in self._planes]
+        self.samples = 0
+        if block.dtype.kind in "iu":
+            info = np.iinfo(block.dtype)
+            block = block.astype(np.float32) / float(max(abs(info.min), info.max))
+        block = block.astype(np.float32, copy=False)
+        if self.split:
+            if n_channels != self.channels:
+                raise AudioError(
+                    f"The audio changes from {self.channels} to {n_channels} channels mid-stream; it cannot be "
+                    "split by channel.", code="corrupt_audio",
+                )
+            out = block.T if planar else block.reshape(-1, n_channels)
+        elif n_channels == 1:
+            out = block.reshape(-1)  # mono: no mixing (most speech files)
+        elif planar:
+            out = block.mean(axis=0)
+        else:
+            out = block.reshape(-1, n_channels).mean(axis=1)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _frames(container: Any, stream: Any) -> Iterator[Any]:
