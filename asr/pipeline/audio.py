@@ -500,7 +500,9 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, sp
             if group.samples:
                 pending.append(group.take())
         except _AV_ODDITIES as exc:
-            raise AudioError(f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio") from exc
+            raise AudioError(
+                f"The audio data could not be decoded ({type(exc).__name__}).", code="corrupt_audio"
+            ) from exc
         if pending:
             yield pending[0] if len(pending) == 1 else np.concatenate(pending)
         elif not decoded:
