@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from speech import held_out_speech
 
 from asr.engine.attention import cpu_bf16_native
 from asr.engine.core import Engine, _wants_int8
-from asr.engine.int8 import Int8Linear
+from asr.engine.int8 import Int8Linear, int8_fast
 from asr.settings import EngineSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +25,32 @@ def _engine(model_dir: Path, dtype: str, int8_terms: int = 1) -> Engine:
                                                int8_terms=int8_terms))
 
 
-def test_int8_is_the_cpu_default_and_only_a_cpu_path() -> None:
-    assert _wants_int8("auto", torch.device("cpu")) and _wants_int8("int8", torch.device("cpu"))
+def test_int8_is_the_cpu_default_where_it_is_fast_and_only_a_cpu_path() -> None:
+    assert _wants_int8("auto", torch.device("cpu")) == int8_fast() and _wants_int8("int8", torch.device("cpu"))
     assert not _wants_int8("fp32", torch.device("cpu")) and not _wants_int8("auto", torch.device("cuda"))
     with pytest.raises(ValueError, match="CPU"):
         _wants_int8("int8", torch.device("cuda"))
-    assert load_settings(str(ROOT / "configs" / "cpu.yaml")).engine.dtype == "int8"
+    assert load_settings(str(ROOT / "configs" / "cpu.yaml")).engine.dtype == "auto"
+
+
+def test_int8_fast_measures_the_product_against_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without VNNI torch's int8 product is a reference loop (60x slower than fp32 on an AVX2-only
+    EPYC): 'auto' must then stay fp32. The probe compares the two products' times."""
+    import asr.engine.int8 as int8
+
+    int8.int8_fast.cache_clear()
+    real = torch._int_mm
+
+    def slow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.01)
+        return real(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", slow)
+    try:
+        assert not int8.int8_fast()
+        assert not _wants_int8("auto", torch.device("cpu"))
+    finally:
+        int8.int8_fast.cache_clear()
 
 
 def test_cpu_attention_is_funasrs_arithmetic_one_clip_at_a_time_whatever_the_dtype(tiny_model_dir: Path) -> None:

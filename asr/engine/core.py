@@ -28,7 +28,7 @@ from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, spl
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
-from asr.engine.int8 import int8_available, quantize_linears
+from asr.engine.int8 import int8_available, int8_fast, quantize_linears
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
@@ -66,7 +66,8 @@ def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
 def _wants_int8(setting: str, device: torch.device) -> bool:
     if setting == "int8" and device.type != "cpu":
         raise ValueError("dtype 'int8' runs on the CPU; on a GPU use bf16 or fp16")
-    return setting == "int8" or (setting == "auto" and device.type == "cpu")
+    # 'auto' takes int8 only where the CPU multiplies int8 quickly (`int8_fast`); elsewhere fp32.
+    return setting == "int8" or (setting == "auto" and device.type == "cpu" and int8_fast())
 
 
 def _quantize_int8(model: torch.nn.Module, terms: int) -> None:
@@ -117,6 +118,9 @@ class Engine:
         # clips on 2 cores), as the GPU path runs them.
         self.cpu_bf16 = self.quantized and cpu_bf16_native()
         if self.quantized:
+            if not int8_fast():
+                log.warning("dtype int8 on a CPU whose int8 products are slower than fp32 (no AVX512-VNNI, "
+                            "AVX-VNNI or AMX): dtype auto or fp32 is faster here")
             _quantize_int8(self.model, settings.int8_terms)
             blstm = getattr(self.model.predictor, "blstm", None)
             if self.cpu_bf16 and blstm is not None:

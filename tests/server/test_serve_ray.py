@@ -309,7 +309,7 @@ def test_command_line_builds_webui_settings(tiny_model_dir: Path, tmp_path: Path
                                       "--data-dir", str(tmp_path), "--max-batch-size", "4", "--replicas", "3"])
     settings = settings_from_args(args)
     assert (settings.engine.model, settings.engine.max_batch_size, settings.engine.dtype) == (str(tiny_model_dir), 4,
-                                                                                             "int8")
+                                                                                             "auto")
     assert (settings.server.port, settings.server.data_dir, args.replicas) == (7999, tmp_path, 3)
     replica = replica_settings(settings, 2)
     assert not replica.server.ui and replica.engine.num_threads == 2 and replica.pipeline.decode_processes == 1
