@@ -50,6 +50,7 @@ from asr.pipeline.audio import (
     is_wav,
     open_audio,
     stream_from,
+    widen_pipe,
 )
 from asr.pipeline.corrections import correct
 from asr.pipeline.hotwords import find_hotwords
@@ -443,6 +444,7 @@ class Pipeline:
         if self._decoders is None:  # broken meanwhile
             return data
         reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        widen_pipe(reader)
         try:
             job = self._decoders.submit(decode_to, data, writer, self.settings.limits.max_audio_s)
         except (BrokenProcessPool, RuntimeError):
