@@ -68,3 +68,27 @@ def test_fp16_overflow_rows_are_redone_in_fp32(tiny_model_dir, clips, caplog) ->
         cos = torch.nn.functional.cosine_similarity(got["enc"].flatten(), want["enc"].flatten(), dim=0)
         assert cos > 0.99999
         assert int(got["token_len"]) == int(want["token_len"])
+
+
+def test_varlen_called_without_its_dispatcher_equals_the_public_function_and_skips_dynamo() -> None:
+    """The engine calls varlen_attn's body directly: the first call of the public function
+    imports torch._dynamo (seconds of every cold start). Same kernel, same numbers."""
+    import subprocess
+    import sys
+
+    from asr.engine import attention
+
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    if attention._VARLEN is None or attention._VARLEN is varlen.varlen_attn:
+        pytest.skip("this torch has no varlen body to call directly")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(300, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    cu = torch.tensor([0, 100, 300], device="cuda", dtype=torch.int32)
+    assert torch.equal(attention._VARLEN(q, k, v, cu, cu, 200, 200, scale=0.125),
+                       varlen.varlen_attn(q, k, v, cu, cu, 200, 200, scale=0.125))
+    code = ("import sys, torch; from asr.engine import attention as a; "
+            "x = torch.randn(8, 4, 64, device='cuda', dtype=torch.bfloat16); "
+            "cu = torch.tensor([0, 8], device='cuda', dtype=torch.int32); a._VARLEN(x, x, x, cu, cu, 8, 8); "
+            "torch.cuda.synchronize(); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -56,7 +56,34 @@ def _varlen_fn() -> Callable[..., torch.Tensor] | None:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn
+    return _undispatched(varlen_attn)
+
+
+def _undispatched(public: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`varlen_attn` reaches its kernel through a custom op whose first call imports
+    torch._dynamo (the op's kernel is wrapped in `_disable_dynamo`): 2 s on a 2-core CPU, up to
+    3.9 s of the first batch on the GPU box, in every cold start. The op's own body (the same
+    aten flash-attention call, no other state) is called directly where this torch build exposes
+    it under the expected parameters; otherwise the public function."""
+    from torch.nn.attention import varlen as module
+
+    body = getattr(getattr(module, "_varlen_attn", None), "_init_fn", None)
+    try:
+        params = list(inspect.signature(body).parameters) if callable(body) else []
+    except (TypeError, ValueError):
+        params = []
+    if params[:7] != ["query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k"]:
+        return public
+    accepted = set(params) & set(inspect.signature(public).parameters)
+
+    def varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
+               cu_seq_k: torch.Tensor, max_q: int, max_k: int, **extra: Any) -> torch.Tensor:
+        return body(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **extra)[0]
+
+    varlen.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  (read into _VARLEN_PARAMS)
+        [p for name, p in inspect.signature(public).parameters.items() if name in accepted]
+    )
+    return varlen
 
 
 def _flash_attn_fn() -> Callable[..., torch.Tensor] | None:
