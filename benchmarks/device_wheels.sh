@@ -15,8 +15,9 @@ PY=.venv/bin/python
 NAMES=(
   funasr hydra-core omegaconf kaldiio soundfile cffi pycparser soxr av kaldi-native-fbank
   pydantic pydantic-core pydantic-settings annotated-types typing-inspection python-dotenv
-  wetext kaldifst silero-vad fastapi fastapi-offline starlette uvicorn websockets httptools
-  python-multipart rapidfuzz typing-extensions annotated-doc
+  librosa wetext kaldifst silero-vad fastapi fastapi-offline starlette uvicorn websockets httptools
+  python-multipart rapidfuzz typing-extensions annotated-doc opentelemetry-api contractions textsearch
+  anyascii pyahocorasick
 )
 pins=()
 for name in "${NAMES[@]}"; do
