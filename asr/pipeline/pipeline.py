@@ -789,7 +789,9 @@ def punctuate_words(
     marks = punc.predict([[w.text for w in ws] for ws in word_lists], opts)
     out = []
     for ws, ms in zip(word_lists, marks):
-        marked = [dataclasses.replace(w, punc=m) for w, m in zip(ws, ms)]
+        # Words are immutable: one without a new mark is kept as it is (most are), and a marked
+        # one built directly (`dataclasses.replace` cost more than the punctuation model).
+        marked = [w if m == w.punc else TimedWord(w.text, w.start_ms, w.end_ms, m, w.speaker) for w, m in zip(ws, ms)]
         if marked and marked[-1].punc not in SENTENCE_END:
             end = "." if marked[-1].text.isascii() else "。"
             marked[-1] = dataclasses.replace(marked[-1], punc=end)

@@ -70,7 +70,7 @@ def words_from_tokens(
             continue
         text = piece + token
         end = min(int(t_end) + offset_ms, limit)
-        if words and not piece and text and all(ch in _MARKS for ch in text):
+        if words and not piece and text and text[0] in _MARKS and all(ch in _MARKS for ch in text):
             # A punctuation token (a model that emits marks) is the mark of the word before it.
             last = words[-1]
             words[-1] = TimedWord(last.text, last.start_ms, max(last.end_ms, end), last.punc + text, last.speaker)
