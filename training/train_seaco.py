@@ -133,10 +133,17 @@ class Respeller:
     sentence holds). The sound of a span does not depend on its spelling (`corpus.respell` keeps
     espeak-ng's reading of the word), so the frozen outputs stay right for any homophone spelling:
     drawn anew each time, the spelling can only be learnt from the list. Utterances without a
-    respelled span get one (a random 2-3 token span) with probability `fresh_p`."""
+    respelled span get one (a random 2-3 token span) with probability `fresh_p`.
+
+    The corpus's span is always at the same place in its utterance, so the head could still
+    find it by memory, not by sound (issue #12: one listed word changed 13 of 40 trap outputs,
+    recall 0). With probability `random_span_p` a draw instead respells a random 1-4 token span
+    anywhere in the utterance, any utterance, the corpus's span written back in its common
+    spelling (it sounds the same); where a few tries find no span that can be respelled, the
+    draw falls back to the corpus's span."""
 
     def __init__(self, tokens: list[str], ids: list[Any], avoid: set[str], min_count: int = 50,
-                 fresh_p: float = 0.5) -> None:
+                 fresh_p: float = 0.5, random_span_p: float = 0.0) -> None:
         import collections
 
         import numpy as np
@@ -150,25 +157,39 @@ class Respeller:
         self.allowed = {tokens[i] for i, n in count.items() if n >= min_count}
         self.avoid = avoid  # the held-out trap words: never trained on
         self.fresh_p = fresh_p
+        self.random_span_p = random_span_p
         self._np = np
 
     def __call__(self, dec_ids: Any, ids: Any, span: tuple[int, int] | None,
                  rng: random.Random) -> tuple[Any, tuple[int, int] | None]:
         """(transcript ids, span) with the span in a new spelling (unchanged where none is found)."""
+        if self.random_span_p > 0 and len(dec_ids) and rng.random() < self.random_span_p:
+            for _ in range(4):  # characters without a well-known homophone cannot be respelled
+                n = rng.randint(1, min(4, len(dec_ids)))
+                s = rng.randint(0, len(dec_ids) - n)
+                out = self._respelled(dec_ids, dec_ids, s, s + n, rng)
+                if out is not None:
+                    return out, (s, s + n)
         if span is None:
             if rng.random() >= self.fresh_p or len(dec_ids) < 2:
                 return ids, None
             n = rng.randint(2, min(3, len(dec_ids)))
             s = rng.randint(0, len(dec_ids) - n)
             span = (s, s + n)
-        s, e = span
+        out = self._respelled(ids, dec_ids, span[0], span[1], rng)
+        if out is None:
+            return ids, (span if not self._same(ids, dec_ids) else None)
+        return out, span
+
+    def _respelled(self, ids: Any, dec_ids: Any, s: int, e: int, rng: random.Random) -> Any:
+        """`ids` with dec_ids[s:e] (the common spelling) respelled, or None where it cannot be."""
         word = "".join(self.tokens[i] for i in dec_ids[s:e])
         new = respell(word, self.homophones, rng, allowed=self.allowed)
-        if new is None or new in self.avoid or any(a in new for a in self.avoid):
-            return ids, (span if not self._same(ids, dec_ids) else None)
+        if new is None or any(a in new for a in self.avoid):
+            return None
         out = self._np.array(ids, copy=True)
         out[s:e] = [self.index[c] for c in new]
-        return out, span
+        return out
 
     @staticmethod
     def _same(a: Any, b: Any) -> bool:
@@ -198,7 +219,7 @@ def stack(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: float, device_name: str,
           batch: int = 64, lr: float = 1e-3, seed: int = 0, workers: int | None = None,
           batch_audio_s: float = 600.0, log_every: int = 50, copy_weight: float = 1.0,
-          respell_p: float = 0.5, init: Path | None = None) -> dict[str, Any]:
+          respell_p: float = 0.5, init: Path | None = None, random_span_p: float = 0.0) -> dict[str, Any]:
     t_start = time.time()
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           (device_name if device_name != "auto" else "cpu"))
@@ -211,7 +232,7 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
     respeller = None
     if respell_p > 0:
         traps = {t["hotword"] for t in data.get("traps", [])} | {t["hotword"] for t in data["testset"]["hotwords"]}
-        respeller = Respeller(tokens, full.ids, traps, fresh_p=respell_p)
+        respeller = Respeller(tokens, full.ids, traps, fresh_p=respell_p, random_span_p=random_span_p)
     log: dict[str, Any] = {"utterances": len(corpus.ids), "steps": []}
 
     t0 = time.time()
@@ -308,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--respell", type=float, default=0.5,
                    help="respell the hotword span anew at each draw (see Respeller); also give this share "
                         "of the utterances without one a fresh span (0: the corpus's fixed spellings)")
+    p.add_argument("--random-span-p", type=float, default=0.0,
+                   help="with --respell: share of draws that respell a random 1-4 token span anywhere in the "
+                        "utterance instead of the corpus's span (whose place can be memorised)")
     p.add_argument("--init", type=Path, help="start the bias path from this model directory's weights")
     a = p.parse_args(argv)
     log = train(a.model_dir, a.corpus, a.utterances, a.train_seconds, a.device, a.batch, a.lr, a.seed, a.workers,
-                log_every=a.log_every, copy_weight=a.copy_weight, respell_p=a.respell, init=a.init)
+                log_every=a.log_every, copy_weight=a.copy_weight, respell_p=a.respell, init=a.init,
+                random_span_p=a.random_span_p)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1), "utf-8")
     print(json.dumps({k: v for k, v in log.items() if k != "steps"}))
