@@ -219,7 +219,8 @@ def stack(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: float, device_name: str,
           batch: int = 64, lr: float = 1e-3, seed: int = 0, workers: int | None = None,
           batch_audio_s: float = 600.0, log_every: int = 50, copy_weight: float = 1.0,
-          respell_p: float = 0.5, init: Path | None = None, random_span_p: float = 0.0) -> dict[str, Any]:
+          respell_p: float = 0.5, init: Path | None = None, random_span_p: float = 0.0,
+          finish_by: float | None = None) -> dict[str, Any]:
     t_start = time.time()
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           (device_name if device_name != "auto" else "cpu"))
@@ -233,7 +234,9 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
     if respell_p > 0:
         traps = {t["hotword"] for t in data.get("traps", [])} | {t["hotword"] for t in data["testset"]["hotwords"]}
         respeller = Respeller(tokens, full.ids, traps, fresh_p=respell_p, random_span_p=random_span_p)
-    log: dict[str, Any] = {"utterances": len(corpus.ids), "steps": []}
+    log: dict[str, Any] = {"utterances": len(corpus.ids), "steps": [], "options": {
+        "batch": batch, "lr": lr, "seed": seed, "copy_weight": copy_weight, "respell_p": respell_p,
+        "random_span_p": random_span_p, "init": str(init) if init else None}}
 
     t0 = time.time()
     speech = synthesize(corpus.texts, seed=seed + 1, workers=workers)
@@ -257,6 +260,12 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
     model.decoder.eval()  # frozen: no dropout in the hotword embeddings it lends
     no_bias, sos = int(model.NO_BIAS), int(model.sos)
     t_train = time.time()
+    if finish_by is not None and finish_by - t_train < train_seconds:
+        # Synthesis time varies with the machine; the schedule spans what is left (as train_asr).
+        print(f"training for {finish_by - t_train:.0f} s to finish in time (asked for {train_seconds:.0f} s)",
+              flush=True)
+        train_seconds = max(10.0, finish_by - t_train)
+    log["train_seconds"] = train_seconds
     step, running = 0, {"loss": 0.0, "copy": 0.0, "copies": 0.0, "keep": 0.0, "keeps": 0.0}
     while (progress := (time.time() - t_train) / train_seconds) < 1.0:
         for group in optim.param_groups:
@@ -333,10 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --respell: share of draws that respell a random 1-4 token span anywhere in the "
                         "utterance instead of the corpus's span (whose place can be memorised)")
     p.add_argument("--init", type=Path, help="start the bias path from this model directory's weights")
+    p.add_argument("--finish-by", type=float, help="Unix time by which training must end")
     a = p.parse_args(argv)
     log = train(a.model_dir, a.corpus, a.utterances, a.train_seconds, a.device, a.batch, a.lr, a.seed, a.workers,
                 log_every=a.log_every, copy_weight=a.copy_weight, respell_p=a.respell, init=a.init,
-                random_span_p=a.random_span_p)
+                random_span_p=a.random_span_p, finish_by=a.finish_by)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1), "utf-8")
     print(json.dumps({k: v for k, v in log.items() if k != "steps"}))
