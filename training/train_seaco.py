@@ -140,8 +140,8 @@ class Respeller:
     find it by memory, not by sound (issue #12: one listed word changed 13 of 40 trap outputs,
     recall 0). With probability `random_span_p` a draw instead respells a random span of
     `span_len` tokens (2-4: funasr's own SeACo training samples hotwords of at least 2 tokens,
-    and a one-character word would teach the head to fire on one matching syllable, the wrong
-    places it already fires at) anywhere in the utterance, any utterance, the corpus's span
+    and a one-character word might teach the head to fire on one matching syllable, at the
+    wrong places it already fires at) anywhere in the utterance, any utterance, the corpus's span
     written back in its common spelling (it sounds the same); where a few tries find no span that
     can be respelled, the draw falls back to the corpus's span."""
 
@@ -245,6 +245,8 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
 
     t0 = time.time()
     speech = synthesize(corpus.texts, seed=seed + 1, workers=workers)
+    log["synthesis_s"] = round(time.time() - t0, 1)
+    print(f"synthesised {len(corpus.texts)} utterances in {log['synthesis_s']} s", flush=True)
     store = train_asr.Store(speech, corpus, device)
     frozen = recogniser_outputs(model, conf, model_dir, store, corpus, device, batch_audio_s, seed)
     del store, speech
