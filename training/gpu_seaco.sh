@@ -16,7 +16,7 @@
 # after it (~40 s).
 #
 # Settings, from train_seaco.py's findings: every draw respells (a new homophone spelling, and
-# for half the draws a random 1-4 token span anywhere, so neither spelling nor place can be
+# for half the draws a random 2-4 token span anywhere, so neither spelling nor place can be
 # memorised); copy weight 4 (1 never copied; 10 copied 67% but fired at wrong places, trap-list
 # CER 24.0 -> 28.5%); batches of 512 (1,520 steps of 128 were far too few).
 set -euo pipefail
