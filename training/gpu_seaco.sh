@@ -15,9 +15,9 @@
 # beside the training (from when synthesis is over: training then uses one core), the new one
 # after it (~40 s).
 #
-# Settings, from train_seaco.py's findings: every draw respells (a new homophone spelling, and
-# for half the draws a random 2-4 token span anywhere, so neither spelling nor place can be
-# memorised); copy weight 4 (1 never copied; 10 copied 67% but fired at wrong places, trap-list
+# Settings, from train_seaco.py's findings: spans are respelled anew at each draw (half the draws
+# a random 2-4 token span anywhere, the rest the corpus's span or, for half the utterances without
+# one, a fresh 2-3 token span), so neither spelling nor place can be memorised; copy weight 4 (1 never copied; 10 copied 67% but fired at wrong places, trap-list
 # CER 24.0 -> 28.5%); batches of 512 (1,520 steps of 128 were far too few).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
