@@ -293,3 +293,35 @@ def test_respeller_draws_new_homophone_spellings_of_the_span(espeak_engine) -> N
     s, e = span
     assert espeak_engine.phonemes("".join(tokens[i] for i in out[s:e])) == \
         espeak_engine.phonemes("".join(tokens[i] for i in dec[s:e]))
+
+
+def test_respeller_random_spans_move_anywhere_in_the_utterance(espeak_engine) -> None:
+    """Issue #12: the corpus's span sits at one place in its utterance, which the head can
+    memorise; with `random_span_p` a draw respells a span of 2-4 tokens at any place instead,
+    the rest of the utterance (the corpus's span included) in its common spelling."""
+    import json
+
+    import train_seaco
+
+    tokens = json.loads((ROOT / "tests/assets/demo-model/asr/tokens.json").read_text("utf-8"))
+    index = {t: i for i, t in enumerate(tokens)}
+    every = [np.arange(len(tokens))] * 50
+    respeller = train_seaco.Respeller(tokens, every, avoid={"颖骗"}, fresh_p=0.0, random_span_p=1.0)
+    dec = np.array([index[c] for c in "影片中的医生是个典型的例子"])
+    ids = dec.copy()
+    ids[0:2] = [index["郢"], index["骗"]]
+    rng = random.Random(0)
+    places = set()
+    for _ in range(30):
+        out, span = respeller(dec, ids, (0, 2), rng)
+        s, e = span
+        assert 2 <= e - s <= 4
+        assert out[:s].tolist() == dec[:s].tolist() and out[e:].tolist() == dec[e:].tolist()
+        assert out[s:e].tolist() != dec[s:e].tolist()
+        assert espeak_engine.phonemes("".join(tokens[i] for i in out[s:e])) == \
+            espeak_engine.phonemes("".join(tokens[i] for i in dec[s:e]))
+        places.add(s)
+    assert len(places) > 4
+    # At 0 (the default) the corpus's span is the one respelled, as before.
+    respeller.random_span_p = 0.0
+    assert respeller(dec, ids, (0, 2), rng)[1] == (0, 2)

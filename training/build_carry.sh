@@ -10,7 +10,7 @@
 #   carry/data/     corpus.json.gz: sentences, splits, vocabulary, hotword traps (corpus.py)
 set -euo pipefail
 cd "$(dirname "$0")"
-PY=../.venv/bin/python
+PY="${PY:-../.venv/bin/python}"  # another checkout's virtualenv: PY=/path/to/python
 CARRY=carry
 rm -rf "$CARRY"
 mkdir -p "$CARRY/wheels" "$CARRY/debs"

@@ -25,13 +25,11 @@ T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  PY="$ROOT/.venv/bin/python"
   SIZE=dry; DEVICE=cpu; ASR_TRAIN_S="${ASR_TRAIN_S:-240}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-60}"
   EXTRA=(--limit "${LIMIT:-600}" --workers 2 --batch-audio-s 60 --log-every 10)
   PUNC_EXTRA=(--batch-size 64 --log-every 20)
   EVAL=(--device cpu --dtypes fp32 --limit "${EVAL_LIMIT:-40}")
 else
-  PY=python3
   SIZE=demo; DEVICE=cuda; ASR_TRAIN_S="${ASR_TRAIN_S:-900}"; PUNC_TRAIN_S="${PUNC_TRAIN_S:-400}"
   # ASR training ends by T0 + FINISH_S whatever synthesis took; evaluation and packing follow
   # (about 18 minutes in all: start it detached, e.g. with setsid, where commands are limited to
@@ -40,37 +38,9 @@ else
          ${LIMIT:+--limit "$LIMIT"})
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
-  stamp "installing carried wheels"
-  if "$PY" -m pip --version >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$CARRY"/wheels/*.whl
-  else  # a wheel is a zip laid out for site-packages
-    "$PY" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]" \
-      "$WORK/site" "$CARRY"/wheels/*.whl
-  fi
-  # funasr imports distutils, which Python 3.12 dropped: setuptools' shim provides it.
-  cat > "$WORK/site/sitecustomize.py" <<'EOF'
-try:
-    import distutils  # noqa: F401
-except ImportError:
-    import setuptools  # noqa: F401  (installs the distutils shim)
-EOF
-  export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
-
-stamp "unpacking espeak-ng (Debian packages) into $WORK/espeak"
-for deb in "$CARRY"/debs/*.deb; do
-  if command -v dpkg >/dev/null; then
-    dpkg -x "$deb" "$WORK/espeak"
-  else
-    "$PY" "$ROOT/training/unpack_deb.py" "$deb" "$WORK/espeak"
-  fi
-done
-LIBDIR="$WORK/espeak/usr/lib/x86_64-linux-gnu"
-cp "$CARRY/libpcaudio.so.0" "$LIBDIR/"
-export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export ASR_ESPEAK_LIB="$LIBDIR/libespeak-ng.so.1" ASR_ESPEAK_DATA="$LIBDIR"
-"$PY" -c "import sys; sys.path.insert(0, 'training'); import espeak; print('espeak-ng ok:', espeak.shared().phonemes('北京'))"
+# Sets PY; the carried wheels (GPU box) and espeak-ng.
+source "$ROOT/training/gpu_setup.sh"
 
 CORPUS="$CARRY/data/corpus.json.gz"
 stamp "punctuation model: training for $PUNC_TRAIN_S s in the background"

@@ -27,7 +27,8 @@ steps from that head with both (`--copy-weight 4 --respell 0.5`, 2,000 utterance
 own-word-only copies 63% on the seen utterances (so the spelling now comes from the list) and 14%
 on unseen ones, one listed word changes 13 of 40 trap outputs (was 1), recall still 0: it still
 finds the span by memory, not by sound. Next: far more steps, and spans at random places in every
-utterance (the corpus span's place can be memorised too).
+utterance (the corpus span's place can be memorised too): `--random-span-p` (Respeller), run on
+the H200 by gpu_seaco.sh with the shipped model measured beside it (not run yet).
 
     python training/train_seaco.py MODEL_DIR --corpus corpus.json.gz [--utterances 8000] [--train-seconds 600]
 
@@ -133,10 +134,19 @@ class Respeller:
     sentence holds). The sound of a span does not depend on its spelling (`corpus.respell` keeps
     espeak-ng's reading of the word), so the frozen outputs stay right for any homophone spelling:
     drawn anew each time, the spelling can only be learnt from the list. Utterances without a
-    respelled span get one (a random 2-3 token span) with probability `fresh_p`."""
+    respelled span get one (a random 2-3 token span) with probability `fresh_p`.
+
+    The corpus's span is always at the same place in its utterance, so the head could still
+    find it by memory, not by sound (issue #12: one listed word changed 13 of 40 trap outputs,
+    recall 0). With probability `random_span_p` a draw instead respells a random span of
+    `span_len` tokens (2-4: funasr's own SeACo training samples hotwords of at least 2 tokens,
+    and a one-character word might teach the head to fire on one matching syllable, at the
+    wrong places it already fires at) anywhere in the utterance, any utterance, the corpus's span
+    written back in its common spelling (it sounds the same); where a few tries find no span that
+    can be respelled, the draw falls back to the corpus's span."""
 
     def __init__(self, tokens: list[str], ids: list[Any], avoid: set[str], min_count: int = 50,
-                 fresh_p: float = 0.5) -> None:
+                 fresh_p: float = 0.5, random_span_p: float = 0.0, span_len: tuple[int, int] = (2, 4)) -> None:
         import collections
 
         import numpy as np
@@ -150,25 +160,40 @@ class Respeller:
         self.allowed = {tokens[i] for i, n in count.items() if n >= min_count}
         self.avoid = avoid  # the held-out trap words: never trained on
         self.fresh_p = fresh_p
+        self.random_span_p = random_span_p
+        self.span_len = span_len
         self._np = np
 
     def __call__(self, dec_ids: Any, ids: Any, span: tuple[int, int] | None,
                  rng: random.Random) -> tuple[Any, tuple[int, int] | None]:
         """(transcript ids, span) with the span in a new spelling (unchanged where none is found)."""
+        if self.random_span_p > 0 and len(dec_ids) >= self.span_len[0] and rng.random() < self.random_span_p:
+            for _ in range(4):  # characters without a well-known homophone cannot be respelled
+                n = rng.randint(self.span_len[0], min(self.span_len[1], len(dec_ids)))
+                s = rng.randint(0, len(dec_ids) - n)
+                out = self._respelled(dec_ids, dec_ids, s, s + n, rng)
+                if out is not None:
+                    return out, (s, s + n)
         if span is None:
             if rng.random() >= self.fresh_p or len(dec_ids) < 2:
                 return ids, None
             n = rng.randint(2, min(3, len(dec_ids)))
             s = rng.randint(0, len(dec_ids) - n)
             span = (s, s + n)
-        s, e = span
+        out = self._respelled(ids, dec_ids, span[0], span[1], rng)
+        if out is None:
+            return ids, (span if not self._same(ids, dec_ids) else None)
+        return out, span
+
+    def _respelled(self, ids: Any, dec_ids: Any, s: int, e: int, rng: random.Random) -> Any:
+        """`ids` with dec_ids[s:e] (the common spelling) respelled, or None where it cannot be."""
         word = "".join(self.tokens[i] for i in dec_ids[s:e])
         new = respell(word, self.homophones, rng, allowed=self.allowed)
-        if new is None or new in self.avoid or any(a in new for a in self.avoid):
-            return ids, (span if not self._same(ids, dec_ids) else None)
+        if new is None or any(a in new for a in self.avoid):
+            return None
         out = self._np.array(ids, copy=True)
         out[s:e] = [self.index[c] for c in new]
-        return out, span
+        return out
 
     @staticmethod
     def _same(a: Any, b: Any) -> bool:
@@ -198,7 +223,8 @@ def stack(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: float, device_name: str,
           batch: int = 64, lr: float = 1e-3, seed: int = 0, workers: int | None = None,
           batch_audio_s: float = 600.0, log_every: int = 50, copy_weight: float = 1.0,
-          respell_p: float = 0.5, init: Path | None = None) -> dict[str, Any]:
+          respell_p: float = 0.5, init: Path | None = None, random_span_p: float = 0.0,
+          span_len: tuple[int, int] = (2, 4), finish_by: float | None = None) -> dict[str, Any]:
     t_start = time.time()
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           (device_name if device_name != "auto" else "cpu"))
@@ -211,11 +237,16 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
     respeller = None
     if respell_p > 0:
         traps = {t["hotword"] for t in data.get("traps", [])} | {t["hotword"] for t in data["testset"]["hotwords"]}
-        respeller = Respeller(tokens, full.ids, traps, fresh_p=respell_p)
-    log: dict[str, Any] = {"utterances": len(corpus.ids), "steps": []}
+        respeller = Respeller(tokens, full.ids, traps, fresh_p=respell_p, random_span_p=random_span_p,
+                              span_len=span_len)
+    log: dict[str, Any] = {"utterances": len(corpus.ids), "steps": [], "options": {
+        "batch": batch, "lr": lr, "seed": seed, "copy_weight": copy_weight, "respell_p": respell_p,
+        "random_span_p": random_span_p, "span_len": list(span_len), "init": str(init) if init else None}}
 
     t0 = time.time()
     speech = synthesize(corpus.texts, seed=seed + 1, workers=workers)
+    log["synthesis_s"] = round(time.time() - t0, 1)
+    print(f"synthesised {len(corpus.texts)} utterances in {log['synthesis_s']} s", flush=True)
     store = train_asr.Store(speech, corpus, device)
     frozen = recogniser_outputs(model, conf, model_dir, store, corpus, device, batch_audio_s, seed)
     del store, speech
@@ -236,6 +267,12 @@ def train(model_dir: Path, corpus_path: Path, utterances: int, train_seconds: fl
     model.decoder.eval()  # frozen: no dropout in the hotword embeddings it lends
     no_bias, sos = int(model.NO_BIAS), int(model.sos)
     t_train = time.time()
+    if finish_by is not None and finish_by - t_train < train_seconds:
+        # Synthesis time varies with the machine; the schedule spans what is left (as train_asr).
+        print(f"training for {finish_by - t_train:.0f} s to finish in time (asked for {train_seconds:.0f} s)",
+              flush=True)
+        train_seconds = max(10.0, finish_by - t_train)
+    log["train_seconds"] = train_seconds
     step, running = 0, {"loss": 0.0, "copy": 0.0, "copies": 0.0, "keep": 0.0, "keeps": 0.0}
     while (progress := (time.time() - t_train) / train_seconds) < 1.0:
         for group in optim.param_groups:
@@ -308,10 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--respell", type=float, default=0.5,
                    help="respell the hotword span anew at each draw (see Respeller); also give this share "
                         "of the utterances without one a fresh span (0: the corpus's fixed spellings)")
+    p.add_argument("--random-span-p", type=float, default=0.0,
+                   help="with --respell: share of draws that respell a random span anywhere in the utterance "
+                        "instead of the corpus's span (whose place can be memorised)")
+    p.add_argument("--random-span-len", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
+                   help="tokens in such a span")
     p.add_argument("--init", type=Path, help="start the bias path from this model directory's weights")
+    p.add_argument("--finish-by", type=float, help="Unix time by which training must end")
     a = p.parse_args(argv)
     log = train(a.model_dir, a.corpus, a.utterances, a.train_seconds, a.device, a.batch, a.lr, a.seed, a.workers,
-                log_every=a.log_every, copy_weight=a.copy_weight, respell_p=a.respell, init=a.init)
+                log_every=a.log_every, copy_weight=a.copy_weight, respell_p=a.respell, init=a.init,
+                random_span_p=a.random_span_p, span_len=tuple(a.random_span_len), finish_by=a.finish_by)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1), "utf-8")
     print(json.dumps({k: v for k, v in log.items() if k != "steps"}))
