@@ -119,11 +119,10 @@ the acoustic model's (espeak-ng's tone sandhi counts in them too: a character's 
 is not always its reading alone). The first model (5 minutes of training, funasr's CTC loss instead
 of the frame classifier) had 20.3% / 11.3% / 15.7% / 1.6%: CER 48%.
 
-Hotwords do not work yet: the bias head answers NO_BIAS everywhere (log-probability -0.1 at every
-position, the listed word's characters under 1%), in funasr's own inference too. A second stage
-that trains only the bias path on the frozen recogniser (training/train_seaco.py, 16,000
-utterances, 1,520 steps in 110 s on the H200) raised the share of listed positions it copies from
-4.5% to 7.4% and left the recall at 0: not installed.
+Hotwords need the second stage: stage 1 alone leaves the bias head answering NO_BIAS everywhere
+(recall 0 with and without hotwords). `bash training/gpu_seaco.sh` trains the bias path alone on
+this model's frozen recogniser and measures it; its model.pt then replaces asr/model.pt (on the
+2026-12-02 model: trap recall 0 -> 75%, 1% false insertions; docs/demo-model.md).
 """
 
 

@@ -1,5 +1,9 @@
 """Stage 2: SeACo's bias path trained on the frozen recogniser, as the released model was trained.
 
+Result (2026-12-02, `bash training/gpu_seaco.sh`, one H200, 3,854 steps of 512 in 420 s with
+respelling at every draw and random spans): hotword trap recall 0 -> 75% on 40 held-out traps,
+1% false insertions; installed in tests/assets/demo-model. The history below is why it took this.
+
 Stage 1 (train_asr.py) trains the recogniser and the bias path together; in its time the bias
 path learnt to answer NO_BIAS everywhere (hotword recall 0 with and without hotwords, funasr's own
 inference agreeing). The bias path's loss never changes the recogniser (its inputs are detached),
