@@ -74,8 +74,10 @@ def test_torch_path_equals_each_row_alone() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_windows_are_one_call_exactly_and_few_shapes(dtype) -> None:
     """On the CPU the LSTM runs in fixed windows (oneDNN keeps a primitive per input shape): the
-    outputs are bit-identical to one call over the whole length, and the LSTM sees one length
-    whatever lengths come, where one call per batch length made a new shape every time."""
+    outputs equal one call over the whole length to float rounding, and the LSTM sees one length
+    whatever lengths come, where one call per batch length made a new shape every time. (They were
+    bit-identical on an AVX512 CPU; on an AVX2-only one the input product's blocking depends on
+    the length, so the last bits differ: a bf16 ulp here and there.)"""
     gen = torch.Generator().manual_seed(5)
     lstm = torch.nn.LSTM(16, 24, batch_first=True).to(dtype).requires_grad_(False)
     seen: set[tuple[int, ...]] = set()
@@ -84,7 +86,9 @@ def test_cpu_windows_are_one_call_exactly_and_few_shapes(dtype) -> None:
         x = torch.randn(3, steps, 16, generator=gen).to(dtype)
         whole = lstm(x)[0]
         got = _run_lstm(lstm, x)
-        assert got.shape == whole.shape and torch.equal(got, whole), steps
+        assert got.shape == whole.shape, steps
+        tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1.6e-2}
+        torch.testing.assert_close(got, whole, **tolerance, msg=f"{steps} steps")
     assert seen == {(CPU_LSTM_STEPS,), (1,), (CPU_LSTM_STEPS - 1,), (2 * CPU_LSTM_STEPS + 37,), (1500,)}
     seen.clear()
     for steps in range(100, 1600, 97):
