@@ -505,9 +505,9 @@ def _open_av(handle: BinaryIO | str, size: int, max_duration_s: float | None, sp
                     pending.append(part)
                     held += len(part)
                 else:
-                    if not group.accepts(frame) and group.samples:
+                    if not group.add(frame):  # another format: what the group holds goes first
                         pending.append(group.take())
-                    group.add(frame)
+                        group.add(frame)
                     held += frame.samples
                 if held >= step:
                     if group.samples:
@@ -553,23 +553,26 @@ class _FrameGroup:
         self.split = split
         self.samples = 0
         self._kind: tuple[str, int] | None = None
+        self._bytes = 0  # per sample, all channels of a plane
         self._planes: list[list[Any]] = []
 
-    def accepts(self, frame: Any) -> bool:
-        return self._kind == (frame.format.name, len(frame.layout.channels))
-
-    def add(self, frame: Any) -> None:
-        kind = (frame.format.name, len(frame.layout.channels))
-        if self._kind != kind:
+    def add(self, frame: Any) -> bool:
+        """Hold `frame`; False (nothing held) when the group holds frames of another kind. Per
+        frame only cheap attributes are read (`layout.channels` builds a tuple: 1.6 us, 50,000
+        times an hour of mp3)."""
+        layout = frame.layout
+        kind = (frame.format.name, getattr(layout, "nb_channels", None) or len(layout.channels))
+        if kind != self._kind:
             if self.samples:
-                raise ValueError("a frame group holds one sample format")
+                return False
             self._kind = kind
+            self._bytes = frame.format.bytes * (1 if frame.format.is_planar else kind[1])
             self._planes = [[] for _ in frame.planes]
-        n_channels = kind[1]
-        width = frame.format.bytes * frame.samples * (1 if frame.format.is_planar else n_channels)
+        width = self._bytes * frame.samples
         for held, plane in zip(self._planes, frame.planes, strict=True):
             held.append(memoryview(plane)[:width])
         self.samples += frame.samples
+        return True
 
     def take(self) -> np.ndarray:
         assert self._kind is not None
