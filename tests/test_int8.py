@@ -121,6 +121,23 @@ def test_int8_linear_equals_the_exact_product_of_its_quantized_operands() -> Non
     assert err1 < 2e-2 and err2 < 2e-4 and err2 < err1 / 50
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_int8_product_is_int_mms_bit_for_bit_on_every_cpu(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
+    """Without a fast int8 product the sums run as fp32 blocks: exact only while no partial sum can
+    pass 2^24, so the worst case (every operand +-127, K past one block) must still be equal."""
+    import asr.engine.int8 as int8
+
+    monkeypatch.setattr(int8, "int8_fast", lambda: fast)
+    gen = torch.Generator().manual_seed(0)
+    for k in (40, int8._EXACT_K, int8._EXACT_K + 1, 3 * int8._EXACT_K + 7):
+        a = torch.randint(-127, 128, (33, k), dtype=torch.int8, generator=gen)
+        b = torch.randint(-127, 128, (k, 17), dtype=torch.int8, generator=gen)
+        a[0], b[:, 0] = 127, -127  # a sum of -127^2 * K: past 2^24 when K > 1040
+        got = int8._int8_product(a, b)
+        assert got.dtype == torch.int32 and torch.equal(got, torch._int_mm(a, b))
+        assert got[0, 0] == -127 * 127 * k
+
+
 def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert EngineSettings().int8_terms == 1
     monkeypatch.setenv("ASR_ENGINE__INT8_TERMS", "2")  # as a server's environment gives it: a string

@@ -119,8 +119,9 @@ class Engine:
         self.cpu_bf16 = self.quantized and cpu_bf16_native()
         if self.quantized:
             if not int8_fast():
-                log.warning("dtype int8 on a CPU whose int8 products are slower than fp32 (no AVX512-VNNI, "
-                            "AVX-VNNI or AMX): dtype auto or fp32 is faster here")
+                log.warning("dtype int8 on a CPU without a fast int8 product (no AVX512-VNNI, AVX-VNNI or AMX): "
+                            "its products run as exact fp32 blocks, slower than fp32 itself; dtype auto or "
+                            "fp32 is faster here")
             _quantize_int8(self.model, settings.int8_terms)
             blstm = getattr(self.model.predictor, "blstm", None)
             if self.cpu_bf16 and blstm is not None:
