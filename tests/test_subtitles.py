@@ -109,5 +109,6 @@ def test_join_and_running_width_follow_the_reference(words) -> None:
     width = 0.0
     for i, w in enumerate(words):
         width += _width(_joined(words[i - 1] if i else None, w))
-        assert width == _width(_join_words_reference(words[: i + 1]))
+        text = _join_words_reference(words[: i + 1])
+        assert width == _width(text) == sum(0.5 if ch.isascii() else 1.0 for ch in text)
 

@@ -90,11 +90,12 @@ _ASCII_MARKS = {"，": ",", "。": ".", "？": "?", "、": ","}
 
 def _joined(prev: TimedWord | None, w: TimedWord) -> str:
     """What `w` adds to `join_words` after `prev`: a space between ASCII words, the word, its mark."""
-    is_ascii = w.text.isascii()
-    space = " " if is_ascii and prev is not None and prev.text.isascii() and not prev.punc else ""
+    if not w.text.isascii():
+        return w.text + w.punc  # a CJK word (nearly all of them): no space, its own mark
+    space = " " if prev is not None and prev.text.isascii() and not prev.punc else ""
     # An English word takes ASCII marks (hello,); digits that ITN wrote sit in Chinese text and keep
     # its marks (增长了3.5，然后), so only a word with a letter converts.
-    latin = is_ascii and any(c.isalpha() for c in w.text)
+    latin = any(c.isalpha() for c in w.text)
     mark = _ASCII_MARKS.get(w.punc, w.punc) if w.punc and latin else w.punc
     return space + w.text + mark
 
@@ -105,7 +106,8 @@ def join_words(words: Sequence[TimedWord]) -> str:
 
 
 def _width(text: str) -> float:
-    return sum(0.5 if ch.isascii() else 1.0 for ch in text)
+    """An ASCII character counts half (encoding to ASCII and dropping the rest counts them in C)."""
+    return len(text) - 0.5 * len(text.encode("ascii", "ignore"))
 
 
 def _joined_width(words: Sequence[TimedWord]) -> float:
