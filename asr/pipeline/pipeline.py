@@ -211,6 +211,10 @@ class _Part:
     """The channel it was cut from (channels='split'); 0 for the mixed recording."""
     plain: TranscriptLike | None = None
     """What the engine heard without the hotwords (hotword_diff)."""
+    words: list[TimedWord] = dataclasses.field(default_factory=list)
+    """`segment_words` of the transcript, made as the segment finishes: a long recording's
+    assembly, which waits for its last segment, then only punctuates and groups (an hour of
+    speech is ~40,000 words)."""
 
 
 class _Source:
@@ -639,8 +643,8 @@ class Pipeline:
         embeddings = None
         if options.speakers:
             spans, embeddings = await self._run(self._embed, chunk, self._speaker_options(options))
-        return _Part(Segment(chunk.segment.start_ms, chunk.segment.end_ms), transcript, spans, embeddings, channel,
-                     plain)
+        segment = Segment(chunk.segment.start_ms, chunk.segment.end_ms)
+        return _Part(segment, transcript, spans, embeddings, channel, plain, segment_words(segment, transcript))
 
     def _speaker_options(self, options: Options) -> SpeakerOptions:
         longform = self.settings.longform
@@ -663,8 +667,7 @@ class Pipeline:
         split = options.channels == "split"
         channels = sorted({p.channel for p in parts}) if split else [0]
         names = {c: options.channel_name(c) if split else None for c in channels}
-        tracks = {c: [w for p in parts if p.channel == c for w in segment_words(p.segment, p.transcript)]
-                  for c in channels}
+        tracks = {c: [w for p in parts if p.channel == c for w in p.words] for c in channels}
         if split:
             tracks = {c: [dataclasses.replace(w, speaker=names[c]) for w in ws] for c, ws in tracks.items()}
         notices: list[Notice] = []
@@ -711,23 +714,24 @@ class Pipeline:
         elif split:
             speakers = list(dict.fromkeys(s.speaker for s in sentences if s.speaker))
         text = to_text(sentences).strip()
-        where = _TextIndex(text, tracks, grouped, sentences)
-
-        hits = []
-        for word, a, b in find_hotwords(text, options.hotwords):
-            times = where.times(a, b)
-            if times is not None:
-                hits.append(HotwordHit(word, a, b, *times))
-        corrected = []
-        for c in channels:
-            for r in replaced[c]:
-                at = where.offset(c, r.word)
-                if at is not None:
-                    w = tracks[c][r.word]
-                    corrected.append(CorrectionHit(r.wrong, r.right, at + r.offset, at + r.offset + len(r.right),
-                                                   w.start_ms, w.end_ms))
-        corrected.sort(key=lambda h: h.start)
         diffed = options.hotword_diff and bool(options.hotwords)
+        hits = []
+        corrected = []
+        if options.hotwords or any(replaced.values()):
+            # Where each word landed in the text: only hotword hits, corrections and diffs need it.
+            where = _TextIndex(text, tracks, grouped, sentences)
+            for word, a, b in find_hotwords(text, options.hotwords):
+                times = where.times(a, b)
+                if times is not None:
+                    hits.append(HotwordHit(word, a, b, *times))
+            for c in channels:
+                for r in replaced[c]:
+                    at = where.offset(c, r.word)
+                    if at is not None:
+                        w = tracks[c][r.word]
+                        corrected.append(CorrectionHit(r.wrong, r.right, at + r.offset, at + r.offset + len(r.right),
+                                                       w.start_ms, w.end_ms))
+        corrected.sort(key=lambda h: h.start)
         if options.hotword_diff and not options.hotwords:
             notices.append(Notice("hotword_diff_without_hotwords",
                                   "hotword_diff was asked for, but the request has no hotwords to compare."))
