@@ -241,3 +241,30 @@ def test_live_streams_decided_together_equal_each_alone(rec, silero):
         out += s.finish()
     assert [[c.segment for c in out] for out in together] == [[c.segment for c in out] for out in alone]
     assert len(alone[0]) >= 2 and alone[2] == []
+
+
+@pytest.mark.parametrize("min_silence_ms", [32, 100, 300])
+def test_hysteresis_over_arrays_is_the_frame_by_frame_rule(min_silence_ms: int) -> None:
+    """`frames` jumps between the frames where the state can change; it must close the same
+    regions, and leave the same open state for the next call, as `frame` called on every frame,
+    whatever the block boundaries (a region may open in one block and close blocks later)."""
+    from asr.pipeline.vad import _Hysteresis
+
+    rng = np.random.default_rng(min_silence_ms)
+    opts = VadOptions(min_silence_ms=min_silence_ms)
+    closed = 0
+    for trial in range(40):
+        # Runs of speech, silence and in-between probabilities, so every transition occurs.
+        levels = rng.choice([0.05, 0.3, 0.45, 0.9, 0.6], size=rng.integers(1, 60))
+        probs = np.repeat(levels, rng.integers(1, 25, size=len(levels))).astype(np.float32)
+        probs += rng.normal(0, 0.05, len(probs)).astype(np.float32)
+        one, blocks = _Hysteresis(opts), _Hysteresis(opts)
+        want = [r for i, p in enumerate(probs.tolist()) if (r := one.frame(p, 7 + i * 512)) is not None]
+        cuts = np.sort(rng.choice(np.arange(1, len(probs)), size=min(len(probs) - 1, trial % 5), replace=False))
+        got = []
+        for a, b in zip([0, *cuts], [*cuts, len(probs)]):
+            got += blocks.frames(probs[a:b], 7 + a * 512, 512)
+        assert got == want
+        assert (blocks.speech_start, blocks.temp_end) == (one.speech_start, one.temp_end)
+        closed += len(want)
+    assert closed > 40  # the trials closed regions, not only opened them

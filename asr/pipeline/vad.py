@@ -705,6 +705,46 @@ class _Hysteresis:
         self.speech_start = None
         return [region]
 
+    def frames(self, probs: np.ndarray, base: int, step: int) -> list[tuple[int, int]]:
+        """`frame` over consecutive frames (frame i starts at `base + i * step`), the regions they
+        close. The same rules, but only the frames where the state can change are visited,
+        found with array searches: an hour of audio is 112,500 Silero frames, a Python call for
+        each 33 ms of the GIL here (17 ms this way), in the process that feeds the GPU."""
+        probs = np.asarray(probs)
+        above = np.flatnonzero(probs >= self.threshold)
+        below = np.flatnonzero(probs < self.neg_threshold)
+        n = len(probs)
+
+        def first(indices: np.ndarray, at: int) -> int:
+            k = int(np.searchsorted(indices, at))
+            return int(indices[k]) if k < len(indices) else n
+
+        regions = []
+        i = 0
+        while i < n:
+            if self.speech_start is None:
+                i = first(above, i)
+                if i < n:
+                    self.speech_start, self.temp_end = base + i * step, None
+            elif self.temp_end is None:
+                i = first(below, i)  # frames in between (or above) leave the state as it is
+                if i < n:  # a silence begins (min_silence is at least one frame: nothing closes yet)
+                    self.temp_end = base + i * step
+            else:
+                # The silence ends at the next frame above the threshold, or closes the region at
+                # the first frame below the lower one `min_silence` after it began.
+                closing_from = -(-(self.temp_end + self.min_silence - base) // step)
+                rise, close = first(above, i), first(below, max(i, closing_from))
+                if rise < close:
+                    self.temp_end, i = None, rise
+                elif close < n:
+                    regions.append((self.speech_start, self.temp_end))
+                    self.speech_start, self.temp_end, i = None, None, close
+                else:
+                    i = n
+            i += 1
+        return regions
+
 
 class _SileroRegions:
     """Hysteresis over Silero frame probabilities, decided in large blocks (files). With a pool,
@@ -762,12 +802,8 @@ class _SileroRegions:
         while self.deciding and (self.deciding[0][0].done() or len(self.deciding) > ahead):
             future, n = self.deciding.popleft()
             probs = future.result()
-            base = self.done
-            for i, p in enumerate(probs.tolist()):
-                region = self.rules.frame(p, base + i * _SILERO_FRAME)
-                if region is not None:
-                    regions.append(region)
-            self.done = base + n
+            regions += self.rules.frames(probs, self.done, _SILERO_FRAME)
+            self.done += n
         return regions
 
 
