@@ -111,6 +111,10 @@ def test_blocks_decided_by_several_threads_give_the_same_segments_as_one(rec):
         np.testing.assert_array_equal(x.audio, y.audio)
     np.testing.assert_array_equal(one.frame_probs(rec.audio[:0], rec.audio[:40000]),
                                   three.frame_probs(rec.audio[:0], rec.audio[:40000]))
+    # A block handed over as the pieces it arrived in (no joined copy) is decided alike.
+    history, block = rec.audio[:21000], rec.audio[21000:61001]
+    np.testing.assert_array_equal(one.frame_probs(history, [block[:7], block[7:30000], block[30000:]]),
+                                  one.frame_probs(history, block))
 
 
 def test_lanes_agree_with_a_serial_pass(rec):

@@ -113,13 +113,16 @@ class TorchSilero:
             return contextlib.nullcontext()
         return torch.cuda.stream(self._stream)
 
-    def lane_probs(self, lanes: np.ndarray, steps: int) -> np.ndarray:
-        """`lanes` (L, steps * 512 + 64): each lane's audio with the 64 samples before it.
-        Returns (L, steps) probabilities, every lane from a zero state."""
+    def lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
+        """Lane i is `ext[i * lane : i * lane + steps * 512 + 64]` (its audio with the 64 samples
+        before it; lanes overlap by their warm-up): the signal crosses to the device once and the
+        lanes are views of it there. Returns (n_lanes, steps) probabilities, every lane from a
+        zero state."""
         with torch.inference_mode(), self._context():
-            audio = torch.from_numpy(lanes).to(self.device)
-            windows = audio.unfold(1, WINDOW, FRAME)[:, :steps]  # (L, steps, 576), a view
-            feats = self.net.front(windows.reshape(-1, WINDOW)).view(len(lanes), steps, _HIDDEN)
+            audio = torch.from_numpy(ext).to(self.device)
+            lanes = audio.unfold(0, steps * FRAME + CONTEXT, lane)[:n_lanes]
+            windows = lanes.unfold(1, WINDOW, FRAME)[:, :steps]  # (L, steps, 576), a view
+            feats = self.net.front(windows.reshape(-1, WINDOW)).view(n_lanes, steps, _HIDDEN)
             hidden, _ = self.net.lstm(feats)
             return self.net.head(hidden).float().cpu().numpy()
 

@@ -256,8 +256,8 @@ class _Rope:
                 self.blocks.append(block)
             self.end += len(block)
 
-    def slice(self, a: int, b: int) -> np.ndarray:
-        """A copy of samples [a, b), clamped to what is held."""
+    def pieces(self, a: int, b: int) -> list[np.ndarray]:
+        """Views of samples [a, b) (clamped to what is held), block by block: nothing copied."""
         a, b = max(a, self.start), min(b, self.end)
         parts = []
         pos = self.start
@@ -268,6 +268,11 @@ class _Rope:
             if nxt >= b:
                 break
             pos = nxt
+        return parts
+
+    def slice(self, a: int, b: int) -> np.ndarray:
+        """A copy of samples [a, b), clamped to what is held."""
+        parts = self.pieces(a, b)
         if not parts:
             return np.zeros(0, dtype=np.float32)
         return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
@@ -573,39 +578,44 @@ class SileroVad(_Segmenter):
     def open_stream(self, opts: VadOptions) -> RegionStream:
         return _SileroRegions(self, opts)
 
-    def frame_probs(self, history: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def frame_probs(self, history: np.ndarray, audio: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Speech probability of each 512-sample frame of `audio` (zero-padded at the end).
 
         `history` is the audio just before `audio`; its last `warmup_s` warm the first lane.
+        `audio` may be given as consecutive pieces (a file's blocks as received): they are
+        copied once, into the padded signal the lanes are cut from.
         """
+        pieces = [audio] if isinstance(audio, np.ndarray) else list(audio)
+        n_samples = sum(len(p) for p in pieces)
         frame, ctx = _SILERO_FRAME, _SILERO_CONTEXT
-        n_frames = -(-len(audio) // frame)
+        n_frames = -(-n_samples // frame)
         if n_frames == 0:
             return np.zeros(0, dtype=np.float32)
         warm = self.warm_frames * frame
         history = history[len(history) - min(len(history), warm + ctx) :]
         head = warm + ctx
-        ext = np.concatenate(
-            (np.zeros(head - len(history), np.float32), history, audio,
-             np.zeros(n_frames * frame - len(audio), np.float32))
-        )
         lane = self.lane_frames * frame
         n_lanes = -(-n_frames // self.lane_frames)
         steps = self.warm_frames + min(self.lane_frames, n_frames)
         width = steps * frame + ctx
-        lanes = np.zeros((n_lanes, width), dtype=np.float32)
-        for i in range(n_lanes):
-            piece = ext[i * lane : i * lane + width]
-            lanes[i, : len(piece)] = piece
+        # Lane i is ext[i * lane : i * lane + width]: lanes overlap by their warm-up, so they are
+        # cut as views (on the GPU, or a strided view here) rather than copied out one by one.
+        ext = np.zeros(max(head + n_frames * frame, (n_lanes - 1) * lane + width), dtype=np.float32)
+        ext[head - len(history) : head] = history
+        at = head
+        for piece in pieces:
+            ext[at : at + len(piece)] = piece
+            at += len(piece)
         if self._torch is not None:
-            out = self._torch.lane_probs(lanes, steps)
+            out = self._torch.lane_probs(ext, n_lanes, lane, steps)
         else:
+            lanes = np.lib.stride_tricks.as_strided(ext, (n_lanes, width), (lane * ext.itemsize, ext.itemsize))
             state = np.zeros((2, n_lanes, 128), dtype=np.float32)
             sr = np.array(SAMPLE_RATE, dtype=np.int64)
             out = np.empty((n_lanes, steps), dtype=np.float32)
             for j in range(steps):
                 # Each call sees 64 samples of context before its 512-sample frame, as Silero expects.
-                x = lanes[:, j * frame : j * frame + frame + ctx]
+                x = np.ascontiguousarray(lanes[:, j * frame : j * frame + frame + ctx])
                 prob, state = self._session.run(None, {"input": x, "state": state, "sr": sr})
                 out[:, j] = prob[:, 0]
         return out[:, self.warm_frames :].reshape(-1)[:n_frames]
@@ -773,27 +783,35 @@ class _SileroRegions:
         self.total += len(audio)
         while self.todo.end - self.todo.start >= self.block:
             start = self.todo.start
-            self._submit(self.todo.slice(start, start + self.block))
+            self._submit(self.todo.pieces(start, start + self.block))
             self.todo.drop_before(start + self.block)
         # One block ahead per worker: the audio held here stays a few blocks, whatever the length.
         return self._read(ahead=self.vad.workers)
 
     def finish(self) -> list[tuple[int, int]]:
         if self.todo.end > self.todo.start:
-            self._submit(self.todo.slice(self.todo.start, self.todo.end))
+            self._submit(self.todo.pieces(self.todo.start, self.todo.end))
             self.todo.drop_before(self.todo.end)
         return self._read(ahead=0) + self.rules.close(self.total)
 
-    def _submit(self, audio: np.ndarray) -> None:
+    def _submit(self, pieces: list[np.ndarray]) -> None:
         pool = self.vad._pool
         if pool is None:
             future: Future[np.ndarray] = Future()
-            future.set_result(self.vad.frame_probs(self.history, audio))
+            future.set_result(self.vad.frame_probs(self.history, pieces))
         else:
-            future = pool.submit(self.vad.frame_probs, self.history, audio)
+            future = pool.submit(self.vad.frame_probs, self.history, pieces)
+        # The next block's warm-up: the last samples only (a block is minutes of audio).
         keep = self.vad.warm_frames * _SILERO_FRAME + _SILERO_CONTEXT
-        self.history = np.concatenate((self.history, audio))[-keep:]
-        self.deciding.append((future, len(audio)))
+        tail: list[np.ndarray] = []
+        held = 0
+        for piece in reversed([self.history, *pieces]):
+            if held >= keep:
+                break
+            tail.insert(0, piece[max(0, len(piece) - (keep - held)) :])
+            held += len(tail[0])
+        self.history = np.concatenate(tail) if tail else self.history
+        self.deciding.append((future, sum(len(p) for p in pieces)))
 
     def _read(self, ahead: int) -> list[tuple[int, int]]:
         """Regions from the decided blocks at the head; waits while more than `ahead` are
