@@ -1,0 +1,192 @@
+"""A long mp3 on disk decoded in pieces by several decoding processes at once
+(asr/pipeline/pieces.py): the samples of the one-process decoding bit for bit, for every frame
+size, rate and channel layout; at most
+`in_flight` pieces decoding or waiting at once.
+
+Real mp3 files made with PyAV (libmp3lame, with FFmpeg's ID3 and Info/Xing tag), of a speech-like
+signal (harmonics and noise), so that every piece boundary falls mid-sound; pieces are seconds
+long here so that a half-minute file has several.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+from audio_fixtures import tone_with_noise
+
+from asr.pipeline.audio import SAMPLE_RATE, open_audio
+from asr.pipeline.pieces import _RESAMPLER_PERIOD, PieceStream, decode_piece, piece_rates, plan_pieces
+
+PIECE_S = 6.0
+
+
+def encode_mp3(x: np.ndarray, rate: int, vbr: bool = False, title: str | None = None) -> bytes:
+    import av
+
+    x2 = x if x.ndim == 2 else x[:, None]
+    layout = "mono" if x2.shape[1] == 1 else "stereo"
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        if title is not None:
+            out.metadata["title"] = title  # a large ID3 tag before the first frame
+        stream = out.add_stream("mp3", rate=rate)
+        stream.layout = layout
+        if vbr:  # frames of 208 to 835 bytes, with a Xing tag instead of Info
+            stream.codec_context.flags |= av.codec.context.Flags.qscale
+            stream.codec_context.qscale = 4
+        for start in range(0, len(x2), 1152):
+            block = np.ascontiguousarray(x2[start : start + 1152].T, dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+# name -> (rate, channels, vbr, title); MPEG-1 (1152-sample frames) and MPEG-2 (576).
+FILES = {
+    "44k_mono": (44100, 1, False, None),
+    "44k_stereo": (44100, 2, False, None),
+    "48k": (48000, 1, False, None),
+    "16k": (16000, 1, False, None),
+    "22k": (22050, 1, False, None),
+    "24k_stereo": (24000, 2, False, None),
+    "44k_vbr": (44100, 1, True, None),
+    "44k_id3": (44100, 1, False, "长录音" * 2000),
+}
+
+
+@functools.cache
+def mp3_bytes(name: str, seconds: float = 30.0) -> bytes:
+    rate, channels, vbr, title = FILES[name]
+    return encode_mp3(tone_with_noise(seconds, rate, seed=1, channels=channels), rate, vbr, title)
+
+
+def mp3_file(tmp_path: Path, name: str, data: bytes | None = None) -> str:
+    path = tmp_path / f"{name}.mp3"
+    path.write_bytes(mp3_bytes(name) if data is None else data)
+    return str(path)
+
+
+def sequential(path: str, split: bool = False, max_duration_s: float | None = None) -> np.ndarray:
+    with open_audio(path, channels="split" if split else "mix", max_duration_s=max_duration_s) as stream:
+        return np.concatenate(list(stream.blocks()))
+
+
+def in_pieces(path: str, split: bool = False) -> tuple[np.ndarray, int]:
+    """The pieces decoded one after another here (the same function the processes run)."""
+    plan = plan_pieces(path, PIECE_S, 0.0, None, split)
+    assert plan is not None
+    got = []
+    for piece in plan.pieces:
+        samples, _ = decode_piece(piece)
+        assert samples is not None, piece
+        got.append(samples)
+    return np.concatenate(got), len(plan.pieces)
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_pieces_give_the_sequential_samples(name, tmp_path):
+    path = mp3_file(tmp_path, name)
+    want = sequential(path)
+    got, pieces = in_pieces(path)
+    assert pieces >= 3
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["44k_stereo", "24k_stereo"])
+def test_pieces_split_by_channel_give_the_sequential_samples(name, tmp_path):
+    path = mp3_file(tmp_path, name)
+    want = sequential(path, split=True)
+    got, _ = in_pieces(path, split=True)
+    assert got.shape == want.shape and got.shape[1] == 2
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("rate", sorted(_RESAMPLER_PERIOD))
+def test_a_resampler_started_at_a_period_gives_the_streams_samples(rate):
+    """The measured periods of soxr's block grid: a resampler started at a multiple, a second
+    before the part compared, computes that part as the one started at the first sample."""
+    if rate not in piece_rates():
+        pytest.skip(f"libsoxr {soxr.__libsoxr_version__} is not the one measured: pieces are not used")
+    if rate == SAMPLE_RATE:
+        pytest.skip("16 kHz audio is not resampled")
+    x = np.random.default_rng(0).normal(0, 0.2, 2 * _RESAMPLER_PERIOD[rate] + 3 * rate).astype(np.float32)
+
+    def resampled(part: np.ndarray) -> np.ndarray:
+        stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        chunks = [stream.resample_chunk(part[i : i + rate], last=False) for i in range(0, len(part), rate)]
+        return np.concatenate(chunks)
+
+    whole = resampled(x)
+    begun = 2 * _RESAMPLER_PERIOD[rate]  # where the later resampler starts: a multiple
+    unit = rate // gcd(rate, SAMPLE_RATE)  # a whole number of outputs before the part compared
+    start = -(-(begun + rate) // unit) * unit
+    later = resampled(x[begun:])
+    offset, begin = (start - begun) * SAMPLE_RATE // rate, start * SAMPLE_RATE // rate
+    assert np.array_equal(later[offset : offset + 16000], whole[begin : begin + 16000])
+
+
+def test_a_truncated_or_damaged_mp3_gives_the_sequential_samples(tmp_path):
+    data = mp3_bytes("44k_mono")
+    truncated = mp3_file(tmp_path, "truncated", data[: len(data) * 2 // 3 + 101])  # cut mid-frame
+    damaged = bytearray(data)
+    rng = np.random.default_rng(3)
+    at = len(data) // 2
+    damaged[at : at + 3000] = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    damaged_path = mp3_file(tmp_path, "damaged", bytes(damaged))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for path, falls_back in ((truncated, False), (damaged_path, True)):
+            want = sequential(path)
+            plan = plan_pieces(path, PIECE_S, 0.0, None)
+            assert plan is not None and len(plan.pieces) >= 2
+            pieces = PieceStream(pool, plan, 2, None)
+            got = np.concatenate(list(pieces.stream.blocks()))
+            assert np.array_equal(got, want), path
+            # The damaged frames: a piece that does not decode as planned hands over to the
+            # sequential decoding here, which skips them as it always did.
+            assert pieces.fell_back is falls_back, path
+
+
+def test_at_most_in_flight_pieces_and_the_same_samples_from_the_processes(tmp_path):
+    path = mp3_file(tmp_path, "44k_stereo")
+    want = sequential(path)
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        plan = plan_pieces(path, PIECE_S, 0.0, None)
+        assert plan is not None and len(plan.pieces) >= 4
+        pieces = PieceStream(pool, plan, 2, None)
+        blocks = []
+        for block in pieces.stream.blocks():
+            blocks.append(block)
+            assert len(pieces._pending) <= 2
+            time.sleep(0.01)  # a slow reader: the pieces wait for it, no more are started
+        assert pieces.most_in_flight == 2
+        assert not pieces.fell_back
+        assert all(len(b) <= 10 * SAMPLE_RATE for b in blocks)  # blocks of BLOCK_S at most, like the files'
+    assert np.array_equal(np.concatenate(blocks), want)
+    assert pieces.stream.duration_s == pytest.approx(30.0, abs=0.1) and pieces.stream.channels == 2
+
+
+def test_only_long_mp3_files_are_cut(tmp_path):
+    path = mp3_file(tmp_path, "44k_mono")
+    assert plan_pieces(path, PIECE_S, 60.0, None) is None  # shorter than from_s
+    assert plan_pieces(path, 0.0, 0.0, None) is None  # pieces turned off
+    assert plan_pieces(path, PIECE_S, 0.0, 20.0) is None  # over the limit: refused where it is today
+    m4a = tmp_path / "aac.m4a"
+    from audio_fixtures import encode_av
+
+    m4a.write_bytes(encode_av(tone_with_noise(30.0, 44100), 44100, "aac", "mp4"))
+    assert plan_pieces(str(m4a), PIECE_S, 0.0, None) is None  # not an mp3: one process
