@@ -1,6 +1,6 @@
 """A long mp3 on disk decoded in pieces by several decoding processes at once
 (asr/pipeline/pieces.py): the samples of the one-process decoding bit for bit, for every frame
-size, rate and channel layout; at most
+size, rate and channel layout; the same results and errors through the pipeline; at most
 `in_flight` pieces decoding or waiting at once.
 
 Real mp3 files made with PyAV (libmp3lame, with FFmpeg's ID3 and Info/Xing tag), of a speech-like
@@ -10,8 +10,10 @@ long here so that a half-minute file has several.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
+import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,8 +25,12 @@ import pytest
 import soxr
 from audio_fixtures import tone_with_noise
 
+from asr.errors import ASRError
 from asr.pipeline.audio import SAMPLE_RATE, open_audio
+from asr.pipeline.options import Options
 from asr.pipeline.pieces import _RESAMPLER_PERIOD, PieceStream, decode_piece, piece_rates, plan_pieces
+from asr.pipeline.pipeline import Pipeline
+from asr.settings import load_settings
 
 PIECE_S = 6.0
 
@@ -180,6 +186,25 @@ def test_at_most_in_flight_pieces_and_the_same_samples_from_the_processes(tmp_pa
     assert pieces.stream.duration_s == pytest.approx(30.0, abs=0.1) and pieces.stream.channels == 2
 
 
+def test_when_the_processes_die_midway_the_rest_decodes_here(tmp_path):
+    path = mp3_file(tmp_path, "44k_mono")
+    want = sequential(path)
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        plan = plan_pieces(path, PIECE_S, 0.0, None)
+        assert plan is not None and len(plan.pieces) >= 4
+        pieces = PieceStream(pool, plan, 2, None)
+        blocks = pieces.stream.blocks()
+        got = [next(blocks)]  # the first piece read
+        for process in list(pool._processes.values()):
+            process.kill()
+        got.extend(blocks)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    assert pieces.fell_back
+    assert np.array_equal(np.concatenate(got), want)
+
+
 def test_only_long_mp3_files_are_cut(tmp_path):
     path = mp3_file(tmp_path, "44k_mono")
     assert plan_pieces(path, PIECE_S, 60.0, None) is None  # shorter than from_s
@@ -190,3 +215,55 @@ def test_only_long_mp3_files_are_cut(tmp_path):
 
     m4a.write_bytes(encode_av(tone_with_noise(30.0, 44100), 44100, "aac", "mp4"))
     assert plan_pieces(str(m4a), PIECE_S, 0.0, None) is None  # not an mp3: one process
+
+
+def _settings(processes: int, **limits: float):
+    return load_settings(
+        None,
+        engine={"device": "cpu"},
+        longform={"punc_model": None},
+        limits=limits or {},
+        pipeline={
+            "decode_processes": processes,
+            "decode_process_max_mb": 0.1,  # the files here stream
+            "decode_piece_s": 12.0,
+            "decode_pieces_from_s": 30.0,
+        },
+    )
+
+
+def _transcribe(engine, processes: int, path: str, **limits: float) -> tuple[object, int]:
+    async def go() -> tuple[object, int]:
+        pipeline = Pipeline(_settings(processes, **limits), engine)
+        await pipeline.start()
+        try:
+            result = await pipeline.transcribe(Path(path), Options(), background=True)
+        except ASRError as exc:
+            return (type(exc).__name__, exc.code, str(exc)), pipeline.decoded_in_pieces
+        finally:
+            await pipeline.stop()
+        as_json = json.loads(result.to_json())
+        as_json.pop("processing_ms")
+        return as_json, pipeline.decoded_in_pieces
+
+    return asyncio.run(go())
+
+
+def test_the_pipeline_gives_the_same_result_from_pieces(engine, tmp_path):
+    from speech import SENTENCES, recording, require_espeak
+
+    require_espeak()
+    speech = recording(SENTENCES * 2, [1.0]).audio
+    assert len(speech) > 50 * SAMPLE_RATE
+    at_44k = soxr.resample(speech, SAMPLE_RATE, 44100, quality="HQ").astype(np.float32)
+    path = mp3_file(tmp_path, "speech", encode_mp3(at_44k, 44100))
+    in_threads, cut = _transcribe(engine, 0, path)
+    in_pieces_, cut_there = _transcribe(engine, 2, path)
+    assert cut == 0 and cut_there == 1
+    assert in_pieces_ == in_threads
+    assert isinstance(in_threads, dict) and in_threads["duration_ms"] > 50_000 and in_threads["text"]
+    # Over the limit: the same typed error (the plan leaves such a file to one process).
+    refused, _ = _transcribe(engine, 0, path, max_audio_s=40.0)
+    refused_there, cut_there = _transcribe(engine, 2, path, max_audio_s=40.0)
+    assert refused[:2] == ("LimitError", "audio_too_long") and refused_there == refused  # type: ignore[index]
+    assert cut_there == 0

@@ -397,6 +397,9 @@ class PieceStream:
         """A piece was not what the plan expected: the rest decoded sequentially here."""
         self.stream = AudioStream(SAMPLE_RATE, plan.duration_s, self._blocks(), self.close, None, plan.channels,
                                   plan.pieces[0].split)  # fmt: skip
+        # The first pieces start decoding now, while the reader sets up.
+        with contextlib.suppress(Exception):  # a broken pool: the reader decodes here instead
+            self._submit()
 
     def _submit(self) -> None:
         while len(self._pending) < self._in_flight and self._next < len(self._plan.pieces) and not self._closed:
@@ -409,10 +412,9 @@ class PieceStream:
         limit = None if self._max_duration_s is None else int(self._max_duration_s * self._plan.rate) + 1
         handed_on = 0
         source_total = 0
-        try:
-            self._submit()
-        except Exception:  # noqa: BLE001 - a broken pool: this thread decodes instead
-            self._pending.clear()
+        if self._next == 0:  # the pool broke before the first piece: this thread decodes
+            yield from self._sequential(0)
+            return
         while self._pending:
             job = self._pending.popleft()
             try:
