@@ -81,7 +81,8 @@ def mp3_bytes(name: str, seconds: float = 30.0) -> bytes:
 
 
 def mp3_file(tmp_path: Path, name: str, data: bytes | None = None) -> str:
-    path = tmp_path / f"{name}.mp3"
+    # A name with spaces, commas and CJK: pieces open it through FFmpeg's subfile protocol.
+    path = tmp_path / f"{name} 会议录音,第1部分 (final).mp3"
     path.write_bytes(mp3_bytes(name) if data is None else data)
     return str(path)
 
