@@ -61,7 +61,7 @@ def encode_mp3(x: np.ndarray, rate: int, vbr: bool = False, title: str | None = 
     return buf.getvalue()
 
 
-# name -> (rate, channels, vbr, title); MPEG-1 (1152-sample frames) and MPEG-2 (576).
+# name -> (rate, channels, vbr, title); MPEG-1 (1152-sample frames), MPEG-2 and 2.5 (576).
 FILES = {
     "44k_mono": (44100, 1, False, None),
     "44k_stereo": (44100, 2, False, None),
@@ -69,6 +69,8 @@ FILES = {
     "16k": (16000, 1, False, None),
     "22k": (22050, 1, False, None),
     "24k_stereo": (24000, 2, False, None),
+    "32k": (32000, 1, False, None),
+    "8k": (8000, 1, False, None),  # MPEG-2.5: telephone recordings
     "44k_vbr": (44100, 1, True, None),
     "44k_id3": (44100, 1, False, "长录音" * 2000),
 }
