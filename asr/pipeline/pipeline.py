@@ -56,6 +56,7 @@ from asr.pipeline.corrections import correct
 from asr.pipeline.hotwords import find_hotwords
 from asr.pipeline.models import StageModels
 from asr.pipeline.options import Options
+from asr.pipeline.pieces import PieceStream, plan_pieces
 from asr.pipeline.punc import SENTENCE_END, PuncOptions, Punctuator
 from asr.pipeline.result import (
     Applied,
@@ -272,6 +273,9 @@ class Pipeline:
         self._whole_opts = WholeAudio.options(settings.engine.max_clip_s)
         self._window_s = longform.group_s
         self._decoders: ProcessPoolExecutor | None = None
+        self._decode_processes = 0
+        self.decoded_in_pieces = 0
+        """Recordings decoded in pieces by several decoding processes at once."""
         self.decoded_in_processes = 0
         """Recordings the decoding processes decoded (the rest streamed in the threads)."""
 
@@ -287,6 +291,7 @@ class Pipeline:
         if processes:
             # Spawned, not forked: this process has CUDA and threads running.
             self._decoders = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            self._decode_processes = processes
             log.info("compressed audio is decoded in %d processes (pipeline.decode_processes)", processes)
         # The models every request uses load now, not in the first request (ITN's grammars take
         # ~0.2 s, a punctuation model seconds); a missing one is reported once, here.
@@ -447,6 +452,11 @@ class Pipeline:
         decodes, ~1.2 s per hour of mp3, which ten long files at once spent here in turn)."""
         if self._decoders is None:  # broken meanwhile
             return data
+        pieces = await self._stream_in_pieces(data)
+        if pieces is not None:
+            return pieces
+        if self._decoders is None:
+            return data
         reader, writer = multiprocessing.get_context("spawn").Pipe(duplex=False)
         widen_pipe(reader)
         try:
@@ -472,6 +482,26 @@ class Pipeline:
             raise
         self.decoded_in_processes += 1
         return stream
+
+    async def _stream_in_pieces(self, data: bytes | str) -> AudioStream | None:
+        """A long mp3 on disk decoded by several decoding processes at once, in pieces of
+        `pipeline.decode_piece_s` (asr/pipeline/pieces.py); None where it decodes in one."""
+        settings = self.settings.pipeline
+        if not isinstance(data, str) or settings.decode_piece_s <= 0 or self._decode_processes < 2:
+            return None
+        max_audio_s = self.settings.limits.max_audio_s
+        try:
+            plan = await asyncio.get_running_loop().run_in_executor(
+                self._decoders, plan_pieces, data, settings.decode_piece_s, settings.decode_pieces_from_s, max_audio_s
+            )
+        except (BrokenProcessPool, RuntimeError):
+            self._decoding_broke()
+            return None
+        if plan is None or self._decoders is None:
+            return None
+        self.decoded_in_processes += 1
+        self.decoded_in_pieces += 1
+        return PieceStream(self._decoders, plan, self._decode_processes, max_audio_s).stream
 
     def _decoding_broke(self) -> None:
         if self._decoders is not None:
