@@ -270,3 +270,28 @@ def test_the_pipeline_gives_the_same_result_from_pieces(engine, tmp_path):
     refused_there, cut_there = _transcribe(engine, 2, path, max_audio_s=40.0)
     assert refused[:2] == ("LimitError", "audio_too_long") and refused_there == refused  # type: ignore[index]
     assert cut_there == 0
+
+
+def test_long_files_decoding_together_are_cut_only_when_alone(engine, tmp_path):
+    """Pieces go to a long file that has the decoding processes to itself; files arriving
+    together stream from one process each (the same results either way), and once they have
+    ended the next file is cut again."""
+    speech = np.random.default_rng(5).normal(0, 0.1, 40 * 44100).astype(np.float32)
+    path = mp3_file(tmp_path, "noise", encode_mp3(speech, 44100))
+
+    async def go() -> tuple[list[dict], int, int, dict, int]:
+        pipeline = Pipeline(_settings(2), engine)
+        await pipeline.start()
+        try:
+            together = await asyncio.gather(*(pipeline.transcribe(Path(path), Options(), background=True)
+                                              for _ in range(3)))
+            cut_together = pipeline.decoded_in_pieces
+            after = await pipeline.transcribe(Path(path), Options(), background=True)
+            return ([r.text for r in together], cut_together, pipeline.decoded_in_pieces, after.text,
+                    pipeline._long_decodes)
+        finally:
+            await pipeline.stop()
+
+    texts, cut_together, cut_in_all, text_after, still_decoding = asyncio.run(go())
+    assert cut_together == 1 and cut_in_all == 2 and still_decoding == 0
+    assert texts[0] and texts[1:] == texts[:1] * 2 and text_after == texts[0]

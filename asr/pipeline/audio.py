@@ -127,6 +127,21 @@ class AudioStream:
     def close(self) -> None:
         self._close()
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once, after the stream's own close (the first `close()` only)."""
+        close, called = self._close, False
+
+        def close_then_callback() -> None:
+            nonlocal called
+            try:
+                close()
+            finally:
+                if not called:
+                    called = True
+                    callback()
+
+        self._close = close_then_callback
+
     def __enter__(self) -> AudioStream:
         return self
 
@@ -178,6 +193,12 @@ def open_audio(
         if owned:
             handle.close()
         raise
+
+
+def ready_to_decode() -> None:
+    """Run once in each new decoding process: FFmpeg's bindings imported before the first
+    recording needs them (~0.2-0.5 s a process, paid while the models load)."""
+    import av  # noqa: F401
 
 
 def decode_clip(source: bytes | str, up_to_s: float, max_duration_s: float | None) -> np.ndarray | None:
