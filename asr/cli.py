@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from asr.errors import ASRError
 
 if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
+
     from asr.pipeline.models import StageModels
     from asr.pipeline.options import Options
     from asr.pipeline.pipeline import EngineLike
@@ -97,6 +99,7 @@ def build_options(args: argparse.Namespace, settings: Settings) -> Options:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.engine.process import load_engine
+    from asr.pipeline.pipeline import start_decoders
     from asr.runtime import configure_process
 
     missing = [name for name in args.inputs if not Path(name).exists()]
@@ -111,12 +114,18 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print("no audio files found", file=sys.stderr)
         return 2
     configure_process(settings)
-    models = _preload_models(settings, options)
-    engine = load_engine(settings.engine, input_bytes=sum(Path(f).stat().st_size for f in files))
+    # The decoding processes start first: they import FFmpeg's bindings while the models load.
+    decoders = start_decoders(settings)
     try:
-        return asyncio.run(_transcribe_files(settings, engine, files, options, args, models))
+        models = _preload_models(settings, options)
+        engine = load_engine(settings.engine, input_bytes=sum(Path(f).stat().st_size for f in files))
+        try:
+            return asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
+        finally:
+            engine.close()
     finally:
-        engine.close()
+        if decoders is not None:
+            decoders.shutdown(wait=False, cancel_futures=True)
 
 
 def _only_what_is_used(settings: Settings, options: Options) -> Settings:
@@ -159,7 +168,7 @@ def _resolve_sets(settings: Settings, options: Options) -> Options:
 
 async def _transcribe_files(
     settings: Settings, engine: EngineLike, files: list[Path], options: Options, args: argparse.Namespace,
-    models: StageModels | None = None,
+    models: StageModels | None = None, decoders: ProcessPoolExecutor | None = None,
 ) -> int:
     """Every file through the one pipeline, `pipeline.files_in_flight` at a time, so the scheduler
     batches segments of many files together; outputs are written as each file finishes."""
@@ -168,7 +177,7 @@ async def _transcribe_files(
     from asr.pipeline.formats import render
     from asr.pipeline.pipeline import Pipeline
 
-    pipeline = Pipeline(settings, engine, models=models)
+    pipeline = Pipeline(settings, engine, models=models, decoders=decoders)
     await pipeline.start()
     out_dir = Path(args.output_dir)
     roots = [Path(p) for p in args.inputs]

@@ -226,3 +226,33 @@ def test_when_the_decoding_processes_die_files_decode_in_threads(engine):
     out, fell_back = asyncio.run(go())
     assert fell_back
     assert out[0] > 50_000 and out[1] > 1_000 and out[2] == "unsupported_format"
+
+
+def test_a_pool_started_before_the_models_serves_pipelines_and_outlives_them(engine, tmp_path):
+    """The CLI starts the decoding processes before it loads the models and hands them to its
+    pipeline: they decode there, every one already started, and stay the caller's to shut down."""
+    from asr.pipeline.audio import ready_to_decode
+    from asr.pipeline.pipeline import start_decoders
+
+    settings = _settings(2)
+    pool = start_decoders(settings)
+    assert pool is not None and len(pool._processes) == 2  # all started, none waits for work
+    path = tmp_path / "speech.mp3"
+    path.write_bytes(encode_av(np.random.default_rng(0).normal(0, 0.1, 3 * 16000).astype(np.float32),
+                               16000, "mp3", "mp3"))
+
+    async def go() -> tuple[str, int]:
+        pipeline = Pipeline(settings, engine, decoders=pool)
+        await pipeline.start()
+        try:
+            result = await pipeline.transcribe(path, Options(), background=True)
+            return result.text, pipeline.decoded_in_processes
+        finally:
+            await pipeline.stop()
+
+    try:
+        text, in_processes = asyncio.run(go())
+        assert text and in_processes == 1
+        pool.submit(ready_to_decode).result(timeout=30)  # the pipeline's stop left it running
+    finally:
+        pool.shutdown()

@@ -146,11 +146,26 @@ def make_full_punc(path: Path, model_dir: Path) -> Path:
 def _pipeline_rows(
     settings: Any, engine: Any, inputs: dict[str, Any], label: str, out_dir: Path, many: bool = True
 ) -> list[dict[str, Any]]:
+    from asr.pipeline.pipeline import start_decoders
+
+    rows: list[dict[str, Any]] = []
+    # As the command line does: the decoding processes start with the command (while its models
+    # load), not inside each row.
+    decoders = start_decoders(settings)
+    try:
+        return _rows_with(settings, engine, inputs, label, out_dir, many, decoders, rows)
+    finally:
+        if decoders is not None:
+            decoders.shutdown(wait=False, cancel_futures=True)
+
+
+def _rows_with(
+    settings: Any, engine: Any, inputs: dict[str, Any], label: str, out_dir: Path, many: bool, decoders: Any,
+    rows: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
     from asr.cli import _transcribe_files, find_audio_files
     from asr.pipeline.options import Options
     from asr.pipeline.pipeline import Pipeline
-
-    rows = []
 
     def row(name: str, audio_s: float, seconds: float, **extra: Any) -> None:
         rows.append({"row": name, "setting": label, "audio_s": round(audio_s, 1), "wall_s": round(seconds, 3),
@@ -162,9 +177,9 @@ def _pipeline_rows(
     clips_s = sum(len(c) for c in inputs["clips"]) / SAMPLE_RATE
     files = find_audio_files([str(inputs["folder"])])
     # Warm-up: graphs for the batch shapes, punctuation and ITN loaded, decoding processes started.
-    asyncio.run(_transcribe_files(settings, engine, files[:64], Options(), args))
+    asyncio.run(_transcribe_files(settings, engine, files[:64], Options(), args, decoders=decoders))
     t = time.perf_counter()
-    asyncio.run(_transcribe_files(settings, engine, files, Options(), args))
+    asyncio.run(_transcribe_files(settings, engine, files, Options(), args, decoders=decoders))
     row(f"folder: {len(files)} mp3 clips -> srt+json (CLI loop)", clips_s, time.perf_counter() - t)
 
     long_s = len(inputs["long_audio"]) / SAMPLE_RATE
@@ -172,7 +187,7 @@ def _pipeline_rows(
     async def long_once(paths: list[Path]) -> tuple[float, int]:
         from asr.pipeline.formats import render
 
-        pipeline = Pipeline(settings, engine)
+        pipeline = Pipeline(settings, engine, decoders=decoders)
         await pipeline.start()
         try:
             await pipeline.transcribe(inputs["short"], Options(vad=True), background=True)  # VAD warm

@@ -239,6 +239,31 @@ class _Source:
             self.stream.close()
 
 
+def decode_process_count(settings: Settings) -> int:
+    """`pipeline.decode_processes`, with -1 resolved: half the usable cores (at most 16) on a
+    machine with at least 4, in a process of its own (the command line, the server); else 0."""
+    processes = settings.pipeline.decode_processes
+    if processes < 0:
+        cores = usable_cores()
+        processes = min(16, cores // 2) if cores >= 4 and own_process() else 0
+    return processes
+
+
+def start_decoders(settings: Settings) -> ProcessPoolExecutor | None:
+    """The decoding processes (None when there are none), every one of them starting now: a pool
+    starts a process per task while none is idle, and a long file's first pieces would wait for
+    several to import FFmpeg's bindings at once (~0.2-0.5 s each). One small task each starts
+    them all; a caller that starts them before loading the models gets them for free."""
+    processes = decode_process_count(settings)
+    if not processes:
+        return None
+    # Spawned, not forked: the process has CUDA and threads running.
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    for _ in range(processes):
+        pool.submit(ready_to_decode)
+    return pool
+
+
 class Pipeline:
     """Recordings in, `Result`s out, for every door. Owns the scheduler in front of the engine,
     the VAD / punctuation / speaker models, the decoded-audio budget and the worker threads."""
@@ -251,6 +276,7 @@ class Pipeline:
         on_batch: Callable[[BatchStats], None] | None = None,
         models: StageModels | None = None,
         scheduler: Any = None,
+        decoders: ProcessPoolExecutor | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -273,7 +299,10 @@ class Pipeline:
         )
         self._whole_opts = WholeAudio.options(settings.engine.max_clip_s)
         self._window_s = longform.group_s
-        self._decoders: ProcessPoolExecutor | None = None
+        # `decoders`: a pool of `start_decoders` the caller started earlier (the CLI starts it
+        # while the models load) and shuts down; by default this pipeline starts its own.
+        self._decoders: ProcessPoolExecutor | None = decoders
+        self._decoders_given = decoders is not None
         self._decode_processes = 0
         self.decoded_in_pieces = 0
         """Recordings decoded in pieces by several decoding processes at once."""
@@ -287,20 +316,12 @@ class Pipeline:
     async def start(self, *, warmup: bool = False) -> None:
         """Start the scheduler; optionally push one clip through it (CUDA modules, allocator)."""
         await self.scheduler.start()
-        processes = self.settings.pipeline.decode_processes
-        if processes < 0:
-            cores = usable_cores()
-            processes = min(16, cores // 2) if cores >= 4 and own_process() else 0
-        if processes:
-            # Spawned, not forked: this process has CUDA and threads running.
-            self._decoders = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
-            self._decode_processes = processes
-            # Processes start as work arrives, and the first pieces of a long file would wait
-            # for several to start at once: one small task each starts them all now, while the
-            # models load (a process spawns per task while none is idle).
-            for _ in range(processes):
-                self._decoders.submit(ready_to_decode)
-            log.info("compressed audio is decoded in %d processes (pipeline.decode_processes)", processes)
+        if self._decoders is None and not self._decoders_given:
+            self._decoders = start_decoders(self.settings)
+        if self._decoders is not None:
+            self._decode_processes = decode_process_count(self.settings)
+            log.info("compressed audio is decoded in %d processes (pipeline.decode_processes)",
+                     self._decode_processes)
         # The models every request uses load now, not in the first request (ITN's grammars take
         # ~0.2 s, a punctuation model seconds); a missing one is reported once, here.
         if self.settings.pipeline.itn:
@@ -316,7 +337,7 @@ class Pipeline:
     async def stop(self) -> None:
         await self.scheduler.stop()
         self._workers.shutdown(wait=False, cancel_futures=True)
-        if self._decoders is not None:
+        if self._decoders is not None and not self._decoders_given:
             self._decoders.shutdown(wait=False, cancel_futures=True)
 
     def options(self, **form: Any) -> Options:
