@@ -149,9 +149,11 @@ class LongformSettings(BaseModel):
     punc_model: str | None = DEFAULT_PUNC_MODEL
     """CT-Transformer punctuation model directory or ModelScope id; empty/None turns it off.
     When it cannot be loaded, results say punctuation is unavailable (no failure)."""
-    punc_device: str = "cpu"
+    punc_device: str = "auto"
     """Device of the punctuation model ('cpu', 'cuda', 'cuda:N', or 'auto': the GPU when there is
-    one); it runs once per file, batched over all of its sentences."""
+    one, as for the VAD); it runs once per file, batched over all of its sentences and over the
+    files finishing together. On the CPU the released model's forward cost ~2 s of an hour-long
+    recording's wall on an H200 box (py-spy), more than its recognition."""
     speaker_model: str = DEFAULT_SPEAKER_MODEL
     """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
     speaker_device: str = "cpu"
