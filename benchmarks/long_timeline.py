@@ -1,0 +1,88 @@
+"""When the segments of N long mp3 files reach the engine, and when their assembly starts and
+ends (BENCHMARKS.md, "Timelines of one and ten 60-min mp3 files").
+
+    PYTHONPATH=. python benchmarks/long_timeline.py 1     # after benchmarks/long_files.py made the inputs
+
+The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
+engine runs in this process (as long_files.py). Two pipeline methods are wrapped to note the time
+of their first and last calls: `_Source.next_chunk` (a segment cut by the VAD; `chunks_end` when
+the stream ends) and `Pipeline._assemble`. Prints one JSON line: marks in seconds from the call,
+the engine's batches (time, rows, seconds) first and last, characters, files decoded in pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    from asr.engine import Engine
+    from asr.pipeline import pipeline as P
+    from asr.pipeline.options import Options
+    from asr.runtime import configure_process
+    from asr.settings import load_settings, resolve_config
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    work = Path("/tmp/e2e")
+    settings = load_settings(resolve_config("h100"), engine={"model": "models/full", "warmup": False},
+                             longform={"punc_model": str(work / "punc"), "punc_device": "auto"})
+    configure_process(settings)
+    engine = Engine.from_settings(settings.engine)
+    marks: dict[str, float] = {}
+    t0 = [0.0]
+    batches: list[tuple[float, int, float]] = []
+
+    def mark(key: str) -> None:
+        now = round(time.perf_counter() - t0[0], 3)
+        marks.setdefault(key, now)
+        marks[key + "_last"] = now
+
+    next_chunk = P._Source.next_chunk
+    assemble = P.Pipeline._assemble
+
+    def noted_next_chunk(self, *a, **k):  # type: ignore[no-untyped-def]
+        item = next_chunk(self, *a, **k)
+        mark("chunk" if item is not None else "chunks_end")
+        return item
+
+    def noted_assemble(self, *a, **k):  # type: ignore[no-untyped-def]
+        mark("assemble_start")
+        result = assemble(self, *a, **k)
+        mark("assemble_end")
+        return result
+
+    P._Source.next_chunk = noted_next_chunk  # type: ignore[method-assign]
+    P.Pipeline._assemble = noted_assemble  # type: ignore[method-assign]
+
+    async def run() -> None:
+        def on_batch(b):  # type: ignore[no-untyped-def]
+            batches.append((round(time.perf_counter() - t0[0], 3), b.size, round(b.elapsed_s, 3)))
+
+        pipeline = P.Pipeline(settings, engine, on_batch=on_batch)
+        await pipeline.start()
+        try:
+            await pipeline.transcribe(work / "ten_seconds.mp3", Options(vad=True), background=True)  # warm
+            marks.clear()
+            batches.clear()
+            files = sorted((work / "long").glob("*.mp3"))[:n]
+            t0[0] = time.perf_counter()
+            results = await asyncio.gather(*(pipeline.transcribe(f, Options(), background=True) for f in files))
+            wall = time.perf_counter() - t0[0]
+        finally:
+            await pipeline.stop()
+        print(json.dumps({
+            "files": n, "wall": round(wall, 3), "audio": sum(r.duration_ms for r in results) / 1000,
+            "marks": marks, "batches": len(batches), "engine_s": round(sum(b[2] for b in batches), 3),
+            "first_batches": batches[:3], "last_batches": batches[-3:],
+            "chars": sum(len(r.text) for r in results), "in_pieces": pipeline.decoded_in_pieces,
+        }), flush=True)  # fmt: skip
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":  # decoding processes are spawned: they import this module
+    main()
