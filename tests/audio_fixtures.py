@@ -27,16 +27,25 @@ def encode_soundfile(x: np.ndarray, rate: int, fmt: str, subtype: str | None = N
     return buf.getvalue()
 
 
-def encode_av(x: np.ndarray, rate: int, codec: str, container: str) -> bytes:
-    """Encode mono/stereo float audio with PyAV (mp3, aac in mp4/m4a, opus in webm/ogg)."""
+def encode_av(
+    x: np.ndarray, rate: int, codec: str, container: str, *, vbr: bool = False, title: str | None = None
+) -> bytes:
+    """Encode mono/stereo float audio with PyAV (mp3, aac in mp4/m4a, opus in webm/ogg). For mp3,
+    `vbr` gives frames of 208-835 bytes with a Xing tag instead of Info, and `title` a large ID3
+    tag before the first frame."""
     import av
 
     x2 = x if x.ndim == 2 else x[:, None]
     layout = "mono" if x2.shape[1] == 1 else "stereo"
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as out:
+        if title is not None:
+            out.metadata["title"] = title
         stream = out.add_stream(codec, rate=rate)
         stream.layout = layout
+        if vbr:
+            stream.codec_context.flags |= av.codec.context.Flags.qscale
+            stream.codec_context.qscale = 4
         frame_size = 960 if codec == "libopus" else 1152
         for start in range(0, len(x2), frame_size):
             block = np.ascontiguousarray(x2[start : start + frame_size].T, dtype=np.float32)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import json
 import multiprocessing
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
-from audio_fixtures import tone_with_noise
+from audio_fixtures import encode_av, tone_with_noise
 
 from asr.errors import ASRError
 from asr.pipeline.audio import SAMPLE_RATE, open_audio
@@ -36,29 +35,7 @@ PIECE_S = 6.0
 
 
 def encode_mp3(x: np.ndarray, rate: int, vbr: bool = False, title: str | None = None) -> bytes:
-    import av
-
-    x2 = x if x.ndim == 2 else x[:, None]
-    layout = "mono" if x2.shape[1] == 1 else "stereo"
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp3") as out:
-        if title is not None:
-            out.metadata["title"] = title  # a large ID3 tag before the first frame
-        stream = out.add_stream("mp3", rate=rate)
-        stream.layout = layout
-        if vbr:  # frames of 208 to 835 bytes, with a Xing tag instead of Info
-            stream.codec_context.flags |= av.codec.context.Flags.qscale
-            stream.codec_context.qscale = 4
-        for start in range(0, len(x2), 1152):
-            block = np.ascontiguousarray(x2[start : start + 1152].T, dtype=np.float32)
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
-            frame.sample_rate = rate
-            frame.pts = start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
+    return encode_av(x, rate, "mp3", "mp3", vbr=vbr, title=title)
 
 
 # name -> (rate, channels, vbr, title); MPEG-1 (1152-sample frames), MPEG-2 and 2.5 (576).
