@@ -287,9 +287,10 @@ class PipelineSettings(BaseModel):
     二零二六年十二月一日 -> 2026年12月1日); each request may turn it off or on (docs/itn.md)."""
     decode_processes: int = Field(default=-1, ge=-1)
     """Processes that decode short compressed files (mp3, m4a, ogg, ...; not WAV, which needs no
-    decoding) on every core; 0 decodes in the pipeline's threads, -1 picks half the cores the
-    process may use (at most 16) on machines with at least 4 of them when the command line or
-    the server runs, else 0. A script of your own that sets it must guard its main module
+    decoding) on every core; 0 decodes in the pipeline's threads (slow beside other Python
+    work: PyAV takes the GIL back for every packet), -1 picks half the cores the process may use
+    (at least 1, at most 16; split among the HTTP workers) when the command line or the server
+    runs, else 0. A script of your own that sets it must guard its main module
     (`if __name__ == "__main__":`): the processes are spawned and re-import it."""
     decode_process_max_mb: float = Field(default=4.0, gt=0)
     """Files at most this large go to the decoding processes (longer recordings stream)."""

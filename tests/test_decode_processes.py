@@ -256,3 +256,30 @@ def test_a_pool_started_before_the_models_serves_pipelines_and_outlives_them(eng
         pool.submit(ready_to_decode).result(timeout=30)  # the pipeline's stop left it running
     finally:
         pool.shutdown()
+
+
+@pytest.mark.parametrize(("cores", "own", "workers", "expected"), [
+    (2, True, 1, 1),     # a small machine still decodes outside the event loop's process
+    (16, True, 1, 8),    # half the cores
+    (64, True, 1, 16),   # at most 16
+    (16, True, 4, 2),    # split among 4 HTTP workers
+    (2, True, 4, 1),     # at least one each
+    (16, False, 1, 0),   # a user's script: no spawning without its main-module guard
+])
+def test_automatic_decoding_processes(monkeypatch: pytest.MonkeyPatch, cores: int, own: bool, workers: int,
+                                      expected: int) -> None:
+    """-1 resolves to processes even on 2 cores: in a thread, PyAV takes the GIL back after every
+    packet and waits out the switch interval behind any running Python (the event loop), so a
+    worker's mp3 uploads crawled."""
+    import asr.pipeline.pipeline as pipeline_module
+    import asr.runtime
+    from asr.web.workers import worker_settings
+
+    monkeypatch.setattr(asr.runtime, "usable_cores", lambda: cores)
+    monkeypatch.setattr(pipeline_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(pipeline_module, "own_process", lambda: own)
+    settings = load_settings(None, server={"http_workers": workers, "ui": workers == 1})
+    assert settings.pipeline.decode_processes == -1
+    if workers > 1:
+        settings = worker_settings(settings)
+    assert pipeline_module.decode_process_count(settings) == expected

@@ -240,12 +240,17 @@ class _Source:
 
 
 def decode_process_count(settings: Settings) -> int:
-    """`pipeline.decode_processes`, with -1 resolved: half the usable cores (at most 16) on a
-    machine with at least 4, in a process of its own (the command line, the server); else 0."""
+    """`pipeline.decode_processes`, with -1 resolved: in a process of its own (the command line,
+    the server) half the usable cores, at least 1 and at most 16; else 0 (a user's script may
+    lack the main-module guard that spawning needs).
+
+    At least one even on a small machine: PyAV gives up the GIL around every packet it decodes,
+    and taking it back waits out the switch interval whenever another thread runs Python, so a
+    decoding thread beside a busy event loop crawls (a 30 s mp3 here: 27 ms alone, 17 s beside
+    one spinning thread; two decoding threads make fewer files a second than one)."""
     processes = settings.pipeline.decode_processes
     if processes < 0:
-        cores = usable_cores()
-        processes = min(16, cores // 2) if cores >= 4 and own_process() else 0
+        processes = min(16, max(1, usable_cores() // 2)) if own_process() else 0
     return processes
 
 

@@ -116,16 +116,19 @@ def _runtime_dir() -> Path:
 
 def worker_settings(settings: Settings) -> Settings:
     """A worker's settings: the cores are shared by N workers, so automatic thread counts are
-    divided among them, and compressed audio is decoded in the worker itself (the workers are
-    the parallelism that `pipeline.decode_processes` would add)."""
+    divided among them, and so are the decoding processes (at least one each: a worker that
+    decoded mp3 uploads in its threads spent most of their time waiting for its GIL, see
+    `decode_process_count`)."""
     from asr.runtime import usable_cores
 
     n = settings.server.http_workers
+    cores = usable_cores()
     engine, pipeline = settings.engine, settings.pipeline
     if engine.num_threads == 0:
-        engine = engine.model_copy(update={"num_threads": max(1, usable_cores() // n)})
+        engine = engine.model_copy(update={"num_threads": max(1, cores // n)})
     if pipeline.decode_processes < 0:
-        pipeline = pipeline.model_copy(update={"decode_processes": 0})
+        share = max(1, min(16, cores // 2) // n)
+        pipeline = pipeline.model_copy(update={"decode_processes": share})
     return settings.model_copy(update={"engine": engine, "pipeline": pipeline})
 
 
