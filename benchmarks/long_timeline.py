@@ -2,6 +2,11 @@
 ends (BENCHMARKS.md, "Timelines of one and ten 60-min mp3 files").
 
     PYTHONPATH=. python benchmarks/long_timeline.py 1     # after benchmarks/long_files.py made the inputs
+    PYTHONPATH=. python benchmarks/long_timeline.py 1 --replay
+
+`--replay` then runs the engine calls the pipeline made again, alone: the same batches one after
+the other, then all their segments in one call (as the folder row's engine figure is taken), so
+the engine's time in the pipeline can be told from the engine's time on these segments.
 
 The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
 engine runs in this process (as long_files.py). Two pipeline methods are wrapped to note the time
@@ -26,7 +31,9 @@ def main() -> None:
     from asr.runtime import configure_process
     from asr.settings import load_settings, resolve_config
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 1
+    replay = "--replay" in sys.argv
     work = Path("/tmp/e2e")
     settings = load_settings(resolve_config("h100"), engine={"model": "models/full", "warmup": False},
                              longform={"punc_model": str(work / "punc"), "punc_device": "auto"})
@@ -56,6 +63,14 @@ def main() -> None:
         return result
 
     P._Source.next_chunk = noted_next_chunk  # type: ignore[method-assign]
+    calls: list[tuple[list, object]] = []
+    transcribe = engine.transcribe
+
+    def recorded_transcribe(audios, hotwords=None, **k):  # type: ignore[no-untyped-def]
+        calls.append((list(audios), hotwords))
+        return transcribe(audios, hotwords, **k)
+
+    engine.transcribe = recorded_transcribe  # type: ignore[method-assign]
     P.Pipeline._assemble = noted_assemble  # type: ignore[method-assign]
 
     async def run() -> None:
@@ -69,6 +84,7 @@ def main() -> None:
             marks.clear()
             batches.clear()
             files = sorted((work / "long").glob("*.mp3"))[:n]
+            calls.clear()
             t0[0] = time.perf_counter()
             results = await asyncio.gather(*(pipeline.transcribe(f, Options(), background=True) for f in files))
             wall = time.perf_counter() - t0[0]
@@ -82,6 +98,28 @@ def main() -> None:
         }), flush=True)  # fmt: skip
 
     asyncio.run(run())
+    if replay:
+        engine.transcribe = transcribe  # type: ignore[method-assign]
+        import torch
+
+        def timed(fn) -> float:  # type: ignore[no-untyped-def]
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return round(time.perf_counter() - start, 3)
+
+        segments = [a for audios, _ in calls for a in audios]
+        lengths = sorted(len(a) / 16000 for a in segments)
+        out = {"calls": len(calls), "segments": len(segments), "audio_s": round(sum(lengths), 1),
+               "segment_s_p10_p50_p90_max": [round(lengths[int(q * (len(lengths) - 1))], 1)
+                                             for q in (0.1, 0.5, 0.9, 1)]}
+        for attempt in range(2):
+            out[f"same_calls_alone_{attempt}"] = timed(lambda: [transcribe(a, h) for a, h in calls])
+            out[f"one_call_{attempt}"] = timed(lambda: transcribe(segments))
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":  # decoding processes are spawned: they import this module
