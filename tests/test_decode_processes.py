@@ -92,10 +92,10 @@ def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engin
     in_threads, plain = _run(engine, 0, inputs, tmp_path)
     in_processes, pooled = _run(engine, 2, inputs, tmp_path)
     assert plain.decoded_in_processes == 0
-    # Every file but the WAV (read here without decoding), the large mp3 given as bytes (sending
-    # it would copy it whole) and the broken one (refused there, with its code): the long mp3
-    # streams from a process, the rest decode whole there.
-    assert pooled.decoded_in_processes == 8
+    # Every file but the WAV (read here without decoding) and the broken one (refused there,
+    # with its code): the long mp3 and the large one given as bytes (through a temporary file)
+    # stream from a process, the rest decode whole there.
+    assert pooled.decoded_in_processes == 9
     assert set(in_threads) == set(in_processes)
     for name in in_threads:
         assert in_processes[name] == in_threads[name], name
@@ -133,7 +133,7 @@ def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
     assert sent == {
         "speech.mp3 (bytes)": True,  # decoded whole there
         "pcm16_16k.wav": False,  # WAV needs no decoding
-        "too big.mp3": False,  # bytes over decode_process_max_mb: read here (no copy to send)
+        "too big.mp3": True,  # bytes over decode_process_max_mb: streamed from a temporary file
         "long.mp3": True,  # decoded there, longer than 45 s: streamed from there instead
         "broken.mp3": True,
     }
@@ -283,3 +283,35 @@ def test_automatic_decoding_processes(monkeypatch: pytest.MonkeyPatch, cores: in
     if workers > 1:
         settings = worker_settings(settings)
     assert pipeline_module.decode_process_count(settings) == expected
+
+
+@pytest.mark.parametrize("given_as", ["bytes", "file"])
+def test_a_large_upload_streams_from_a_process_through_a_temporary_file_removed_after(
+        engine, tmp_path, monkeypatch, given_as):
+    """Bytes or an upload over `decode_process_max_mb` are copied to a temporary file for the
+    decoding processes (in this process PyAV would crawl beside the event loop); the file is
+    gone once the recording is transcribed, and the result is the threads' own."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = _inputs()["too big.mp3"]
+    assert len(data) > 0.75 * 1048576  # type: ignore[arg-type]
+
+    def source():
+        return data if given_as == "bytes" else io.BytesIO(data)  # type: ignore[arg-type]
+
+    async def go(processes: int):
+        pipeline = Pipeline(_settings(processes), engine)
+        await pipeline.start()
+        try:
+            result = await pipeline.transcribe(source(), Options(), background=True)
+            return json.loads(result.to_json()), pipeline.decoded_in_processes
+        finally:
+            await pipeline.stop()
+
+    (pooled, sent), (plain, _) = asyncio.run(go(2)), asyncio.run(go(0))
+    assert sent == 1
+    pooled.pop("processing_ms")
+    plain.pop("processing_ms")
+    assert pooled == plain and pooled["duration_ms"] > 250_000
+    assert not list(tmp_path.glob("asr-decode-*"))

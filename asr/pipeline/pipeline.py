@@ -28,13 +28,15 @@ import itertools
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import numpy as np
 
@@ -464,11 +466,22 @@ class Pipeline:
         would copy them whole), come back as they were: they are read here. The audio is the same
         either way: the same code decodes it."""
         max_bytes = int(self.settings.pipeline.decode_process_max_mb * 1048576)
-        data, small = await self._run(_decodable_input, source, max_bytes)
+        data, small, spilled = await self._run(_decodable_input, source, max_bytes)
         if data is None:
             return source
         if not small:
-            return await self._stream_elsewhere(data)
+            try:
+                stream = await self._stream_elsewhere(data)
+            except BaseException:
+                if spilled:
+                    _remove(spilled)
+                raise
+            if spilled:
+                if not isinstance(stream, AudioStream):
+                    _remove(spilled)  # no decoding processes after all: the source is read here
+                    return source
+                stream.on_close(lambda: _remove(spilled))
+            return stream
         try:
             audio = await asyncio.get_running_loop().run_in_executor(
                 self._decoders, decode_clip, data, up_to_s, self.settings.limits.max_audio_s
@@ -1025,23 +1038,28 @@ def transcribe_files(
     return asyncio.run(run())
 
 
-def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str | None, bool]:
+def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str | None, bool, str | None]:
     """What a decoding process is sent for `source` (its path, or its bytes; None when it stays
-    here) and whether it is small (at most `max_bytes`: decoded whole there). A WAV stays (it is
-    read without decoding), and so do bytes and uploads over `max_bytes`: only a path is cheap to
-    send whatever the size."""
+    here), whether it is small (at most `max_bytes`: decoded whole there), and the temporary
+    file this wrote, if any. A WAV stays (it is read without decoding). Larger bytes and uploads
+    are copied to a temporary file whose path is sent (sending the bytes would pickle them whole;
+    decoding them here would take the GIL back after every packet, see `decode_process_count`):
+    the caller removes it once its stream is closed."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) > max_bytes or is_wav(bytes(source[:12])):
-            return None, False
-        return bytes(source), True
+        if is_wav(bytes(source[:12])):
+            return None, False, None
+        if len(source) > max_bytes:
+            spilled = _spill(source)
+            return spilled, False, spilled
+        return bytes(source), True, None
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as fh:
                 head = fh.read(12)
                 size = os.fstat(fh.fileno()).st_size
         except OSError:
-            return None, True  # the pipeline's own opening reports it
-        return (None if is_wav(head) else os.fspath(source)), size <= max_bytes
+            return None, True, None  # the pipeline's own opening reports it
+        return (None if is_wav(head) else os.fspath(source)), size <= max_bytes, None
     try:
         source.seek(0, os.SEEK_END)
         size = source.tell()
@@ -1049,12 +1067,36 @@ def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str |
         head = source.read(12)
         source.seek(0)
     except (OSError, AttributeError, ValueError):
-        return None, True
-    if size > max_bytes or is_wav(head):
-        return None, False
+        return None, True, None
+    if is_wav(head):
+        return None, False, None
+    if size > max_bytes:
+        spilled = _spill(source)
+        source.seek(0)
+        return spilled, False, spilled
     data = source.read()  # a small upload: the process gets its bytes
     source.seek(0)
-    return data, True
+    return data, True, None
+
+
+def _spill(source: bytes | bytearray | memoryview | BinaryIO) -> str:
+    """`source` written to a new temporary file (where uploads are spooled too); its path."""
+    fd, path = tempfile.mkstemp(prefix="asr-decode-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                out.write(source)
+            else:
+                shutil.copyfileobj(source, out, 1 << 20)
+    except BaseException:
+        _remove(path)
+        raise
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _finish_job(job: Any, writer: Any) -> None:
