@@ -293,7 +293,8 @@ class PipelineSettings(BaseModel):
     runs, else 0. A script of your own that sets it must guard its main module
     (`if __name__ == "__main__":`): the processes are spawned and re-import it."""
     decode_process_max_mb: float = Field(default=4.0, gt=0)
-    """Files at most this large go to the decoding processes (longer recordings stream)."""
+    """Files at most this large are decoded whole by a decoding process and sent back as one array;
+    larger ones stream back (uploads and bytes through a temporary file)."""
     decode_piece_s: float = Field(default=120.0, ge=0)
     """Seconds of audio per piece when a long mp3 on disk is decoded by several decoding
     processes at once (with the samples of one process, bit for bit); 0 decodes every recording
