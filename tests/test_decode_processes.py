@@ -315,3 +315,48 @@ def test_a_large_upload_streams_from_a_process_through_a_temporary_file_removed_
     plain.pop("processing_ms")
     assert pooled == plain and pooled["duration_ms"] > 250_000
     assert not list(tmp_path.glob("asr-decode-*"))
+
+
+def test_decoding_processes_end_when_their_parent_is_killed(tmp_path):
+    """A server killed outright (SIGKILL, the OOM killer) leaves no decoding process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "from asr.pipeline.pipeline import start_decoders\n"
+        "from asr.settings import load_settings\n"
+        "if __name__ == '__main__':\n"
+        "    pool = start_decoders(load_settings(None, pipeline={'decode_processes': 2}))\n"
+        "    pool.submit(time.sleep, 0).result()\n"
+        "    while len(multiprocessing.active_children()) < 2: time.sleep(0.05)\n"
+        "    print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        children = [int(pid) for pid in parent.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(children) >= 2
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(") ", 1)[1][0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"  # a zombie has exited (init reaps it)
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if alive(pid)]

@@ -49,6 +49,7 @@ from asr.pipeline.audio import (
     AudioStream,
     decode_clip,
     decode_to,
+    end_with_parent,
     is_wav,
     open_audio,
     ready_to_decode,
@@ -265,7 +266,8 @@ def start_decoders(settings: Settings) -> ProcessPoolExecutor | None:
     if not processes:
         return None
     # Spawned, not forked: the process has CUDA and threads running.
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=end_with_parent, initargs=(os.getpid(),))
     for _ in range(processes):
         pool.submit(ready_to_decode)
     return pool
