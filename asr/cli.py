@@ -120,12 +120,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         models = _preload_models(settings, options)
         engine = load_engine(settings.engine, input_bytes=sum(Path(f).stat().st_size for f in files))
         try:
-            return asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
+            code = asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
         finally:
             engine.close()
     finally:
         if decoders is not None:
             decoders.shutdown(wait=False, cancel_futures=True)
+    global finished_transcribing
+    finished_transcribing = True
+    return code
+
+
+finished_transcribing = False
+"""Set when `transcribe` ended normally: every output is written and closed, the engine and the
+decoding processes are told to stop. `python -m asr` then leaves without the interpreter's
+teardown (see asr/__main__.py)."""
 
 
 def _only_what_is_used(settings: Settings, options: Options) -> Settings:
