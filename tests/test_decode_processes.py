@@ -360,3 +360,28 @@ def test_decoding_processes_end_when_their_parent_is_killed(tmp_path):
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in children if alive(pid)]
+
+
+def test_a_large_upload_without_room_for_a_temporary_file_is_decoded_here(engine, monkeypatch):
+    """A full disk where the temporary file would go: the upload is decoded in this process, as
+    before, not refused."""
+    import errno
+    import tempfile
+
+    def no_room(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_room)
+    data = _inputs()["too big.mp3"]
+
+    async def go():
+        pipeline = Pipeline(_settings(2), engine)
+        await pipeline.start()
+        try:
+            result = await pipeline.transcribe(io.BytesIO(data), Options(), background=True)  # type: ignore[arg-type]
+            return result.duration_ms, pipeline.decoded_in_processes
+        finally:
+            await pipeline.stop()
+
+    duration_ms, sent = asyncio.run(go())
+    assert sent == 0 and duration_ms > 250_000

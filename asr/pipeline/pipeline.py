@@ -464,9 +464,10 @@ class Pipeline:
     async def _decode_elsewhere(self, source: AudioSource, up_to_s: float) -> AudioSource | AudioStream:
         """A compressed recording decoded by a decoding process: a small one whole (a stream of
         one block), a file on disk larger than `pipeline.decode_process_max_mb` or longer than
-        `up_to_s` streamed back through a pipe. A WAV, and large bytes or uploads (sending them
-        would copy them whole), come back as they were: they are read here. The audio is the same
-        either way: the same code decodes it."""
+        `up_to_s` streamed back through a pipe; larger bytes and uploads through a temporary file
+        (removed when the stream closes). A WAV comes back as it was: it is read here, as is
+        anything when no temporary file can be written. The audio is the same either way: the
+        same code decodes it."""
         max_bytes = int(self.settings.pipeline.decode_process_max_mb * 1048576)
         data, small, spilled = await self._run(_decodable_input, source, max_bytes)
         if data is None:
@@ -1081,15 +1082,24 @@ def _decodable_input(source: AudioSource, max_bytes: int) -> tuple[bytes | str |
     return data, True, None
 
 
-def _spill(source: bytes | bytearray | memoryview | BinaryIO) -> str:
-    """`source` written to a new temporary file (where uploads are spooled too); its path."""
-    fd, path = tempfile.mkstemp(prefix="asr-decode-")
+def _spill(source: bytes | bytearray | memoryview | BinaryIO) -> str | None:
+    """`source` written to a new temporary file (where uploads are spooled too); its path, or
+    None when it cannot be written (a full disk: the recording is then decoded here)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="asr-decode-")
+    except OSError as exc:
+        log.warning("no temporary file for a large recording (%s): it is decoded in this process", exc)
+        return None
     try:
         with os.fdopen(fd, "wb") as out:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 out.write(source)
             else:
                 shutil.copyfileobj(source, out, 1 << 20)
+    except OSError as exc:
+        _remove(path)
+        log.warning("no temporary file for a large recording (%s): it is decoded in this process", exc)
+        return None
     except BaseException:
         _remove(path)
         raise
