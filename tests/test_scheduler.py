@@ -199,9 +199,16 @@ def test_priorities_order_the_queue_and_equal_ones_keep_their_arrival() -> None:
         finally:
             gate.set()
             await sched.stop()
+        return sched.stages.summary()
 
-    asyncio.run(main())
+    stages = asyncio.run(main())
     assert order == [0, 3, 6, 2, 4, 1, 5]
+    # /api/info's figures: each request's wait by priority, each engine call's time.
+    assert {k: v["n"] for k, v in stages.items()} == {
+        "wait_normal": 3, "wait_urgent": 2, "wait_optional": 2, "engine": 4, "engine_with_urgent": 1}
+    assert stages["wait_urgent"]["p50_ms"] >= 8  # they waited out the first call at the gate
+    assert stages["wait_optional"]["p50_ms"] >= stages["wait_urgent"]["max_ms"]  # served last
+    assert stages["engine"]["max_ms"] >= 40 > stages["engine"]["p50_ms"]
 
 
 def test_an_engine_that_died_and_restarted_runs_the_call_again_once() -> None:

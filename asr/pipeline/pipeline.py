@@ -709,13 +709,22 @@ class Pipeline:
         return await self._run(self._assemble, parts, samples, options, use_vad, t0)
 
     async def transcribe_segment(
-        self, chunk: SpeechChunk, options: Options, *, background: bool = True, priority: int = NORMAL
+        self,
+        chunk: SpeechChunk,
+        options: Options,
+        *,
+        background: bool = True,
+        priority: int = NORMAL,
+        on_recognised: Callable[[], None] | None = None,
     ) -> Result:
         """Recognise one segment cut elsewhere (a live stream's VAD) and assemble it as
         `segment_result` does. `background=True` waits for room in a full scheduler queue: the
-        segment is never dropped. `priority`: the scheduler's (a live caption's final is URGENT)."""
+        segment is never dropped. `priority`: the scheduler's (a live caption's final is URGENT).
+        `on_recognised` is called when the engine's part is done, before assembly."""
         t0 = time.perf_counter()
         part = await self._part(chunk, options, background, priority=priority)
+        if on_recognised is not None:
+            on_recognised()
         return await self.segment_result(part, options, True, t0)
 
     async def _part(

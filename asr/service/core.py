@@ -199,6 +199,9 @@ class Service:
                 "busy": self.scheduler.busy,
                 "batches_run": self.scheduler.batches_run,
                 "items_run": self.scheduler.items_run,
+                # In an HTTP worker: the batching process's scheduler, as of its last answer.
+                "stages": (self.front.state.get("stages", {}) if self.front is not None
+                           else self.scheduler.stages.summary()),
             },
             "decoded_audio_mb": {
                 "held": round(self.pipeline.budget.used / 1048576, 1),

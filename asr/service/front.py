@@ -161,6 +161,7 @@ class BatchHub:
             "engine": self.engine.info(), "throughput": self.metrics.throughput(),
             "workers": self.workers, "requests": self.requests, "mixed_batches": self.mixed_batches,
             "by_worker": {str(k): dict(v) for k, v in sorted(self.by_worker.items())},
+            "stages": s.stages.summary(),
         }  # fmt: skip
         if with_metrics:
             out["metrics"] = self.metrics.render()

@@ -39,6 +39,7 @@ from asr.pipeline.pipeline import Pipeline
 from asr.pipeline.result import Result
 from asr.pipeline.vad import LiveSegmenter, SileroVad, SpeechChunk, VadOptions
 from asr.service.scheduler import URGENT
+from asr.service.stages import StageTimes
 from asr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,11 @@ class LiveStats:
     vad_ticks: int = 0
     vad_frames: int = 0
     refused: dict[str, int] = field(default_factory=dict)
+    stages: StageTimes = field(default_factory=StageTimes)
+    """tick: one VAD tick of all connections (take, VAD hop, hand-out); vad: the hop's own work
+    in its thread; final_recognise: a closed segment's wait for and run through the engine;
+    final_assemble: punctuation, ITN and sentences; final_order: waiting for the finals before it;
+    final: the whole of it, from the VAD's close to the message posted."""
 
 
 class LiveSession:
@@ -428,9 +434,21 @@ class LiveSession:
         """Recognise and assemble a closed segment (at once), then send it after the finals
         before it. Never skipped: the scheduler keeps it queued however busy it is."""
         assert self.config is not None
+        stages = self.hub.stats.stages
+        started = time.perf_counter()
+        recognised = started
+
+        def on_recognised() -> None:
+            nonlocal recognised
+            recognised = time.perf_counter()
+            stages.add("final_recognise", recognised - started)
+
         try:
             # URGENT: a caption is waiting on it; partials (OPTIONAL) and files queue behind.
-            result: Result | None = await self.hub.pipeline.transcribe_segment(chunk, self.options, priority=URGENT)
+            result: Result | None = await self.hub.pipeline.transcribe_segment(
+                chunk, self.options, priority=URGENT, on_recognised=on_recognised
+            )
+            stages.add("final_assemble", time.perf_counter() - recognised)
         except ASRError as exc:
             result = None
             error: ASRError = exc
@@ -440,8 +458,10 @@ class LiveSession:
             log.error("live final failed: %r", exc)
             result, error = None, engine_failure(exc)
         if before is not None:
+            waited = time.perf_counter()
             with contextlib.suppress(asyncio.CancelledError):
                 await before
+            stages.add("final_order", time.perf_counter() - waited)
         if result is None:
             self.hub.stats.final_errors += 1
             self.fail(error)
@@ -456,6 +476,7 @@ class LiveSession:
             sent = self._sent_chars if seg == self.seg else 0
             self._post(self._message("online", result.text[sent:], last, segment_text=result.text, **extra))
         self.hub.stats.finals_sent += 1
+        stages.add("final", time.perf_counter() - started)
 
     async def _closing(self, before: asyncio.Task[None] | None) -> None:
         """The last message when the input ended in silence: empty, `is_final` true."""
@@ -567,17 +588,20 @@ class LiveHub:
             await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
 
     async def _tick(self, work: list[LiveSession]) -> None:
+        started = time.perf_counter()
         taken = [(s, *s.take_audio()) for s in work]
         outcomes = await self.pipeline._run(self._vad_hop, taken)
         for (session, *_), (chunks, open_chunk, ended) in zip(taken, outcomes):
             if session in self.sessions:
                 session.after_vad(chunks, open_chunk, ended)
+        self.stats.stages.add("tick", time.perf_counter() - started)
 
     def _vad_hop(
         self, taken: list[tuple[LiveSession, list[np.ndarray], bool, bool]]
     ) -> list[tuple[list[SpeechChunk], SpeechChunk | None, bool]]:
         """(Worker thread.) Every session's new audio through its segmenter, all VAD frames of
         all sessions decided together."""
+        started = time.perf_counter()
         for session, blocks, ending, _ in taken:
             assert session.segmenter is not None
             session.segmenter.append(session.resample(blocks, ending))
@@ -592,6 +616,7 @@ class LiveHub:
             if ending:
                 chunks += seg.finish()
             out.append((chunks, seg.open_audio() if due else None, ending))
+        self.stats.stages.add("vad", time.perf_counter() - started)
         return out
 
     def info(self) -> dict[str, Any]:
@@ -600,6 +625,7 @@ class LiveHub:
             "connections": s.connections, "opened": s.opened, "partials_sent": s.partials_sent,
             "partials_skipped": s.partials_skipped, "finals_sent": s.finals_sent, "final_errors": s.final_errors,
             "vad_ticks": s.vad_ticks, "vad_frames": s.vad_frames, "refused": dict(s.refused),
+            "stages": s.stages.summary(),
         }  # fmt: skip
 
 

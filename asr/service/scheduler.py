@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from asr.errors import EngineRestartedError, QueueFullError
+from asr.service.stages import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ R = TypeVar("R")
 
 URGENT, NORMAL, OPTIONAL = 0, 1, 2
 """Request priorities: lower is served first; equal ones in order of arrival."""
+_PRIORITY_NAMES = ("urgent", "normal", "optional")
 
 # The engine call: audios plus one hotword list per audio -> results aligned with the inputs.
 TranscribeFn = Callable[[Sequence[np.ndarray], Sequence[Sequence[str]]], Sequence[R]]
@@ -77,6 +79,7 @@ class _Request(Generic[R]):
     audio: np.ndarray
     hotwords: tuple[str, ...]
     future: asyncio.Future[R]
+    priority: int = NORMAL
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -115,6 +118,9 @@ class Scheduler(Generic[R]):
         # read its audio (asr/service/front.py lends samples from another process's memory).
         self.batches_started = 0
         self.batches_finished = 0
+        self.stages = StageTimes()
+        """wait_urgent / wait_normal / wait_optional: from submit to the start of the request's
+        engine call; engine: one engine call; engine_with_urgent: a call that carried URGENT work."""
 
     @property
     def queue_depth(self) -> int:
@@ -161,7 +167,7 @@ class Scheduler(Generic[R]):
         if self._queue is None or not self.running:
             raise RuntimeError("Scheduler.submit() called before start().")
         loop = asyncio.get_running_loop()
-        req: _Request[R] = _Request(audio, tuple(hotwords), loop.create_future())
+        req: _Request[R] = _Request(audio, tuple(hotwords), loop.create_future(), priority)
         entry = (priority, next(self._arrivals), req)
         if block:
             await self._queue.put(entry)
@@ -231,6 +237,9 @@ class Scheduler(Generic[R]):
         the engine died in (EngineRestartedError), so a second death is theirs to see."""
         started = time.perf_counter()
         audio_s = sum(len(r.audio) for r in batch) / self._sample_rate
+        if not again:
+            for r in batch:
+                self.stages.add(f"wait_{_PRIORITY_NAMES[r.priority]}", started - r.enqueued_at)
         try:
             results = await loop.run_in_executor(
                 self._executor, self._transcribe, [r.audio for r in batch], [list(r.hotwords) for r in batch]
@@ -252,6 +261,10 @@ class Scheduler(Generic[R]):
                     await self._run_batch(loop, [req], again=again or died)
             return
         self._observe(len(batch), audio_s, started, ok=True)
+        elapsed = time.perf_counter() - started
+        self.stages.add("engine", elapsed)
+        if any(r.priority == URGENT for r in batch):
+            self.stages.add("engine_with_urgent", elapsed)
         for req, result in zip(batch, results, strict=True):
             _settle(req.future, result=result)
 

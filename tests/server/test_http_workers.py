@@ -123,6 +123,11 @@ def test_every_door_gives_the_one_process_servers_results(
             assert {k: v for k, v in answers[0].items() if k != "duration"} == {
                 k: v for k, v in answers[1].items() if k != "duration"
             }
+    # The scheduler's figures in /api/info are the batching process's, whichever worker answers.
+    for server in (single, workers):
+        stages = _info(server)["scheduler"]["stages"]
+        assert stages["wait_normal"]["n"] >= 2 * len(files) and stages["engine"]["n"] >= 1, stages
+        assert stages["engine"]["p50_ms"] > 0
 
 
 def test_live_websocket_is_served_by_a_worker(workers: LiveServer, speech_wav: bytes) -> None:

@@ -138,6 +138,13 @@ def test_2pass_partials_then_finals_each_equal_to_api_transcribe_of_its_audio(fa
         assert "".join(s["text_seg"].replace(" ", "") + s["punc"] for s in final["stamp_sents"]) == final["text"]
     info = live_info(fast)
     assert info["connections"] == 0 and info["finals_sent"] >= 3
+    # Where a final's time went, by stage (the figures behind docs/live.md's latency section).
+    stages = info["stages"]
+    assert stages["final"]["n"] == stages["final_recognise"]["n"] == stages["final_assemble"]["n"] >= 3
+    assert stages["tick"]["n"] >= stages["vad"]["n"] >= 1
+    for stage in ("final", "final_recognise", "final_assemble", "tick", "vad"):
+        assert 0 < stages[stage]["p50_ms"] <= stages[stage]["p95_ms"] <= stages[stage]["max_ms"]
+    assert stages["final"]["max_ms"] >= stages["final_recognise"]["max_ms"]
 
 
 def test_online_mode_sends_appendable_text_and_no_second_pass(fast: TestClient, speech: np.ndarray) -> None:
