@@ -33,9 +33,42 @@ def test_int8_is_the_cpu_default_where_it_is_fast_and_only_a_cpu_path() -> None:
     assert load_settings(str(ROOT / "configs" / "cpu.yaml")).engine.dtype == "auto"
 
 
-def test_int8_fast_measures_the_product_against_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_fast_is_decided_by_the_cpus_flags_where_they_can_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """VNNI or AMX in /proc/cpuinfo's flags: int8; x86 flags without them: fp32, whatever a stopwatch
+    would say (timing two small products gave True and False in turn on one AMX machine, so two
+    processes picked different arithmetic for the same file)."""
+    import asr.engine.int8 as int8
+
+    def no_timing() -> bool:
+        raise AssertionError("the flags decide: nothing is timed")
+
+    monkeypatch.setattr(int8, "_int8_measured_faster", no_timing)
+    cases = [({"sse2", "avx2", "fma"}, False), ({"avx2", "avx512f", "avx512bw"}, False),
+             ({"avx2", "avx512_vnni"}, True), ({"avx2", "avx_vnni"}, True), ({"avx2", "amx_int8", "amx_tile"}, True)]
+    try:
+        for flags, fast in cases:
+            int8.int8_fast.cache_clear()
+            monkeypatch.setattr(int8, "_x86_flags", lambda flags=flags: frozenset(flags))
+            assert int8.int8_fast() is fast, flags
+            assert _wants_int8("auto", torch.device("cpu")) is fast
+    finally:
+        int8.int8_fast.cache_clear()
+
+
+def test_this_machines_flags_are_read() -> None:
+    import platform
+
+    import asr.engine.int8 as int8
+
+    flags = int8._x86_flags()
+    if platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists():
+        pytest.skip("/proc/cpuinfo's x86 flags exist only on x86 Linux")
+    assert flags is not None and "sse2" in flags
+
+
+def test_without_flags_int8_fast_times_the_product_against_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without VNNI torch's int8 product is a reference loop (60x slower than fp32 on an AVX2-only
-    EPYC): 'auto' must then stay fp32. The probe compares the two products' times."""
+    EPYC): 'auto' must then stay fp32. Where no flags can be read the two products are timed."""
     import asr.engine.int8 as int8
 
     int8.int8_fast.cache_clear()
@@ -45,6 +78,7 @@ def test_int8_fast_measures_the_product_against_fp32(monkeypatch: pytest.MonkeyP
         time.sleep(0.01)
         return real(a, b)
 
+    monkeypatch.setattr(int8, "_x86_flags", lambda: None)
     monkeypatch.setattr(torch, "_int_mm", slow)
     try:
         assert not int8.int8_fast()

@@ -118,22 +118,52 @@ def int8_available() -> bool:
     return True
 
 
+# x86 features with which oneDNN multiplies int8 several times faster than fp32 (VNNI, AMX).
+_FAST_INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def _x86_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (x86 Linux), or None where there are none to read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
 @functools.cache
 def int8_fast() -> bool:
-    """Whether torch's int8 product is faster than fp32 on this CPU, measured once per process
-    (a few ms). With AVX512-VNNI, AVX-VNNI or AMX oneDNN multiplies int8 several times faster than
-    fp32; without them `torch._int_mm` falls back to a reference loop: on an AVX2-only AMD EPYC (2
-    cores) a 3000 x 512 x 2048 product took 3.6 s against 61 ms in fp32, and one 10 s clip 50 s."""
+    """Whether torch's int8 product is faster than fp32 on this CPU, decided once per process. With
+    AVX512-VNNI, AVX-VNNI or AMX oneDNN multiplies int8 several times faster than fp32; without them
+    `torch._int_mm` falls back to a reference loop: on an AVX2-only AMD EPYC (2 cores) a 3000 x 512
+    x 2048 product took 3.6 s against 61 ms in fp32, and one 10 s clip 50 s.
+
+    Decided by the CPU's flags where they can be read, not by a stopwatch: timing two small
+    products answered True in some processes and False in others on one AMX machine (0.2 against
+    0.4 ms, then a slow first call), so the CLI and the server picked different arithmetic for the
+    same file. Elsewhere (no /proc/cpuinfo, other architectures) the products are timed."""
     if not int8_available():
         return False
+    flags = _x86_flags()
+    if flags is not None:
+        return bool(flags & _FAST_INT8_FLAGS)
+    return _int8_measured_faster()
+
+
+def _int8_measured_faster() -> bool:
+    """Both products timed after a first call each (kernels are made on first use), best of five."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randint(-127, 128, (64, 512), dtype=torch.int8, generator=gen)
+    a = torch.randint(-127, 128, (256, 512), dtype=torch.int8, generator=gen)
     w = torch.randint(-127, 128, (512, 512), dtype=torch.int8, generator=gen)
     af, wf = a.float(), w.float()
 
     def best(product: object) -> float:
+        product()  # type: ignore[operator]
         times = []
-        for _ in range(3):
+        for _ in range(5):
             t = time.perf_counter()
             product()  # type: ignore[operator]
             times.append(time.perf_counter() - t)
