@@ -29,3 +29,7 @@ def test_small_n_real_time_streams_get_every_final(live_server: LiveServer, tmp_
     assert report["partials"] >= 6 and report["partial_p95_ms"] is not None
     # Final latency includes the 300 ms pause the VAD waits for; it is measured, not judged here.
     assert report["final_p50_ms"] is not None and report["final_p50_ms"] > 250
+    # The server's side of the same finals (/api/info), read back by the client after its run.
+    stages = report["server_stages"]
+    assert stages["live"]["final"]["n"] >= 12 and stages["scheduler"]["wait_urgent"]["n"] >= 12
+    assert stages["live"]["final"]["p50_ms"] < report["final_p50_ms"]  # the pause is the client's to wait
