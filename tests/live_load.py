@@ -17,9 +17,11 @@ second. Measured per stream, from the server's messages (docs/live.md):
   `is_final` message; a stream that gets fewer than the most any stream got, or is closed, counts
   its missing finals as dropped.
 
-With `--gpu`, `nvidia-smi` is sampled every 0.5 s for the GPU's utilisation. The report is
-printed as JSON and written to test-output/live-load-<streams>.json. The test suite runs a
-small N on the CPU with the tiny model (tests/server/test_live_load.py).
+With `--gpu`, `nvidia-smi` is sampled every 0.5 s for the GPU's utilisation. Each report also
+holds the server's own stage figures after the pass (`server_stages`, from /api/info). A report per
+pass (`--passes`) is printed as JSON as it ends, and the list is written to
+test-output/live-load-<streams>.json. The test suite runs a small N on the CPU with the tiny model
+(tests/server/test_live_load.py).
 """
 
 from __future__ import annotations
