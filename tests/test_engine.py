@@ -145,6 +145,23 @@ def test_loaded_state_equals_saved(engine: Engine, tiny_model_dir) -> None:
     assert not any(t.is_meta for t in list(engine.model.parameters()) + list(engine.model.buffers()))
 
 
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy-format"])
+def test_weights_for_the_gpu_are_mapped_where_the_format_allows(tiny_model_dir, tmp_path, zipfile) -> None:
+    """Weights bound for a GPU are memory-mapped from a checkpoint in torch's zip format and read
+    from one in its legacy format, the same tensors either way; garbage is a ModelLoadError."""
+    from asr.engine.model import _read_weights
+
+    saved = torch.load(tiny_model_dir / "model.pt", weights_only=True)
+    path = tmp_path / "model.pt"
+    torch.save(saved, path, _use_new_zipfile_serialization=zipfile)
+    state = _read_weights(path, mapped=True)
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelLoadError, match="Could not read weights"):
+        _read_weights(path, mapped=True)
+
+
 def test_mismatched_weights_are_refused(tiny_model_dir, tmp_path) -> None:
     import shutil
 
