@@ -100,7 +100,7 @@ def build_options(args: argparse.Namespace, settings: Settings) -> Options:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.engine.process import load_engine
     from asr.pipeline.pipeline import start_decoders
-    from asr.runtime import configure_process
+    from asr.runtime import configure_process, start_cuda_warmup
 
     missing = [name for name in args.inputs if not Path(name).exists()]
     if missing:
@@ -114,6 +114,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print("no audio files found", file=sys.stderr)
         return 2
     configure_process(settings)
+    start_cuda_warmup(settings.engine)
     # The decoding processes start first: they import FFmpeg's bindings while the models load.
     decoders = start_decoders(settings)
     try:

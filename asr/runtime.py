@@ -3,12 +3,15 @@ launch), never as a side effect of building an object."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 
 from asr.settings import EngineSettings, Settings
 
 _configured = False
+log = logging.getLogger(__name__)
 
 
 def release_free_memory() -> bool:
@@ -61,3 +64,44 @@ def configure_torch(engine: EngineSettings) -> None:
         torch.set_num_threads(usable_cores())
     if engine.device != "cpu" and torch.cuda.is_available():
         sys.setswitchinterval(min(sys.getswitchinterval(), engine.gil_switch_ms / 1000))
+
+
+def start_cuda_warmup(engine: EngineSettings) -> threading.Thread | None:
+    """CUDA's one-time costs paid on a thread while the caller imports funasr's model classes and
+    reads the weights (a command's cold start, #11): the context, cuBLAS in the engine's dtype,
+    cuDNN's convolution and LSTM libraries, and Triton's (its cache key hashes Triton's own
+    libraries, ~0.2 s, once per process; then the FSMN kernel of the released model's shape comes
+    from Triton's disk cache). Each is process-wide, so the engine's first call finds them ready;
+    torch's ops and the hashing release the GIL, so the imports go on beside them. None where the
+    engine will not run on a GPU."""
+    if engine.device == "cpu":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda" if engine.device == "auto" else engine.device)
+    dtype = {"fp16": torch.float16, "fp32": torch.float32}.get(engine.dtype, torch.bfloat16)
+
+    def warm() -> None:
+        try:
+            with torch.inference_mode():
+                x = torch.ones(1, 64, 256, device=device)
+                torch.matmul(x.to(dtype), x[0].T.to(dtype))
+                torch.matmul(x, x[0].T)
+                torch.nn.functional.conv1d(x, x.new_ones(64, 1, 11), groups=64)
+                lstm = torch.nn.LSTM(16, 16, batch_first=True, bidirectional=True).to(device)
+                lstm(x[..., :16])
+                from asr.engine import fsmn
+
+                if fsmn.available(device):
+                    v = torch.ones(1, 16, 512, device=device, dtype=dtype)
+                    lens = torch.tensor([16], device=device, dtype=torch.int32)
+                    fsmn.fsmn_memory(v, v.new_ones(512, 1, 11), lens, 5, v.new_ones(512))
+                torch.cuda.synchronize(device)
+        except Exception as exc:  # noqa: BLE001 - only a head start: the engine meets any real fault itself
+            log.debug("CUDA warm-up thread: %s", exc)
+
+    thread = threading.Thread(target=warm, name="cuda-warmup", daemon=True)
+    thread.start()
+    return thread

@@ -185,3 +185,19 @@ def test_models_switched_off_are_not_loaded(tiny_model_dir, tmp_path) -> None:
     off = run("--no-punc", "--no-itn")
     assert "unavailable" not in off and "wetext loaded: False" in off, off
     assert "wetext loaded: True" in run("--no-punc")
+
+
+def test_no_cuda_warmup_without_a_gpu() -> None:
+    """The command line's CUDA head start starts no thread where the engine runs on the CPU."""
+    import threading
+
+    import torch
+
+    from asr.runtime import start_cuda_warmup
+    from asr.settings import EngineSettings
+
+    before = threading.active_count()
+    assert start_cuda_warmup(EngineSettings(device="cpu")) is None
+    if not torch.cuda.is_available():
+        assert start_cuda_warmup(EngineSettings(device="auto")) is None
+    assert threading.active_count() == before

@@ -92,3 +92,20 @@ def test_varlen_called_without_its_dispatcher_equals_the_public_function_and_ski
             "torch.cuda.synchronize(); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_cuda_warmup_thread_ends_cleanly(dtype, caplog) -> None:
+    """The command line's head start on CUDA (context, cuBLAS, cuDNN, Triton's FSMN kernel)
+    finishes without an error (it would only log one), whatever the engine's dtype."""
+    import logging
+
+    from asr.runtime import start_cuda_warmup
+
+    caplog.set_level(logging.DEBUG, logger="asr.runtime")
+    thread = start_cuda_warmup(EngineSettings(device="cuda", dtype=dtype))
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert torch.cuda.is_initialized()
+    assert not [r for r in caplog.records if "warm-up" in r.getMessage()]
