@@ -16,14 +16,14 @@ audio, rate = sf.read('.gpu/live-speech.wav', dtype='float32')
 write_mp3(Path('/tmp/cold/ten.mp3'), audio[: 10 * rate])"
 for _ in 1 2; do
   t0=$(date +%s.%N); $PY -c "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
-  echo "{\"variant\": \"floor: import torch + CUDA context\", \"gone\": $(echo "$(date +%s.%N) - $t0" | bc)}" | tee -a "$OUT/cold.jsonl"
+  echo "{\"variant\": \"floor: import torch + CUDA context\", \"gone\": $(awk "BEGIN{print $(date +%s.%N) - $t0}")}" | tee -a "$OUT/cold.jsonl"
 done
 for round in $(seq "$ROUNDS"); do
   for v in "${VARIANTS[@]}"; do
     rm -rf /tmp/cold/out; t0=$(date +%s.%N)
     line=$($PY benchmarks/device/cold.py "$t0" "$v" -- transcribe /tmp/cold/ten.mp3 --model /tmp/models/full \
       --config h100 --punc-model /tmp/models/punc --output-dir /tmp/cold/out --quiet 2> /tmp/cold/err | tail -1)
-    gone=$(echo "$(date +%s.%N) - $t0" | bc)
+    gone=$(awk "BEGIN{print $(date +%s.%N) - $t0}")
     echo "${line%\}}, \"round\": $round, \"gone\": $gone}" | tee -a "$OUT/cold.jsonl"
   done
 done

@@ -12,7 +12,7 @@ serve() {
   echo $! > "/tmp/server-$port.pid"
   for _ in $(seq 480); do
     if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then
-      echo "server :$port ($*) ready in $(echo "$(date +%s.%N) - $t0" | bc) s"; return 0
+      echo "server :$port ($*) ready in $(awk "BEGIN{print $(date +%s.%N) - $t0}") s"; return 0
     fi
     sleep 0.5
   done
