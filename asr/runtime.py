@@ -68,7 +68,7 @@ def configure_torch(engine: EngineSettings) -> None:
 
 def start_cuda_warmup(engine: EngineSettings) -> threading.Thread | None:
     """CUDA's one-time costs paid on a thread while the caller imports funasr's model classes and
-    reads the weights (a command's cold start, #11): the context, cuBLAS in the engine's dtype,
+    reads the weights (a command's cold start): the context, cuBLAS in the engine's dtype,
     cuDNN's convolution and LSTM libraries, and Triton's (its cache key hashes Triton's own
     libraries, ~0.2 s, once per process; then the FSMN kernel of the released model's shape comes
     from Triton's disk cache). Each is process-wide, so the engine's first call finds them ready;
