@@ -545,6 +545,11 @@ class Pipeline:
         # to the process after submit returns): a process that dies then leaves the reader EOF.
         job.add_done_callback(lambda done: _finish_job(done, writer))
         try:
+            # Waited for here, not on a worker thread: with more long recordings than decoding
+            # processes, the ones queued for a process held every thread while those decoding
+            # needed one to be read (ten 60-min files in a worker of 2 decoding processes and 8
+            # threads waited forever).
+            await _readable(reader)
             stream = await self._run(stream_from, reader, self.settings.limits.max_audio_s)
         except AudioError:
             reader.close()
@@ -1118,6 +1123,18 @@ def _spill(source: bytes | bytearray | memoryview | BinaryIO) -> str | None:
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+async def _readable(conn: Any) -> None:
+    """Until `conn` (a pipe's reading end) has a message or its writers are gone."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def _finish_job(job: Any, writer: Any) -> None:
