@@ -164,6 +164,33 @@ def test_a_stream_abandoned_midway_frees_its_process(engine, tmp_path):
     assert asyncio.run(go())[0] > 1000
 
 
+def test_more_long_recordings_than_decoding_processes_and_threads_all_finish(engine, tmp_path):
+    """Long recordings each stream from a decoding process of their own; those waiting for a
+    process must not hold the pipeline's threads, which the ones decoding need to be read (with
+    one process and two threads, four recordings waited forever)."""
+    long_mp3 = _inputs()["long.mp3"]
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"long{i}.mp3")
+        paths[-1].write_bytes(long_mp3)  # type: ignore[arg-type]
+    settings = _settings(1)
+    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"workers": 2})})
+
+    async def go() -> list[str]:
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(pipeline.transcribe(p, Options(), background=True) for p in paths)), 120)
+            assert pipeline.decoded_in_processes == len(paths)
+            return [r.text for r in results]
+        finally:
+            await pipeline.stop()
+
+    texts = asyncio.run(go())
+    assert texts[0] and texts == [texts[0]] * len(paths)
+
+
 @pytest.mark.parametrize("processes", [0, 2])
 def test_a_file_object_is_read_again_from_its_start_when_it_stays_here(engine, processes):
     data = _inputs()["long.mp3"]
@@ -273,7 +300,7 @@ def test_automatic_decoding_processes(monkeypatch: pytest.MonkeyPatch, cores: in
     worker's mp3 uploads crawled."""
     import asr.pipeline.pipeline as pipeline_module
     import asr.runtime
-    from asr.web.workers import worker_settings
+    from asr.service.front import worker_settings
 
     monkeypatch.setattr(asr.runtime, "usable_cores", lambda: cores)
     monkeypatch.setattr(pipeline_module, "usable_cores", lambda: cores)
@@ -281,7 +308,7 @@ def test_automatic_decoding_processes(monkeypatch: pytest.MonkeyPatch, cores: in
     settings = load_settings(None, server={"http_workers": workers, "ui": workers == 1})
     assert settings.pipeline.decode_processes == -1
     if workers > 1:
-        settings = worker_settings(settings)
+        settings = worker_settings(settings, workers)
     assert pipeline_module.decode_process_count(settings) == expected
 
 
