@@ -49,17 +49,21 @@ import mmap
 import os
 import pickle
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asr.errors import EngineFailedError, QueueFullError
 from asr.service.metrics import Metrics
 from asr.service.scheduler import NORMAL, BatchStats, Scheduler, SchedulerOptions
+
+if TYPE_CHECKING:
+    from asr.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +305,32 @@ class AudioArena:
 
     def give_back(self, block: _Block) -> None:
         self._free.setdefault(block.size, []).append(block)
+
+
+def runtime_dir() -> Path:
+    """A private (0700) folder for the link's socket and the workers' audio blocks: in /dev/shm,
+    which is memory, not disk, where it can be written."""
+    shm = Path("/dev/shm")
+    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="asr-front-", dir=base))
+
+
+def worker_settings(settings: Settings, n: int) -> Settings:
+    """The settings of one of `n` worker processes (HTTP workers, the command line's file
+    workers): the cores are shared by the workers, so automatic thread counts are divided among
+    them, and so are the decoding processes (at least one each: a worker that decoded mp3
+    uploads in its threads spent most of their time waiting for its GIL, see
+    `decode_process_count`)."""
+    from asr.runtime import usable_cores
+
+    cores = usable_cores()
+    engine, pipeline = settings.engine, settings.pipeline
+    if engine.num_threads == 0:
+        engine = engine.model_copy(update={"num_threads": max(1, cores // n)})
+    if pipeline.decode_processes < 0:
+        share = max(1, min(16, cores // 2) // n)
+        pipeline = pipeline.model_copy(update={"decode_processes": share})
+    return settings.model_copy(update={"engine": engine, "pipeline": pipeline})
 
 
 @dataclass

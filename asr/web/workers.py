@@ -35,13 +35,12 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from asr.errors import ConfigError
-from asr.service.front import BatchHub, FrontConfig
+from asr.service.front import BatchHub, FrontConfig, runtime_dir, worker_settings
 from asr.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,31 +106,6 @@ def listening_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def _runtime_dir() -> Path:
-    # The workers' audio blocks live here: /dev/shm is memory, not disk. Private (0700).
-    shm = Path("/dev/shm")
-    base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="asr-front-", dir=base))
-
-
-def worker_settings(settings: Settings) -> Settings:
-    """A worker's settings: the cores are shared by N workers, so automatic thread counts are
-    divided among them, and so are the decoding processes (at least one each: a worker that
-    decoded mp3 uploads in its threads spent most of their time waiting for its GIL, see
-    `decode_process_count`)."""
-    from asr.runtime import usable_cores
-
-    n = settings.server.http_workers
-    cores = usable_cores()
-    engine, pipeline = settings.engine, settings.pipeline
-    if engine.num_threads == 0:
-        engine = engine.model_copy(update={"num_threads": max(1, cores // n)})
-    if pipeline.decode_processes < 0:
-        share = max(1, min(16, cores // 2) // n)
-        pipeline = pipeline.model_copy(update={"decode_processes": share})
-    return settings.model_copy(update={"engine": engine, "pipeline": pipeline})
-
-
 def _worker_main(settings_data: dict[str, Any], config: FrontConfig, sock: socket.socket, log_level: int) -> None:
     """One HTTP worker: the app with a link to the batching process, on the shared socket."""
     import uvicorn
@@ -185,7 +159,7 @@ class Supervisor:
 
         # Loaded before any worker starts: a bad model fails here, once.
         engine = load_engine(self.settings.engine)
-        runtime = _runtime_dir()
+        runtime = runtime_dir()
         try:
             asyncio.run(self._serve(engine, runtime))
         finally:
@@ -209,7 +183,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
-        data = worker_settings(self.settings).model_dump(mode="json")
+        data = worker_settings(self.settings, self.n).model_dump(mode="json")
         try:
             for slot in self._slots:
                 self._spawn(slot, data, FrontConfig(slot.index, socket_path, str(runtime)), socks[slot.index])
