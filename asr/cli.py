@@ -16,6 +16,7 @@ from asr.errors import ASRError
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
+    from asr.file_workers import FileWorkers
     from asr.pipeline.models import StageModels
     from asr.pipeline.options import Options
     from asr.pipeline.pipeline import EngineLike
@@ -56,11 +57,23 @@ def distinct_names(names: dict[str, str]) -> dict[str, str]:
             for path, name in names.items()}
 
 
+def write_outputs(result: Result, target: Path, formats: Sequence[str]) -> None:
+    """One recording's outputs: `target` plus each format's suffix (folders made as needed)."""
+    from asr.pipeline.formats import render
+
+    for fmt in formats:
+        path = target.with_name(f"{target.name}.{fmt}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(result, fmt), encoding="utf-8")
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
     """The settings of a command with the recognition arguments (`add_recognition_arguments`)."""
     from asr.settings import load_settings, resolve_config
 
-    overrides: dict = {"engine": {"warmup": False}, "longform": {}, "server": {}}
+    overrides: dict = {"engine": {"warmup": False}, "longform": {}, "server": {}, "pipeline": {}}
+    if getattr(args, "workers", None) is not None:
+        overrides["pipeline"]["file_workers"] = args.workers
     for key in ("model", "device", "dtype", "attention"):
         if getattr(args, key):
             overrides["engine"][key] = getattr(args, key)
@@ -99,6 +112,7 @@ def build_options(args: argparse.Namespace, settings: Settings) -> Options:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.engine.process import load_engine
+    from asr.file_workers import file_worker_count
     from asr.pipeline.pipeline import start_decoders
     from asr.runtime import configure_process, start_cuda_warmup
 
@@ -114,22 +128,44 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print("no audio files found", file=sys.stderr)
         return 2
     configure_process(settings)
-    start_cuda_warmup(settings.engine)
-    # The decoding processes start first: they import FFmpeg's bindings while the models load.
-    decoders = start_decoders(settings)
-    try:
-        models = _preload_models(settings, options)
-        engine = load_engine(settings.engine, input_bytes=sum(Path(f).stat().st_size for f in files))
+    input_bytes = sum(Path(f).stat().st_size for f in files)
+    workers = file_worker_count(settings, files)
+    if workers > 1:
+        code = _transcribe_with_workers(settings, files, options, args, workers, input_bytes)
+    else:
+        start_cuda_warmup(settings.engine)
+        # The decoding processes start first: they import FFmpeg's bindings while the models load.
+        decoders = start_decoders(settings)
         try:
-            code = asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
+            models = _preload_models(settings, options)
+            engine = load_engine(settings.engine, input_bytes=input_bytes)
+            try:
+                code = asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
+            finally:
+                engine.close()
         finally:
-            engine.close()
-    finally:
-        if decoders is not None:
-            decoders.shutdown(wait=False, cancel_futures=True)
+            if decoders is not None:
+                decoders.shutdown(wait=False, cancel_futures=True)
     global finished_transcribing
     finished_transcribing = True
     return code
+
+
+def _transcribe_with_workers(settings: Settings, files: list[Path], options: Options, args: argparse.Namespace,
+                             n: int, input_bytes: int) -> int:
+    from asr.engine.process import load_engine
+    from asr.file_workers import FileWorkers
+
+    workers = FileWorkers(settings, n)
+    try:
+        workers.start(options)  # they import and load their models while the engine loads
+        engine = load_engine(settings.engine, input_bytes=input_bytes)
+        try:
+            return asyncio.run(_transcribe_in_workers(workers, engine, files, args))
+        finally:
+            engine.close()
+    finally:
+        workers.close()
 
 
 finished_transcribing = False
@@ -182,46 +218,24 @@ async def _transcribe_files(
 ) -> int:
     """Every file through the one pipeline, `pipeline.files_in_flight` at a time, so the scheduler
     batches segments of many files together; outputs are written as each file finishes."""
-    from tqdm import tqdm
-
-    from asr.pipeline.formats import render
     from asr.pipeline.pipeline import Pipeline
 
     pipeline = Pipeline(settings, engine, models=models, decoders=decoders)
     await pipeline.start()
-    out_dir = Path(args.output_dir)
-    roots = [Path(p) for p in args.inputs]
-    names = distinct_names({str(p): _output_name(p, roots) for p in files})
-    failed = 0
-    done = 0
-    noticed: set[str] = set()
-    bar = tqdm(total=len(files), unit="file", disable=args.quiet or None)
+    targets = output_targets(files, args)
+    report = _Report(len(files), args)
     slots = asyncio.Semaphore(settings.pipeline.files_in_flight)
 
-    def write(path: Path, result: Result) -> None:
-        name = names[str(path)]
-        for fmt in args.format:
-            target = out_dir / f"{name}.{fmt}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(render(result, fmt), encoding="utf-8")
-
     async def one(path: Path) -> None:
-        nonlocal failed, done
         try:
             result = await pipeline.transcribe(path, options, background=True)
-            await asyncio.to_thread(write, path, result)
+            await asyncio.to_thread(write_outputs, result, targets[path], args.format)
         except ASRError as exc:
-            failed += 1
-            tqdm.write(f"FAILED {path}: {exc}", file=sys.stderr)
+            report.ended(path, str(exc))
         else:
-            done += 1
-            for notice in result.notices:
-                if notice.code not in noticed:  # once per run, not once per file
-                    noticed.add(notice.code)
-                    tqdm.write(notice.message, file=sys.stderr)
+            report.ended(path, None, [(n.code, n.message) for n in result.notices])
         finally:
             slots.release()
-            bar.update(1)
 
     try:
         tasks = []
@@ -230,10 +244,63 @@ async def _transcribe_files(
             tasks.append(asyncio.create_task(one(path)))
         await asyncio.gather(*tasks)
     finally:
-        bar.close()
+        report.close()
         await pipeline.stop()
-    print(f"{done} transcribed, {failed} failed; outputs in {out_dir}", file=sys.stderr)
-    return 1 if failed else 0
+    return report.summary()
+
+
+async def _transcribe_in_workers(workers: FileWorkers, engine: EngineLike, files: list[Path],
+                                 args: argparse.Namespace) -> int:
+    """Every file through the worker processes' pipelines (asr/file_workers.py), all feeding
+    `engine` through one scheduler here."""
+    targets = output_targets(files, args)
+    report = _Report(len(files), args)
+    try:
+        async with workers.serving(engine):
+            await workers.transcribe([(p, targets[p]) for p in files], args.format,
+                                     lambda o: report.ended(o.path, o.error, o.notices))
+    finally:
+        report.close()
+    return report.summary()
+
+
+def output_targets(files: list[Path], args: argparse.Namespace) -> dict[Path, Path]:
+    """Each recording's output path without the format's suffix, under `--output-dir`."""
+    roots = [Path(p) for p in args.inputs]
+    names = distinct_names({str(p): _output_name(p, roots) for p in files})
+    return {p: Path(args.output_dir) / names[str(p)] for p in files}
+
+
+class _Report:
+    """The progress bar, each failure and each kind of notice once, and the closing line."""
+
+    def __init__(self, total: int, args: argparse.Namespace) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.out_dir = args.output_dir
+        self.done = self.failed = 0
+        self.noticed: set[str] = set()
+        self.bar = tqdm(total=total, unit="file", disable=args.quiet or None)
+
+    def ended(self, path: Path | str, error: str | None, notices: Sequence[tuple[str, str]] = ()) -> None:
+        if error is not None:
+            self.failed += 1
+            self._tqdm.write(f"FAILED {path}: {error}", file=sys.stderr)
+        else:
+            self.done += 1
+            for code, message in notices:
+                if code not in self.noticed:  # once per run, not once per file
+                    self.noticed.add(code)
+                    self._tqdm.write(message, file=sys.stderr)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def summary(self) -> int:
+        print(f"{self.done} transcribed, {self.failed} failed; outputs in {self.out_dir}", file=sys.stderr)
+        return 1 if self.failed else 0
 
 
 def cmd_make_model(args: argparse.Namespace) -> int:
@@ -293,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
     tr.add_argument("--output-dir", default="transcripts")
     add_recognition_arguments(tr)
+    tr.add_argument("--workers", type=int, metavar="N",
+                    help="processes that run the pipeline over the files, all feeding one engine (default: "
+                    "pipeline.file_workers, -1: several on a GPU for 16+ files or 32+ MB, else 1)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_transcribe)
 

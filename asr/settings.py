@@ -308,6 +308,13 @@ class PipelineSettings(BaseModel):
     files_in_flight: int = Field(default=64, ge=1)
     """Files the CLI and the batch-job worker transcribe at once, so the scheduler can fill its
     batches from them (memory stays within `limits.decoded_audio_mb`)."""
+    file_workers: int = Field(default=-1, ge=-1)
+    """Processes that run the pipeline when the command line transcribes many files, all feeding
+    the one engine through one scheduler (asr/file_workers.py); each takes `files_in_flight`
+    files at once and has its share of the decoding processes. 0 or 1: the pipeline runs in the
+    command's own process. -1: where the engine runs in a process of its own (a GPU), a quarter
+    of the cores (2 to 4) for a command of at least 16 files or of 2 or more files totalling at
+    least 32 MB, else 1 (a worker's start costs seconds, paid while the engine loads)."""
 
 
 class ServerSettings(BaseModel):

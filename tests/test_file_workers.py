@@ -1,0 +1,122 @@
+"""The command line's file workers (asr/file_workers.py): the pipeline in several processes, all
+feeding one engine through one scheduler, with the outputs of the one-process loop; bad files and
+a worker that dies fail only their own files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from audio_fixtures import all_formats
+
+from asr.cli import main
+from asr.file_workers import FileWorkers, file_worker_count
+from asr.pipeline.options import Options
+from asr.settings import load_settings
+
+
+def _outputs(folder: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for path in sorted(folder.rglob("*.*")):
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            payload = json.loads(text)
+            payload.pop("processing_ms")  # the one figure that is the run's, not the recording's
+            out[str(path.relative_to(folder))] = payload
+        else:
+            out[str(path.relative_to(folder))] = text
+    return out
+
+
+@pytest.mark.slow
+def test_workers_write_the_one_process_outputs_and_report_bad_files(tiny_model_dir, tmp_path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    formats = all_formats(2.0)
+    for name, data in formats.items():
+        (src / "sub" / name if name.endswith(".mp3") else src / name).write_bytes(data)
+    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
+    common = ["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet",
+              "--format", "txt", "json", "srt", "--hotwords", "丁七 万丈"]
+    codes, errs = [], []
+    for workers in (1, 2):
+        codes.append(main([*common, "--output-dir", str(tmp_path / f"out{workers}"), "--workers", str(workers)]))
+        errs.append(capsys.readouterr().err)
+    assert codes == [1, 1]
+    for err in errs:
+        assert "FAILED " in err and "broken.wav" in err and f"{len(formats)} transcribed, 1 failed" in err
+    one, two = _outputs(tmp_path / "out1"), _outputs(tmp_path / "out2")
+    assert len(one) == 3 * len(formats) and one == two
+    assert all(payload["tokens"] for name, payload in one.items() if name.endswith(".json"))
+
+
+def test_how_many_workers(monkeypatch, tmp_path) -> None:
+    import asr.engine.process
+    import asr.runtime
+
+    monkeypatch.setattr(asr.runtime, "usable_cores", lambda: 16)
+    small = [tmp_path / f"c{i}.mp3" for i in range(16)]
+    for path in small:
+        path.write_bytes(b"x" * 1000)
+    big = [tmp_path / "a.mp3", tmp_path / "b.mp3"]
+    for path in big:
+        with path.open("wb") as fh:
+            fh.truncate(17 * 1048576)  # sparse: the size is what counts
+    auto = load_settings(None)
+    assert auto.pipeline.file_workers == -1
+    monkeypatch.setattr(asr.engine.process, "wants_process", lambda settings, input_bytes=None: True)
+    assert file_worker_count(auto, small) == 4  # a folder of clips, on a GPU
+    assert file_worker_count(auto, big) == 4  # two long recordings
+    assert file_worker_count(auto, small[:15]) == 1  # few small files: a worker's start costs more
+    assert file_worker_count(auto, big[:1]) == 1  # one recording: nothing to share out
+    monkeypatch.setattr(asr.runtime, "usable_cores", lambda: 8)
+    assert file_worker_count(auto, small) == 2
+    monkeypatch.setattr(asr.engine.process, "wants_process", lambda settings, input_bytes=None: False)
+    assert file_worker_count(auto, small) == 1  # the engine in the command's process: CPU
+    for given, expected in ((0, 1), (1, 1), (3, 3)):
+        assert file_worker_count(load_settings(None, pipeline={"file_workers": given}), small) == expected
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_only_the_files_it_held(engine, tmp_path) -> None:
+    """One worker is killed while it holds a recording it cannot finish (a FIFO nobody writes to:
+    opening it waits forever); that file fails naming the worker's end, and the other worker
+    transcribes the rest."""
+    wav = all_formats(1.0)["pcm16_16k.wav"]
+    files = [tmp_path / "stuck.wav"]
+    os.mkfifo(files[0])
+    for i in range(4):
+        files.append(tmp_path / f"ok{i}.wav")
+        files[-1].write_bytes(wav)
+    settings = load_settings(None, engine={"model": engine.settings.model, "device": "cpu", "warmup": False},
+                             pipeline={"files_in_flight": 1}, longform={"punc_model": ""})
+    workers = FileWorkers(settings, 2)
+    try:
+        workers.start(Options())
+
+        async def run() -> list:
+            async with workers.serving(engine):
+                task = asyncio.create_task(workers.transcribe([(f, tmp_path / "out" / f.stem) for f in files],
+                                                              ["json"]))
+                deadline = time.monotonic() + 120
+                while 0 not in workers.held:  # the FIFO's file is handed to a worker first
+                    assert time.monotonic() < deadline and not task.done()
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # it opens the FIFO (and waits there)
+                os.kill(workers.pids[workers.held[0]], signal.SIGKILL)
+                return await asyncio.wait_for(task, 120)
+
+        outcomes = asyncio.run(run())
+    finally:
+        with contextlib.suppress(OSError):  # nobody may be waiting at the FIFO any more
+            os.close(os.open(files[0], os.O_WRONLY | os.O_NONBLOCK))
+        workers.close()
+    assert outcomes[0].error == f"its worker process stopped (exit code {-signal.SIGKILL})"
+    assert [o.error for o in outcomes[1:]] == [None] * 4
+    assert all((tmp_path / "out" / f"ok{i}.json").exists() for i in range(4))
