@@ -3,15 +3,17 @@ ends (BENCHMARKS.md, "Timelines of one and ten 60-min mp3 files").
 
     PYTHONPATH=. python benchmarks/long_timeline.py 1     # after benchmarks/long_files.py made the inputs
     PYTHONPATH=. python benchmarks/long_timeline.py 1 --replay
+    PYTHONPATH=. python benchmarks/long_timeline.py 10 --engine-process   # as users run it on a GPU
 
 `--replay` then runs the engine calls the pipeline made again, alone: the same batches one after
 the other, then all their segments in one call (as the folder row's engine figure is taken), so
 the engine's time in the pipeline can be told from the engine's time on these segments.
 
 The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
-engine runs in this process (as long_files.py). Two pipeline methods are wrapped to note the time
-of their first and last calls: `_Source.next_chunk` (a segment cut by the VAD; `chunks_end` when
-the stream ends) and `Pipeline._assemble`. Prints one JSON line: marks in seconds from the call,
+engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
+its own (`load_engine`, what the command line does on a GPU; no `--replay` then). Two pipeline
+methods are wrapped to note the time of their first and last calls: `_Source.next_chunk` (a
+segment cut by the VAD; `chunks_end` when the stream ends) and `Pipeline._assemble`. Prints one JSON line: marks in seconds from the call,
 the engine's batches (time, rows, seconds) first and last, characters, files decoded in pieces.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 
 def main() -> None:
     from asr.engine import Engine
+    from asr.engine.process import load_engine
     from asr.pipeline import pipeline as P
     from asr.pipeline.options import Options
     from asr.runtime import configure_process
@@ -33,12 +36,13 @@ def main() -> None:
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 1
-    replay = "--replay" in sys.argv
+    own_process = "--engine-process" in sys.argv
+    replay = "--replay" in sys.argv and not own_process
     work = Path("/tmp/e2e")
     settings = load_settings(resolve_config("h100"), engine={"model": "models/full", "warmup": False},
                              longform={"punc_model": str(work / "punc"), "punc_device": "auto"})
     configure_process(settings)
-    engine = Engine.from_settings(settings.engine)
+    engine = load_engine(settings.engine) if own_process else Engine.from_settings(settings.engine)
     marks: dict[str, float] = {}
     t0 = [0.0]
     batches: list[tuple[float, int, float]] = []
@@ -98,6 +102,8 @@ def main() -> None:
         }), flush=True)  # fmt: skip
 
     asyncio.run(run())
+    if own_process:
+        engine.close()
     if replay:
         engine.transcribe = transcribe  # type: ignore[method-assign]
         import torch

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What users run on a folder of clips and on long recordings (#11), with where the time goes:
+#   bash benchmarks/device/e2e.sh [STEP ...]   (default: folder long1 long10 profile)
+# STEP: folder, folder-inproc (the engine in the pipeline's process), folder:SECTION.KEY=VALUE (one
+# setting changed), workers:N (the folder through N file workers), long1, long10 (the ten files in
+# one pipeline), long10-workers:N (the ten through N file workers, the CLI's loop), profile.
+# Inputs (300 mp3 clips, ten 60-min mp3) made once under /tmp/e2e; the engine in a process of its
+# own as the command line runs it. `profile` repeats the folder and the ten files under py-spy
+# (raw stacks of every process, on-CPU samples). Lines to stdout and $OUT/e2e.jsonl.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source benchmarks/device/setup.sh || exit 1
+OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
+STEPS=("${@:-folder long1 long10 profile}"); [ $# -eq 0 ] && STEPS=(folder long1 long10 profile)
+SPEECH="${SPEECH:-.gpu/live-speech.wav}" MODEL_DIR="${MODEL:-/tmp/models/full}" PUNC_DIR="${PUNC:-/tmp/models/punc}"
+export PATH="/tmp/site/bin:$PATH"
+# long_timeline.py reads models/full and /tmp/e2e/punc.
+mkdir -p models /tmp/e2e; [ -e models/full ] || ln -s "$MODEL_DIR" models/full
+[ -e /tmp/e2e/punc ] || ln -s "$PUNC_DIR" /tmp/e2e/punc
+if [ ! -f /tmp/e2e/long/long09.mp3 ]; then
+  t0=$(date +%s.%N)
+  $PY -c "
+from pathlib import Path
+from asr.devtools.bench_e2e import _speech, make_inputs
+make_inputs(Path('/tmp/e2e'), _speech('$SPEECH'), 300, 60.0, 10)" || exit 1
+  echo "inputs made in $(awk "BEGIN{print $(date +%s.%N) - $t0}") s" >&2
+fi
+FOLDER=(benchmarks/folder_timeline.py --model "$MODEL_DIR" --speech "$SPEECH" --punc-model "$PUNC_DIR" --work /tmp/e2e)
+for step in "${STEPS[@]}"; do
+  case $step in
+    folder) $PY "${FOLDER[@]}" --passes 3 | tee -a "$OUT/e2e.jsonl" ;;
+    folder-inproc) $PY "${FOLDER[@]}" --passes 3 --in-process | tee -a "$OUT/e2e.jsonl" ;;
+    folder:*) $PY "${FOLDER[@]}" --passes 3 --set "${step#folder:}" | tee -a "$OUT/e2e.jsonl" ;;
+    workers:*) $PY "${FOLDER[@]}" --passes 3 --workers "${step#workers:}" | tee -a "$OUT/e2e.jsonl" ;;
+    long10-workers:*) $PY "${FOLDER[@]}" --passes 2 --folder /tmp/e2e/long --workers "${step#long10-workers:}" \
+      | tee -a "$OUT/e2e.jsonl" ;;
+    long1) $PY benchmarks/long_timeline.py 1 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
+    long10) $PY benchmarks/long_timeline.py 10 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
+    profile)
+      py-spy record --subprocesses --rate 200 --format raw -o "$OUT/folder-py-spy.txt" -- \
+        $PY "${FOLDER[@]}" --passes 3 | tee -a "$OUT/e2e.jsonl"
+      py-spy record --subprocesses --rate 200 --format raw -o "$OUT/long10-py-spy.txt" -- \
+        $PY benchmarks/long_timeline.py 10 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
+  esac
+done
