@@ -13,8 +13,9 @@ The inputs and the full-size random punctuation model are long_files.py's, under
 engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
 its own (`load_engine`, what the command line does on a GPU; no `--replay` then). Two pipeline
 methods are wrapped to note the time of their first and last calls: `_Source.next_chunk` (a
-segment cut by the VAD; `chunks_end` when the stream ends) and `Pipeline._assemble`. Prints one JSON line: marks in seconds from the call,
-the engine's batches (time, rows, seconds) first and last, characters, files decoded in pieces.
+segment cut by the VAD; `chunks_end` when the stream ends) and `Pipeline._assemble`. Prints one
+JSON line: marks in seconds from the call, the engine's batches (time, rows, seconds) first and
+last, characters, files decoded in pieces.
 """
 
 from __future__ import annotations

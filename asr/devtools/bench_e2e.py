@@ -164,6 +164,7 @@ def _rows_with(
     rows: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     from asr.cli import _transcribe_files, find_audio_files
+    from asr.file_workers import file_worker_count
     from asr.pipeline.options import Options
     from asr.pipeline.pipeline import Pipeline
 
@@ -176,13 +177,17 @@ def _rows_with(
                               inputs=[str(inputs["folder"])])
     clips_s = sum(len(c) for c in inputs["clips"]) / SAMPLE_RATE
     files = find_audio_files([str(inputs["folder"])])
-    # Warm-up: graphs for the batch shapes, punctuation and ITN loaded, decoding processes started.
-    asyncio.run(_transcribe_files(settings, engine, files[:64], Options(), args, decoders=decoders))
-    t = time.perf_counter()
-    asyncio.run(_transcribe_files(settings, engine, files, Options(), args, decoders=decoders))
-    row(f"folder: {len(files)} mp3 clips -> srt+json (CLI loop)", clips_s, time.perf_counter() - t)
-
     long_s = len(inputs["long_audio"]) / SAMPLE_RATE
+    long_files = sorted(inputs["long_dir"].glob("*.mp3"))
+    n_workers = file_worker_count(settings, files)
+    if n_workers > 1:  # as the command line runs a folder: the pipeline in file workers
+        _worker_rows(settings, engine, files, long_files if many else [], n_workers, out_dir, row, clips_s, long_s)
+    else:
+        # Warm-up: graphs for the batch shapes, punctuation and ITN loaded, decoding processes started.
+        asyncio.run(_transcribe_files(settings, engine, files[:64], Options(), args, decoders=decoders))
+        t = time.perf_counter()
+        asyncio.run(_transcribe_files(settings, engine, files, Options(), args, decoders=decoders))
+        row(f"folder: {len(files)} mp3 clips -> srt+json (CLI loop)", clips_s, time.perf_counter() - t)
 
     async def long_once(paths: list[Path]) -> tuple[float, int]:
         from asr.pipeline.formats import render
@@ -201,11 +206,43 @@ def _rows_with(
 
     seconds, segments = asyncio.run(long_once([inputs["long"]]))
     row("long: one mp3 -> srt (VAD, punctuation, ITN)", long_s, seconds, segments=segments)
-    long_files = sorted(inputs["long_dir"].glob("*.mp3"))
-    if many and len(long_files) > 1:
+    if many and len(long_files) > 1 and file_worker_count(settings, long_files) == 1:
         seconds, _ = asyncio.run(long_once(long_files))
         row(f"long: {len(long_files)} mp3 in one call -> srt", long_s * len(long_files), seconds)
     return rows
+
+
+def _worker_rows(settings: Any, engine: Any, files: list[Path], long_files: list[Path], n: int, out_dir: Path,
+                 row: Any, clips_s: float, long_s: float) -> None:
+    """The folder row, and the long files together when there are several, through `n` file
+    workers (asr/file_workers.py), started once as the command line starts them."""
+    from asr.file_workers import FileWorkers
+    from asr.pipeline.options import Options
+
+    workers = FileWorkers(settings, n)
+    workers.start(Options())
+
+    async def timed(paths: list[Path], formats: list[str], to: Path) -> float:
+        t = time.perf_counter()
+        outcomes = await workers.transcribe([(p, to / p.stem) for p in paths], formats)
+        failed = [o for o in outcomes if o.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} files failed, first {failed[0].path}: {failed[0].error}")
+        return time.perf_counter() - t
+
+    async def run() -> None:
+        async with workers.serving(engine):
+            await timed(files[:64], ["srt", "json"], out_dir)  # warm-up, as the one-process row
+            row(f"folder: {len(files)} mp3 clips -> srt+json (CLI, {n} file workers)", clips_s,
+                await timed(files, ["srt", "json"], out_dir))
+            if len(long_files) > 1:
+                row(f"long: {len(long_files)} mp3 in one call -> srt (CLI, {n} file workers)",
+                    long_s * len(long_files), await timed(long_files, ["srt"], out_dir / "long"))
+
+    try:
+        asyncio.run(run())
+    finally:
+        workers.close()
 
 
 def _engine_row(engine: Any, clips: list[np.ndarray], where: str = "") -> dict[str, Any]:

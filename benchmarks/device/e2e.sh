@@ -2,8 +2,9 @@
 # What users run on a folder of clips and on long recordings (#11), with where the time goes:
 #   bash benchmarks/device/e2e.sh [STEP ...]   (default: folder long1 long10 profile)
 # STEP: folder, folder-inproc (the engine in the pipeline's process), folder:SECTION.KEY=VALUE (one
-# setting changed), workers:N (the folder through N file workers), long1, long10 (the ten files in
-# one pipeline), long10-workers:N (the ten through N file workers, the CLI's loop), profile.
+# setting changed), workers:N[:SECTION.KEY=VALUE] (the folder through N file workers), long1,
+# long10 (the ten files in one pipeline), long10-workers:N (the ten through N file workers, the
+# CLI's loop), profile.
 # Inputs (300 mp3 clips, ten 60-min mp3) made once under /tmp/e2e; the engine in a process of its
 # own as the command line runs it. `profile` repeats the folder and the ten files under py-spy
 # (raw stacks of every process, on-CPU samples). Lines to stdout and $OUT/e2e.jsonl.
@@ -31,7 +32,8 @@ for step in "${STEPS[@]}"; do
     folder) $PY "${FOLDER[@]}" --passes 3 | tee -a "$OUT/e2e.jsonl" ;;
     folder-inproc) $PY "${FOLDER[@]}" --passes 3 --in-process | tee -a "$OUT/e2e.jsonl" ;;
     folder:*) $PY "${FOLDER[@]}" --passes 3 --set "${step#folder:}" | tee -a "$OUT/e2e.jsonl" ;;
-    workers:*) $PY "${FOLDER[@]}" --passes 3 --workers "${step#workers:}" | tee -a "$OUT/e2e.jsonl" ;;
+    workers:*) spec=${step#workers:}; extra=(); [[ $spec == *:* ]] && extra=(--set "${spec#*:}")
+      $PY "${FOLDER[@]}" --passes 3 --workers "${spec%%:*}" "${extra[@]}" | tee -a "$OUT/e2e.jsonl" ;;
     long10-workers:*) $PY "${FOLDER[@]}" --passes 2 --folder /tmp/e2e/long --workers "${step#long10-workers:}" \
       | tee -a "$OUT/e2e.jsonl" ;;
     long1) $PY benchmarks/long_timeline.py 1 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
