@@ -1135,6 +1135,9 @@ async def _readable(conn: Any) -> None:
         await ready
     finally:
         loop.remove_reader(fd)
+        # uvloop (the server's loop) leaves a watched descriptor non-blocking; the thread that
+        # reads the pipe next expects it blocking (a read would fail with EAGAIN).
+        os.set_blocking(fd, True)
 
 
 def _finish_job(job: Any, writer: Any) -> None:
