@@ -11,6 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/device/setup.sh || exit 1
+echo "gpu: $(gpu_name)" >&2
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 STEPS=("${@:-folder long1 long10 profile}"); [ $# -eq 0 ] && STEPS=(folder long1 long10 profile)
 SPEECH="${SPEECH:-.gpu/live-speech.wav}" MODEL_DIR="${MODEL:-/tmp/models/full}" PUNC_DIR="${PUNC:-/tmp/models/punc}"
