@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -78,3 +79,15 @@ def all_formats(seconds: float = 1.5) -> dict[str, bytes]:
         "aac.m4a": encode_av(mono48, 48000, "aac", "mp4"),
         "opus.webm": encode_av(mono48, 48000, "libopus", "webm"),
     }
+
+
+def format_folder(src: Path, seconds: float = 2.0) -> dict[str, bytes]:
+    """`src` filled as a user's folder: every format of `all_formats` (the mp3s in a subfolder),
+    a broken WAV, and a text file that is not audio. Returns the formats written."""
+    (src / "sub").mkdir(parents=True)
+    formats = all_formats(seconds)
+    for name, data in formats.items():
+        (src / "sub" / name if name.endswith(".mp3") else src / name).write_bytes(data)
+    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
+    (src / "notes.txt").write_text("not audio, not picked up")
+    return formats

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from audio_fixtures import all_formats
+from audio_fixtures import all_formats, format_folder
 
 from asr.cli import main
 
@@ -37,12 +37,7 @@ def check_srt(text: str) -> list[tuple[int, int, str]]:
 
 def test_folder_with_a_corrupt_file(tiny_model_dir, tmp_path, capsys) -> None:
     src = tmp_path / "in"
-    (src / "sub").mkdir(parents=True)
-    formats = all_formats(2.0)
-    for name, data in formats.items():
-        (src / "sub" / name if name.endswith(".mp3") else src / name).write_bytes(data)
-    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
-    (src / "notes.txt").write_text("not audio, not picked up")
+    formats = format_folder(src)
     out = tmp_path / "out"
     code = main(
         [

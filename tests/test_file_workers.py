@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from audio_fixtures import all_formats
+from audio_fixtures import all_formats, format_folder
 
 from asr.cli import main
 from asr.file_workers import FileWorkers, file_worker_count
@@ -37,11 +37,7 @@ def _outputs(folder: Path) -> dict[str, object]:
 @pytest.mark.slow
 def test_workers_write_the_one_process_outputs_and_report_bad_files(tiny_model_dir, tmp_path, capsys) -> None:
     src = tmp_path / "in"
-    (src / "sub").mkdir(parents=True)
-    formats = all_formats(2.0)
-    for name, data in formats.items():
-        (src / "sub" / name if name.endswith(".mp3") else src / name).write_bytes(data)
-    (src / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(10))
+    formats = format_folder(src)
     common = ["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet",
               "--format", "txt", "json", "srt", "--hotwords", "丁七 万丈"]
     codes, errs = [], []
