@@ -349,6 +349,19 @@ def add_recognition_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--speaker-model", help="CAM++ model directory or ModelScope id")
 
 
+def _worker_count(text: str) -> int:
+    """`--workers`: 'auto' (-1) or a count of at least 1."""
+    if text == "auto":
+        return -1
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asr.pipeline.formats import FORMATS
 
@@ -360,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--format", nargs="+", choices=FORMATS, default=["txt"], help="output formats")
     tr.add_argument("--output-dir", default="transcripts")
     add_recognition_arguments(tr)
-    tr.add_argument("--workers", type=int, metavar="N",
-                    help="processes that run the pipeline over the files, all feeding one engine (default: "
-                    "pipeline.file_workers, -1: several on a GPU for 16+ files or 32+ MB, else 1)")
+    tr.add_argument("--workers", type=_worker_count, metavar="N|auto",
+                    help="processes that run the pipeline over the files, all feeding one engine; 1: this "
+                    "process; auto: several on a GPU for 16+ files or 32+ MB (default: pipeline.file_workers)")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_transcribe)
 

@@ -116,3 +116,16 @@ def test_a_worker_that_dies_fails_only_the_files_it_held(engine, tmp_path) -> No
     assert outcomes[0].error == f"its worker process stopped (exit code {-signal.SIGKILL})"
     assert [o.error for o in outcomes[1:]] == [None] * 4
     assert all((tmp_path / "out" / f"ok{i}.json").exists() for i in range(4))
+
+
+def test_the_workers_flag(capsys) -> None:
+    from asr.cli import build_parser, build_settings
+
+    parser = build_parser()
+    for given, expected in (("auto", -1), ("1", 1), ("4", 4)):
+        args = parser.parse_args(["transcribe", "x.wav", "--workers", given])
+        assert build_settings(args).pipeline.file_workers == expected
+    for bad in ("0", "-5", "two"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["transcribe", "x.wav", "--workers", bad])
+        assert exc.value.code == 2 and "expected auto or a number of at least 1" in capsys.readouterr().err
