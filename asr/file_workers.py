@@ -237,14 +237,11 @@ def _worker_main(index: int, settings_data: dict[str, Any], config: FrontConfig,
 
 async def _work(index: int, settings: Settings, config: FrontConfig, options: Any, inbox: Any,
                 events: Any) -> None:
-    from asr.cli import write_outputs
-    from asr.pipeline.models import StageModels
+    from asr.cli import _preload_models, write_outputs
     from asr.pipeline.pipeline import Pipeline
     from asr.service.front import HubLink, RemoteEngine, RemoteScheduler
 
-    models = StageModels(settings.longform, settings.engine.model_cache)
-    models.preload(itn=settings.pipeline.itn if options.itn is None else options.itn,
-                   punctuation=options.punctuation)
+    models = _preload_models(settings, options)
     link = HubLink(config)
     await _connect(link)
     pipeline = Pipeline(settings, RemoteEngine(link), models=models, scheduler=RemoteScheduler(link))
