@@ -218,3 +218,22 @@ def test_predict_batch_invariant_matches_clip_alone() -> None:
         funasr_differs += not torch.allclose(plain[2][1, :up], alone[2][0], atol=1e-3)
     # Without the flag (funasr's behaviour) padding leaks into the shorter clip.
     assert funasr_differs > 0
+
+
+def test_predict_batch_invariant_is_exact_for_every_row() -> None:
+    """The token half bit for bit, not within a tolerance: the server merges a recording's segments with whatever
+    else is waiting, and a last-bit difference flipped a near-tie token of the test model when a
+    segment ran in a batch of 11 instead of 2 (oneDNN picks its convolution kernel by batch size)."""
+    predictor = _predictor(0)
+    gen = torch.Generator().manual_seed(11)
+    lens = torch.tensor([220, 217, 160, 95, 40])
+    encoder_out = torch.randn(len(lens), 220, 32, generator=gen)
+    batched = predict(predictor, encoder_out, lens, batch_invariant=True)
+    for row, length in enumerate(lens.tolist()):
+        alone = predict(predictor, encoder_out[row : row + 1, :length], lens[row : row + 1], batch_invariant=True)
+        n, up = int(alone[1][0]), 3 * length
+        assert int(batched[1][row]) == n
+        assert torch.equal(batched[0][row, :n], alone[0][0, :n])
+        # The timestamp head's BLSTM runs batched: its weights agree to float noise, its peaks exactly.
+        torch.testing.assert_close(batched[2][row, :up], alone[2][0], atol=1e-6, rtol=0)
+        assert torch.equal(batched[3][row, :up] >= 1.0 - 1e-4, alone[3][0] >= 1.0 - 1e-4)

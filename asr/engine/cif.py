@@ -223,6 +223,22 @@ def _blstm_within_lengths(
     return torch.cat([ahead, _reverse_within(behind, lens)], dim=-1).to(given)
 
 
+def _row_lengths(lens: torch.Tensor, x: torch.Tensor) -> list[int] | None:
+    """Each row's valid length where the predictor's token half must run one row at a time: a
+    padded batch that must give each clip exactly its result alone, on the CPU. There a row's output differs in the
+    last bits with the batch it is in, enough to flip a near-tie token (it did, in a server test):
+    oneDNN picks its convolution kernel by batch size (the 32-channel test model's), the 1-output
+    linear layers' kernels depend on the row count, vectorised sigmoid differs from the scalar one
+    that the tail of a tensor gets, and sums over a padded row group their terms by its length.
+    One row at a time over its own frames is the computation funasr makes for the clip alone. On
+    a GPU the rows stay batched: a launch per row would cost more than the predictor. (The
+    timestamp head stays batched too: its BLSTM's last-bit noise can move a peak only where the
+    integral sits within ~1e-7 of the threshold.)"""
+    if x.device.type != "cpu" or x.shape[0] == 1:
+        return None
+    return [int(n) for n in lens.tolist()]
+
+
 def _upsampled_hidden(
     predictor: Any,
     context: torch.Tensor,
@@ -291,6 +307,24 @@ class TimestampInputs:
     lens: torch.Tensor | None  # per-row lengths when padding must not reach any row
 
 
+def _token_weights(
+    predictor: Any, context: torch.Tensor, maskf: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The predictor's convolution, its CIF weights (with funasr's tail frame) and the token
+    counts before rounding, for [B, D, T] frames and their [B, T] float mask."""
+    conv_out = torch.relu(predictor.cif_conv1d(predictor.pad(context)))
+    logits = predictor.cif_output(conv_out.transpose(1, 2)).squeeze(-1).to(torch.float32)
+    alphas = torch.relu(torch.sigmoid(logits) * predictor.smooth_factor - predictor.noise_threshold)
+    alphas = alphas * maskf
+    if predictor.tail_threshold <= 0.0:
+        return conv_out, alphas, alphas.sum(-1)
+    # tail_process_fn: an extra frame of weight tail_threshold right after each clip's end.
+    ones = maskf.new_ones(maskf.shape[0], 1)
+    step_down = torch.cat([ones, maskf], dim=1) - torch.cat([maskf, ones * 0], dim=1)
+    alphas = torch.cat([alphas, ones * 0], dim=1) + step_down * predictor.tail_threshold
+    return conv_out, alphas, torch.floor(alphas.sum(-1))
+
+
 @torch.no_grad()
 def predict_tokens(
     predictor: Any, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, *, batch_invariant: bool = False
@@ -304,22 +338,25 @@ def predict_tokens(
     if batch_invariant:
         encoder_out = encoder_out * mask[..., None].to(encoder_out.dtype)
     context = encoder_out.transpose(1, 2)
-    conv_out = torch.relu(predictor.cif_conv1d(predictor.pad(context)))
-    logits = predictor.cif_output(conv_out.transpose(1, 2)).squeeze(-1).to(torch.float32)
-    alphas = torch.relu(torch.sigmoid(logits) * predictor.smooth_factor - predictor.noise_threshold)
-    alphas = alphas * maskf
-
+    rows = _row_lengths(encoder_out_lens, encoder_out) if batch_invariant else None
+    if rows is None:
+        conv_out, alphas, token_num_f = _token_weights(predictor, context, maskf)
+    else:
+        # Each row over its own frames, padded back into the batch's shape (zeros past the end,
+        # where the batched form has zeros too: masked weights, and no tail frame).
+        conv_out = context.new_zeros(batch, predictor.cif_conv1d.out_channels, frames)
+        alphas = maskf.new_zeros(batch, frames + (predictor.tail_threshold > 0.0))
+        token_num_f = maskf.new_zeros(batch)
+        for b, n in enumerate(rows):
+            row_conv, row_alphas, row_num = _token_weights(predictor, context[b : b + 1, :, :n], maskf[b : b + 1, :n])
+            conv_out[b, :, :n] = row_conv[0]
+            alphas[b, : row_alphas.shape[1]] = row_alphas[0]
+            token_num_f[b] = row_num[0]
     hidden = encoder_out
     if predictor.tail_threshold > 0.0:
-        # tail_process_fn: an extra frame of weight tail_threshold right after each clip's end.
-        ones = maskf.new_ones(batch, 1)
-        step_down = torch.cat([ones, maskf], dim=1) - torch.cat([maskf, ones * 0], dim=1)
-        alphas = torch.cat([alphas, ones * 0], dim=1) + step_down * predictor.tail_threshold
         hidden = torch.cat([hidden, hidden.new_zeros(batch, 1, hidden.size(2))], dim=1)
-        token_num_f = torch.floor(alphas.sum(-1))
         out_len = int(token_num_f.max())
     else:
-        token_num_f = alphas.sum(-1)
         out_len = int(torch.round(token_num_f).max())
     acoustic_embeds, _ = _cif(hidden, alphas, predictor.threshold, max(out_len, 0))
     token_num = token_num_f.round().long()
