@@ -298,8 +298,10 @@ def test_ten_minutes_with_vad_punctuation_and_subtitles(ten_minutes: dict[str, A
 
     cues, sentences = ten_minutes["cues"], ten_minutes["sentences"]
     assert ten_minutes["result"].applied.punctuation and any(c.text[-1:] in "。？" for c in cues)
-    assert ten_minutes["cer"] <= 38.0
-    assert abs(len(cues) - sentences) <= 0.4 * sentences
+    # 21.4% measured (the model's own 22% on these sentences alone); 31% when the VAD merged
+    # sentences across their pauses.
+    assert ten_minutes["cer"] <= 25.0
+    assert abs(len(cues) - sentences) <= 0.25 * sentences
     assert ten_minutes["near"] >= 0.5
     assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
 

@@ -37,16 +37,27 @@ def test_silero_finds_sentence_boundaries(rec, silero):
         assert abs(seg.end_sample - end) <= TOLERANCE
 
 
-def test_default_segments_merge_without_cutting_sentences(rec, silero):
+def test_default_segments_keep_sentences_apart_and_whole(rec, silero):
+    """Pauses of 0.8-2.5 s end a segment (sentences are recognised better apart); every sentence
+    lies whole inside its own segment."""
     opts = VadOptions()
     segs = silero.segment(rec.audio, opts)
-    assert len(segs) < len(rec.spans)  # short pauses merged
+    assert len(segs) == len(rec.spans)
     for a, b in zip(segs, segs[1:]):
         assert a.end_sample <= b.start_sample
-    for seg in segs:
+    for seg, (start, end) in zip(segs, rec.spans, strict=True):
         assert seg.duration_s <= opts.max_segment_s
-    for start, end in rec.spans:  # every sentence lies whole inside one segment
-        assert any(s.start_sample <= start and end <= s.end_sample for s in segs)
+        assert seg.start_sample <= start and end <= seg.end_sample
+
+
+def test_default_segments_join_across_a_pause_inside_a_sentence(silero):
+    require_espeak()
+    # 0.4 s pauses: a breath within a sentence, under merge_gap_s (0.5 s) with the padding.
+    spoken = recording(SENTENCES[:3], [0.4], noise=0.002)
+    apart = silero.segment(spoken.audio, dataclasses.replace(VadOptions(), merge_gap_s=0))
+    joined = silero.segment(spoken.audio, VadOptions())
+    assert len(apart) > 1 and len(joined) == 1
+    assert joined[0].start_sample <= spoken.spans[0][0] and spoken.spans[-1][1] <= joined[0].end_sample
 
 
 def test_long_speech_is_cut_at_a_pause_below_the_cap(silero):
