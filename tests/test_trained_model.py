@@ -301,8 +301,10 @@ def test_ten_minutes_with_vad_punctuation_and_subtitles(ten_minutes: dict[str, A
     # 21.4% measured (the model's own 22% on these sentences alone); 31% when the VAD merged
     # sentences across their pauses.
     assert ten_minutes["cer"] <= 25.0
-    assert abs(len(cues) - sentences) <= 0.25 * sentences
-    assert ten_minutes["near"] >= 0.5
+    # 161 cues for 149 sentences, 0.913 of cue starts near a sentence start (cues break at pauses
+    # of 0.8 s; at 1.5 s: 127 cues, 0.677).
+    assert abs(len(cues) - sentences) <= 0.2 * sentences
+    assert ten_minutes["near"] >= 0.85
     assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
 
 
