@@ -282,6 +282,22 @@ class LiveSettings(BaseModel):
     """A pause at least this long ends a live segment, whose final text then follows."""
 
 
+class SubtitleSettings(BaseModel):
+    """How words are grouped into sentences: the result's `sentences`, the SRT/VTT cues and the
+    text's lines. A sentence ends at a sentence mark, a speaker change, a pause of `split_gap_s`,
+    or where it would pass `max_chars` or `max_duration_s` (then at its last comma if it has one)."""
+
+    max_chars: int = Field(default=24, ge=2)
+    """Characters per cue (a CJK character counts 1, an ASCII letter or digit half)."""
+    max_duration_s: float = Field(default=7.0, gt=0.5)
+    """Longest cue on screen."""
+    min_duration_s: float = Field(default=0.5, ge=0)
+    """A cue is shown at least this long when the next one leaves room."""
+    split_gap_s: float = Field(default=0.8, gt=0)
+    """A pause this long starts a new cue even without a mark (a cue should not stay on screen
+    over the pause between sentences)."""
+
+
 class PipelineSettings(BaseModel):
     """The pipeline's own threads and how many files the CLI and batch jobs run at once."""
 
@@ -380,6 +396,7 @@ class Settings(BaseSettings):
     longform: LongformSettings = LongformSettings()
     pipeline: PipelineSettings = PipelineSettings()
     live: LiveSettings = LiveSettings()
+    subtitles: SubtitleSettings = SubtitleSettings()
     server: ServerSettings = ServerSettings()
     log_level: str = "INFO"
 

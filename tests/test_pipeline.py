@@ -237,3 +237,30 @@ def test_audio_budget_waits_first_come_first_served_and_refuses_after_its_timeou
 
     order = asyncio.run(run())
     assert order == ["big", "small"]  # the large request at the head is not overtaken
+
+
+def test_subtitle_settings_shape_the_sentences(engine):
+    """`subtitles.*` reaches the sentences (and so the cues) of a real recognition: the widths and
+    pauses they set are the ones the result keeps; the defaults are the sentence builder's own."""
+    from asr.pipeline.pipeline import subtitle_options
+    from asr.pipeline.subtitles import SubtitleOptions, _width
+
+    require_espeak()
+    assert subtitle_options(load_settings(None)) == SubtitleOptions()
+    rec = recording(SENTENCES[:4], [1.2, 1.5], noise=0.002)
+    options = Options(vad=True, punctuation=False, itn=False)
+
+    def sentences(**subtitles):
+        settings = load_settings(None, engine={"device": "cpu"}, longform={"punc_model": None},
+                                 subtitles=subtitles)
+        stream = blocks_stream([rec.audio], len(rec.audio) / SR)
+        (result,) = transcribe_files(settings, engine, [stream], options)
+        assert result.text
+        return result.sentences
+
+    plain = sentences()
+    narrow = sentences(max_chars=8)
+    whole = sentences(max_chars=1000, max_duration_s=100, split_gap_s=30)
+    assert all(_width(s.text) <= 24 for s in plain) and all(_width(s.text) <= 8 for s in narrow)
+    assert len(narrow) > len(plain) >= 4  # a pause of 1.2 s or more breaks every sentence apart
+    assert len(whole) == 1 and whole[0].text == "".join(s.text for s in plain)

@@ -288,6 +288,7 @@ class Pipeline:
         decoders: ProcessPoolExecutor | None = None,
     ) -> None:
         self.settings = settings
+        self._subtitles = subtitle_options(settings)
         self.engine = engine
         # `scheduler`: one with `Scheduler`'s interface that lives elsewhere (an HTTP worker's
         # link to the batching process, asr/service/front.py); by default this pipeline's own.
@@ -818,7 +819,7 @@ class Pipeline:
         for c in channels:
             tracks[c], replaced[c] = correct(tracks[c], options.corrections)
 
-        grouped = [(s, c, i, j) for c in channels for s, i, j in group_sentences(tracks[c], SubtitleOptions())]
+        grouped = [(s, c, i, j) for c in channels for s, i, j in group_sentences(tracks[c], self._subtitles)]
         if split:
             grouped.sort(key=lambda g: (g[0].start_ms, g[1]))  # one timeline; stable within a channel
         sentences = [g[0] for g in grouped]
@@ -889,6 +890,13 @@ class Pipeline:
 
 
 # ---- the stages' pure pieces ------------------------------------------------------------------
+
+
+def subtitle_options(settings: Settings) -> SubtitleOptions:
+    """The `subtitles` settings as the sentence builder takes them."""
+    s = settings.subtitles
+    return SubtitleOptions(max_chars=s.max_chars, max_duration_ms=round(s.max_duration_s * 1000),
+                           min_duration_ms=round(s.min_duration_s * 1000), split_gap_ms=round(s.split_gap_s * 1000))
 
 
 def segment_words(segment: Segment, result: TranscriptLike) -> list[TimedWord]:
