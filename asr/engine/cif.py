@@ -225,11 +225,12 @@ def _blstm_within_lengths(
 
 def _row_lengths(lens: torch.Tensor, x: torch.Tensor) -> list[int] | None:
     """Each row's valid length where the predictor's token half must run one row at a time: a
-    padded batch that must give each clip exactly its result alone, on the CPU. There a row's output differs in the
-    last bits with the batch it is in, enough to flip a near-tie token (it did, in a server test):
-    oneDNN picks its convolution kernel by batch size (the 32-channel test model's), the 1-output
-    linear layers' kernels depend on the row count, vectorised sigmoid differs from the scalar one
-    that the tail of a tensor gets, and sums over a padded row group their terms by its length.
+    padded batch that must give each clip exactly its result alone, on the CPU. There a row's
+    output differs in the last bits with the batch it is in, enough to flip a near-tie token (it
+    did, in a server test): oneDNN picks its convolution kernel by batch size (the 32-channel test
+    model's), the 1-output linear layers' kernels depend on the row count, vectorised sigmoid
+    differs from the scalar one that the tail of a tensor gets, and sums over a padded row group
+    their terms by its length.
     One row at a time over its own frames is the computation funasr makes for the clip alone. On
     a GPU the rows stay batched: a launch per row would cost more than the predictor. (The
     timestamp head stays batched too: its BLSTM's last-bit noise can move a peak only where the
