@@ -62,7 +62,8 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        overrides.setdefault(section, {})[name] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        parsed = None if value in ("", "null") else json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        overrides.setdefault(section, {})[name] = parsed
     settings = load_settings(resolve_config(args.config), **overrides)
     configure_process(settings)
     workers = FileWorkers(settings, args.workers) if args.workers > 1 else None
