@@ -110,6 +110,25 @@ def start_hits(ref: str, tokens: Sequence[str], stamps: Sequence[Sequence[int]],
     return hits, len(ref)
 
 
+NEAR_TIE = 0.05
+
+
+def decision_margins(engine: Any, waves: Sequence[np.ndarray]) -> list[float]:
+    """Per utterance, the smallest gap between the decoder's two best log-probabilities over its
+    tokens (inf for none). A token decided by a hair is decided by rounding too: any change of
+    precision (bf16, fp16, int8) may flip it, so the share of utterances with a near tie bounds how
+    many token sequences another precision can keep."""
+    margins = []
+    for probe in engine.probe(waves):
+        logits = probe["logits"]
+        if logits.shape[0] == 0:
+            margins.append(float("inf"))
+            continue
+        top = logits.topk(2, dim=-1).values
+        margins.append(float((top[:, 0] - top[:, 1]).min()))
+    return margins
+
+
 def hotword_counts(text: str, words: Sequence[str]) -> dict[str, int]:
     return {w: text.count(w) for w in words if w in text}
 
@@ -149,6 +168,8 @@ def evaluate(model_dir: Path, testset: dict[str, Any], device: str = "auto",
             metrics["hotword_false_insertion_rate"] = round(inserted / len(texts), 4)
             metrics["cer_fp32_with_hotwords"] = round(cer(texts, [r.text for r in with_words]), 2)
             metrics["errors_fp32"] = error_kinds(texts, [r.text for r in results[dtype]])
+            margins = decision_margins(engine, waves)
+            metrics[f"near_tie_share_fp32_{NEAR_TIE}"] = round(sum(m < NEAR_TIE for m in margins) / len(texts), 4)
             metrics["examples"] = [{"ref": t, "hyp": r.text} for t, r in zip(texts[:8], results[dtype][:8])]
         engine.close()
     if "fp32" in results:
