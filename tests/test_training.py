@@ -95,6 +95,38 @@ def dry_model():
     return model, tokens
 
 
+def test_training_continues_from_an_exported_model(tmp_path) -> None:
+    """`--init`: a second round starts from the exported directory's weights (fp16 on disk) and
+    CMVN; the frame classifier, which the export drops, starts fresh; another vocabulary or size
+    is refused."""
+    import train_asr
+
+    tokens = ["<blank>", "<s>", "</s>", *[chr(0x4E00 + i) for i in range(60)], "<unk>"]
+    conf = train_asr.model_config(train_asr.SIZES["dry"], len(tokens), ctc_weight=train_asr.CTC_WEIGHT)
+    torch.manual_seed(1)
+    first = train_asr.build_model(conf, len(tokens))
+    cmvn = np.stack([np.linspace(-3, 3, 560), np.linspace(0.5, 2, 560)]).astype(np.float32)
+    out = train_asr.export(first, conf, tokens, {}, cmvn, tmp_path / "round1", {"steps": 1})
+
+    torch.manual_seed(2)
+    second = train_asr.build_model(conf, len(tokens))
+    fresh_ctc = second.ctc.ctc_lo.weight.detach().clone()
+    loaded = train_asr.load_init(second, tokens, out)
+    np.testing.assert_allclose(loaded, cmvn, atol=1e-6)
+    theirs, ours = first.state_dict(), second.state_dict()
+    for key, value in theirs.items():
+        if key.startswith("ctc."):
+            continue
+        assert torch.equal(ours[key], value.half().float() if value.is_floating_point() else value), key
+    assert torch.equal(second.ctc.ctc_lo.weight, fresh_ctc)
+
+    with pytest.raises(ValueError, match="vocabulary"):
+        train_asr.load_init(train_asr.build_model(conf, len(tokens)), [*tokens[:-1], "x"], out)
+    bigger = train_asr.model_config(train_asr.SIZES["demo"], len(tokens), ctc_weight=train_asr.CTC_WEIGHT)
+    with pytest.raises(ValueError, match="architecture"):
+        train_asr.load_init(train_asr.build_model(bigger, len(tokens)), tokens, out)
+
+
 def _batch(vocab: int, b: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     lens = torch.tensor([7, 5, 9, 3][:b])

@@ -4,6 +4,8 @@
 #
 #   GPU box:  bash training/gpu_run.sh            (needs training/carry from build_carry.sh)
 #   dry run:  DRY_RUN=1 bash training/gpu_run.sh  (this CPU machine: same steps, tiny sizes)
+#   a second round: ASR_INIT=tests/assets/demo-model/asr ASR_LR=1e-3 bash training/gpu_run.sh  (the ASR model
+#             continues from those weights and their CMVN; then training/gpu_seaco.sh again)
 #
 # Results go to $OUT (default training/out), at most 8 files, each under 16 MB:
 #   asr_model.pt, punc_model.pt, models_rest.tar.gz (every other file of both model dirs),
@@ -35,7 +37,7 @@ else
   # (about 18 minutes in all: start it detached, e.g. with setsid, where commands are limited to
   # 10 minutes).
   EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25 --finish-by "$(( T0 + ${FINISH_S:-1060} ))"
-         ${LIMIT:+--limit "$LIMIT"})
+         ${LIMIT:+--limit "$LIMIT"} ${ASR_INIT:+--init "$ASR_INIT"} ${ASR_LR:+--lr "$ASR_LR"})
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
 fi

@@ -514,6 +514,27 @@ def export(model: torch.nn.Module, conf: dict[str, Any], tokens: list[str], engl
     return out
 
 
+def load_init(model: torch.nn.Module, tokens: list[str], init: Path) -> np.ndarray:
+    """Start from an exported model directory (`export`'s, e.g. the committed demonstration
+    model): its weights into `model`, and its CMVN, which they were trained with, returned. A
+    second round then continues where a budget-bound run stopped instead of starting over. The
+    frame classifier (funasr's CTC branch, dropped by the export) starts fresh; the vocabulary and
+    the architecture must be the same."""
+    from asr.engine.frontend import load_cmvn
+
+    saved = json.loads((init / "tokens.json").read_text("utf-8"))
+    if saved != tokens:
+        raise ValueError(f"{init} has another vocabulary ({len(saved)} tokens, this corpus {len(tokens)})")
+    state = torch.load(init / "model.pt", map_location="cpu", weights_only=True)
+    try:
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another --size
+        raise ValueError(f"{init} is another architecture: {exc}") from None
+    if unexpected or [k for k in missing if not k.startswith("ctc.")]:
+        raise ValueError(f"{init} is another architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return load_cmvn(init / "am.mvn")
+
+
 # ---------------------------------------------------------------- training loop
 @dataclass
 class TrainOptions:
@@ -533,6 +554,7 @@ class TrainOptions:
     log_every: int = 20
     augment: bool = True  # reverb, noise, volume (off only to debug: a model then overfits quickly)
     finish_by: float | None = None  # Unix time training must end by (the GPU run's wall budget)
+    init: Path | None = None  # an exported model directory to continue from (`load_init`)
 
 
 def lr_at(progress: float, opts: TrainOptions) -> float:
@@ -566,12 +588,16 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     del speech
 
     conf = model_config(SIZES[opts.size], len(tokens), ctc_weight=CTC_WEIGHT)
-    model = build_model(conf, len(tokens)).to(device)
+    model = build_model(conf, len(tokens))
+    cmvn = load_init(model, tokens, opts.init) if opts.init else None
+    model.to(device)
     use_vectorised_cif()
     n_params = sum(p.numel() for p in model.parameters())
     log["parameters"] = n_params
-    print(f"model: {n_params / 1e6:.2f} M parameters on {device}", flush=True)
-    cmvn = compute_cmvn(store, conf, device, n=2000 if device.type == "cuda" else 200, seed=opts.seed)
+    print(f"model: {n_params / 1e6:.2f} M parameters on {device}"
+          f"{f', continuing from {opts.init}' if opts.init else ''}", flush=True)
+    if cmvn is None:
+        cmvn = compute_cmvn(store, conf, device, n=2000 if device.type == "cuda" else 200, seed=opts.seed)
     fe = frontend(conf, cmvn, device)
 
     decay, no_decay = [], []
@@ -678,11 +704,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--finish-by", type=float, help="Unix time by which training must end")
+    p.add_argument("--init", type=Path, help="an exported model directory to continue training from "
+                   "(same --size and vocabulary; e.g. tests/assets/demo-model/asr)")
     a = p.parse_args(argv)
     opts = TrainOptions(corpus=a.corpus, out=a.out, size=a.size, device=a.device, train_seconds=a.train_seconds,
                         max_steps=a.max_steps, batch_audio_s=a.batch_audio_s, lr=a.lr, limit=a.limit,
                         workers=a.workers, seed=a.seed, bf16=not a.no_bf16, log_every=a.log_every,
-                        finish_by=a.finish_by)
+                        finish_by=a.finish_by, init=a.init)
     log = train(opts)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1, ensure_ascii=False), "utf-8")
