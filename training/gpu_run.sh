@@ -37,7 +37,7 @@ else
   # (about 18 minutes in all: start it detached, e.g. with setsid, where commands are limited to
   # 10 minutes).
   EXTRA=(--batch-audio-s "${BATCH_AUDIO_S:-2400}" --log-every 25 --finish-by "$(( T0 + ${FINISH_S:-1060} ))"
-         ${LIMIT:+--limit "$LIMIT"} ${ASR_INIT:+--init "$ASR_INIT"} ${ASR_LR:+--lr "$ASR_LR"})
+         ${LIMIT:+--limit "$LIMIT"})
   PUNC_EXTRA=(--batch-size 512 --log-every 100)
   EVAL=(--device cuda --dtypes fp32 bf16 fp16)
 fi
@@ -52,7 +52,8 @@ PUNC_PID=$!
 
 stamp "ASR model: synthesis, then training for $ASR_TRAIN_S s"
 "$PY" training/train_asr.py --corpus "$CORPUS" --out "$WORK/models/asr" --size "$SIZE" --device "$DEVICE" \
-  --train-seconds "$ASR_TRAIN_S" --log "$WORK/asr_log.json" "${EXTRA[@]}"
+  --train-seconds "$ASR_TRAIN_S" --log "$WORK/asr_log.json" "${EXTRA[@]}" \
+  ${ASR_INIT:+--init "$ASR_INIT"} ${ASR_LR:+--lr "$ASR_LR"}
 stamp "waiting for the punctuation model"
 wait "$PUNC_PID" || { cat "$WORK/punc.out"; exit 1; }
 tail -3 "$WORK/punc.out"
