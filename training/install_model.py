@@ -44,6 +44,9 @@ def model_card(metrics: dict, logs: dict, dest: Path) -> str:
     asr, punc = logs["asr"], logs["punc"]
     m = metrics.get
     last = asr["steps"][-1] if asr.get("steps") else {}
+    options = asr.get("options", {})
+    continued = (f", continuing from {options['init']} (peak lr {options.get('lr')})"
+                 if options.get("init") not in (None, "None") else "")
     sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
     total_mb = sum(v for k, v in sizes.items() if k.startswith(("asr/", "punc/"))) / 1e6
     pm = logs["punc"].get("dev", {})
@@ -93,7 +96,7 @@ Command (reproduces data and models; seeds fixed):
 {COMMAND}
 ```
 
-ASR: {asr.get('train_steps')} steps in {asr.get('train_s')} s ({asr.get('epochs')} passes), bf16 autocast,
+ASR: {asr.get('train_steps')} steps in {asr.get('train_s')} s ({asr.get('epochs')} passes){continued}, bf16 autocast,
 AdamW, cosine schedule over wall time; objective: funasr's Paraformer losses (decoder, CIF count,
 timestamp-head count), SeACo bias loss, plus alignment of the CIF and timestamp-head weights to the
 known character times and a frame classifier (each encoder frame taught the character sounding
@@ -106,6 +109,7 @@ Punctuation: {punc.get('train_steps')} steps in {punc.get('train_s')} s on the p
 | CER, {metrics.get('cer_utterances')} held-out utterances, fp32 | {metrics.get('cer_fp32')} % |
 | CER bf16 / fp16 | {metrics.get('cer_bf16')} % / {metrics.get('cer_fp16')} % |
 | token sequences equal to fp32: bf16 / fp16 | {m('tokens_equal_bf16_vs_fp32')} / {m('tokens_equal_fp16_vs_fp32')} |
+| utterances with a near tie in fp32 (a token's two best scores within 0.05) | {m('near_tie_share_fp32_0.05')} |
 | hotword trap recall without / with hotwords | {m('hotword_recall_without')} / {m('hotword_recall_with')} |
 | false hotword insertions (utterances) | {metrics.get('hotword_false_insertion_rate')} |
 | character starts within 80 ms | {metrics.get('start_within_80ms')} |
