@@ -4,6 +4,8 @@
 #
 #   GPU box:  bash training/gpu_seaco.sh            (needs training/carry from build_carry.sh)
 #   dry run:  DRY_RUN=1 bash training/gpu_seaco.sh  (this CPU machine: same steps, tiny sizes)
+#   after a stage-1 round on the same machine:
+#             WORK=/tmp/r1 bash training/gpu_run.sh && MODEL=/tmp/r1/models/asr bash training/gpu_seaco.sh
 #
 # Results go to $OUT (default training/out-seaco): model.pt (the new weights, fp16 as shipped,
 # about 15 MB; every other file of the model directory is the shipped one), metrics_new.json,
@@ -43,8 +45,11 @@ fi
 source "$ROOT/training/gpu_setup.sh"
 
 TESTSET="$ROOT/tests/assets/demo-model/testset.json"
-cp -r "$ROOT/tests/assets/demo-model/asr" "$WORK/shipped"
-cp -r "$ROOT/tests/assets/demo-model/asr" "$WORK/new"
+# MODEL: the recogniser to give a bias path, by default the shipped one; a stage-1 round's fresh
+# model directory (gpu_run.sh with WORK=DIR: DIR/models/asr) chains both stages on one machine.
+MODEL="${MODEL:-$ROOT/tests/assets/demo-model/asr}"
+cp -r "$MODEL" "$WORK/shipped"
+cp -r "$MODEL" "$WORK/new"
 
 # The shipped model's numbers, measured in the background once train_seaco.py has its
 # recogniser outputs (its synthesis processes, which want every core, are done by then).
