@@ -130,8 +130,8 @@ def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_
     finally:
         bf16.close()
     changed = [i for i, (a, b) in enumerate(zip(held_out_results, results)) if a.token_ids != b.token_ids]
-    margins = speech.decision_margins(demo_engine, [waves[i] for i in changed])
     near = speech.decision_margins(demo_engine, waves)
+    margins = [near[i] for i in changed]
     refs = [t for t, _, _ in held_out]
     cer32, cer16 = speech.cer(refs, [r.text for r in held_out_results]), speech.cer(refs, [r.text for r in results])
     print(f"\nbf16 (CPU): {1 - len(changed) / len(waves):.3f} of {len(waves)} token sequences equal to fp32; "
