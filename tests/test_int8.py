@@ -13,7 +13,7 @@ from speech import held_out_speech
 
 from asr.engine.attention import cpu_bf16_native
 from asr.engine.core import Engine, _wants_int8
-from asr.engine.int8 import Int8Linear, int8_fast
+from asr.engine.int8 import Int8Linear, int8_fast, packed_product_usable, row_rung
 from asr.settings import EngineSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,10 +138,10 @@ def test_int8_linear_equals_the_exact_product_of_its_quantized_operands() -> Non
     bias = linear.bias.detach()
     one = Int8Linear(linear, terms=1)
     want1 = (xq @ wq.t()) * scale * wscale + bias
-    assert torch.equal(one.weight_t.t().float(), wq)
+    assert torch.equal(one.weight_int8().float(), wq)
     assert torch.allclose(one(x).reshape(-1, 40), want1, atol=1e-5)
     two = Int8Linear(linear, terms=2)
-    assert two.terms == 2 and torch.equal(two.weight_t, one.weight_t)
+    assert two.terms == 2 and torch.equal(two.weight_int8(), one.weight_int8())
     # The coarse weight is a view of the cross product's lower half: 2 bytes a weight, not 3.
     assert two.weight_t.untyped_storage().data_ptr() == two.cross_t.untyped_storage().data_ptr()
     # coarse x coarse + the two cross terms; residual x residual (< 1/254^2 of a step) left out.
@@ -170,6 +170,62 @@ def test_the_int8_product_is_int_mms_bit_for_bit_on_every_cpu(monkeypatch: pytes
         got = int8._int8_product(a, b)
         assert got.dtype == torch.int32 and torch.equal(got, torch._int_mm(a, b))
         assert got[0, 0] == -127 * 127 * k
+
+
+needs_packed = pytest.mark.skipif(not packed_product_usable(),
+                                  reason="the packed int8 product runs only on AVX-512 CPUs with VNNI or AMX")
+
+
+def test_row_rungs_are_few_and_pad_little() -> None:
+    """Every row count the packed product meets becomes one of a few padded sizes (oneDNN keeps a
+    primitive per shape), and padding adds at most 1/8 of the rows past 64."""
+    rungs = {row_rung(n) for n in range(1, 4097)}
+    assert len(rungs) <= 4 + 8 * 6  # 16..64 by 16, then 8 per doubling up to 4096
+    for n in range(1, 4097):
+        padded = row_rung(n)
+        assert padded >= n and row_rung(padded) == padded
+        assert padded - n < 16 if n <= 64 else padded - n <= n / 8
+    assert (row_rung(674), row_rung(495), row_rung(512)) == (704, 512, 512)
+
+
+@needs_packed
+def test_the_packed_product_gives_int_mms_sums_for_every_row_count() -> None:
+    """The packed product on padded rows against `_int_mm` on the same int8 operands: the sums are
+    exact int32 either way, so the layer's outputs must be equal to the bit, for row counts on and
+    off the ladder, with ties (x / scale exactly k + 0.5 rounds half to even on both paths),
+    rows of zeros and huge magnitudes."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40)
+    packed = Int8Linear(linear)
+    assert packed._packed is not None and packed.weight_t is None
+    plain = Int8Linear(linear)
+    plain._packed = None
+    plain.weight_t = packed.weight_int8().t().contiguous()
+    for n in (1, 3, 16, 17, 65, 130, 495, 674):
+        x = torch.randn(n, 96) * torch.logspace(-3, 6, n)[:, None]
+        x[0, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])  # row scale 1: ties at .5
+        if n > 2:
+            x[1] = 0.0
+        assert torch.equal(packed(x), plain(x)), n
+    assert torch.equal(packed.weight_int8(), plain.weight_t.t())
+
+
+@needs_packed
+def test_row_counts_without_end_do_not_grow_memory_without_end() -> None:
+    """oneDNN builds a primitive per input shape: before the ladder, one 512 x 2048 layer called with
+    800 different row counts grew the process by 1.7 GB (and a service sees a new row count in
+    nearly every batch). Padded to rungs, the same 800 calls make about 40 shapes."""
+    layer = Int8Linear(torch.nn.Linear(512, 2048))
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * 4096 / 2**20
+
+    layer(torch.randn(700, 512))
+    before = rss_mb()
+    for n in range(1, 801):
+        layer(torch.randn(n, 512))
+    assert rss_mb() - before < 100  # measured: +18 MB with the ladder, +370 MB without
 
 
 def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

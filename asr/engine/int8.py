@@ -17,6 +17,14 @@ Where the CPU has no fast int8 product (`int8_fast`: no AVX512-VNNI, AVX-VNNI or
 `_int_mm` is a reference loop about 60x slower than fp32), the same int32 sums are computed exactly
 with fp32 products over blocks of K short enough that no partial sum can round: same outputs, at
 roughly fp32's speed instead of the loop's.
+
+On AVX-512 CPUs the one-term product runs in oneDNN with the weights packed once
+(`torch.ops.onednn.qlinear_pointwise`, the kernel behind torch's x86 inductor quantization): there
+`_int_mm` takes oneDNN's older s8 x s8 GEMM, while the packed u8 x s8 product uses the CPU's AMX
+or VNNI kernels; both give the same exact int32 sums, so the same outputs to the bit. oneDNN keeps
+one primitive per input shape, and a service meets a new row count in nearly every batch (800 row
+counts grew a process by 1.7 GB), so the rows are padded up to a ladder of sizes (`row_rung`:
+at most 1/8 more rows, about 8 sizes per doubling): the shapes, and the memory they hold, stay few.
 """
 
 from __future__ import annotations
@@ -32,6 +40,57 @@ _FINE = 2 * _QMAX  # the residual's step: 1/254 of the coarse step
 # fp32 holds every integer up to 2^24 exactly, so a dot product of int8 operands whose length K
 # keeps K * 127^2 under that is exact in fp32 whatever order the sums take.
 _EXACT_K = int(2**24 // (_QMAX * _QMAX))
+# Adding 1.5 * 2**23 to a float of magnitude < 2**22 rounds it to an integer, half to even (the
+# float's spacing there is exactly 1), and leaves that integer in the low bits of its IEEE bits: so
+# for |v| <= 127.5, (v + _U8_MAGIC) viewed as int32 has 128 + round(v) in its low byte. One add
+# instead of round_ and another add; the cast to uint8 keeps exactly that byte.
+_U8_MAGIC = 12583040.0  # 1.5 * 2**23 + 128
+_RUNG_STEPS = 3  # 2**3 rungs per doubling of the row count: at most 1/8 padded rows
+
+
+def row_rung(rows: int) -> int:
+    """The row count a packed product runs with for `rows` rows: a multiple of 16 up to 64, then
+    the next of 8 evenly spaced sizes per doubling (674 -> 704, 495 -> 512). Every padded row
+    is a zero activation whose output is dropped."""
+    if rows <= 64:
+        return max(16, -(-rows // 16) * 16)
+    step = 1 << (rows.bit_length() - 1 - _RUNG_STEPS)
+    return -(-rows // step) * step
+
+
+@functools.cache
+def packed_product_usable() -> bool:
+    """Whether the packed u8 x s8 product runs here, and fast: the op exists, oneDNN is on, the
+    CPU runs AVX-512 with a fast int8 product (elsewhere `_int_mm` is the measured path), and
+    int32 -> uint8 casts keep the low byte (the magic-number rounding relies on it)."""
+    if not int8_fast() or not hasattr(torch.ops, "onednn") or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return False
+    if not torch.backends.mkldnn.is_available() or "AVX512" not in torch.backends.cpu.get_cpu_capability():
+        return False
+    probe = torch.arange(-300, 300, dtype=torch.int32).repeat(20) + 0x4B400080
+    if not torch.equal(probe.to(torch.uint8), (probe & 0xFF).to(torch.uint8)):
+        return False
+    try:
+        packed = torch.ops.onednn.qlinear_prepack(torch.ones(8, 16, dtype=torch.int8), None)
+        out = _packed_sums(torch.full((2, 16), 130, dtype=torch.uint8), packed, 8)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return torch.equal(out, torch.full((2, 8), 32.0))
+
+
+_UNIT: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _packed_sums(u8: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The exact int32 sums of (u8 - 128) x weights, as fp32 [rows, out]: unit scales and no bias,
+    so oneDNN converts the sums and nothing else (the scales are applied after, as on the
+    `_int_mm` path, so both paths round alike)."""
+    if out_features not in _UNIT:
+        _UNIT[out_features] = (torch.ones(out_features), torch.zeros(out_features, dtype=torch.int64))
+    ones, zeros = _UNIT[out_features]
+    return torch.ops.onednn.qlinear_pointwise(
+        u8, 1.0, 128, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+    )
 
 
 def _int8_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,7 +136,14 @@ class Int8Linear(nn.Module):
             cross_t = torch.cat([fine, coarse], dim=1).to(torch.int8).t().contiguous()
             self.register_buffer("cross_t", cross_t)
             self.register_buffer("weight_t", cross_t[self.in_features :])  # [in, out]: _int_mm's layout
+            self._packed = None
+        elif packed_product_usable():
+            # The int8 weights live only in oneDNN's packed copy (an opaque tensor, kept outside
+            # the buffers, so state_dict and .to() never see it).
+            self._packed = torch.ops.onednn.qlinear_prepack(coarse.to(torch.int8).contiguous(), None)
+            self.register_buffer("weight_t", None)
         else:
+            self._packed = None
             self.register_buffer("weight_t", coarse.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias.detach().float() if linear.bias is not None else None
@@ -87,16 +153,9 @@ class Int8Linear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
         scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _QMAX
-        units = torch.div(rows, scale)
-        coarse = torch.round(units)
-        q = coarse.to(torch.int8)
-        # One pass to float with the row scales, one fused multiply-add for the column scales and
-        # the bias (separate passes over the [rows, out] result cost more than the int8 product).
-        out = _int8_product(q, self.weight_t).float()
-        if self.terms == 2:
-            fine = units.sub_(coarse).mul_(_FINE).round_().to(torch.int8)  # in place: |.| <= 127
-            cross = _int8_product(torch.cat([q, fine], dim=1), self.cross_t).float()
-            out.add_(cross, alpha=1.0 / _FINE)  # float + float: int32 + float with alpha is 6x slower
+        out = self._int_mm_forward(rows, scale) if self._packed is None else self._packed_forward(rows, scale)
+        # One pass with the row scales, one fused multiply-add for the column scales and the bias
+        # (separate passes over the [rows, out] result cost more than the int8 product).
         out.mul_(scale)
         if self.bias is not None:
             out = torch.addcmul(self.bias, out, self.weight_scale, out=out)
@@ -104,9 +163,41 @@ class Int8Linear(nn.Module):
             out.mul_(self.weight_scale)
         return out.reshape(*shape[:-1], self.out_features)
 
+    def _packed_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The exact sums as fp32 [rows, out], through the packed weights on a ladder of row counts."""
+        low = torch.div(rows, scale).add_(_U8_MAGIC).view(torch.int32)
+        n = rows.shape[0]
+        padded = row_rung(n)
+        if padded == n:
+            u8 = low.to(torch.uint8)
+        else:
+            u8 = torch.full((padded, rows.shape[1]), 128, dtype=torch.uint8)  # 128: a zero activation
+            u8[:n] = low
+        return _packed_sums(u8, self._packed, self.out_features)[:n]
+
+    def _int_mm_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        units = torch.div(rows, scale)
+        coarse = torch.round(units)
+        q = coarse.to(torch.int8)
+        out = _int8_product(q, self.weight_t).float()
+        if self.terms == 2:
+            fine = units.sub_(coarse).mul_(_FINE).round_().to(torch.int8)  # in place: |.| <= 127
+            cross = _int8_product(torch.cat([q, fine], dim=1), self.cross_t).float()
+            out.add_(cross, alpha=1.0 / _FINE)  # float + float: int32 + float with alpha is 6x slower
+        return out
+
+    def weight_int8(self) -> torch.Tensor:
+        """The coarse int8 weights [out, in] (for tests and inspection)."""
+        if self._packed is None:
+            return self.weight_t.t()
+        eye = torch.full((self.in_features, self.in_features), 128, dtype=torch.uint8)
+        eye.diagonal().add_(1)
+        return _packed_sums(eye, self._packed, self.out_features).t().round().to(torch.int8)
+
     def extra_repr(self) -> str:
+        packed = ", packed" if self._packed is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, terms={self.terms}")
+                f"bias={self.bias is not None}, terms={self.terms}{packed}")
 
 
 def int8_available() -> bool:
