@@ -142,8 +142,9 @@ def test_int8_linear_equals_the_exact_product_of_its_quantized_operands() -> Non
     assert torch.allclose(one(x).reshape(-1, 40), want1, atol=1e-5)
     two = Int8Linear(linear, terms=2)
     assert two.terms == 2 and torch.equal(two.weight_int8(), one.weight_int8())
-    # The coarse weight is a view of the cross product's lower half: 2 bytes a weight, not 3.
-    assert two.weight_t.untyped_storage().data_ptr() == two.cross_t.untyped_storage().data_ptr()
+    if two._packed is None:  # `_int_mm`'s layout: the coarse weight is a view of the cross product's
+        # lower half, 2 bytes a weight, not 3
+        assert two.weight_t.untyped_storage().data_ptr() == two.cross_t.untyped_storage().data_ptr()
     # coarse x coarse + the two cross terms; residual x residual (< 1/254^2 of a step) left out.
     want2 = (xq @ wq.t() + (xq @ wf.t() + xf @ wq.t()) / 254) * scale * wscale + bias
     assert xf.abs().max() <= 127 and wf.abs().max() <= 127 and xf.abs().max() > 64
@@ -189,18 +190,22 @@ def test_row_rungs_are_few_and_pad_little() -> None:
 
 
 @needs_packed
-def test_the_packed_product_gives_int_mms_sums_for_every_row_count() -> None:
+@pytest.mark.parametrize("terms", [1, 2])
+def test_the_packed_product_gives_int_mms_sums_for_every_row_count(monkeypatch: pytest.MonkeyPatch,
+                                                                   terms: int) -> None:
     """The packed product on padded rows against `_int_mm` on the same int8 operands: the sums are
     exact int32 either way, so the layer's outputs must be equal to the bit, for row counts on and
     off the ladder, with ties (x / scale exactly k + 0.5 rounds half to even on both paths),
     rows of zeros and huge magnitudes."""
+    import asr.engine.int8 as int8
+
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
-    packed = Int8Linear(linear)
+    packed = Int8Linear(linear, terms)
     assert packed._packed is not None and packed.weight_t is None
-    plain = Int8Linear(linear)
-    plain._packed = None
-    plain.weight_t = packed.weight_int8().t().contiguous()
+    monkeypatch.setattr(int8, "packed_product_usable", lambda: False)
+    plain = Int8Linear(linear, terms)
+    assert plain._packed is None and plain.weight_t is not None
     for n in (1, 3, 16, 17, 65, 130, 495, 674):
         x = torch.randn(n, 96) * torch.logspace(-3, 6, n)[:, None]
         x[0, :4] = torch.tensor([127.0, 0.5, 1.5, -2.5])  # row scale 1: ties at .5

@@ -18,7 +18,7 @@ Where the CPU has no fast int8 product (`int8_fast`: no AVX512-VNNI, AVX-VNNI or
 with fp32 products over blocks of K short enough that no partial sum can round: same outputs, at
 roughly fp32's speed instead of the loop's.
 
-On AVX-512 CPUs the one-term product runs in oneDNN with the weights packed once
+On AVX-512 CPUs the products run in oneDNN with the weights packed once
 (`torch.ops.onednn.qlinear_pointwise`, the kernel behind torch's x86 inductor quantization): there
 `_int_mm` takes oneDNN's older s8 x s8 GEMM, while the packed u8 x s8 product uses the CPU's AMX
 or VNNI kernels; both give the same exact int32 sums, so the same outputs to the bit. oneDNN keeps
@@ -128,22 +128,26 @@ class Int8Linear(nn.Module):
         coarse = torch.round(units).clamp(-_QMAX, _QMAX)
         self.terms = terms
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        # The int8 weights live either in oneDNN's packed copies (opaque tensors, kept outside the
+        # buffers, so state_dict and .to() never see them) or in `_int_mm`'s [in, out] layout.
+        self._packed = self._packed_cross = None
+        packed = packed_product_usable()
         if terms == 2:
             # |units - coarse| <= 0.5, so the residual in 1/254 steps fits int8.
             fine = torch.round((units - coarse) * _FINE).clamp(-_QMAX, _QMAX)
-            # [fine; coarse] against the activations' [coarse | fine]: both cross terms in one
-            # product. Its lower half is the coarse weight itself (a view: no second copy).
-            cross_t = torch.cat([fine, coarse], dim=1).to(torch.int8).t().contiguous()
-            self.register_buffer("cross_t", cross_t)
-            self.register_buffer("weight_t", cross_t[self.in_features :])  # [in, out]: _int_mm's layout
-            self._packed = None
-        elif packed_product_usable():
-            # The int8 weights live only in oneDNN's packed copy (an opaque tensor, kept outside
-            # the buffers, so state_dict and .to() never see it).
+            # [fine | coarse] against the activations' [coarse | fine]: both cross terms in one product.
+            cross = torch.cat([fine, coarse], dim=1).to(torch.int8)
+            if packed:
+                self._packed_cross = torch.ops.onednn.qlinear_prepack(cross, None)
+            else:
+                cross_t = cross.t().contiguous()
+                self.register_buffer("cross_t", cross_t)
+                # The lower half is the coarse weight itself (a view: 2 bytes a weight, not 3).
+                self.register_buffer("weight_t", cross_t[self.in_features :])
+        if packed:
             self._packed = torch.ops.onednn.qlinear_prepack(coarse.to(torch.int8).contiguous(), None)
             self.register_buffer("weight_t", None)
-        else:
-            self._packed = None
+        elif terms == 1:
             self.register_buffer("weight_t", coarse.to(torch.int8).t().contiguous())
         self.register_buffer("weight_scale", scale)
         bias = linear.bias.detach().float() if linear.bias is not None else None
@@ -164,16 +168,23 @@ class Int8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def _packed_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The exact sums as fp32 [rows, out], through the packed weights on a ladder of row counts."""
-        low = torch.div(rows, scale).add_(_U8_MAGIC).view(torch.int32)
-        n = rows.shape[0]
+        """The exact sums as fp32 [rows, out], through the packed weights on a ladder of row counts;
+        with two terms the cross sums added at 1/254, as on the `_int_mm` path."""
+        n, width = rows.shape
         padded = row_rung(n)
-        if padded == n:
-            u8 = low.to(torch.uint8)
-        else:
-            u8 = torch.full((padded, rows.shape[1]), 128, dtype=torch.uint8)  # 128: a zero activation
-            u8[:n] = low
-        return _packed_sums(u8, self._packed, self.out_features)[:n]
+        units = torch.div(rows, scale)
+        biased = units + _U8_MAGIC
+        columns = width if self.terms == 1 else 2 * width
+        u8 = torch.full((padded, columns), 128, dtype=torch.uint8)  # 128: a zero activation
+        u8[:n, :width] = biased.view(torch.int32)
+        if self.terms == 2:
+            coarse = biased.sub_(_U8_MAGIC)  # round(units), exactly: biased holds an integer
+            u8[:n, width:] = units.sub_(coarse).mul_(_FINE).add_(_U8_MAGIC).view(torch.int32)
+        out = _packed_sums(u8[:, :width], self._packed, self.out_features)[:n]
+        if self.terms == 2:
+            cross = _packed_sums(u8, self._packed_cross, self.out_features)[:n]
+            out.add_(cross, alpha=1.0 / _FINE)
+        return out
 
     def _int_mm_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         units = torch.div(rows, scale)
