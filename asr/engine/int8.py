@@ -173,9 +173,11 @@ class Int8Linear(nn.Module):
         n, width = rows.shape
         padded = row_rung(n)
         units = torch.div(rows, scale)
-        biased = units + _U8_MAGIC
-        columns = width if self.terms == 1 else 2 * width
-        u8 = torch.full((padded, columns), 128, dtype=torch.uint8)  # 128: a zero activation
+        biased = units + _U8_MAGIC if self.terms == 2 else units.add_(_U8_MAGIC)
+        if self.terms == 1 and padded == n:
+            return _packed_sums(biased.view(torch.int32).to(torch.uint8), self._packed, self.out_features)
+        u8 = torch.empty((padded, width * self.terms), dtype=torch.uint8)
+        u8[n:] = 128  # padded rows: zero activations
         u8[:n, :width] = biased.view(torch.int32)
         if self.terms == 2:
             coarse = biased.sub_(_U8_MAGIC)  # round(units), exactly: biased holds an integer
