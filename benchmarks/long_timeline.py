@@ -5,9 +5,13 @@ ends (BENCHMARKS.md, "Timelines of one and ten 60-min mp3 files").
     PYTHONPATH=. python benchmarks/long_timeline.py 1 --replay
     PYTHONPATH=. python benchmarks/long_timeline.py 10 --engine-process   # as users run it on a GPU
 
-`--replay` then runs the engine calls the pipeline made again, alone: the same batches one after
-the other, then all their segments in one call (as the folder row's engine figure is taken), so
-the engine's time in the pipeline can be told from the engine's time on these segments.
+`--replay` then runs the engine calls the pipeline made again, alone: first eagerly (CUDA graphs
+set aside: what a batch of a shape seen for the first time costs when nothing runs beside it), then
+the same batches one after the other twice (the first time captures their graphs), then all their
+segments in one call (as the folder row's engine figure is taken), so the engine's time in the
+pipeline can be told from the engine's time on these segments. `--profile-eager=FILE` writes
+torch.profiler's tables of the eager replay there (host and device time by op, and the CUDA
+runtime calls: where a first-seen shape's time goes).
 
 The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
 engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
@@ -123,6 +127,21 @@ def main() -> None:
         out = {"calls": len(calls), "segments": len(segments), "audio_s": round(sum(lengths), 1),
                "segment_s_p10_p50_p90_max": [round(lengths[int(q * (len(lengths) - 1))], 1)
                                              for q in (0.1, 0.5, 0.9, 1)]}
+        graphed, engine._graphs = engine._graphs, None  # eager: as a shape's first batch runs
+        out["same_calls_alone_eager"] = timed(lambda: [transcribe(a, h) for a, h in calls])
+        profile_to = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--profile-eager=")), None)
+        if profile_to:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            with profile(activities=activities) as prof:
+                out["same_calls_alone_eager_profiled"] = timed(lambda: [transcribe(a, h) for a, h in calls])
+            table = prof.key_averages()
+            sort_device = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            Path(profile_to).write_text(
+                table.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=50)
+                + "\n\n" + table.table(sort_by=sort_device, row_limit=30, max_name_column_width=50))
+        engine._graphs = graphed
         for attempt in range(2):
             out[f"same_calls_alone_{attempt}"] = timed(lambda: [transcribe(a, h) for a, h in calls])
             out[f"one_call_{attempt}"] = timed(lambda: transcribe(segments))
