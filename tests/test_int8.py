@@ -233,6 +233,24 @@ def test_row_counts_without_end_do_not_grow_memory_without_end() -> None:
     assert rss_mb() - before < 100  # measured: +18 MB with the ladder, +370 MB without
 
 
+@pytest.mark.parametrize("terms", [1, 2])
+def test_the_feed_forward_block_is_funasrs_on_the_same_int8_layers(terms: int) -> None:
+    """The encoder's FFN on the CPU runs its ReLU in place and tells the second int8 layer that its
+    input is non-negative (no absolute-value pass for the row scales): funasr's own forward on the
+    same layers gives the same values to the bit."""
+    from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
+
+    from asr.engine.attention import _ffn_forward
+
+    torch.manual_seed(0)
+    ffn = PositionwiseFeedForward(64, 256, 0.0).eval()
+    ffn.w_1, ffn.w_2 = Int8Linear(ffn.w_1, terms), Int8Linear(ffn.w_2, terms)
+    x = torch.randn(3, 41, 64)
+    x[0, :5] = 0.0  # rows whose hidden activations are all zero after the ReLU, or nearly
+    with torch.inference_mode():
+        assert torch.equal(_ffn_forward(ffn, x), PositionwiseFeedForward.forward(ffn, x))
+
+
 def test_int8_terms_is_an_engine_setting(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert EngineSettings().int8_terms == 1
     monkeypatch.setenv("ASR_ENGINE__INT8_TERMS", "2")  # as a server's environment gives it: a string

@@ -153,10 +153,13 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
+        """`nonnegative`: the caller guarantees x >= 0 (a ReLU's output), so a row's largest
+        magnitude is its largest value and the pass taking absolute values is skipped."""
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _QMAX
+        peak = rows.amax(dim=1, keepdim=True) if nonnegative else rows.abs().amax(dim=1, keepdim=True)
+        scale = peak.clamp(min=1e-12) / _QMAX
         out = self._int_mm_forward(rows, scale) if self._packed is None else self._packed_forward(rows, scale)
         # One pass with the row scales, one fused multiply-add for the column scales and the bias
         # (separate passes over the [rows, out] result cost more than the int8 product).
