@@ -22,9 +22,10 @@ On AVX-512 CPUs the products run in oneDNN with the weights packed once
 (`torch.ops.onednn.qlinear_pointwise`, the kernel behind torch's x86 inductor quantization): there
 `_int_mm` takes oneDNN's older s8 x s8 GEMM, while the packed u8 x s8 product uses the CPU's AMX
 or VNNI kernels; both give the same exact int32 sums, so the same outputs to the bit. oneDNN keeps
-one primitive per input shape, and a service meets a new row count in nearly every batch (800 row
-counts grew a process by 1.7 GB), so the rows are padded up to a ladder of sizes (`row_rung`:
-at most 1/8 more rows, about 8 sizes per doubling): the shapes, and the memory they hold, stay few.
+one primitive per input shape, and a service meets a new row count in nearly every batch (one
+512 x 2048 layer called with 800 row counts: +370 MB), so the rows are padded up to a ladder of
+sizes (`row_rung`: at most 1/8 more rows, about 8 sizes per doubling): the shapes, and the memory
+they hold, stay few (the same 800 calls: +18 MB).
 """
 
 from __future__ import annotations
