@@ -28,7 +28,7 @@ from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, spl
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
-from asr.engine.int8 import int8_available, int8_fast, quantize_linears
+from asr.engine.int8 import build_row_rungs, int8_available, int8_fast, quantize_linears
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
@@ -251,7 +251,20 @@ class Engine:
         for _ in range(2):  # a batch shape's CUDA graphs are captured on its second request
             self.transcribe(clips)
         self.transcribe(clips[:1], hotwords=["热词"])
+        if self.quantized:
+            self._build_int8_rungs()
         log.info("engine warm-up took %.2f s", time.perf_counter() - start)
+
+    def _build_int8_rungs(self) -> None:
+        """The packed int8 layers' primitives for every row count a batch can have: the padded
+        frames of the batch budget or of one clip of max_clip_s, whichever is more (a decoder's
+        token rows are fewer)."""
+        opts = FrontendOptions.from_conf(self.loaded.frontend_conf)
+        frame_s = opts.frame_shift / 1000 * opts.lfr_n
+        longest_s = max(self.settings.batch_budget_s, self.settings.max_clip_s)
+        built = build_row_rungs(self.model, int(longest_s / frame_s) + opts.lfr_n + 1)
+        release_free_memory()  # the warm-up's temporaries: out of the RSS too
+        log.info("int8: %d packed product shapes built", built)
 
     # ---------------------------------------------------------------- public API
     def transcribe(

@@ -280,6 +280,25 @@ def _int8_measured_faster() -> bool:
     return best(lambda: torch._int_mm(a, w)) < best(lambda: af @ wf)
 
 
+def build_row_rungs(module: nn.Module, max_rows: int) -> int:
+    """Run every packed layer shape under `module` once at each rung up to `max_rows` rows, so
+    oneDNN builds all the primitives its batches can need now, not under traffic: a service's
+    resident memory then stays flat after its start (a rung first met under load grew it: +33 MB
+    in a 200-client test), and no request waits for a primitive. One call per distinct layer
+    shape and rung (oneDNN's cache is keyed by shapes, not by weights): for the full model up to
+    1,024 rows, 7 shapes x 36 rungs, 0.45 s and about 80 MB on 2 cores. Returns the calls made."""
+    shapes: dict[tuple[int, int, int], Int8Linear] = {}
+    for layer in module.modules():
+        if isinstance(layer, Int8Linear) and layer._packed is not None:
+            shapes.setdefault((layer.in_features, layer.out_features, layer.terms), layer)
+    rungs = sorted({row_rung(n) for n in range(1, max_rows + 1)})
+    with torch.inference_mode():
+        for (width, _, _), layer in shapes.items():
+            for rows in rungs:
+                layer(torch.zeros(rows, width))
+    return len(shapes) * len(rungs)
+
+
 def quantize_linears(module: nn.Module, terms: int = 1) -> int:
     """Replace every `nn.Linear` under `module` by an `Int8Linear`; returns how many."""
     count = 0
