@@ -11,7 +11,12 @@ the same batches one after the other twice (the first time captures their graphs
 segments in one call (as the folder row's engine figure is taken), so the engine's time in the
 pipeline can be told from the engine's time on these segments. `--profile-eager=FILE` writes
 torch.profiler's tables of the eager replay there (host and device time by op, and the CUDA
-runtime calls: where a first-seen shape's time goes).
+runtime calls: where a first-seen shape's time goes). `--profile-first=FILE` writes the same
+tables for the pipeline's first engine call (the one that costs several times the others).
+`--warm-batch` runs one batch of random clips of the segments' usual lengths (2-12 s, 600 s in
+all) through the engine before the clock starts: whether the first call's extra cost is one of
+size (allocator, kernel choice for large products), which any large batch pays once, or of its
+exact shapes.
 
 The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
 engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
@@ -25,9 +30,11 @@ last, characters, files decoded in pieces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -75,8 +82,13 @@ def main() -> None:
     calls: list[tuple[list, object]] = []
     transcribe = engine.transcribe
 
+    profile_first = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--profile-first=")), None)
+
     def recorded_transcribe(audios, hotwords=None, **k):  # type: ignore[no-untyped-def]
         calls.append((list(audios), hotwords))
+        if profile_first and len(calls) == 1 and t0[0]:
+            with _profiled(profile_first):
+                return transcribe(audios, hotwords, **k)
         return transcribe(audios, hotwords, **k)
 
     engine.transcribe = recorded_transcribe  # type: ignore[method-assign]
@@ -90,6 +102,19 @@ def main() -> None:
         await pipeline.start()
         try:
             await pipeline.transcribe(work / "ten_seconds.mp3", Options(vad=True), background=True)  # warm
+            if "--warm-batch" in sys.argv:
+                import numpy as np
+
+                rng = np.random.default_rng(1)
+                clips, total = [], 0.0
+                while total < 600:
+                    seconds = float(rng.uniform(2, 12))
+                    clips.append(rng.normal(0, 0.05, int(seconds * 16000)).astype(np.float32))
+                    total += seconds
+                started = time.perf_counter()
+                await asyncio.to_thread(transcribe, clips)
+                warm_s = round(time.perf_counter() - started, 3)
+                print(json.dumps({"warm_batch_clips": len(clips), "warm_batch_s": warm_s}), flush=True)
             marks.clear()
             batches.clear()
             files = sorted((work / "long").glob("*.mp3"))[:n]
@@ -131,21 +156,29 @@ def main() -> None:
         out["same_calls_alone_eager"] = timed(lambda: [transcribe(a, h) for a, h in calls])
         profile_to = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--profile-eager=")), None)
         if profile_to:
-            from torch.profiler import ProfilerActivity, profile
-
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-            with profile(activities=activities) as prof:
+            with _profiled(profile_to):
                 out["same_calls_alone_eager_profiled"] = timed(lambda: [transcribe(a, h) for a, h in calls])
-            table = prof.key_averages()
-            sort_device = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-            Path(profile_to).write_text(
-                table.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=50)
-                + "\n\n" + table.table(sort_by=sort_device, row_limit=30, max_name_column_width=50))
         engine._graphs = graphed
         for attempt in range(2):
             out[f"same_calls_alone_{attempt}"] = timed(lambda: [transcribe(a, h) for a, h in calls])
             out[f"one_call_{attempt}"] = timed(lambda: transcribe(segments))
         print(json.dumps(out), flush=True)
+
+
+@contextlib.contextmanager
+def _profiled(path: str) -> Iterator[None]:
+    """torch.profiler around the block; its tables by host time and by device time go to `path`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        yield
+    table = prof.key_averages()
+    sort_device = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    Path(path).write_text(
+        table.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=50)
+        + "\n\n" + table.table(sort_by=sort_device, row_limit=30, max_name_column_width=50))
 
 
 if __name__ == "__main__":  # decoding processes are spawned: they import this module
