@@ -13,10 +13,9 @@ pipeline can be told from the engine's time on these segments. `--profile-eager=
 torch.profiler's tables of the eager replay there (host and device time by op, and the CUDA
 runtime calls: where a first-seen shape's time goes). `--profile-first=FILE` writes the same
 tables for the pipeline's first engine call (the one that costs several times the others).
-`--warm-batch` runs one batch of random clips of the segments' usual lengths (2-12 s, 600 s in
-all) through the engine before the clock starts: whether the first call's extra cost is one of
-size (allocator, kernel choice for large products), which any large batch pays once, or of its
-exact shapes.
+`--passes=N` transcribes the files N times with the same engine (graphs captured in one pass
+replay in the next), `--buckets=FRAMES,TOKENS` sets the CUDA graphs' padding steps (asr.engine.
+graphs.FRAME_BUCKET and TOKEN_BUCKET) for the run: coarser steps, fewer distinct batch shapes.
 
 The inputs and the full-size random punctuation model are long_files.py's, under /tmp/e2e. The
 engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
@@ -50,6 +49,12 @@ def main() -> None:
     n = int(args[0]) if args else 1
     own_process = "--engine-process" in sys.argv
     replay = "--replay" in sys.argv and not own_process
+    passes = int(_option("--passes", "1"))
+    buckets = _option("--buckets", "")
+    if buckets:
+        from asr.engine import graphs as G
+
+        G.FRAME_BUCKET, G.TOKEN_BUCKET = (int(x) for x in buckets.split(","))
     work = Path("/tmp/e2e")
     settings = load_settings(resolve_config("h100"), engine={"model": "models/full", "warmup": False},
                              longform={"punc_model": str(work / "punc"), "punc_device": "auto"})
@@ -82,7 +87,7 @@ def main() -> None:
     calls: list[tuple[list, object]] = []
     transcribe = engine.transcribe
 
-    profile_first = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--profile-first=")), None)
+    profile_first = _option("--profile-first", "")
 
     def recorded_transcribe(audios, hotwords=None, **k):  # type: ignore[no-untyped-def]
         calls.append((list(audios), hotwords))
@@ -102,34 +107,24 @@ def main() -> None:
         await pipeline.start()
         try:
             await pipeline.transcribe(work / "ten_seconds.mp3", Options(vad=True), background=True)  # warm
-            if "--warm-batch" in sys.argv:
-                import numpy as np
-
-                rng = np.random.default_rng(1)
-                clips, total = [], 0.0
-                while total < 600:
-                    seconds = float(rng.uniform(2, 12))
-                    clips.append(rng.normal(0, 0.05, int(seconds * 16000)).astype(np.float32))
-                    total += seconds
-                started = time.perf_counter()
-                await asyncio.to_thread(transcribe, clips)
-                warm_s = round(time.perf_counter() - started, 3)
-                print(json.dumps({"warm_batch_clips": len(clips), "warm_batch_s": warm_s}), flush=True)
-            marks.clear()
-            batches.clear()
-            files = sorted((work / "long").glob("*.mp3"))[:n]
-            calls.clear()
-            t0[0] = time.perf_counter()
-            results = await asyncio.gather(*(pipeline.transcribe(f, Options(), background=True) for f in files))
-            wall = time.perf_counter() - t0[0]
+            for _ in range(passes):
+                marks.clear()
+                batches.clear()
+                files = sorted((work / "long").glob("*.mp3"))[:n]
+                calls.clear()
+                t0[0] = time.perf_counter()
+                results = await asyncio.gather(*(pipeline.transcribe(f, Options(), background=True) for f in files))
+                wall = time.perf_counter() - t0[0]
+                graphs = getattr(engine, "_graphs", None)
+                print(json.dumps({
+                    "files": n, "wall": round(wall, 3), "audio": sum(r.duration_ms for r in results) / 1000,
+                    "marks": marks, "batches": len(batches), "engine_s": round(sum(b[2] for b in batches), 3),
+                    "first_batches": batches[:3], "last_batches": batches[-3:],
+                    "chars": sum(len(r.text) for r in results), "in_pieces": pipeline.decoded_in_pieces,
+                    "captures": None if graphs is None else graphs.encoders.captures + graphs.decoders.captures,
+                }), flush=True)  # fmt: skip
         finally:
             await pipeline.stop()
-        print(json.dumps({
-            "files": n, "wall": round(wall, 3), "audio": sum(r.duration_ms for r in results) / 1000,
-            "marks": marks, "batches": len(batches), "engine_s": round(sum(b[2] for b in batches), 3),
-            "first_batches": batches[:3], "last_batches": batches[-3:],
-            "chars": sum(len(r.text) for r in results), "in_pieces": pipeline.decoded_in_pieces,
-        }), flush=True)  # fmt: skip
 
     asyncio.run(run())
     if own_process:
@@ -154,7 +149,7 @@ def main() -> None:
                                              for q in (0.1, 0.5, 0.9, 1)]}
         graphed, engine._graphs = engine._graphs, None  # eager: as a shape's first batch runs
         out["same_calls_alone_eager"] = timed(lambda: [transcribe(a, h) for a, h in calls])
-        profile_to = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--profile-eager=")), None)
+        profile_to = _option("--profile-eager", "")
         if profile_to:
             with _profiled(profile_to):
                 out["same_calls_alone_eager_profiled"] = timed(lambda: [transcribe(a, h) for a, h in calls])
@@ -163,6 +158,10 @@ def main() -> None:
             out[f"same_calls_alone_{attempt}"] = timed(lambda: [transcribe(a, h) for a, h in calls])
             out[f"one_call_{attempt}"] = timed(lambda: transcribe(segments))
         print(json.dumps(out), flush=True)
+
+
+def _option(name: str, default: str) -> str:
+    return next((a.split("=", 1)[1] for a in sys.argv if a.startswith(name + "=")), default)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,8 @@
 # long10 (the ten files in one pipeline), long1-replay (the engine in the pipeline's process, its
 # calls replayed alone after: eagerly, then graphed; torch.profiler's tables of the eager replay in
 # $OUT/long1-eager-profile.txt), long1-first (the engine in the pipeline's process, its first call
-# profiled: $OUT/long1-first-profile.txt), long1-warm (the same after one large batch of random clips),
+# profiled: $OUT/long1-first-profile.txt), timeline:FILES:PASSES[:FRAMES,TOKENS] (FILES
+# long files PASSES times through one pipeline, the engine in the pipeline's process; the graphs' padding steps),
 # long10-workers:N (the ten through N file workers, the
 # CLI's loop), profile.
 # Inputs (300 mp3 clips, ten 60-min mp3) made once under /tmp/e2e; the engine in a process of its
@@ -45,7 +46,9 @@ for step in "${STEPS[@]}"; do
     long10) $PY benchmarks/long_timeline.py 10 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
     long1-first) $PY benchmarks/long_timeline.py 1 --profile-first="$OUT/long1-first-profile.txt" \
       | tee -a "$OUT/e2e.jsonl" ;;
-    long1-warm) $PY benchmarks/long_timeline.py 1 --warm-batch | tee -a "$OUT/e2e.jsonl" ;;
+    timeline:*) IFS=: read -r _ files passes buckets <<< "$step"
+      $PY benchmarks/long_timeline.py "$files" --passes="$passes" ${buckets:+--buckets="$buckets"} \
+      | tee -a "$OUT/e2e.jsonl" ;;
     long1-replay) $PY benchmarks/long_timeline.py 1 --replay --profile-eager="$OUT/long1-eager-profile.txt" \
       | tee -a "$OUT/e2e.jsonl" ;;
     profile)
