@@ -116,6 +116,45 @@ def test_full_queue_raises_queue_full_error() -> None:
     asyncio.run(main())
 
 
+def test_background_work_leaves_half_the_queue_to_interactive_requests() -> None:
+    """A long recording's segments (background, waiting for room) take at most half the queue's
+    places; an interactive request behind them is queued, not refused as busy."""
+    gate = threading.Event()
+    fake = RecordingTranscribe(gate=gate)
+
+    async def main() -> None:
+        sched = await _with_scheduler(fake, SchedulerOptions(max_batch_size=1, max_wait_ms=0, max_queue=4))
+        try:
+            first = asyncio.create_task(sched.submit(clip(0)))
+            await asyncio.sleep(0.05)  # the consumer took it and is stuck at the gate
+            background = [asyncio.create_task(sched.submit(clip(i), block=True)) for i in range(1, 6)]
+            await asyncio.sleep(0.01)
+            assert sched.queue_depth == 2  # three background requests wait outside the queue
+            interactive = [asyncio.create_task(sched.submit(clip(i))) for i in (6, 7)]
+            await asyncio.sleep(0.01)
+            assert sched.queue_depth == 4
+            with pytest.raises(QueueFullError):  # the queue itself is still bounded
+                await sched.submit(clip(8))
+            gate.set()
+            results = await asyncio.gather(first, *background, *interactive)
+            assert [r[0] for r in results] == [0, 1, 2, 3, 4, 5, 6, 7]
+            assert sched.queue_depth == 0
+            # Every background place came back: the next two go straight into the queue.
+            gate.clear()
+            stuck = asyncio.create_task(sched.submit(clip(9)))
+            await asyncio.sleep(0.05)
+            more = [asyncio.create_task(sched.submit(clip(i), block=True)) for i in (10, 11)]
+            await asyncio.sleep(0.01)
+            assert sched.queue_depth == 2
+            gate.set()
+            assert [r[0] for r in await asyncio.gather(stuck, *more)] == [9, 10, 11]
+        finally:
+            gate.set()
+            await sched.stop()
+
+    asyncio.run(main())
+
+
 def test_one_failing_item_does_not_fail_its_batch() -> None:
     fake = RecordingTranscribe()
 

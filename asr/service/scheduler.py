@@ -11,6 +11,11 @@ fill up by themselves and at low load a request waits no longer than the short w
 
 The GPU is therefore used by exactly one thread, the web layer never holds it, and nobody
 sleep-polls: the consumer blocks on the queue and callers await their futures.
+
+Background callers (batch jobs, the command line: they wait for room instead of getting 503) may
+fill at most half of the queue. A long recording puts its speech segments in by the hundred; if
+they could take every place, an interactive request arriving behind them would be refused as
+"busy" although the work ahead of it is nobody's waiting.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class _Request(Generic[R]):
     future: asyncio.Future[R]
     priority: int = NORMAL
     enqueued_at: float = field(default_factory=time.perf_counter)
+    background: bool = False  # holds one of the queue's places for background work
 
 
 _Entry = tuple[int, int, "_Request[Any]"]  # (priority, arrival number, request)
@@ -105,6 +111,7 @@ class Scheduler(Generic[R]):
         self._sample_rate = sample_rate
         self._on_batch = on_batch
         self._queue: asyncio.PriorityQueue[_Entry] | None = None
+        self._background_room: asyncio.Semaphore | None = None
         self._arrivals = itertools.count()
         self._consumer: asyncio.Task[None] | None = None
         # One worker thread: the engine is thread-safe, but the device is served by one
@@ -136,6 +143,7 @@ class Scheduler(Generic[R]):
         if self.running:
             return
         self._queue = asyncio.PriorityQueue(maxsize=self.options.max_queue)
+        self._background_room = asyncio.Semaphore(max(1, self.options.max_queue // 2))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr-engine")
         self._consumer = asyncio.create_task(self._consume(), name="asr-scheduler")
 
@@ -161,16 +169,21 @@ class Scheduler(Generic[R]):
         """Queue one clip and wait for its result.
 
         ``block=False`` (interactive requests) raises QueueFullError at once when the queue is
-        full; ``block=True`` (background jobs) waits for room instead. ``priority``: URGENT,
-        NORMAL or OPTIONAL (see the module's docstring).
+        full; ``block=True`` (background jobs) waits for room instead, in at most half of the
+        queue. ``priority``: URGENT, NORMAL or OPTIONAL (see the module's docstring).
         """
-        if self._queue is None or not self.running:
+        if self._queue is None or self._background_room is None or not self.running:
             raise RuntimeError("Scheduler.submit() called before start().")
         loop = asyncio.get_running_loop()
-        req: _Request[R] = _Request(audio, tuple(hotwords), loop.create_future(), priority)
+        req: _Request[R] = _Request(audio, tuple(hotwords), loop.create_future(), priority, background=block)
         entry = (priority, next(self._arrivals), req)
         if block:
-            await self._queue.put(entry)
+            await self._background_room.acquire()
+            try:
+                await self._queue.put(entry)
+            except BaseException:
+                self._background_room.release()
+                raise
         else:
             try:
                 self._queue.put_nowait(entry)
@@ -195,14 +208,21 @@ class Scheduler(Generic[R]):
             )
         return await self.submit(audio, hotwords, priority=OPTIONAL)
 
+    def _taken(self, entry: _Entry) -> _Request[R]:
+        """A request off the queue: its background place is free again."""
+        req = entry[2]
+        if req.background and self._background_room is not None:
+            self._background_room.release()
+        return req
+
     async def _collect(self) -> list[_Request[R]]:
         assert self._queue is not None
-        batch = [(await self._queue.get())[2]]
+        batch = [self._taken(await self._queue.get())]
         deadline = time.perf_counter() + self.options.max_wait_ms / 1000.0
         while len(batch) < self.options.max_batch_size:
             # Whatever is already waiting joins without delay; then wait out the window.
             try:
-                batch.append(self._queue.get_nowait()[2])
+                batch.append(self._taken(self._queue.get_nowait()))
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -210,7 +230,7 @@ class Scheduler(Generic[R]):
             if remaining <= 0:
                 break
             try:
-                batch.append((await asyncio.wait_for(self._queue.get(), remaining))[2])
+                batch.append(self._taken(await asyncio.wait_for(self._queue.get(), remaining)))
             except TimeoutError:
                 break
         # Callers that went away (client disconnected) are not worth GPU time.
