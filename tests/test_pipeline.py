@@ -207,6 +207,39 @@ def test_on_segment_hands_each_segment_on_in_order_as_a_result_of_its_own():
     assert streamed.text == plain.text and streamed.segments == plain.segments
 
 
+def test_an_accepted_recording_is_not_refused_halfway_by_a_full_queue():
+    """An interactive long recording whose first segment was queued waits for room for the
+    rest: the queue (one place here) fills with its own segments while a slow engine works, and
+    the request is not failed as busy after part of it was recognised."""
+    require_espeak()
+    rec = recording(SENTENCES[:6], [1.5, 1.0], noise=0.002)
+
+    class SlowEngine(_MarkerEngine):
+        def transcribe(self, audios, hotwords):
+            import time
+
+            time.sleep(0.05)
+            return super().transcribe(audios, hotwords)
+
+    engine = SlowEngine()
+    settings = load_settings(None, engine={"device": "cpu", "max_batch_size": 1}, server={"batch_wait_ms": 0},
+                             limits={"max_queue": 1}, longform={"punc_model": None, "min_segment_s": 0,
+                                                                "merge_gap_s": 0})
+
+    async def run():
+        from asr.pipeline.pipeline import Pipeline
+
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            return await pipeline.transcribe(_wav(rec.audio), Options(vad=True, punctuation=False))
+        finally:
+            await pipeline.stop()
+
+    result = asyncio.run(run())
+    assert len(result.segments) == len(rec.spans) == len(engine.calls) == 6
+
+
 def test_audio_budget_waits_first_come_first_served_and_refuses_after_its_timeout() -> None:
     from asr.errors import BusyError
     from asr.pipeline.pipeline import AudioBudget

@@ -668,9 +668,9 @@ class Pipeline:
         tasks: list[asyncio.Task[_Part]] = []
         in_order: asyncio.Queue[asyncio.Task[_Part] | None] = asyncio.Queue()
 
-        async def part(channel: int, chunk: SpeechChunk, taken: int) -> _Part:
+        async def part(channel: int, chunk: SpeechChunk, taken: int, wait: bool) -> _Part:
             try:
-                return await self._part(chunk, options, background, channel)
+                return await self._part(chunk, options, wait, channel)
             finally:
                 window.release(taken)
 
@@ -686,7 +686,10 @@ class Pipeline:
                     break
                 channel, chunk = item
                 taken = await window.acquire(chunk.audio.nbytes)
-                tasks.append(asyncio.create_task(part(channel, chunk, taken)))
+                # Only the first segment of an interactive request may be refused by a full
+                # queue (503 before any work); once accepted, the rest waits for room like
+                # background work, so recognised segments are never thrown away.
+                tasks.append(asyncio.create_task(part(channel, chunk, taken, background or bool(tasks))))
                 in_order.put_nowait(tasks[-1])
                 for task in tasks:
                     if task.done() and task.exception() is not None:
