@@ -96,6 +96,31 @@ def _settings(**limits: Any) -> Any:
 SPLIT = Options(vad=False, channels="split", channel_names=("坐席", "客户"))
 
 
+def test_an_interactive_call_is_not_refused_after_its_first_channel_was_queued() -> None:
+    """Both channels of a short call are queued together: with one place in the queue, the
+    second waits for it instead of failing the request after the first was accepted."""
+    import asyncio
+
+    from asr.pipeline.pipeline import Pipeline
+
+    data = call(SR, 5.0, [(0, 0.5, 2.0), (1, 2.5, 4.5)])
+    settings = load_settings(None, engine={"device": "cpu", "max_batch_size": 1}, server={"batch_wait_ms": 0},
+                             longform={"punc_model": None}, limits={"max_queue": 1}, pipeline={"itn": False})
+    engine = ToneEngine()
+
+    async def run() -> Any:
+        pipeline = Pipeline(settings, engine)
+        await pipeline.start()
+        try:
+            return await pipeline.transcribe(data, SPLIT)
+        finally:
+            await pipeline.stop()
+
+    result = asyncio.run(run())
+    assert engine.batches == [1, 1]
+    assert [(s.speaker, s.text) for s in result.sentences] == [("坐席", LINES[500]), ("客户", LINES[1500])]
+
+
 @pytest.mark.parametrize("rate", [16000, 8000], ids=["16k", "8k-telephone"])
 def test_each_channel_is_recognised_on_its_own_and_labelled(rate: int) -> None:
     # The customer speaks first (channel 1 at 0.5 s), the agent answers (channel 0 at 2.5 s).

@@ -408,7 +408,17 @@ class Pipeline:
                 source = await self._decode_elsewhere(source, self._first_seconds(options))
             src, use_vad, whole = await self._run(self._open, source, options)
             if whole is not None:
-                parts = list(await asyncio.gather(*(self._part(chunk, options, background, c) for c, chunk in whole)))
+                # The first channel's clip may be refused by a full queue; the others then wait
+                # (as a stream's later segments do), so an accepted call is not failed halfway.
+                clips = [asyncio.ensure_future(self._part(chunk, options, background or k > 0, c))
+                         for k, (c, chunk) in enumerate(whole)]
+                try:
+                    parts = list(await asyncio.gather(*clips))
+                except BaseException:
+                    for clip in clips:  # a refused first channel: the others are not worth the GPU
+                        clip.cancel()
+                    await asyncio.gather(*clips, return_exceptions=True)
+                    raise
                 if on_segment is not None:
                     for part in parts:
                         await on_segment(await self.segment_result(part, options, use_vad, t0))
