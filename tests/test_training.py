@@ -244,6 +244,42 @@ def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
     assert torch.allclose(out["frame"], nll[valid].mean(), atol=1e-5)
 
 
+def test_tone_frames_teach_each_frame_its_reading(dry_model) -> None:
+    """The tonal-syllable classifier (--tone-frames): homophones share a class, tones do not;
+    each valid frame is taught the class of the character sounding there, silence elsewhere."""
+    import train_asr
+
+    model, tokens = dry_model
+    model.eval()
+    readings = {"他": "tha55", "她": "tha55", "塔": "tha214"}
+    fake = train_asr.tone_classes(["a", "他", "她", "塔", "<unk>"], lambda c: readings[c])
+    assert fake[0].tolist() == [1, 2, 2, 3, 1] and fake[1] == 4
+    classes, n = train_asr.tone_classes(tokens, lambda c: "x" + c)  # every character its own reading
+    tones = train_asr.ToneFrames(classes, n, model.encoder.output_size())
+    feats, feat_lens, ys, lens = _batch(len(tokens), seed=3)
+    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
+                              [None] * len(lens), [])
+    hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
+                                    random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
+    frames = feats.shape[1]
+    zeros = torch.zeros(len(lens), frames)
+    sounding = torch.full((len(lens), frames), -1)
+    sounding[1, 5:12] = 2  # utterance 1's third character sounds in frames 5-11
+    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, (zeros, zeros.repeat(1, 3), sounding), tones)
+    enc, enc_lens = model.encode(feats, feat_lens)
+    logp = tones.out(enc).log_softmax(-1)
+    expected = torch.zeros(len(lens), frames, dtype=torch.long)
+    expected[1, 5:12] = classes[ys[1, 2]]
+    valid = torch.arange(frames)[None] < enc_lens[:, None]
+    nll = -logp.gather(-1, expected[..., None])[..., 0]
+    assert torch.allclose(out["tone_frame"], nll[valid].mean(), atol=1e-5)
+    assert int(expected[1, 5]) >= 2  # a Chinese character's reading, not silence or "no reading"
+    out["tone_frame"].backward()  # the encoder learns from it, not only the classifier
+    assert tones.out.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    model.zero_grad(set_to_none=True)  # the model is the module's: leave it as it was
+
+
 def test_error_kinds_class_each_substitution_by_reading() -> None:
     import evaluate
 

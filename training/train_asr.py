@@ -24,6 +24,11 @@ Two changes for speed and one addition, all because the data is synthetic with k
   for the whole run (~150 per utterance, flat from step 50) while dominating the clipped gradient;
   its tone errors (a fifth of all characters) said the encoder had not learnt to hear the sounds.
 
+Optionally (`--tone-frames`) a second frame classifier, dropped at export too, teaches every
+frame the tonal syllable sounding there (espeak-ng's reading of the character, tone included):
+wrong tones are half of the demonstration model's errors (docs/demo-model.md), and the character
+target is ambiguous between homophones, while the reading is not.
+
 Respelled spans (see corpus.py): the decoder is taught the common spelling (what the sound
 means without context), the bias head the respelling when it is in the hotword list.
 """
@@ -353,9 +358,33 @@ def glancing_sampler(model: Any, enc: torch.Tensor, enc_lens: torch.Tensor, ys: 
     return mixed * valid[..., None]
 
 
+class ToneFrames(torch.nn.Module):
+    """The tonal-syllable frame classifier (`--tone-frames`; training only, not exported).
+    `token_classes[token id]` is its reading's class: 0 is silence, 1 a token without a Chinese
+    reading, 2.. one per distinct reading (`tone_classes`)."""
+
+    def __init__(self, token_classes: torch.Tensor, n_classes: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("token_classes", token_classes)
+        self.out = torch.nn.Linear(dim, n_classes)
+
+
+def tone_classes(tokens: list[str], reading: Any) -> tuple[torch.Tensor, int]:
+    """Each token's reading class (see ToneFrames) and the number of classes; `reading(char)`
+    gives espeak-ng's phonemes with tone digits, so homophones share a class and tones do not."""
+    from espeak import is_cjk
+
+    classes = torch.ones(len(tokens), dtype=torch.long)
+    ids: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        if len(token) == 1 and is_cjk(token):
+            classes[i] = ids.setdefault(reading(token), 2 + len(ids))
+    return classes, 2 + len(ids)
+
+
 def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.Tensor, ys_dec: torch.Tensor,
            ys_lens: torch.Tensor, hot: Hotwords,
-           align: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+           align: tuple[torch.Tensor, torch.Tensor] | None, tones: ToneFrames | None = None) -> dict[str, torch.Tensor]:
     from funasr.models.transformer.utils.nets_utils import make_pad_mask
 
     enc, enc_lens = model.encode(feats, feat_lens)
@@ -387,14 +416,18 @@ def losses(model: Any, feats: torch.Tensor, feat_lens: torch.Tensor, ys: torch.T
         acc = ((dec_out.argmax(-1) == ys_dec_eos) & valid1).sum() / valid1.sum()
     if align is not None:
         cif_target, ts_target, frame_chars = align
+        idx = frame_chars[:, : enc.shape[1]]
+        sounding = torch.gather(ys_dec.clamp(min=0), 1, idx.clamp(min=0))
         if model.ctc is not None:
             # The frame classifier: the character sounding in each frame (its common spelling,
             # what the sound means without context), the blank id in silence.
-            idx = frame_chars[:, : enc.shape[1]]
-            labels = torch.gather(ys_dec.clamp(min=0), 1, idx.clamp(min=0)).masked_fill(idx < 0, model.blank_id)
-            labels = labels.masked_fill(~frames_valid, -100)
+            labels = sounding.masked_fill(idx < 0, model.blank_id).masked_fill(~frames_valid, -100)
             logits = model.ctc.ctc_lo(enc).float()
             out["frame"] = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)
+        if tones is not None:
+            labels = tones.token_classes[sounding].masked_fill(idx < 0, 0).masked_fill(~frames_valid, -100)
+            logits = tones.out(enc).float()
+            out["tone_frame"] = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100)
         cum = alphas.float().cumsum(1)
         out["align_cif"] = ((cum - cif_target).abs() * frames_valid).sum() / frames_valid.sum()
         valid_us = frames_valid.repeat_interleave(3, dim=1)
@@ -437,8 +470,8 @@ def seaco_labels(hot: Hotwords, length: int) -> torch.Tensor:
 CTC_WEIGHT = 0.3  # builds funasr's CTC branch, whose output layer is the frame classifier
 # The decoder's loss is per token and the frame classifier's per frame (both means), so neither
 # outweighs the other by the utterance's length.
-LOSS_WEIGHTS = {"att": 1.0, "frame": 0.5, "pre": 1.0, "pre2": 1.0, "align_cif": 0.5, "align_ts": 0.5,
-                "seaco": 1.0}
+LOSS_WEIGHTS = {"att": 1.0, "frame": 0.5, "tone_frame": 0.5, "pre": 1.0, "pre2": 1.0, "align_cif": 0.5,
+                "align_ts": 0.5, "seaco": 1.0}
 
 
 def total_loss(parts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -555,6 +588,7 @@ class TrainOptions:
     augment: bool = True  # reverb, noise, volume (off only to debug: a model then overfits quickly)
     finish_by: float | None = None  # Unix time training must end by (the GPU run's wall budget)
     init: Path | None = None  # an exported model directory to continue from (`load_init`)
+    tone_frames: bool = False  # the tonal-syllable frame classifier (`ToneFrames`)
 
 
 def lr_at(progress: float, opts: TrainOptions) -> float:
@@ -600,8 +634,17 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         cmvn = compute_cmvn(store, conf, device, n=2000 if device.type == "cuda" else 200, seed=opts.seed)
     fe = frontend(conf, cmvn, device)
 
+    tones = None
+    if opts.tone_frames:
+        from espeak import shared
+
+        token_classes, n_classes = tone_classes(tokens, shared().phonemes)
+        tones = ToneFrames(token_classes, n_classes, model.encoder.output_size()).to(device)
+        log["tone_classes"] = n_classes
+        print(f"tone frames: {n_classes} reading classes", flush=True)
+    trained = [*model.named_parameters(), *(tones.named_parameters(prefix="tones") if tones is not None else [])]
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in trained:
         (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                               lr=opts.lr, betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda")
@@ -651,7 +694,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             optim.zero_grad(set_to_none=True)
             try:
                 with autocast:
-                    parts = losses(model, feats, feat_lens, ys, ys_dec, ys_lens, hot, align)
+                    parts = losses(model, feats, feat_lens, ys, ys_dec, ys_lens, hot, align, tones)
                     loss = total_loss(parts)
                 loss.backward()
             except torch.OutOfMemoryError:
@@ -663,7 +706,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 if log["skipped_oom"] > 20:
                     raise
                 continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for _, p in trained], 5.0)
             optim.step()
             step += 1
             # Summed on the device: reading a value each step would stall the queue of GPU work.
@@ -704,13 +747,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bf16", action="store_true")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--finish-by", type=float, help="Unix time by which training must end")
+    p.add_argument("--tone-frames", action="store_true",
+                   help="also teach every encoder frame the tonal syllable sounding there (training only)")
     p.add_argument("--init", type=Path, help="an exported model directory to continue training from "
                    "(same --size and vocabulary; e.g. tests/assets/demo-model/asr)")
     a = p.parse_args(argv)
     opts = TrainOptions(corpus=a.corpus, out=a.out, size=a.size, device=a.device, train_seconds=a.train_seconds,
                         max_steps=a.max_steps, batch_audio_s=a.batch_audio_s, lr=a.lr, limit=a.limit,
                         workers=a.workers, seed=a.seed, bf16=not a.no_bf16, log_every=a.log_every,
-                        finish_by=a.finish_by, init=a.init)
+                        finish_by=a.finish_by, init=a.init, tone_frames=a.tone_frames)
     log = train(opts)
     if a.log:
         a.log.write_text(json.dumps(log, indent=1, ensure_ascii=False), "utf-8")
