@@ -138,6 +138,16 @@ def _batch(vocab: int, b: int = 4, seed: int = 0):
     return feats, feat_lens, ys, lens
 
 
+def _shared_hotwords(model, tokens, ys, lens):
+    """One hotword list for the whole batch, drawn from its transcripts (no respelled spans)."""
+    import train_asr
+
+    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
+                              [None] * len(lens), [])
+    return train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
+                                     random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
+
+
 def test_glancing_sampler_glances_at_the_wrong_share(dry_model) -> None:
     import train_asr
 
@@ -226,10 +236,7 @@ def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
     model = train_asr.build_model(conf, len(tokens))
     model.eval()
     feats, feat_lens, ys, lens = _batch(len(tokens), seed=2)
-    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
-                              [None] * len(lens), [])
-    hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
-                                    random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
+    hot = _shared_hotwords(model, tokens, ys, lens)
     frames = feats.shape[1]
     zeros = torch.zeros(len(lens), frames)
     chars = torch.full((len(lens), frames), -1)
@@ -257,10 +264,7 @@ def test_tone_frames_teach_each_frame_its_reading(dry_model) -> None:
     classes, n = train_asr.tone_classes(tokens, lambda c: "x" + c)  # every character its own reading
     tones = train_asr.ToneFrames(classes, n, model.encoder.output_size())
     feats, feat_lens, ys, lens = _batch(len(tokens), seed=3)
-    corpus = train_asr.Corpus(tokens, [ys[i, : lens[i]].numpy() for i in range(len(lens))], [],
-                              [None] * len(lens), [])
-    hot = train_asr.sample_hotwords(corpus, list(range(len(lens))), int(model.NO_BIAS), int(model.sos),
-                                    random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
+    hot = _shared_hotwords(model, tokens, ys, lens)
     frames = feats.shape[1]
     zeros = torch.zeros(len(lens), frames)
     sounding = torch.full((len(lens), frames), -1)
