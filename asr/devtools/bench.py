@@ -223,7 +223,7 @@ DEFAULT_VARIANTS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.peer_child or args.peers:
+    if args.peer_child or args.peers is not None:
         from asr.devtools import bench_peers
 
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -287,9 +287,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", help="write the JSON result here")
     p.add_argument("--profile-dir", help="write a torch.profiler table per engine variant here")
     # The CPU comparison with the peer runtimes (asr/devtools/bench_peers.py).
-    p.add_argument("--peers", nargs="+", choices=["sherpa-onnx"],
+    p.add_argument("--peers", nargs="*", choices=["sherpa-onnx"],
                    help="CPU comparison, one child process per path: funasr, the engine variants (default "
-                   "fp32 and int8) and these runtimes on the same weights (exported with export-onnx)")
+                   "fp32 and int8) and these runtimes on the same weights (exported with export-onnx); "
+                   "none named: funasr and the engine only (a machine without the peers' wheels)")
     p.add_argument("--threads", type=int, help="with --peers: threads for every path (default: the CPU affinity count)")
     p.add_argument("--onnx-dir", help="with --peers: the export-onnx output (written there if missing; "
                    "default bench-out/onnx-<model dir name>)")
