@@ -268,6 +268,20 @@ def _attend(
     return out.transpose(1, 2).reshape(batch, t_q, heads * dim)
 
 
+# The bf16 per-clip attention's keys and query rows are padded to a multiple of this (see
+# `_rowwise_attend`); coarser steps mean fewer shapes for oneDNN to keep, finer ones less padding.
+ROWWISE_STEP = 32
+
+
+def _steps(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x[:, :n] ([H, T, D]) widened to the next multiple of ROWWISE_STEP: a view where the batch
+    is that wide, zero-padded otherwise."""
+    width = -(-n // ROWWISE_STEP) * ROWWISE_STEP
+    if width <= x.size(1):
+        return x[:, :width]
+    return F.pad(x, (0, 0, 0, width - x.size(1)))
+
+
 def _rowwise_attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_lens: torch.Tensor | None, scale: float,
     self_attention: bool, bf16: bool = False,
@@ -279,7 +293,14 @@ def _rowwise_attend(
     on the CPU 4.6% of 10-16 s clips of the random tiny model changed tokens when batched.
 
     `bf16`: the two products take bf16 inputs (fp32 accumulation; the softmax stays fp32), as
-    the GPU's attention does; for the int8 path on CPUs with native bf16 (`cpu_bf16_native`)."""
+    the GPU's attention does; for the int8 path on CPUs with native bf16 (`cpu_bf16_native`).
+    There a clip's keys and query rows are also rounded up to `ROWWISE_STEP` (the keys past its
+    own masked out of the softmax): oneDNN keeps a compiled product per shape, and one per clip
+    length let a long recording's process grow by hundreds of MB (BENCHMARKS.md, 2026-12-04).
+    The masked keys add exact zeros, but oneDNN may block the longer sums differently, so a last
+    bit can differ from the unpadded products (one character of an hour of the demonstration
+    model changed; its int8 CER and agreement with fp32 did not). The rounding depends on the
+    clip's own length only, so a clip's result never depends on its companions."""
     batch, heads, t_q, dim = q.shape
     lens = [k.size(2)] * batch if key_lens is None else key_lens.tolist()
     out = q.new_empty(batch, t_q, heads, dim)
@@ -294,6 +315,14 @@ def _rowwise_attend(
         rows = min(n, t_q) if self_attention else t_q
         if n == 0:
             rows = 0  # no keys: zeros, as funasr's masking gives
+        elif bf16:
+            keys, values = _steps(k[b], n), _steps(v[b], n)
+            scores = torch.matmul(_steps(q[b], rows), keys.transpose(-2, -1))
+            if keys.size(1) > n:
+                scores[..., n:] = float("-inf")  # exactly zero weight: the sums over keys are its own
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            attended = torch.matmul(weights, values)[:, :rows]
+            out[b, :rows].copy_(attended.transpose(0, 1))
         else:
             scores = torch.matmul(q[b, :, :rows], k[b, :, :n].transpose(-2, -1))
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
