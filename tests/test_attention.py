@@ -507,3 +507,25 @@ def test_rowwise_bf16_products_take_few_shapes_and_ignore_keys_past_a_clip(monke
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
             want = real_matmul(weights, v[b, :, :n].to(torch.bfloat16)).transpose(0, 1).reshape(rows, 64).float()
             torch.testing.assert_close(got[b, :rows], want, atol=1e-2, rtol=1e-2)
+
+
+def test_cpu_fsmn_convolves_few_widths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's FSMN convolution runs over `step_rung` frames (zeros past the clip's), so nearby
+    lengths share one oneDNN convolution; each output stays funasr's (the test above)."""
+    from asr.engine import attention
+    from asr.engine.attention import _fsmn_channels_last, step_rung
+
+    module = MultiHeadedAttentionSANM(HEADS, 48, DIM, 0.0, 11, sanm_shfit=0).eval()
+    widths = []
+    real_conv2d = attention.F.conv2d
+
+    def spy(x: torch.Tensor, *args: object) -> torch.Tensor:
+        widths.append(x.shape[-1])
+        return real_conv2d(x, *args)
+
+    monkeypatch.setattr(attention.F, "conv2d", spy)
+    with torch.no_grad():
+        for steps in (33, 35, 36):
+            _, _, _, v = module.forward_qkv(torch.randn(2, steps, 48))
+            assert _fsmn_channels_last(module, v, None).shape == (2, steps, DIM)
+    assert step_rung(33) == step_rung(36) == 36 and widths == [36 + 10] * 3

@@ -389,7 +389,10 @@ def _fsmn_channels_last_padded(
     (2 x 337 frames x 512): 0.63 ms -> 0.14 ms a layer."""
     batch, steps, dim = v.shape
     left, right = module.pad_fn.padding
-    padded = v.new_empty(batch, left + steps + right, dim)
+    # The convolution runs over `step_rung(steps)` frames, zeros past the clip's: oneDNN keeps a
+    # compiled convolution (and an input reorder) per shape, and a long recording's batches bring
+    # a new frame count nearly every time. Each output is the same 11-tap sum whatever the width.
+    padded = v.new_empty(batch, left + step_rung(steps) + right, dim)
     padded[:, :left].zero_()
     padded[:, left + steps :].zero_()
     inputs = padded[:, left : left + steps]
@@ -400,12 +403,21 @@ def _fsmn_channels_last_padded(
         torch.mul(v, mask3, out=inputs)
     conv = module.fsmn_block
     # [B, D, 1, T'] with channels-last strides: conv2d runs on it without a copy, and its output
-    # is channels-last too, so the transpose back is [B, T, D] contiguous.
+    # is channels-last too, so the transpose back is [B, T', D] contiguous.
     x = F.conv2d(padded.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, 1, 0, 1, conv.groups)
-    x = x.squeeze(2).transpose(1, 2)
+    x = x.squeeze(2).transpose(1, 2)[:, :steps].contiguous()  # a copy only where the width was padded
     x += inputs
     # Also the padded, masked input as [B, D, T'], the values funasr's decoder returns as its cache.
-    return (x if mask3 is None else x.mul_(mask3)), padded.transpose(1, 2)
+    return (x if mask3 is None else x.mul_(mask3)), padded[:, : left + steps + right].transpose(1, 2)
+
+
+def step_rung(n: int) -> int:
+    """n rounded up to one of 8 evenly spaced sizes per doubling (at most 1/8 more; n itself up
+    to 16): a few dozen lengths up to a long segment's, whatever lengths come."""
+    if n <= 16:
+        return n
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
 
 
 def _sanm_decoder_forward(
