@@ -148,6 +148,17 @@ def _shared_hotwords(model, tokens, ys, lens):
                                      random.Random(0), torch.device("cpu"), group=len(lens), own_list_p=0.0)
 
 
+def _one_span_batch(model, tokens, seed: int, row: int, span: slice, label: int):
+    """A batch whose only frame label is `label` on `row`'s frames `span` (-1, no label, elsewhere),
+    its shared hotwords, and `train_asr.losses`'s frame targets (zero starts and upsampled ones)."""
+    feats, feat_lens, ys, lens = _batch(len(tokens), seed=seed)
+    hot = _shared_hotwords(model, tokens, ys, lens)
+    zeros = torch.zeros(len(lens), feats.shape[1])
+    labels = torch.full((len(lens), feats.shape[1]), -1)
+    labels[row, span] = label
+    return feats, feat_lens, ys, lens, hot, (zeros, zeros.repeat(1, 3), labels)
+
+
 def test_glancing_sampler_glances_at_the_wrong_share(dry_model) -> None:
     import train_asr
 
@@ -235,13 +246,10 @@ def test_frame_loss_teaches_each_frame_its_character(dry_model) -> None:
     torch.manual_seed(0)
     model = train_asr.build_model(conf, len(tokens))
     model.eval()
-    feats, feat_lens, ys, lens = _batch(len(tokens), seed=2)
-    hot = _shared_hotwords(model, tokens, ys, lens)
+    # utterance 0's second character sounds in frames 10-19
+    feats, feat_lens, ys, lens, hot, targets = _one_span_batch(model, tokens, 2, 0, slice(10, 20), 1)
     frames = feats.shape[1]
-    zeros = torch.zeros(len(lens), frames)
-    chars = torch.full((len(lens), frames), -1)
-    chars[0, 10:20] = 1  # utterance 0's second character sounds in frames 10-19
-    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, (zeros, zeros.repeat(1, 3), chars))
+    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, targets)
     enc, enc_lens = model.encode(feats, feat_lens)
     logits = model.ctc.ctc_lo(enc).log_softmax(-1)
     expected = torch.full((len(lens), frames), model.blank_id)
@@ -263,13 +271,10 @@ def test_tone_frames_teach_each_frame_its_reading(dry_model) -> None:
     assert fake[0].tolist() == [1, 2, 2, 3, 1] and fake[1] == 4
     classes, n = train_asr.tone_classes(tokens, lambda c: "x" + c)  # every character its own reading
     tones = train_asr.ToneFrames(classes, n, model.encoder.output_size())
-    feats, feat_lens, ys, lens = _batch(len(tokens), seed=3)
-    hot = _shared_hotwords(model, tokens, ys, lens)
+    # utterance 1's third character sounds in frames 5-11
+    feats, feat_lens, ys, lens, hot, targets = _one_span_batch(model, tokens, 3, 1, slice(5, 12), 2)
     frames = feats.shape[1]
-    zeros = torch.zeros(len(lens), frames)
-    sounding = torch.full((len(lens), frames), -1)
-    sounding[1, 5:12] = 2  # utterance 1's third character sounds in frames 5-11
-    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, (zeros, zeros.repeat(1, 3), sounding), tones)
+    out = train_asr.losses(model, feats, feat_lens, ys, ys, lens, hot, targets, tones)
     enc, enc_lens = model.encode(feats, feat_lens)
     logp = tones.out(enc).log_softmax(-1)
     expected = torch.zeros(len(lens), frames, dtype=torch.long)
