@@ -173,6 +173,34 @@ def test_graph_replays_follow_new_lengths(tiny_model_dir, clips, dtype) -> None:
 
 
 @needs_cuda
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_shapes_captured_without_a_warm_up_forward_match_eager(tiny_model_dir, clips, dtype) -> None:
+    """Only a network's first capture per dtype runs the warm-up forward; the shapes captured
+    after it (other rows, frames and token widths) must still give the eager results."""
+    device = torch.device("cuda")
+    engines = [Engine(load_model(tiny_model_dir, device),
+                      EngineSettings(model=str(tiny_model_dir), warmup=False, dtype=dtype, cuda_graphs=on), device)
+               for on in (False, True)]
+    batches = [[clips[0][:16000]], [clips[2][:40000], clips[3][:9000]],
+               [clips[i % len(clips)][: 5000 + 3000 * i] for i in range(7)]]
+    tol = 1e-4 if dtype == "fp32" else 3e-2
+    texts: list[list] = [[], []]
+    for batch in batches + batches:  # the second time round each shape is captured and replayed
+        want, got = (engine.probe(batch) for engine in engines)
+        for w, g in zip(want, got, strict=True):
+            assert w["enc"].shape == g["enc"].shape
+            assert (w["enc"] - g["enc"]).abs().max() < tol * max(1.0, w["enc"].abs().max())
+        for engine, out in zip(engines, texts, strict=True):
+            out += [r.token_ids for r in engine.transcribe(batch)]
+    same = sum(a == b for a, b in zip(*texts, strict=True))
+    # fp32: only a float-rounding tie could flip a token count; bf16 pads its products otherwise.
+    assert same >= len(texts[0]) - (1 if dtype == "fp32" else 3)
+    cached = engines[1]._graphs
+    assert len(cached.encoders.graphs) >= len(batches) and len(cached.decoders.graphs) >= len(batches)
+    assert len(cached.encoders.warmed) == 1 and len(cached.decoders.warmed) == 1
+
+
+@needs_cuda
 def test_engine_with_graphs_keeps_results(tiny_model_dir, clips) -> None:
     """Encoder and decoder graphs, with and without hotwords (the bias decoder reads the decoder
     graph's hidden states)."""

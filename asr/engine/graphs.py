@@ -158,6 +158,7 @@ class _GraphCache:
         self.hits: dict[tuple[Any, ...], int] = {}  # replays per cached graph
         self.captures = 0
         self.requests = 0
+        self.warmed: set[Any] = set()  # dtypes whose capture has run its warm-up forward
 
     def replay(
         self,
@@ -226,13 +227,17 @@ class _GraphCache:
         start = time.perf_counter()
         with self.context():
             inputs, keep = make_inputs()
-        current = torch.cuda.current_stream(self.device)
-        # Run once outside capture first (library handles and workspaces are made lazily).
-        warm = torch.cuda.Stream(self.device)
-        warm.wait_stream(current)
-        with torch.cuda.stream(warm), self.context():
-            forward(*inputs, *keep)
-        current.wait_stream(warm)
+        if key[-1] not in self.warmed:
+            # Run once outside capture first: library handles, workspaces and kernels are made
+            # lazily. Once per dtype: later shapes reuse them, and a warm-up forward would make a
+            # capture cost two forwards instead of one (a fresh long recording meets ~15 shapes).
+            current = torch.cuda.current_stream(self.device)
+            warm = torch.cuda.Stream(self.device)
+            warm.wait_stream(current)
+            with torch.cuda.stream(warm), self.context():
+                forward(*inputs, *keep)
+            current.wait_stream(warm)
+            self.warmed.add(key[-1])
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads may allocate pinned memory or wait on events meanwhile.
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), self.context():
