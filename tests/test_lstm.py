@@ -9,7 +9,7 @@ import torch
 
 from asr.engine import lstm as lstm_kernels
 from asr.engine.attention import cpu_bf16_native
-from asr.engine.cif import CPU_LSTM_STEPS, _blstm_within_lengths, _run_lstm
+from asr.engine.cif import CPU_LSTM_ALONE_ROWS, CPU_LSTM_STEPS, _blstm_within_lengths, _lstm_directions, _run_lstm
 from asr.engine.core import Engine
 from asr.engine.model import load_model
 from asr.settings import EngineSettings
@@ -94,6 +94,31 @@ def test_cpu_windows_are_one_call_exactly_and_few_shapes(dtype) -> None:
     for steps in range(100, 1600, 97):
         _run_lstm(lstm, torch.randn(3, steps, 16, generator=gen).to(dtype))
     assert seen == {(CPU_LSTM_STEPS,)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_cpu_batches_run_each_row_alone_to_the_bit(dtype) -> None:
+    """Up to CPU_LSTM_ALONE_ROWS rows the BLSTM runs row by row (oneDNN's LSTM is about three times
+    faster a step on one row than on two): each row's output is then exactly its output alone, an
+    empty row gives zeros, and the LSTM never sees more than one row."""
+    gen = torch.Generator().manual_seed(6)
+    lstm = torch.nn.LSTM(12, 16, batch_first=True, bidirectional=True).to(dtype).requires_grad_(False)
+    rows_seen: set[int] = set()
+    for half in _lstm_directions(lstm):
+        half.register_forward_pre_hook(lambda _, args: rows_seen.add(args[0].size(0)))
+    steps = CPU_LSTM_STEPS + 29
+    x = torch.randn(CPU_LSTM_ALONE_ROWS, steps, 12, generator=gen).to(dtype)
+    lens = torch.tensor([steps, 40, 0][:CPU_LSTM_ALONE_ROWS])
+    with torch.inference_mode():
+        out = _blstm_within_lengths(lstm, x, lens, "cudnn")
+        for b, n in enumerate(lens.tolist()):
+            alone = _blstm_within_lengths(lstm, x[b : b + 1, :n], lens[b : b + 1], "cudnn")
+            assert torch.equal(out[b, :n], alone[0]), b
+        assert not out[1, 40:].any() and not out[2].any()
+        torch.testing.assert_close(out.float()[0], _reference(lstm, x, lens[:1])[0],
+                                   **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else
+                                      {"atol": 3e-2, "rtol": 3e-2}))
+    assert rows_seen == {1}
 
 
 def test_windows_keep_each_row_alone_past_the_first_window() -> None:
