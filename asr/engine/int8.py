@@ -82,15 +82,18 @@ def packed_product_usable() -> bool:
 _UNIT: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _packed_sums(u8: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
-    """The exact int32 sums of (u8 - 128) x weights, as fp32 [rows, out]: unit scales and no bias,
-    so oneDNN converts the sums and nothing else (the scales are applied after, as on the
-    `_int_mm` path, so both paths round alike)."""
+def _packed_sums(
+    u8: torch.Tensor, packed: torch.Tensor, out_features: int, column_scales: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The exact int32 sums of (u8 - 128) x weights as fp32 [rows, out], each column times its
+    `column_scales` entry (one rounding, in the product's own output conversion: no pass of its
+    own), or unscaled. No bias: it must come after the rows' scales."""
     if out_features not in _UNIT:
         _UNIT[out_features] = (torch.ones(out_features), torch.zeros(out_features, dtype=torch.int64))
     ones, zeros = _UNIT[out_features]
     return torch.ops.onednn.qlinear_pointwise(
-        u8, 1.0, 128, packed, ones, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+        u8, 1.0, 128, packed, ones if column_scales is None else column_scales, zeros, None, 1.0, 0,
+        torch.float32, "none", [], ""
     )
 
 
@@ -161,14 +164,14 @@ class Int8Linear(nn.Module):
         rows = x.reshape(-1, shape[-1]).float()
         peak = rows.amax(dim=1, keepdim=True) if nonnegative else rows.abs().amax(dim=1, keepdim=True)
         scale = peak.clamp(min=1e-12) / _QMAX
+        # The sums come back times the column scales (in the packed product's output conversion;
+        # a pass of its own on the `_int_mm` path, so both round alike); then one fused
+        # multiply-add for the row scales and the bias: the [rows, out] result is walked once.
         out = self._int_mm_forward(rows, scale) if self._packed is None else self._packed_forward(rows, scale)
-        # One pass with the row scales, one fused multiply-add for the column scales and the bias
-        # (separate passes over the [rows, out] result cost more than the int8 product).
-        out.mul_(scale)
         if self.bias is not None:
-            out = torch.addcmul(self.bias, out, self.weight_scale, out=out)
+            out = torch.addcmul(self.bias, out, scale, out=out)
         else:
-            out.mul_(self.weight_scale)
+            out.mul_(scale)
         return out.reshape(*shape[:-1], self.out_features)
 
     def _packed_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -179,16 +182,17 @@ class Int8Linear(nn.Module):
         units = torch.div(rows, scale)
         biased = units + _U8_MAGIC if self.terms == 2 else units.add_(_U8_MAGIC)
         if self.terms == 1 and padded == n:
-            return _packed_sums(biased.view(torch.int32).to(torch.uint8), self._packed, self.out_features)
+            return _packed_sums(biased.view(torch.int32).to(torch.uint8), self._packed, self.out_features,
+                                self.weight_scale)
         u8 = torch.empty((padded, width * self.terms), dtype=torch.uint8)
         u8[n:] = 128  # padded rows: zero activations
         u8[:n, :width] = biased.view(torch.int32)
         if self.terms == 2:
             coarse = biased.sub_(_U8_MAGIC)  # round(units), exactly: biased holds an integer
             u8[:n, width:] = units.sub_(coarse).mul_(_FINE).add_(_U8_MAGIC).view(torch.int32)
-        out = _packed_sums(u8[:, :width], self._packed, self.out_features)[:n]
+        out = _packed_sums(u8[:, :width], self._packed, self.out_features, self.weight_scale)[:n]
         if self.terms == 2:
-            cross = _packed_sums(u8, self._packed_cross, self.out_features)[:n]
+            cross = _packed_sums(u8, self._packed_cross, self.out_features, self.weight_scale)[:n]
             out.add_(cross, alpha=1.0 / _FINE)
         return out
 
@@ -200,8 +204,8 @@ class Int8Linear(nn.Module):
         if self.terms == 2:
             fine = units.sub_(coarse).mul_(_FINE).round_().to(torch.int8)  # in place: |.| <= 127
             cross = _int8_product(torch.cat([q, fine], dim=1), self.cross_t).float()
-            out.add_(cross, alpha=1.0 / _FINE)  # float + float: int32 + float with alpha is 6x slower
-        return out
+            return out.mul_(self.weight_scale).add_(cross.mul_(self.weight_scale), alpha=1.0 / _FINE)
+        return out.mul_(self.weight_scale)
 
     def weight_int8(self) -> torch.Tensor:
         """The coarse int8 weights [out, in] (for tests and inspection)."""
