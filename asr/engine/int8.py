@@ -175,8 +175,8 @@ class Int8Linear(nn.Module):
         return out.reshape(*shape[:-1], self.out_features)
 
     def _packed_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The exact sums as fp32 [rows, out], through the packed weights on a ladder of row counts;
-        with two terms the cross sums added at 1/254, as on the `_int_mm` path."""
+        """The exact sums times the column scales as fp32 [rows, out], through the packed weights on
+        a ladder of row counts; with two terms the cross sums added at 1/254, as on the `_int_mm` path."""
         n, width = rows.shape
         padded = row_rung(n)
         units = torch.div(rows, scale)
@@ -197,12 +197,14 @@ class Int8Linear(nn.Module):
         return out
 
     def _int_mm_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """`_packed_forward`'s values through `torch._int_mm`: the sums times the column scales."""
         units = torch.div(rows, scale)
         coarse = torch.round(units)
         q = coarse.to(torch.int8)
         out = _int8_product(q, self.weight_t).float()
         if self.terms == 2:
             fine = units.sub_(coarse).mul_(_FINE).round_().to(torch.int8)  # in place: |.| <= 127
+            # float, not int32: int32 + float with alpha is 6x slower
             cross = _int8_product(torch.cat([q, fine], dim=1), self.cross_t).float()
             return out.mul_(self.weight_scale).add_(cross.mul_(self.weight_scale), alpha=1.0 / _FINE)
         return out.mul_(self.weight_scale)
