@@ -74,6 +74,9 @@ class Size:
 SIZES = {
     # ~7.4 M parameters: model.pt in fp16 stays under 15 MB.
     "demo": Size(dim=128, heads=4, enc_blocks=8, enc_ff=512, dec_blocks=5, dec_ff=512, seaco_blocks=2, seaco_ff=256),
+    # ~10.7 M parameters (21.4 MB in fp16; with the punctuation model under #12's 25 MB): the
+    # encoder, where the tones are heard, 2.7x the demo's (14 blocks, FFN 1024); decoder unchanged.
+    "deep": Size(dim=128, heads=4, enc_blocks=14, enc_ff=1024, dec_blocks=5, dec_ff=512, seaco_blocks=2, seaco_ff=256),
     # For the CPU dry run: same layout, a fraction of the compute.
     "dry": Size(dim=64, heads=2, enc_blocks=3, enc_ff=128, dec_blocks=2, dec_ff=128, seaco_blocks=1, seaco_ff=64),
 }
