@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,9 +13,17 @@ import pytest
 import torch
 from speech import held_out_speech
 
+from asr.engine import qkernel
 from asr.engine.attention import cpu_bf16_native
 from asr.engine.core import Engine, _wants_int8
-from asr.engine.int8 import Int8Linear, build_row_rungs, int8_fast, packed_product_usable, row_rung
+from asr.engine.int8 import (
+    Int8Linear,
+    build_row_rungs,
+    int8_fast,
+    packed_product_usable,
+    quantize_rows_eager,
+    row_rung,
+)
 from asr.runtime import release_free_memory
 from asr.settings import EngineSettings, load_settings
 
@@ -244,11 +254,68 @@ def test_row_counts_without_end_do_not_grow_memory_without_end() -> None:
     assert rss_mb() - before < 6, (grown, rss_mb() - before)
 
 
+# The kernel's own probe turns it off where it disagrees with the eager ops; these tests then fail.
+needs_kernel = pytest.mark.skipif(not (packed_product_usable() and shutil.which(os.environ.get("CC", "cc"))),
+                                  reason="the quantisation kernel runs on the packed path (AVX-512) with a C compiler")
+
+
+@needs_kernel
+def test_the_quantisation_kernel_gives_the_eager_ops_bytes_and_scales() -> None:
+    """The C kernel against the eager ops it replaces: the same bytes (128 + round half to even)
+    and row scales, with and without the ReLU, for row counts on and off the ladder (padding rows
+    128), widths that are no multiple of a vector, ties, zero rows and huge magnitudes."""
+    assert qkernel.available()
+    torch.manual_seed(0)
+    for n, width in ((1, 8), (3, 97), (17, 512), (130, 2048), (495, 96), (674, 33)):
+        x = torch.randn(n, width) * torch.logspace(-3, 6, n)[:, None]
+        x[0, : min(width, 4)] = torch.tensor([127.0, 0.5, 1.5, -2.5])[: min(width, 4)]  # scale 1: ties
+        if n > 2:
+            x[1] = 0.0
+            x[2] = -x[2].abs()  # all negative: nothing left after the ReLU
+        for relu in (False, True):
+            padded = row_rung(n)
+            got = qkernel.quantize_rows(x, padded, relu)
+            want = quantize_rows_eager(x.clone(), padded, relu)
+            assert got is not None
+            assert got[0].shape == (padded, width) and torch.equal(got[0], want[0]), (n, width, relu)
+            assert torch.equal(got[1], want[1]), (n, width, relu)
+
+
+@needs_kernel
+def test_layers_give_the_same_outputs_with_the_kernel_or_the_eager_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert qkernel.available()
+    torch.manual_seed(1)
+    layer = Int8Linear(torch.nn.Linear(256, 128))
+    x = torch.randn(300, 256) * 4
+    with torch.inference_mode():
+        kernel = [layer(x.clone()), layer(x.clone(), relu=True)]
+        monkeypatch.setattr(qkernel, "quantize_rows", lambda rows, padded, relu: None)
+        eager = [layer(x.clone()), layer(x.clone(), relu=True)]
+    assert all(torch.equal(a, b) for a, b in zip(kernel, eager, strict=True))
+
+
+def test_without_a_compiler_the_eager_ops_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No C compiler (or a read-only cache): the kernel is unavailable, nothing fails, and the int8
+    layers still compute (with the eager ops)."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    qkernel._kernel.cache_clear()
+    try:
+        assert not qkernel.available()
+        assert qkernel.quantize_rows(torch.ones(4, 8), 16, False) is None
+        layer = Int8Linear(torch.nn.Linear(8, 4))
+        want = torch.nn.functional.linear(torch.ones(2, 8), layer.weight_int8().float() * layer.weight_scale[:, None],
+                                          layer.bias)
+        assert torch.allclose(layer(torch.ones(2, 8)), want, atol=1e-5)
+    finally:
+        qkernel._kernel.cache_clear()  # later tests build or load the real kernel again
+
+
 @pytest.mark.parametrize("terms", [1, 2])
 def test_the_feed_forward_block_is_funasrs_on_the_same_int8_layers(terms: int) -> None:
-    """The encoder's FFN on the CPU runs its ReLU in place and tells the second int8 layer that its
-    input is non-negative (no absolute-value pass for the row scales): funasr's own forward on the
-    same layers gives the same values to the bit."""
+    """The encoder's FFN on the CPU leaves the ReLU to the second int8 layer, which applies it as it
+    quantises (in the C kernel, or in place with no absolute-value pass for the row scales):
+    funasr's own forward on the same layers gives the same values to the bit."""
     from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
 
     from asr.engine.attention import _ffn_forward

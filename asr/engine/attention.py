@@ -468,12 +468,11 @@ def _cross_forward(
 def _ffn_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """funasr's PositionwiseFeedForward (Linear, ReLU, Linear) with the ReLU in the first matrix
     product's epilogue (cuBLASLt), which saves a pass over the 4x-wide hidden activations. With
-    int8 layers (the CPU) the ReLU runs in place on the first layer's fresh output, and the second
-    layer takes its rows' scales from their largest values: they are non-negative, so it skips the
-    pass that takes absolute values. The same values to the bit either way."""
+    int8 layers (the CPU) the second layer applies the ReLU to the first one's fresh output as it
+    quantises it (`Int8Linear(relu=True)`). The same values to the bit either way."""
     w_1 = self.w_1
     if not self.training and isinstance(w_1, Int8Linear) and isinstance(self.w_2, Int8Linear):
-        return self.w_2(w_1(x).relu_(), nonnegative=True)
+        return self.w_2(w_1(x), relu=True)
     if not (x.is_cuda and x.dtype == w_1.weight.dtype and not self.training and w_1.bias is not None):
         return type(self).forward(self, x)
     hidden = torch._addmm_activation(w_1.bias, x.reshape(-1, x.size(-1)), w_1.weight.t())

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.engine import graphs
+from asr.engine import graphs, qkernel
 from asr.engine import lstm as lstm_kernels
 from asr.engine.attention import cpu_bf16_native, patch_attention
 from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, split_long
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
-from asr.engine.int8 import build_row_rungs, int8_available, int8_fast, quantize_linears
+from asr.engine.int8 import build_row_rungs, int8_available, int8_fast, packed_product_usable, quantize_linears
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
@@ -81,6 +81,8 @@ def _quantize_int8(model: torch.nn.Module, terms: int) -> None:
         part = getattr(model, name, None)
         if part is not None:
             quantize_linears(part, terms)
+    if terms == 1 and packed_product_usable() and qkernel.available():  # built (once a machine) now, not in a request
+        log.info("int8: activations quantised by the C kernel")
 
 
 def _flatten_rnns(model: torch.nn.Module) -> None:

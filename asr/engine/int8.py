@@ -36,6 +36,8 @@ import time
 import torch
 from torch import nn
 
+from asr.engine import qkernel
+
 _QMAX = 127.0
 _FINE = 2 * _QMAX  # the residual's step: 1/254 of the coarse step
 # fp32 holds every integer up to 2^24 exactly, so a dot product of int8 operands whose length K
@@ -47,6 +49,25 @@ _EXACT_K = int(2**24 // (_QMAX * _QMAX))
 # instead of round_ and another add; the cast to uint8 keeps exactly that byte.
 _U8_MAGIC = 12583040.0  # 1.5 * 2**23 + 128
 _RUNG_STEPS = 3  # 2**3 rungs per doubling of the row count: at most 1/8 padded rows
+
+
+def quantize_rows_eager(rows: torch.Tensor, padded: int, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` [n, width] as oneDNN's u8 activations, 128 + round(row / scale) (half to even), in
+    `padded` rows (the rows past n 128: zero activations), and the row scales [n, 1] (the row's
+    largest magnitude / 127); `relu`: max(rows, 0) first, in place. `qkernel` computes the same
+    bytes in one kernel; these are the eager ops with the fewest passes: rounding by the magic
+    number (one add instead of round and add), and with `relu` the row maxima need no absolute
+    values."""
+    n, width = rows.shape
+    peak = rows.relu_().amax(dim=1, keepdim=True) if relu else rows.abs().amax(dim=1, keepdim=True)
+    scale = peak.clamp(min=1e-12) / _QMAX
+    biased = torch.div(rows, scale).add_(_U8_MAGIC)
+    if padded == n:
+        return biased.view(torch.int32).to(torch.uint8), scale
+    u8 = torch.empty((padded, width), dtype=torch.uint8)
+    u8[n:] = 128
+    u8[:n] = biased.view(torch.int32)
+    return u8, scale
 
 
 def row_rung(rows: int) -> int:
@@ -157,47 +178,50 @@ class Int8Linear(nn.Module):
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
-    def forward(self, x: torch.Tensor, nonnegative: bool = False) -> torch.Tensor:
-        """`nonnegative`: the caller guarantees x >= 0 (a ReLU's output), so a row's largest
-        magnitude is its largest value and the pass taking absolute values is skipped."""
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """`relu`: the layer takes max(x, 0) (a feed-forward block's hidden layer), applied as it
+        quantises `x`; in place on `x` where the eager ops run, so `x` must be a fresh tensor that
+        nothing else reads."""
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        peak = rows.amax(dim=1, keepdim=True) if nonnegative else rows.abs().amax(dim=1, keepdim=True)
-        scale = peak.clamp(min=1e-12) / _QMAX
-        # The sums come back times the column scales (in the packed product's output conversion;
-        # a pass of its own on the `_int_mm` path, so both round alike); then one fused
-        # multiply-add for the row scales and the bias: the [rows, out] result is walked once.
-        out = self._int_mm_forward(rows, scale) if self._packed is None else self._packed_forward(rows, scale)
+        if self._packed is not None and self.terms == 1:
+            n = rows.shape[0]
+            padded = row_rung(n)
+            quantized = qkernel.quantize_rows(rows, padded, relu)
+            u8, scale = quantized if quantized is not None else quantize_rows_eager(rows, padded, relu)
+            # The sums come back times the column scales, in the packed product's output conversion.
+            out = _packed_sums(u8, self._packed, self.out_features, self.weight_scale)[:n]
+        else:
+            peak = rows.relu_().amax(dim=1, keepdim=True) if relu else rows.abs().amax(dim=1, keepdim=True)
+            scale = peak.clamp(min=1e-12) / _QMAX
+            # The sums times the column scales (a pass of its own on the `_int_mm` path, so both
+            # paths round alike).
+            out = self._int_mm_forward(rows, scale) if self._packed is None else self._packed_two_terms(rows, scale)
+        # One fused multiply-add for the row scales and the bias: the [rows, out] result is walked once.
         if self.bias is not None:
             out = torch.addcmul(self.bias, out, scale, out=out)
         else:
             out.mul_(scale)
         return out.reshape(*shape[:-1], self.out_features)
 
-    def _packed_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The exact sums times the column scales as fp32 [rows, out], through the packed weights on
-        a ladder of row counts; with two terms the cross sums added at 1/254, as on the `_int_mm` path."""
+    def _packed_two_terms(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Two terms through the packed weights on a ladder of row counts: the coarse sums plus the
+        cross sums at 1/254, each times the column scales, as on the `_int_mm` path."""
         n, width = rows.shape
         padded = row_rung(n)
         units = torch.div(rows, scale)
-        biased = units + _U8_MAGIC if self.terms == 2 else units.add_(_U8_MAGIC)
-        if self.terms == 1 and padded == n:
-            return _packed_sums(biased.view(torch.int32).to(torch.uint8), self._packed, self.out_features,
-                                self.weight_scale)
-        u8 = torch.empty((padded, width * self.terms), dtype=torch.uint8)
+        biased = units + _U8_MAGIC
+        u8 = torch.empty((padded, 2 * width), dtype=torch.uint8)
         u8[n:] = 128  # padded rows: zero activations
         u8[:n, :width] = biased.view(torch.int32)
-        if self.terms == 2:
-            coarse = biased.sub_(_U8_MAGIC)  # round(units), exactly: biased holds an integer
-            u8[:n, width:] = units.sub_(coarse).mul_(_FINE).add_(_U8_MAGIC).view(torch.int32)
+        coarse = biased.sub_(_U8_MAGIC)  # round(units), exactly: biased holds an integer
+        u8[:n, width:] = units.sub_(coarse).mul_(_FINE).add_(_U8_MAGIC).view(torch.int32)
         out = _packed_sums(u8[:, :width], self._packed, self.out_features, self.weight_scale)[:n]
-        if self.terms == 2:
-            cross = _packed_sums(u8, self._packed_cross, self.out_features, self.weight_scale)[:n]
-            out.add_(cross, alpha=1.0 / _FINE)
-        return out
+        cross = _packed_sums(u8, self._packed_cross, self.out_features, self.weight_scale)[:n]
+        return out.add_(cross, alpha=1.0 / _FINE)
 
     def _int_mm_forward(self, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """`_packed_forward`'s values through `torch._int_mm`: the sums times the column scales."""
+        """The packed paths' values through `torch._int_mm`: the sums times the column scales."""
         units = torch.div(rows, scale)
         coarse = torch.round(units)
         q = coarse.to(torch.int8)
