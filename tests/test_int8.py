@@ -294,12 +294,44 @@ def test_layers_give_the_same_outputs_with_the_kernel_or_the_eager_ops(monkeypat
     assert all(torch.equal(a, b) for a, b in zip(kernel, eager, strict=True))
 
 
+@needs_kernel
+def test_the_feed_forward_kernel_gives_the_layers_values_in_turn() -> None:
+    """w_1's epilogue (row scales and bias in one fused multiply-add, as torch's addcmul computes
+    it), the ReLU and w_2's quantisation in one kernel, against torch's ops: the same bytes and
+    scales, and the feed-forward block's output equal to the layers called one after the other."""
+    from asr.engine.int8 import feed_forward
+
+    lib = qkernel._library()
+    assert lib is not None
+    torch.manual_seed(2)
+    for n, width in ((1, 64), (17, 2048), (130, 300), (495, 97)):
+        sums, bias = torch.randn(n, width) * 50, torch.randn(width)
+        row_scale = torch.rand(n, 1)
+        row_scale[0] = 0  # the bias alone
+        if n > 1:
+            qkernel._tie_row(sums, row_scale, bias, n - 1)  # a byte that tells FMA from mul + add
+        want = quantize_rows_eager(torch.addcmul(bias, sums, row_scale), row_rung(n), True)
+        got = qkernel._call_ffn(lib.bias_relu_quantize, sums, row_scale, bias, row_rung(n))
+        if not torch.equal(got[0], want[0]):
+            unfused = torch.equal(torch.addcmul(bias, sums, row_scale), sums * row_scale + bias)
+            if unfused:
+                pytest.skip("torch's addcmul is no fused multiply-add on this CPU: the kernel stays off here")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, width)
+    assert qkernel._ffn_kernel() is not None
+    w_1, w_2 = Int8Linear(torch.nn.Linear(96, 384)), Int8Linear(torch.nn.Linear(384, 96))
+    x = torch.randn(2, 150, 96)
+    with torch.inference_mode():
+        assert torch.equal(feed_forward(w_1, w_2, x), w_2(w_1(x).relu()))
+
+
 def test_without_a_compiler_the_eager_ops_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No C compiler (or a read-only cache): the kernel is unavailable, nothing fails, and the int8
     layers still compute (with the eager ops)."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    qkernel._kernel.cache_clear()
+    caches = (qkernel._library, qkernel._kernel, qkernel._ffn_kernel)
+    for cache in caches:
+        cache.cache_clear()
     try:
         assert not qkernel.available()
         assert qkernel.quantize_rows(torch.ones(4, 8), 16, False) is None
@@ -307,8 +339,10 @@ def test_without_a_compiler_the_eager_ops_run(monkeypatch: pytest.MonkeyPatch, t
         want = torch.nn.functional.linear(torch.ones(2, 8), layer.weight_int8().float() * layer.weight_scale[:, None],
                                           layer.bias)
         assert torch.allclose(layer(torch.ones(2, 8)), want, atol=1e-5)
+        assert qkernel.bias_relu_quantize(torch.ones(4, 8), torch.ones(4, 1), torch.ones(8), 16) is None
     finally:
-        qkernel._kernel.cache_clear()  # later tests build or load the real kernel again
+        for cache in caches:
+            cache.cache_clear()  # later tests build or load the real kernels again
 
 
 @pytest.mark.parametrize("terms", [1, 2])

@@ -68,6 +68,35 @@ void quantize_rows(const float *x, int64_t n, int64_t width, int64_t padded, int
         }
     }
 }
+
+/* A feed-forward block's middle: v = bias[j] + sums[r, j] * row_scale[r] (one fused multiply-add,
+   as torch's addcmul computes it on CPUs with FMA; the probe checks), then max(v, 0), quantised
+   as quantize_rows does, without writing v. */
+void bias_relu_quantize(const float *sums, const float *row_scale, const float *bias, int64_t n,
+                        int64_t width, int64_t padded, uint8_t *out, float *scale) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < padded; r++) {
+        uint8_t *o = out + r * width;
+        if (r >= n) {
+            memset(o, 128, (size_t)width);
+            continue;
+        }
+        const float *row = sums + r * width;
+        const float rs = row_scale[r];
+        float peak = 0.0f;
+        for (int64_t j = 0; j < width; j++) {
+            float v = fmaf(row[j], rs, bias[j]);
+            peak = v > peak ? v : peak;
+        }
+        float s = (peak > 1e-12f ? peak : 1e-12f) / 127.0f;
+        scale[r] = s;
+        for (int64_t j = 0; j < width; j++) {
+            float v = fmaf(row[j], rs, bias[j]);
+            v = v > 0.0f ? v : 0.0f;
+            o[j] = (uint8_t)(int32_t)(nearbyintf(v / s) + 128.0f);
+        }
+    }
+}
 """
 # No -ffast-math: the division must be IEEE's and nothing may be contracted or reassociated, so
 # the bytes equal the eager ops'. Finite math, no signed zeros and no traps let gcc vectorise the
@@ -107,21 +136,35 @@ def _cpu_model() -> str:
 
 
 @functools.cache
-def _kernel() -> ctypes._CFuncPtr | None:
-    """The loaded kernel, or None (no compiler, a failed build, or a probe that disagreed)."""
+def _library() -> ctypes.CDLL | None:
     if os.environ.get("ASR_QUANTIZE_KERNEL", "1") == "0":
         return None
     try:
-        # libgomp is torch's (loaded with it), so the kernel's threads are torch's OpenMP pool.
-        fn = ctypes.CDLL(str(_build())).quantize_rows
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+        # libgomp is torch's (loaded with it), so the kernels' threads are torch's OpenMP pool.
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, subprocess.SubprocessError) as exc:
         detail = exc.stderr.decode(errors="replace")[:300] if isinstance(exc, subprocess.CalledProcessError) else exc
-        log.info("int8 activations quantised by eager ops (the C kernel is unavailable: %s)", detail)
+        log.info("int8 activations quantised by eager ops (the C kernels are unavailable: %s)", detail)
         return None
-    fn.restype = None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int,
-                   ctypes.c_void_p, ctypes.c_void_p]
-    return fn if _agrees(fn) else None
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.quantize_rows.restype = lib.bias_relu_quantize.restype = None
+    lib.quantize_rows.argtypes = [ptr, i64, i64, i64, ctypes.c_int, ptr, ptr]
+    lib.bias_relu_quantize.argtypes = [ptr, ptr, ptr, i64, i64, i64, ptr, ptr]
+    return lib
+
+
+@functools.cache
+def _kernel() -> ctypes._CFuncPtr | None:
+    """`quantize_rows`, or None (no compiler, a failed build, or a probe that disagreed)."""
+    lib = _library()
+    return lib.quantize_rows if lib is not None and _agrees(lib.quantize_rows) else None
+
+
+@functools.cache
+def _ffn_kernel() -> ctypes._CFuncPtr | None:
+    """`bias_relu_quantize`, or None: also where this CPU's torch rounds addcmul otherwise."""
+    lib = _library()
+    return lib.bias_relu_quantize if _kernel() is not None and _ffn_agrees(lib.bias_relu_quantize) else None
 
 
 def _agrees(fn: ctypes._CFuncPtr) -> bool:
@@ -140,11 +183,47 @@ def _agrees(fn: ctypes._CFuncPtr) -> bool:
     return True
 
 
+def _ffn_agrees(fn: ctypes._CFuncPtr) -> bool:
+    from asr.engine.int8 import quantize_rows_eager
+
+    gen = torch.Generator().manual_seed(1)
+    sums, bias = torch.randn(37, 300, generator=gen) * 50, torch.randn(300, generator=gen)
+    row_scale = torch.rand(37, 1, generator=gen)
+    row_scale[4] = 0  # a row of bias alone
+    _tie_row(sums, row_scale, bias, 9)
+    got = _call_ffn(fn, sums, row_scale, bias, 48)
+    want = quantize_rows_eager(torch.addcmul(bias, sums, row_scale), 48, True)
+    if torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]):
+        return True
+    log.info("torch's addcmul rounds otherwise than one fused multiply-add here: the feed-forward kernel is off")
+    return False
+
+
+def _tie_row(sums: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor, r: int) -> None:
+    """Row `r` made to tell one fused multiply-add from a product and a sum: its peak is exactly 127
+    (scale 1), and its second value is 0.5 + 2^-24 with one rounding but 0.5 with two (the product
+    (1 + 2^-12)^2 loses its 2^-24 when rounded): 129 against 128. Random rows almost never tell,
+    as one ulp rarely moves a rounded byte. Columns 0 and 1 of the bias are set for it."""
+    sums[r] = 0
+    row_scale[r] = 1 + 2**-12
+    sums[r, 0], bias[0] = 64, 127 - 64 - 2**-6  # 64 * (1 + 2^-12) is exact: 127 either way
+    sums[r, 1], bias[1] = 1 + 2**-12, -(0.5 + 2**-11)
+
+
 def _call(fn: ctypes._CFuncPtr, rows: torch.Tensor, padded: int, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n, width = rows.shape
     out = torch.empty((padded, width), dtype=torch.uint8)
     scale = torch.empty((n, 1), dtype=torch.float32)
     fn(rows.data_ptr(), n, width, padded, int(relu), out.data_ptr(), scale.data_ptr())
+    return out, scale
+
+
+def _call_ffn(fn: ctypes._CFuncPtr, sums: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor,
+              padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n, width = sums.shape
+    out = torch.empty((padded, width), dtype=torch.uint8)
+    scale = torch.empty((n, 1), dtype=torch.float32)
+    fn(sums.data_ptr(), row_scale.data_ptr(), bias.data_ptr(), n, width, padded, out.data_ptr(), scale.data_ptr())
     return out, scale
 
 
@@ -155,6 +234,17 @@ def quantize_rows(rows: torch.Tensor, padded: int, relu: bool) -> tuple[torch.Te
     if fn is None or not rows.is_contiguous() or rows.dtype != torch.float32:
         return None
     return _call(fn, rows, padded, relu)
+
+
+def bias_relu_quantize(sums: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor,
+                       padded: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`quantize_rows(relu(addcmul(bias, sums, row_scale)), padded, True)` without the fp32 hidden
+    rows, or None where that kernel is unavailable. sums [n, width], row_scale [n, 1], bias
+    [width]: contiguous fp32."""
+    fn = _ffn_kernel()
+    if fn is None or not all(t.is_contiguous() and t.dtype == torch.float32 for t in (sums, row_scale, bias)):
+        return None
+    return _call_ffn(fn, sums, row_scale, bias, padded)
 
 
 def available() -> bool:
