@@ -301,8 +301,8 @@ def test_the_feed_forward_kernel_gives_the_layers_values_in_turn() -> None:
     scales, and the feed-forward block's output equal to the layers called one after the other."""
     from asr.engine.int8 import feed_forward
 
-    lib = qkernel._library()
-    assert lib is not None
+    fn = qkernel._kernel()
+    assert fn is not None
     torch.manual_seed(2)
     for n, width in ((1, 64), (17, 2048), (130, 300), (495, 97)):
         sums, bias = torch.randn(n, width) * 50, torch.randn(width)
@@ -311,13 +311,13 @@ def test_the_feed_forward_kernel_gives_the_layers_values_in_turn() -> None:
         if n > 1:
             qkernel._tie_row(sums, row_scale, bias, n - 1)  # a byte that tells FMA from mul + add
         want = quantize_rows_eager(torch.addcmul(bias, sums, row_scale), row_rung(n), True)
-        got = qkernel._call_ffn(lib.bias_relu_quantize, sums, row_scale, bias, row_rung(n))
+        got = qkernel._run(fn, sums, row_rung(n), True, row_scale, bias)
         if not torch.equal(got[0], want[0]):
             unfused = torch.equal(torch.addcmul(bias, sums, row_scale), sums * row_scale + bias)
             if unfused:
                 pytest.skip("torch's addcmul is no fused multiply-add on this CPU: the kernel stays off here")
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, width)
-    assert qkernel._ffn_kernel() is not None
+    assert qkernel._with_bias()
     w_1, w_2 = Int8Linear(torch.nn.Linear(96, 384)), Int8Linear(torch.nn.Linear(384, 96))
     x = torch.randn(2, 150, 96)
     with torch.inference_mode():
@@ -329,7 +329,7 @@ def test_without_a_compiler_the_eager_ops_run(monkeypatch: pytest.MonkeyPatch, t
     layers still compute (with the eager ops)."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    caches = (qkernel._library, qkernel._kernel, qkernel._ffn_kernel)
+    caches = (qkernel._kernel, qkernel._with_bias)
     for cache in caches:
         cache.cache_clear()
     try:
