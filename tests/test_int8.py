@@ -324,6 +324,17 @@ def test_the_feed_forward_kernel_gives_the_layers_values_in_turn() -> None:
         assert torch.equal(feed_forward(w_1, w_2, x), w_2(w_1(x).relu()))
 
 
+@needs_kernel
+def test_the_kernel_refuses_sizes_that_would_leave_its_buffers() -> None:
+    rows = torch.ones(20, 8)
+    with pytest.raises(ValueError):
+        qkernel.quantize_rows(rows, 16, False)  # fewer padded rows than rows
+    with pytest.raises(ValueError):
+        qkernel.bias_relu_quantize(rows, torch.ones(20, 1), torch.ones(7), 32)  # bias of another width
+    with pytest.raises(ValueError):
+        qkernel.bias_relu_quantize(rows, torch.ones(19, 1), torch.ones(8), 32)  # a row scale missing
+
+
 def test_without_a_compiler_the_eager_ops_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No C compiler (or a read-only cache): the kernel is unavailable, nothing fails, and the int8
     layers still compute (with the eager ops)."""

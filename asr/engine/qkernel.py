@@ -179,6 +179,11 @@ def _tie_row(sums: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor, r:
 def _run(fn: ctypes._CFuncPtr, x: torch.Tensor, padded: int, relu: bool, row_scale: torch.Tensor | None = None,
          bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     n, width = x.shape
+    # The C code trusts these sizes: a wrong one would read or write past a buffer.
+    scales = None if row_scale is None else row_scale.numel()
+    biases = None if bias is None else bias.numel()
+    if padded < n or scales not in (None, n) or biases not in (None, width):
+        raise ValueError(f"quantize: {n} rows of {width} into {padded} rows, {scales} row scales, {biases} biases")
     out = torch.empty((padded, width), dtype=torch.uint8)
     scale = torch.empty((n, 1), dtype=torch.float32)
     fn(x.data_ptr(), None if row_scale is None else row_scale.data_ptr(), None if bias is None else bias.data_ptr(),
