@@ -402,3 +402,51 @@ def test_respeller_random_spans_move_anywhere_in_the_utterance(espeak_engine) ->
     # At 0 (the default) the corpus's span is the one respelled, as before.
     respeller.random_span_p = 0.0
     assert respeller(dec, ids, (0, 2), rng)[1] == (0, 2)
+
+
+def test_install_takes_stage_two_weights_and_hotword_figures(tmp_path) -> None:
+    """`install_model.py RESULTS --seaco SEACO`: the bias path's weights replace stage 1's, its
+    hotword figures replace stage 1's (which has no working bias path), the card says how both
+    stages ran, and results from another model's stage 2 are refused."""
+    import json
+    import shutil
+    import tarfile
+
+    import install_model
+
+    shipped = ROOT / "tests" / "assets" / "demo-model"
+    results, seaco = tmp_path / "out1", tmp_path / "out2"
+    results.mkdir()
+    seaco.mkdir()
+    shutil.copy(shipped / "punc" / "model.pt", results / "punc_model.pt")
+    with tarfile.open(results / "models_rest.tar.gz", "w:gz") as tar:
+        for name in ("asr", "punc"):
+            tar.add(shipped / name, arcname=name, filter=lambda t: None if t.name.endswith("model.pt") else t)
+    logs = json.loads((shipped / "training-log.json").read_text("utf-8"))
+    (results / "logs.json").write_text(json.dumps({"asr": logs["asr"], "punc": logs["punc"]}), "utf-8")
+    stage1 = {"cer_utterances": 300, "cer_fp32": 21.05, "start_within_80ms": 0.6832, "hotword_recall_with": 0.0,
+              "hotword_recall_without": 0.0, "hotword_false_insertion_rate": 0.0, "cer_fp32_with_hotwords": 21.58}
+    (results / "metrics.json").write_text(json.dumps(stage1), "utf-8")
+    stage2 = {**stage1, "hotword_recall_with": 0.775, "hotword_false_insertion_rate": 0.0067,
+              "cer_fp32_with_hotwords": 25.53}
+    (seaco / "metrics_new.json").write_text(json.dumps(stage2), "utf-8")
+    shutil.copy(shipped / "asr" / "model.pt", seaco / "model.pt")
+    (results / "asr_model.pt").write_bytes(b"stage one")  # must not be installed
+    (seaco / "train_log.json").write_text(json.dumps({
+        "utterances": 12000, "trained_parameters": 2229972, "train_steps": 2880, "train_s": 300.0,
+        "train_seconds": 300.0, "options": {"batch": 512, "lr": 0.002, "copy_weight": 4.0, "span_len": [2, 4]},
+        "steps": [{"step": 2800, "copied": 0.8793, "kept_no_bias": 0.9823}]}), "utf-8")
+
+    dest = tmp_path / "installed"
+    assert install_model.main([str(results), "--seaco", str(seaco), "--dest", str(dest)]) == 0
+    assert (dest / "asr" / "model.pt").read_bytes() == (seaco / "model.pt").read_bytes()
+    metrics = json.loads((dest / "metrics.json").read_text("utf-8"))
+    assert metrics["hotword_recall_with"] == 0.775 and metrics["cer_fp32_with_hotwords"] == 25.53
+    card = (dest / "MODEL_CARD.md").read_text("utf-8")
+    assert "2,880 steps" in card and "77.5% of the held-out traps" in card
+    assert "MODEL=/tmp/r1/models/asr TRAIN_S=300 bash training/gpu_seaco.sh" in card
+    assert "seaco" in json.loads((dest / "training-log.json").read_text("utf-8"))
+
+    (seaco / "metrics_new.json").write_text(json.dumps({**stage2, "cer_fp32": 22.48}), "utf-8")
+    with pytest.raises(SystemExit, match="was not trained on"):
+        install_model.main([str(results), "--seaco", str(seaco), "--dest", str(tmp_path / "other")])

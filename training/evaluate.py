@@ -118,15 +118,33 @@ def decision_margins(engine: Any, waves: Sequence[np.ndarray]) -> list[float]:
     tokens (inf for none). A token decided by a hair is decided by rounding too: any change of
     precision (bf16, fp16, int8) may flip it, so the share of utterances with a near tie bounds how
     many token sequences another precision can keep."""
-    margins = []
+    return [token for token, _ in margins(engine, waves)]
+
+
+def margins(engine: Any, waves: Sequence[np.ndarray]) -> list[tuple[float, float]]:
+    """Per utterance, `decision_margins`' token margin and the count margin: how far the CIF
+    weights' sum lies from the integer where the token count would change (the count is its floor,
+    funasr's tail frame included). A count decided by a hair is another coin flip that rounding
+    decides: one token more or fewer, and every later token shifts."""
+    import torch
+
+    from asr.engine.cif import _token_weights
+
+    predictor = engine.model.predictor
+    out = []
     for probe in engine.probe(waves):
-        logits = probe["logits"]
-        if logits.shape[0] == 0:
-            margins.append(float("inf"))
-            continue
-        top = logits.topk(2, dim=-1).values
-        margins.append(float((top[:, 0] - top[:, 1]).min()))
-    return margins
+        logits, enc = probe["logits"], probe["enc"]
+        token = float("inf")
+        if logits.shape[0]:
+            top = logits.topk(2, dim=-1).values
+            token = float((top[:, 0] - top[:, 1]).min())
+        param = next(predictor.parameters())
+        with torch.inference_mode():
+            _, alphas, _ = _token_weights(predictor, enc[None].transpose(1, 2).to(param),
+                                          torch.ones(1, enc.shape[0], device=param.device))
+        frac = float(alphas.sum()) % 1.0
+        out.append((token, min(frac, 1.0 - frac)))
+    return out
 
 
 def hotword_counts(text: str, words: Sequence[str]) -> dict[str, int]:

@@ -1,8 +1,11 @@
 """Put the GPU run's results where the tests and the README expect them.
 
-    .venv/bin/python training/install_model.py RESULTS_DIR [--dest tests/assets/demo-model]
+    .venv/bin/python training/install_model.py RESULTS_DIR [--seaco SEACO_DIR] [--dest tests/assets/demo-model]
 
-RESULTS_DIR holds what training/gpu_run.sh wrote to $OUT. Writes DEST/asr and DEST/punc (funasr
+RESULTS_DIR holds what training/gpu_run.sh wrote to $OUT; SEACO_DIR what training/gpu_seaco.sh
+wrote to its $OUT after training the bias path of that same model (its model.pt replaces the
+stage-1 weights, its hotword measurements replace stage 1's, which has no working bias path).
+Writes DEST/asr and DEST/punc (funasr
 model directories), DEST/metrics.json, DEST/training-log.json, DEST/MODEL_CARD.md and
 DEST/SHA256SUMS (checked by tests/test_trained_model.py).
 """
@@ -18,7 +21,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = ROOT / "tests" / "assets" / "demo-model"
-COMMAND = "bash training/build_carry.sh  # CPU machine\nbash training/gpu_run.sh     # one H200, carry: training/carry"
+
+
+def command(asr_options: dict, seaco: dict | None) -> str:
+    """The commands that reproduce the installed models, with the settings they ran with."""
+    env = []
+    if asr_options.get("size") not in (None, "demo"):
+        env.append(f"ASR_SIZE={asr_options['size']}")
+    if str(asr_options.get("tone_frames")) == "True":
+        env.append("TONE_FRAMES=1")
+    lines = ["bash training/build_carry.sh  # CPU machine",
+             " ".join([*env, *(["WORK=/tmp/r1"] if seaco else []), "bash training/gpu_run.sh"])
+             + "  # one H200, carry: training/carry"]
+    if seaco:
+        lines.append(f"MODEL=/tmp/r1/models/asr TRAIN_S={seaco.get('train_seconds'):g} bash training/gpu_seaco.sh"
+                     "  # stage 2, same machine")
+    return "\n".join(lines)
+
+
+def stage_two(seaco: dict | None, metrics: dict) -> str:
+    if not seaco:
+        return """Hotwords need the second stage: stage 1 alone leaves the bias head answering NO_BIAS everywhere
+(recall 0 with and without hotwords). `bash training/gpu_seaco.sh` trains the bias path alone on
+this model's frozen recogniser and measures it; `install_model.py --seaco` installs its weights."""
+    o, last = seaco.get("options", {}), (seaco.get("steps") or [{}])[-1]
+    trained = seaco.get("trained_parameters", 0) / 1e6
+    span = "-".join(map(str, o.get("span_len", [])))
+    recall, recall0 = metrics.get("hotword_recall_with", 0), metrics.get("hotword_recall_without", 0)
+    false_ins = metrics.get("hotword_false_insertion_rate", 0)
+    return f"""Stage 2, the hotword bias path (`training/gpu_seaco.sh` on stage 1's model, one H200): only the
+bias encoder, the SeACo decoder and the bias output layer ({trained:.2f} M parameters) train,
+on the frozen recogniser's outputs for {seaco.get('utterances'):,} utterances, {seaco.get('train_steps'):,} steps of
+{o.get('batch')} in {seaco.get('train_s')} s, lr {o.get('lr')}, copy weight {o.get('copy_weight')}. Each draw respells
+a span anew with homophones (same espeak-ng reading), part of the draws a random {span} token
+span anywhere in the utterance, and gives a per-utterance list of 0-4 words or a group list with
+distractors; the held-out trap words are never drawn. Last logged: copied {last.get('copied', 0):.0%} of
+listed positions, kept NO_BIAS on {last.get('kept_no_bias', 0):.0%} of the others. Every other weight is stage 1's.
+
+With the trap list given, {recall:.1%} of the held-out traps are written as listed ({recall0:.0%} without
+it); the whole list inserts a listed word into {false_ins:.2%} of the sentences that do not contain one.
+The cost: with that list given the CER of those sentences rises {metrics.get('cer_fp32')} ->
+{metrics.get('cer_fp32_with_hotwords')}% (the head writes listed characters where a homophone of them is spoken)."""
 
 
 def sha256(path: Path) -> str:
@@ -41,7 +84,7 @@ def describe(config: Path) -> str:
 
 
 def model_card(metrics: dict, logs: dict, dest: Path) -> str:
-    asr, punc = logs["asr"], logs["punc"]
+    asr, punc, seaco = logs["asr"], logs["punc"], logs.get("seaco")
     m = metrics.get
     last = asr["steps"][-1] if asr.get("steps") else {}
     options = asr.get("options", {})
@@ -50,6 +93,9 @@ def model_card(metrics: dict, logs: dict, dest: Path) -> str:
     sizes = {p.relative_to(dest).as_posix(): p.stat().st_size for p in sorted(dest.rglob("*")) if p.is_file()}
     total_mb = sum(v for k, v in sizes.items() if k.startswith(("asr/", "punc/"))) / 1e6
     pm = logs["punc"].get("dev", {})
+    tones = (f", and a second one taught each frame's tonal syllable (espeak-ng's reading, "
+             f"{asr.get('tone_classes')} classes; dropped at export too)"
+             if str(options.get("tone_frames")) == "True" else "")
     errors = ", ".join(f"{k} {v}" for k, v in (m("errors_fp32") or {}).items()) or "not measured"
     return f"""# Demonstration models: SeACo-Paraformer and CT-Transformer trained on synthetic Mandarin
 
@@ -93,14 +139,14 @@ voice reading text like its training text. It is no replacement for the released
 Command (reproduces data and models; seeds fixed):
 
 ```
-{COMMAND}
+{command(options, seaco)}
 ```
 
 ASR: {asr.get('train_steps')} steps in {asr.get('train_s')} s ({asr.get('epochs')} passes){continued}, bf16 autocast,
 AdamW, cosine schedule over wall time; objective: funasr's Paraformer losses (decoder, CIF count,
 timestamp-head count), SeACo bias loss, plus alignment of the CIF and timestamp-head weights to the
 known character times and a frame classifier (each encoder frame taught the character sounding
-there). Last logged: {json.dumps({k: last.get(k) for k in ('loss', 'att', 'frame', 'seaco', 'acc')})}.
+there){tones}. Last logged: {json.dumps({k: last.get(k) for k in ('loss', 'att', 'frame', 'seaco', 'acc')})}.
 Punctuation: {punc.get('train_steps')} steps in {punc.get('train_s')} s on the punctuated training paragraphs.
 
 ## Measured (held-out, the product's engine; evaluate.py)
@@ -123,16 +169,14 @@ the acoustic model's (espeak-ng's tone sandhi counts in them too: a character's 
 is not always its reading alone). The first model (5 minutes of training, funasr's CTC loss instead
 of the frame classifier) had 20.3% / 11.3% / 15.7% / 1.6%: CER 48%.
 
-Hotwords need the second stage: stage 1 alone leaves the bias head answering NO_BIAS everywhere
-(recall 0 with and without hotwords). `bash training/gpu_seaco.sh` trains the bias path alone on
-this model's frozen recogniser and measures it; its model.pt then replaces asr/model.pt (on the
-2026-12-02 model: trap recall 0 -> 75%, 1% false insertions; docs/demo-model.md).
+{stage_two(seaco, metrics)}
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results", type=Path)
+    p.add_argument("--seaco", type=Path, help="training/gpu_seaco.sh's results for the same model (stage 2)")
     p.add_argument("--dest", type=Path, default=DEFAULT_DEST)
     a = p.parse_args(argv)
     dest: Path = a.dest
@@ -142,10 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(a.results / "models_rest.tar.gz") as tar:
         tar.extractall(dest, filter="data")
-    shutil.copy(a.results / "asr_model.pt", dest / "asr" / "model.pt")
+    shutil.copy(a.seaco / "model.pt" if a.seaco else a.results / "asr_model.pt", dest / "asr" / "model.pt")
     shutil.copy(a.results / "punc_model.pt", dest / "punc" / "model.pt")
     metrics = json.loads((a.results / "metrics.json").read_text("utf-8"))
     logs = json.loads((a.results / "logs.json").read_text("utf-8"))
+    if a.seaco:
+        seaco = json.loads((a.seaco / "metrics_new.json").read_text("utf-8"))
+        if (seaco["cer_fp32"], seaco["start_within_80ms"]) != (metrics["cer_fp32"], metrics["start_within_80ms"]):
+            raise SystemExit(f"{a.seaco} was not trained on {a.results}'s model: its recogniser measures differently")
+        metrics.update({k: v for k, v in seaco.items() if k.startswith(("hotword_", "cer_fp32_with_hotwords"))})
+        logs["seaco"] = json.loads((a.seaco / "train_log.json").read_text("utf-8"))
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", "utf-8")
     (dest / "training-log.json").write_text(json.dumps(logs, indent=1, ensure_ascii=False) + "\n", "utf-8")
     (dest / "MODEL_CARD.md").write_text(model_card(metrics, logs, dest), "utf-8")
