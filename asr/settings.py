@@ -44,9 +44,9 @@ class EngineSettings(BaseModel):
     VNNI they are far slower than fp32); 'fp32' is the reference path."""
     int8_terms: int = Field(default=1, ge=1, le=2)  # not Literal[1, 2]: an env value is a string
     """With dtype int8: int8 terms per operand of a linear layer. 1 (one int8 product) is the fast
-    path: the same CER as fp32 on the demonstration model, 87-90% of its token sequences identical
+    path: the same CER as fp32 on the demonstration model, 86-90% of its token sequences identical
     (the rest differ where the model picks between homophones by a hair). 2 (coarse + residual,
-    about 15 bits, three products) keeps 99% identical at about 0.6x the speed (BENCHMARKS.md, CPU,
+    about 15 bits, three products) keeps 99-100% identical at about 0.6x the speed (BENCHMARKS.md, CPU,
     2026-12-02)."""
     attention: Literal["auto", "flash-attn", "varlen", "sdpa", "rowwise", "rowwise-bf16", "eager"] = "auto"
     """Attention kernel; 'auto' picks the fastest available on a GPU and, on the CPU, 'rowwise'

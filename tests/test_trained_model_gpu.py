@@ -45,7 +45,7 @@ def half_vs_fp32(request: pytest.FixtureRequest) -> tuple[str, float, float, flo
 
 def test_half_precision_keeps_the_trained_models_recognition(half_vs_fp32: tuple[str, float, float, float]) -> None:
     """The demonstration model's level (training/evaluate.py on the H200, 300 utterances: bf16
-    0.893, fp16 0.99 of token sequences equal; CER within 0.04 points)."""
+    0.89, fp16 0.993 of token sequences equal; CER 21.05 -> 21.40 / 21.05)."""
     _, same, cer32, cer_half = half_vs_fp32
     assert same >= 0.85
     assert abs(cer_half - cer32) <= 0.5
