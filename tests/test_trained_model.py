@@ -105,7 +105,7 @@ def cer(speech: Any, held_out: list, held_out_results: list) -> float:
 
 def test_cer_on_held_out_sentences(held_out: list, cer: float) -> None:
     assert len(held_out) >= 200
-    assert cer <= 28.0
+    assert cer <= 25.0  # 21.97% measured on these 240 (the 14-block model)
 
 
 @TARGET
@@ -172,7 +172,7 @@ def start_share(speech: Any, held_out: list, held_out_results: list) -> float:
 
 
 def test_character_starts_land_on_the_spoken_characters(start_share: float) -> None:
-    assert start_share >= 0.55
+    assert start_share >= 0.62  # 0.677 measured on these 240 (the 14-block model)
 
 
 @TARGET
@@ -333,11 +333,11 @@ def test_ten_minutes_with_vad_punctuation_and_subtitles(ten_minutes: dict[str, A
 
     cues, sentences = ten_minutes["cues"], ten_minutes["sentences"]
     assert ten_minutes["result"].applied.punctuation and any(c.text[-1:] in "。？" for c in cues)
-    # 21.4% measured (the model's own 22% on these sentences alone); 31% when the VAD merged
-    # sentences across their pauses.
-    assert ten_minutes["cer"] <= 25.0
-    # 161 cues for 149 sentences, 0.913 of cue starts near a sentence start (cues break at pauses
-    # of 0.8 s; at 1.5 s: 127 cues, 0.677).
+    # 20.2% measured on the 14-block model (the 8-block one: 21.4%, its own 22% on these sentences
+    # alone; 31% when the VAD merged sentences across their pauses).
+    assert ten_minutes["cer"] <= 23.0
+    # 153 cues for 149 sentences, 0.941 of cue starts near a sentence start (the 8-block model: 161,
+    # 0.913; cues break at pauses of 0.8 s; at 1.5 s: 127 cues, 0.677).
     assert abs(len(cues) - sentences) <= 0.2 * sentences
     assert ten_minutes["near"] >= 0.85
     assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
