@@ -39,9 +39,11 @@ class EngineSettings(BaseModel):
     """'auto' (first CUDA GPU, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     dtype: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     """'auto': bf16 on GPUs that support it, fp16 on older GPUs; on a CPU int8 linear layers (fp32
-    activations) where torch's int8 product is faster than fp32 (AVX512-VNNI, AVX-VNNI or AMX in the
-    CPU's flags; timed at start where no flags can be read), else fp32. 'int8' forces them (without
-    VNNI they are far slower than fp32); 'fp32' is the reference path."""
+    activations) where their int8 products are faster than fp32: with AVX512-VNNI, AVX-VNNI or AMX
+    in the CPU's flags (timed at start where no flags can be read), or, for one term (`int8_terms`),
+    through oneDNN's packed product on AVX2 / AVX-512 CPUs without VNNI (weights at 64 levels a
+    side there); else fp32. 'int8' forces them (elsewhere they are far slower than fp32); 'fp32' is
+    the reference path."""
     int8_terms: int = Field(default=1, ge=1, le=2)  # not Literal[1, 2]: an env value is a string
     """With dtype int8: int8 terms per operand of a linear layer. 1 (one int8 product) is the fast
     path: the same CER as fp32 on the demonstration model, 86-90% of its token sequences identical

@@ -28,7 +28,7 @@ from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, spl
 from asr.engine.cif import TimestampInputs, predict_timestamps, predict_tokens
 from asr.engine.frontend import BatchFrontend, FrontendOptions
 from asr.engine.graphs import GraphedModel
-from asr.engine.int8 import build_row_rungs, int8_available, int8_fast, packed_product_usable, quantize_linears
+from asr.engine.int8 import build_row_rungs, int8_available, int8_runs_fast, packed_product_usable, quantize_linears
 from asr.engine.model import LoadedModel, default_device, load_model, resolve_model_dir
 from asr.engine.results import ResultReader, Transcript, stitch
 from asr.pipeline.audio import SAMPLE_RATE
@@ -63,11 +63,11 @@ def _choose_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.float16
 
 
-def _wants_int8(setting: str, device: torch.device) -> bool:
+def _wants_int8(setting: str, device: torch.device, terms: int = 1) -> bool:
     if setting == "int8" and device.type != "cpu":
         raise ValueError("dtype 'int8' runs on the CPU; on a GPU use bf16 or fp16")
-    # 'auto' takes int8 only where the CPU multiplies int8 quickly (`int8_fast`); elsewhere fp32.
-    return setting == "int8" or (setting == "auto" and device.type == "cpu" and int8_fast())
+    # 'auto' takes int8 only where its layers of `terms` terms run faster than fp32; elsewhere fp32.
+    return setting == "int8" or (setting == "auto" and device.type == "cpu" and int8_runs_fast(terms))
 
 
 def _quantize_int8(model: torch.nn.Module, terms: int) -> None:
@@ -114,16 +114,17 @@ class Engine:
         else:
             # fp16 runs under autocast on fp32 weights, so an item that overflows can be redone in fp32.
             self.model.float()
-        self.quantized = _wants_int8(settings.dtype, device)
+        self.quantized = _wants_int8(settings.dtype, device, settings.int8_terms)
         # The int8 path's fp32 remainder in bf16 where the CPU multiplies bf16 natively: the
         # attention products (rowwise-bf16) and the timestamp BLSTM (224 -> 118 ms for three 30 s
         # clips on 2 cores), as the GPU path runs them.
         self.cpu_bf16 = self.quantized and cpu_bf16_native()
         if self.quantized:
-            if not int8_fast():
-                log.warning("dtype int8 on a CPU without a fast int8 product (no AVX512-VNNI, AVX-VNNI or AMX): "
-                            "its products run as exact fp32 blocks, slower than fp32 itself; dtype auto or "
-                            "fp32 is faster here")
+            if not int8_runs_fast(settings.int8_terms):
+                log.warning("dtype int8 with int8_terms %d on a CPU without a fast int8 product for it (no "
+                            "AVX512-VNNI, AVX-VNNI or AMX; two terms need one): its products run as exact fp32 "
+                            "blocks, slower than fp32 itself; dtype auto or fp32 is faster here",
+                            settings.int8_terms)
             _quantize_int8(self.model, settings.int8_terms)
             blstm = getattr(self.model.predictor, "blstm", None)
             if self.cpu_bf16 and blstm is not None:

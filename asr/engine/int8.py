@@ -26,6 +26,13 @@ one primitive per input shape, and a service meets a new row count in nearly eve
 512 x 2048 layer called with 800 row counts: +370 MB), so the rows are padded up to a ladder of
 sizes (`row_rung`: at most 1/8 more rows, about 8 sizes per doubling): the shapes, and the memory
 they hold, stay few (the same 800 calls: +18 MB).
+
+On CPUs whose int8 product adds pairs of u8 x s8 products in saturating int16 first (AVX2 or
+AVX-512 without VNNI: `vpmaddubsw`; AMD EPYC before Zen 4, Intel before Cascade Lake) the packed
+product is still about 1.9x fp32 (a 1000 x 512 x 2048 product on 2 AVX2 cores: 8.3 against 15.6
+ms), and exact while 255 x w x 2 fits int16: so one-term weights there take 64 levels a side
+instead of 127 (`packed_levels`, found by probing the product, not by reading flags). The
+activations keep 127. Two terms need the full range, so they take the exact fp32 blocks there.
 """
 
 from __future__ import annotations
@@ -82,22 +89,36 @@ def row_rung(rows: int) -> int:
 
 @functools.cache
 def packed_product_usable() -> bool:
-    """Whether the packed u8 x s8 product runs here, and fast: the op exists, oneDNN is on, the
-    CPU runs AVX-512 with a fast int8 product (elsewhere `_int_mm` is the measured path), and
-    int32 -> uint8 casts keep the low byte (the magic-number rounding relies on it)."""
-    if not int8_fast() or not hasattr(torch.ops, "onednn") or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
-        return False
-    if not torch.backends.mkldnn.is_available() or "AVX512" not in torch.backends.cpu.get_cpu_capability():
-        return False
+    """Whether the packed u8 x s8 product runs here, and fast (`packed_levels`)."""
+    return packed_levels() > 0
+
+
+@functools.cache
+def packed_levels() -> int:
+    """The largest weight level a side that the packed u8 x s8 product multiplies exactly here: 127
+    where it sums the products in int32 (VNNI, AMX), 64 where it first adds pairs of them in
+    saturating int16 (AVX2, AVX-512 without VNNI: 255 x 127 x 2 overflows, 255 x 64 x 2 does not),
+    0 where the packed product is not used: no oneDNN op, a CPU without AVX2, int32 -> uint8 casts
+    that do not keep the low byte (the magic-number rounding relies on it), or a probe's wrong sum."""
+    if not hasattr(torch.ops, "onednn") or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return 0
+    if not torch.backends.mkldnn.is_available() or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return 0
     probe = torch.arange(-300, 300, dtype=torch.int32).repeat(20) + 0x4B400080
     if not torch.equal(probe.to(torch.uint8), (probe & 0xFF).to(torch.uint8)):
-        return False
-    try:
-        packed = torch.ops.onednn.qlinear_prepack(torch.ones(8, 16, dtype=torch.int8), None)
-        out = _packed_sums(torch.full((2, 16), 130, dtype=torch.uint8), packed, 8)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
-    return torch.equal(out, torch.full((2, 8), 32.0))
+        return 0
+    # Rows of 255, 0 and 1 (activations +127, -128, -127) against weight columns of +-levels: every
+    # pair of products at the edge of int16 where the product saturates.
+    u8 = torch.tensor([[255] * 32, [0] * 32, [1] * 32, [255, 0] * 16], dtype=torch.uint8)
+    for levels in (127, 64):
+        weights = torch.tensor([[levels] * 32, [-levels] * 32, [levels, -levels] * 16], dtype=torch.int8)
+        try:
+            out = _packed_sums(u8, torch.ops.onednn.qlinear_prepack(weights, None), 3)
+        except (AttributeError, RuntimeError, NotImplementedError):
+            return 0
+        if torch.equal(out, (u8.float() - 128) @ weights.float().t()):
+            return levels
+    return 0
 
 
 _UNIT: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -143,20 +164,26 @@ class Int8Linear(nn.Module):
     `terms=1` (the default path) is one int8 term per operand, one product.
     """
 
-    def __init__(self, linear: nn.Linear, terms: int = 1) -> None:
+    def __init__(self, linear: nn.Linear, terms: int = 1, levels: int | None = None) -> None:
+        """`levels`: the weights' largest level a side, by default the most the packed product
+        multiplies exactly here for one term (`packed_levels`), else 127; two terms take 127."""
         super().__init__()
         if terms not in (1, 2):
             raise ValueError("terms is 1 or 2")
+        if levels is None:
+            levels = packed_levels() if terms == 1 and packed_product_usable() else int(_QMAX)
+        if not 1 <= levels <= _QMAX or (terms == 2 and levels != _QMAX):
+            raise ValueError(f"levels is 1 to 127 for one term, 127 for two (got {levels})")
         weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _QMAX
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / levels
         units = weight / scale[:, None]
-        coarse = torch.round(units).clamp(-_QMAX, _QMAX)
-        self.terms = terms
+        coarse = torch.round(units).clamp(-levels, levels)
+        self.terms, self.levels = terms, levels
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # The int8 weights live either in oneDNN's packed copies (opaque tensors, kept outside the
         # buffers, so state_dict and .to() never see them) or in `_int_mm`'s [in, out] layout.
         self._packed = self._packed_cross = None
-        packed = packed_product_usable()
+        packed = packed_product_usable() and levels <= packed_levels()
         if terms == 2:
             # |units - coarse| <= 0.5, so the residual in 1/254 steps fits int8.
             fine = torch.round((units - coarse) * _FINE).clamp(-_QMAX, _QMAX)
@@ -255,7 +282,13 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         packed = ", packed" if self._packed is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, terms={self.terms}{packed}")
+                f"bias={self.bias is not None}, terms={self.terms}, levels={self.levels}{packed}")
+
+
+def int8_runs_fast(terms: int) -> bool:
+    """Whether int8 layers of `terms` terms run faster than fp32 here: with a fast `_int_mm`, or one
+    term through the packed product (which needs the full range for two)."""
+    return int8_fast() or (packed_product_usable() and (terms == 1 or packed_levels() == _QMAX))
 
 
 def int8_available() -> bool:
