@@ -87,7 +87,6 @@ def row_rung(rows: int) -> int:
     return -(-rows // step) * step
 
 
-@functools.cache
 def packed_product_usable() -> bool:
     """Whether the packed u8 x s8 product runs here, and fast (`packed_levels`)."""
     return packed_levels() > 0
