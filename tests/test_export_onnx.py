@@ -144,3 +144,18 @@ def test_bench_peers_measures_every_path_in_its_own_process(exported: Path, tmp_
     # Separate processes: sherpa-onnx's peak RSS does not include the torch engine's weights.
     assert len({r["peak_rss_mb"] for r in rows.values()}) == 3
     assert "| sherpa-onnx int8 bs=1 |" in result["table"]
+
+
+def test_a_paths_peak_rss_is_its_own_not_its_parents() -> None:
+    """Each peer path runs in a child process so that its peak RSS is its own; `ru_maxrss` is
+    carried across exec on Linux, so a child started by a parent that had touched 600 MB reported
+    600 MB (every path read 3.86 GiB after the parent exported the ONNX model)."""
+    held = np.ones(600 * 2**20 // 8)  # touched: 600 MB of the parent's RSS
+    probe = ("import resource; from asr.devtools.bench_peers import _peak_rss_mb; "
+             "print(_peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    own, inherited = map(float, out.stdout.split())
+    assert held.sum() > 0
+    if inherited < 500:
+        pytest.skip("this kernel does not carry ru_maxrss across exec: nothing to tell apart")
+    assert own < 300, (own, inherited)

@@ -37,9 +37,23 @@ def default_threads() -> int:
     return max(1, cores or 1)
 
 
+def _own_peak_rss_mb() -> float:
+    """This process's peak RSS since it started its program. Not `ru_maxrss`: Linux carries that
+    across exec, so every path's child reported the parent's peak (3.86 GiB each after the parent
+    had exported the ONNX model) whenever it exceeded the child's own; VmHWM belongs to the
+    process's current memory map."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_rss_mb() -> float:
     """This process's peak RSS plus the peaks of its live children (a pool's engine processes)."""
-    total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = _own_peak_rss_mb()
     me = str(os.getpid())
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
