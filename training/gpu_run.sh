@@ -6,6 +6,7 @@
 #   dry run:  DRY_RUN=1 bash training/gpu_run.sh  (this CPU machine: same steps, tiny sizes)
 #   a second round: ASR_INIT=tests/assets/demo-model/asr ASR_LR=1e-3 bash training/gpu_run.sh  (the ASR model
 #             continues from those weights and their CMVN; then training/gpu_seaco.sh again)
+#             ASR_SEED=N renders the corpus anew (other voices, rates, noise) for such a round
 #   size:     ASR_SIZE=deep trains that size of train_asr.py's SIZES (default demo)
 #   tones:    TONE_FRAMES=1 adds the tonal-syllable frame classifier (train_asr.py --tone-frames)
 #
@@ -55,7 +56,7 @@ PUNC_PID=$!
 stamp "ASR model: synthesis, then training for $ASR_TRAIN_S s"
 "$PY" training/train_asr.py --corpus "$CORPUS" --out "$WORK/models/asr" --size "${ASR_SIZE:-$SIZE}" --device "$DEVICE" \
   --train-seconds "$ASR_TRAIN_S" --log "$WORK/asr_log.json" "${EXTRA[@]}" \
-  ${ASR_INIT:+--init "$ASR_INIT"} ${ASR_LR:+--lr "$ASR_LR"} ${TONE_FRAMES:+--tone-frames}
+  ${ASR_INIT:+--init "$ASR_INIT"} ${ASR_LR:+--lr "$ASR_LR"} ${ASR_SEED:+--seed "$ASR_SEED"} ${TONE_FRAMES:+--tone-frames}
 stamp "waiting for the punctuation model"
 wait "$PUNC_PID" || { cat "$WORK/punc.out"; exit 1; }
 tail -3 "$WORK/punc.out"
