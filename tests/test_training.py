@@ -450,3 +450,24 @@ def test_install_takes_stage_two_weights_and_hotword_figures(tmp_path) -> None:
     (seaco / "metrics_new.json").write_text(json.dumps({**stage2, "cer_fp32": 22.48}), "utf-8")
     with pytest.raises(SystemExit, match="was not trained on"):
         install_model.main([str(results), "--seaco", str(seaco), "--dest", str(tmp_path / "other")])
+
+    # A second round that continued from the installed model: the card keeps the first round's
+    # commands, adds its installation and this round's (init, lr, seed), and states what the
+    # replaced model measured.
+    first = card.split("```")[1].strip("\n").splitlines()
+    round2 = {**logs["asr"], "options": {**logs["asr"]["options"], "init": str(dest / "asr"), "lr": "0.001",
+                                         "seed": "1", "size": "deep", "tone_frames": "True"}}
+    (results / "logs.json").write_text(json.dumps({"asr": round2, "punc": logs["punc"]}), "utf-8")
+    better = {**stage1, "cer_fp32": 13.21, "start_within_80ms": 0.8123}
+    (results / "metrics.json").write_text(json.dumps(better), "utf-8")
+    (seaco / "metrics_new.json").write_text(json.dumps({**stage2, **better}), "utf-8")
+    assert install_model.main([str(results), "--seaco", str(seaco), "--dest", str(dest)]) == 0
+    card = (dest / "MODEL_CARD.md").read_text("utf-8")
+    block = card.split("```")[1].strip("\n").splitlines()
+    assert len(first) == 3 and block[: len(first)] == first
+    assert block[len(first)].startswith("python training/install_model.py training/out --seaco training/out-seaco")
+    assert block[len(first) + 1].startswith(f"ASR_INIT={dest / 'asr'} ASR_LR=0.001 ASR_SEED=1 ASR_SIZE=deep "
+                                            "TONE_FRAMES=1 WORK=/tmp/r2 bash training/gpu_run.sh")
+    assert block[len(first) + 2].startswith("MODEL=/tmp/r2/models/asr TRAIN_S=300 bash training/gpu_seaco.sh")
+    assert "(that model: CER 21.05%, character starts within 80 ms 0.6832" in card
+    assert json.loads((dest / "metrics.json").read_text("utf-8"))["cer_fp32"] == 13.21

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -23,20 +24,53 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = ROOT / "tests" / "assets" / "demo-model"
 
 
-def command(asr_options: dict, seaco: dict | None) -> str:
-    """The commands that reproduce the installed models, with the settings they ran with."""
+def command(asr_options: dict, seaco: dict | None, before: list[str] | None = None) -> str:
+    """The commands that reproduce the installed models, with the settings they ran with. A round
+    that continued from the installed model (`--init`) needs that model's own commands first
+    (`before`, read from the card it replaces) and its installation."""
+    before = list(before or [])
+    init = asr_options.get("init")
+    if init in (None, "None"):
+        before = ["bash training/build_carry.sh  # CPU machine"]
+        init = None
+    elif not before:
+        before = [f"# {init}: the model this round continued from (its own card gives its commands)"]
+    else:
+        before.append("python training/install_model.py training/out"
+                      f"{' --seaco training/out-seaco' if any('gpu_seaco.sh' in b for b in before) else ''}"
+                      "  # CPU machine: installs that round; the next continues from it")
+    work = f"/tmp/r{1 + sum('gpu_run.sh' in b for b in before)}"
     env = []
+    if init:
+        env += [f"ASR_INIT={init}", f"ASR_LR={asr_options.get('lr')}"]
+        if str(asr_options.get("seed", "0")) != "0":
+            env.append(f"ASR_SEED={asr_options['seed']}")
     if asr_options.get("size") not in (None, "demo"):
         env.append(f"ASR_SIZE={asr_options['size']}")
     if str(asr_options.get("tone_frames")) == "True":
         env.append("TONE_FRAMES=1")
-    lines = ["bash training/build_carry.sh  # CPU machine",
-             " ".join([*env, *(["WORK=/tmp/r1"] if seaco else []), "bash training/gpu_run.sh"])
+    lines = [*before,
+             " ".join([*env, *([f"WORK={work}"] if seaco else []), "bash training/gpu_run.sh"])
              + "  # one H200, carry: training/carry"]
     if seaco:
-        lines.append(f"MODEL=/tmp/r1/models/asr TRAIN_S={seaco.get('train_seconds'):g} bash training/gpu_seaco.sh"
+        lines.append(f"MODEL={work}/models/asr TRAIN_S={seaco.get('train_seconds'):g} bash training/gpu_seaco.sh"
                      "  # stage 2, same machine")
     return "\n".join(lines)
+
+
+def continues(logs: dict, dest: Path) -> bool:
+    """Whether the ASR round started from the model installed at `dest` (the one it replaces)."""
+    init = logs["asr"].get("options", {}).get("init")
+    return init not in (None, "None") and (ROOT / init).resolve() == (dest / "asr").resolve()
+
+
+def previous_commands(dest: Path) -> list[str]:
+    """The command block of the card about to be replaced."""
+    card = dest / "MODEL_CARD.md"
+    if not card.exists():
+        return []
+    found = re.search(r"^## Training\n.*?^```\n(.*?)\n^```", card.read_text("utf-8"), re.S | re.M)
+    return found.group(1).splitlines() if found else []
 
 
 def stage_two(seaco: dict | None, metrics: dict) -> str:
@@ -83,7 +117,8 @@ def describe(config: Path) -> str:
             f"{d['num_blocks']} blocks (FFN {d['linear_units']}), SeACo decoder {s['num_blocks']} blocks")
 
 
-def model_card(metrics: dict, logs: dict, dest: Path) -> str:
+def model_card(metrics: dict, logs: dict, dest: Path, before: list[str] | None = None,
+               previous: dict | None = None) -> str:
     asr, punc, seaco = logs["asr"], logs["punc"], logs.get("seaco")
     m = metrics.get
     last = asr["steps"][-1] if asr.get("steps") else {}
@@ -96,6 +131,10 @@ def model_card(metrics: dict, logs: dict, dest: Path) -> str:
     tones = (f", and a second one taught each frame's tonal syllable (espeak-ng's reading, "
              f"{asr.get('tone_classes')} classes; dropped at export too)"
              if str(options.get("tone_frames")) == "True" else "")
+    if previous and continued:
+        p = previous.get
+        continued += (f" (that model: CER {p('cer_fp32')}%, character starts within 80 ms "
+                      f"{p('start_within_80ms')}, bf16 sequences equal {p('tokens_equal_bf16_vs_fp32')})")
     errors = ", ".join(f"{k} {v}" for k, v in (m("errors_fp32") or {}).items()) or "not measured"
     return f"""# Demonstration models: SeACo-Paraformer and CT-Transformer trained on synthetic Mandarin
 
@@ -139,7 +178,7 @@ voice reading text like its training text. It is no replacement for the released
 Command (reproduces data and models; seeds fixed):
 
 ```
-{command(options, seaco)}
+{command(options, seaco, before)}
 ```
 
 ASR: {asr.get('train_steps')} steps in {asr.get('train_s')} s ({asr.get('epochs')} passes){continued}, bf16 autocast,
@@ -180,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", type=Path, default=DEFAULT_DEST)
     a = p.parse_args(argv)
     dest: Path = a.dest
+    before = previous_commands(dest)
+    previous = json.loads((dest / "metrics.json").read_text("utf-8")) if (dest / "metrics.json").exists() else None
     for name in ("asr", "punc"):
         if (dest / name).exists():
             shutil.rmtree(dest / name)
@@ -198,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         logs["seaco"] = json.loads((a.seaco / "train_log.json").read_text("utf-8"))
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", "utf-8")
     (dest / "training-log.json").write_text(json.dumps(logs, indent=1, ensure_ascii=False) + "\n", "utf-8")
-    (dest / "MODEL_CARD.md").write_text(model_card(metrics, logs, dest), "utf-8")
+    history = (before, previous) if continues(logs, dest) else ()
+    (dest / "MODEL_CARD.md").write_text(model_card(metrics, logs, dest, *history), "utf-8")
     files = sorted(p for p in dest.rglob("*") if p.is_file() and p.parent.name in ("asr", "punc"))
     sums = "".join(f"{sha256(f)}  {f.relative_to(dest).as_posix()}\n" for f in files)
     (dest / "SHA256SUMS").write_text(sums, "utf-8")
