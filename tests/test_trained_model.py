@@ -26,12 +26,12 @@ PUNC_DIR = MODEL_ROOT / "punc"
 TESTSET = json.loads((MODEL_ROOT / "testset.json").read_text("utf-8"))
 N_CER = 240
 
-# Issue #12's targets. The demonstration model (MODEL_CARD.md: 15 minutes of training on one
-# H200, CER 23%, then 7 minutes of stage 2 for the hotword path) meets the hotword ones; it is
-# short of the others: each of those is a strict xfail, so a model that reaches it fails loudly
-# and the marker comes off. The other assertions hold that model's level with a margin
-# (random weights give a CER near 100%; the first model, 48%, would fail them), so a change that
-# stops the product recognising fails.
+# Issue #12's targets. The demonstration model (MODEL_CARD.md: two rounds of 15 minutes on one
+# H200, then 5 minutes of stage 2 for the hotword path) meets the CER, hotword and 10-minute ones;
+# it is short of the character-start one: that is a strict xfail, so a model that reaches it
+# fails loudly and the marker comes off. The other assertions hold that model's level with a
+# margin (random weights give a CER near 100%; the first model, 48%, would fail them), so a change
+# that stops the product recognising fails.
 TARGET = pytest.mark.xfail(
     strict=True, reason="issue #12's target: the demonstration model (MODEL_CARD.md) is short of it"
 )
@@ -105,24 +105,20 @@ def cer(speech: Any, held_out: list, held_out_results: list) -> float:
 
 def test_cer_on_held_out_sentences(held_out: list, cer: float) -> None:
     assert len(held_out) >= 200
-    assert cer <= 25.0  # 21.97% measured on these 240 (the 14-block model)
-
-
-@TARGET
-def test_cer_reaches_the_target(cer: float) -> None:
-    assert cer <= 15.0
+    assert cer <= 15.0  # issue #12's target; 14.05% measured on these 240 (21.97% before round 2)
 
 
 def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_engine: Any, held_out: list,
                                                             held_out_results: list) -> None:
     """bf16 as the GPU runs it (weights cast, the CIF weights kept fp32; here on the CPU) against
     fp32: the CER stays, and every utterance whose tokens differ was decided by a hair in fp32:
-    a token whose two best log-probabilities lie within 0.5 (rounding moves that gap by 0.08 at
-    the median utterance's worst token, 0.37 at the 90th percentile, 0.87 at most on this 14-block
-    encoder; 0.07 / 0.14 / 0.53 on the earlier 8-block one), or, where the token count differs,
-    CIF weights summing to within 0.1 of the next count. The model cannot tell those apart and any
-    rounding decides them: that, not the engine, keeps bf16 at ~90% of sequences equal on this
-    model (issue #12's 99%; BENCHMARKS.md). A cast gone wrong moves far more."""
+    a token whose two best log-probabilities lie within 1.0 (over each utterance's tokens, the
+    most rounding moves that gap is 0.07 at the median utterance, 0.16 at the 90th percentile,
+    0.81 at the 99th, 1.66 at most on this model; 12 of its 14 flips were within 0.25, the largest
+    0.58), or, where the token count differs, CIF weights summing to within 0.1 of the next count.
+    The model cannot tell those apart and any rounding decides them: that, not the engine, keeps
+    bf16 at ~94% of sequences equal on this model (issue #12's 99%; BENCHMARKS.md). A cast gone
+    wrong moves far more."""
     from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
@@ -143,8 +139,8 @@ def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_
           f"{[(i, round(near[i][1], 4)) for i in recounted]}; token margins where bf16 differs: "
           f"max {max((near[i][0] for i in changed if i not in recounted), default=0):.3f}")
     assert all(near[i][1] < 2 * speech.NEAR_TIE for i in recounted)
-    assert all(near[i][0] < 10 * speech.NEAR_TIE for i in changed if i not in recounted)
-    assert len(changed) <= 0.2 * len(waves)
+    assert all(near[i][0] < 20 * speech.NEAR_TIE for i in changed if i not in recounted)
+    assert len(changed) <= 0.1 * len(waves)  # 14 of 240
     assert abs(cer16 - cer32) <= 0.5
 
 
@@ -172,7 +168,7 @@ def start_share(speech: Any, held_out: list, held_out_results: list) -> float:
 
 
 def test_character_starts_land_on_the_spoken_characters(start_share: float) -> None:
-    assert start_share >= 0.62  # 0.677 measured on these 240 (the 14-block model)
+    assert start_share >= 0.76  # 0.810 measured on these 240 (0.677 before round 2)
 
 
 @TARGET
@@ -333,19 +329,11 @@ def test_ten_minutes_with_vad_punctuation_and_subtitles(ten_minutes: dict[str, A
 
     cues, sentences = ten_minutes["cues"], ten_minutes["sentences"]
     assert ten_minutes["result"].applied.punctuation and any(c.text[-1:] in "。？" for c in cues)
-    # 20.2% measured on the 14-block model (the 8-block one: 21.4%, its own 22% on these sentences
-    # alone; 31% when the VAD merged sentences across their pauses).
-    assert ten_minutes["cer"] <= 23.0
-    # 153 cues for 149 sentences, 0.941 of cue starts near a sentence start (the 8-block model: 161,
-    # 0.913; cues break at pauses of 0.8 s; at 1.5 s: 127 cues, 0.677).
-    assert abs(len(cues) - sentences) <= 0.2 * sentences
-    assert ten_minutes["near"] >= 0.85
-    assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
-
-
-@TARGET
-def test_ten_minutes_reach_the_targets(ten_minutes: dict[str, Any]) -> None:
-    cues, sentences = ten_minutes["cues"], ten_minutes["sentences"]
+    # Issue #12's targets. 13.34% measured (20.2% before round 2; 31% when the VAD merged
+    # sentences across their pauses).
     assert ten_minutes["cer"] <= 18.0
+    # 154 cues for 149 sentences, 0.955 of cue starts near a sentence start (before round 2: 153,
+    # 0.941; cues break at pauses of 0.8 s; at 1.5 s: 127 cues, 0.677).
     assert abs(len(cues) - sentences) <= 0.2 * sentences
     assert ten_minutes["near"] >= 0.90
+    assert all(c.end_ms - c.start_ms <= SubtitleOptions().max_duration_ms for c in cues)
