@@ -145,7 +145,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
                 engine.close()
         finally:
             if decoders is not None:
-                decoders.shutdown(wait=False, cancel_futures=True)
+                # Waited for: that drops the pool's queues, whose semaphores multiprocessing's
+                # tracker would otherwise report as leaked once the command leaves by os._exit.
+                decoders.shutdown(wait=True, cancel_futures=True)
     global finished_transcribing
     finished_transcribing = True
     return code
