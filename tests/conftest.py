@@ -97,9 +97,36 @@ def output_dir() -> Path:
 _LIVE_FIXTURES = {"live_server", "server"}
 
 
+# The longest files (seconds on 2 CPU cores), first: tests/run.sh runs files whole on two
+# pytest-xdist workers in collection order, and one of these started last would keep one worker
+# busy alone at the end. The Ray files sit apart so their clusters rarely start together.
+LONGEST_FIRST = (
+    "test_trained_model.py",  # 150
+    "test_archive_ray.py",  # 88
+    "test_decode_processes.py",  # 96
+    "server/test_http_workers.py",  # 79
+    "server/test_serve_ray.py",  # 81
+    "server/test_consistency.py",  # 61
+    "test_export_onnx.py",  # 59
+    "server/test_decode_processes_live.py",  # 57
+    "test_int8.py",  # 47
+    "test_bench_e2e.py",  # 45
+    "server/test_memory_budget.py",  # 40
+    "server/test_live_ws.py",  # 38
+    "test_engine_pool.py",  # 35
+)
+
+
+def _file_rank(item: pytest.Item) -> int:
+    path = item.path.as_posix()
+    return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers from what a test uses, so a subset runs with one flag (tests/README.md):
-    `gpu` (skips without CUDA), `browser` (chromium), `live` (a server process)."""
+    `gpu` (skips without CUDA), `browser` (chromium), `live` (a server process). And the longest
+    files first (`LONGEST_FIRST`; a stable sort keeps every file's own order)."""
+    items.sort(key=_file_rank)
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if names & {"page", "browser"}:
