@@ -300,6 +300,21 @@ def test_error_kinds_class_each_substitution_by_reading() -> None:
     assert evaluate.error_kinds(["我"], ["你"], reading=readings.__getitem__)["other"] == 100.0
 
 
+def test_start_hits_pair_substituted_characters_only_when_asked() -> None:
+    """A homophone written in place of the spoken character is a timing hit when its start lands,
+    but only with `substitutions=True`; a deleted character and a start 100 ms off are misses."""
+    import evaluate
+
+    true = np.array([0, 200, 400, 600, 800])  # 会议室讨论, ms
+    # 室 written 是 at its place (within 30 ms); 讨 100 ms late; 论 deleted.
+    tokens, stamps = list("会议是讨"), [[10, 150], [190, 350], [430, 560], [700, 1000]]
+    assert evaluate.start_hits("会议室讨论", tokens, stamps, true) == (2, 5)
+    assert evaluate.start_hits("会议室讨论", tokens, stamps, true, substitutions=True) == (3, 5)
+    # A replaced run of another length pairs nothing: which character would stand for which?
+    tokens, stamps = list("会议是是是论"), [[10, 150], [190, 350], [400, 500], [500, 560], [600, 700], [800, 900]]
+    assert evaluate.start_hits("会议室讨论", tokens, stamps, true, substitutions=True) == (3, 5)
+
+
 def test_weighted_seaco_loss_is_funasrs_at_weight_one_and_leans_on_listed_positions() -> None:
     import train_seaco
     from funasr.losses.label_smoothing_loss import LabelSmoothingLoss

@@ -135,6 +135,9 @@ def model_card(metrics: dict, logs: dict, dest: Path, before: list[str] | None =
         p = previous.get
         continued += (f" (that model: CER {p('cer_fp32')}%, character starts within 80 ms "
                       f"{p('start_within_80ms')}, bf16 sequences equal {p('tokens_equal_bf16_vs_fp32')})")
+    paired = (f"| the same, a substituted character paired with the one spoken (timing apart from the character "
+              f"chosen) | {m('start_within_80ms_substitutions_paired')} |\n"
+              if m("start_within_80ms_substitutions_paired") is not None else "")
     errors = ", ".join(f"{k} {v}" for k, v in (m("errors_fp32") or {}).items()) or "not measured"
     return f"""# Demonstration models: SeACo-Paraformer and CT-Transformer trained on synthetic Mandarin
 
@@ -198,7 +201,7 @@ Punctuation: {punc.get('train_steps')} steps in {punc.get('train_s')} s on the p
 | hotword trap recall without / with hotwords | {m('hotword_recall_without')} / {m('hotword_recall_with')} |
 | false hotword insertions (utterances) | {metrics.get('hotword_false_insertion_rate')} |
 | character starts within 80 ms | {metrics.get('start_within_80ms')} |
-| punctuation (dev): {', '.join(f'{k} {v}' for k, v in pm.items())} | |
+{paired}| punctuation (dev): {', '.join(f'{k} {v}' for k, v in pm.items())} | |
 
 Where the errors are (evaluate.py's `error_kinds`, fp32, substitutions classed by espeak-ng's
 reading of each character alone), in percent of the reference characters: {errors}. The homophones are the
