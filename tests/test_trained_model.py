@@ -25,6 +25,7 @@ ASR_DIR = MODEL_ROOT / "asr"
 PUNC_DIR = MODEL_ROOT / "punc"
 TESTSET = json.loads((MODEL_ROOT / "testset.json").read_text("utf-8"))
 N_CER = 240
+N_BF16 = 120
 
 # Issue #12's targets. The demonstration model (MODEL_CARD.md: two rounds of 15 minutes on one
 # H200, then 5 minutes of stage 2 for the hotword path) meets them on the CPU; the assertions
@@ -109,14 +110,17 @@ def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_
     fp32: the CER stays, and every utterance whose tokens differ was decided by a hair in fp32:
     a token whose two best log-probabilities lie within 1.0 (over each utterance's tokens, the
     most rounding moves that gap is 0.07 at the median utterance, 0.16 at the 90th percentile,
-    0.81 at the 99th, 1.66 at most on this model; 12 of its 14 flips were within 0.25, the largest
-    0.58), or, where the token count differs, CIF weights summing to within 0.1 of the next count.
-    The model cannot tell those apart and any rounding decides them: that, not the engine, keeps
-    bf16 at ~94% of sequences equal on this model (issue #12's 99%; BENCHMARKS.md). A cast gone
-    wrong moves far more."""
+    0.81 at the 99th, 1.66 at most on this model, over 240 utterances; 12 of their 14 flips were
+    within 0.25, the largest 0.58), or, where the token count differs, CIF weights summing to
+    within 0.1 of the next count. The model cannot tell those apart and any rounding decides
+    them: that, not the engine, keeps bf16 at ~94% of sequences equal on this model (issue #12's
+    99%; BENCHMARKS.md). A cast gone wrong moves far more."""
     from asr.engine.core import Engine
     from asr.settings import EngineSettings
 
+    # The first 120 of the 240: bf16 is emulated on CPUs without native bf16 products, and all
+    # 240 took 58 s alone, 170-200 s beside another test file.
+    held_out, held_out_results = held_out[:N_BF16], held_out_results[:N_BF16]
     waves = [w for _, w, _ in held_out]
     bf16 = Engine.from_settings(EngineSettings(model=str(ASR_DIR), device="cpu", dtype="bf16", warmup=False))
     try:
@@ -135,7 +139,7 @@ def test_bf16_changes_only_tokens_the_model_decides_by_a_hair(speech: Any, demo_
           f"max {max((near[i][0] for i in changed if i not in recounted), default=0):.3f}")
     assert all(near[i][1] < 2 * speech.NEAR_TIE for i in recounted)
     assert all(near[i][0] < 20 * speech.NEAR_TIE for i in changed if i not in recounted)
-    assert len(changed) <= 0.1 * len(waves)  # 14 of 240
+    assert len(changed) <= 0.1 * len(waves)  # 9 of these 120 (14 of all 240)
     assert abs(cer16 - cer32) <= 0.5
 
 
