@@ -108,7 +108,10 @@ def test_files_decoded_in_processes_give_the_results_and_errors_of_threads(engin
     assert in_threads["speech.mp3 (path)"] == in_threads["speech.mp3 (bytes)"] == in_threads["speech.mp3 (file)"]
 
 
-def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
+def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     inputs = _inputs()
 
     async def go() -> dict[str, bool]:
@@ -123,7 +126,9 @@ def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
                     sent[name] = exc.code == "unsupported_format"  # decoded there, refused with its code
                     continue
                 sent[name] = isinstance(out, AudioStream)
-                if not sent[name]:
+                if sent[name]:
+                    out.close()  # what the pipeline does with every stream: the temporary file goes
+                else:
                     assert out is inputs[name]  # handed back untouched, streamed in a thread
             return sent
         finally:
@@ -137,6 +142,7 @@ def test_compressed_files_go_to_the_processes_and_wavs_stay(engine, tmp_path):
         "long.mp3": True,  # decoded there, longer than 45 s: streamed from there instead
         "broken.mp3": True,
     }
+    assert not list(tmp_path.glob("asr-decode-*"))
 
 
 def test_a_stream_abandoned_midway_frees_its_process(engine, tmp_path):
