@@ -45,7 +45,7 @@ def half_vs_fp32(request: pytest.FixtureRequest) -> tuple[str, float, float, flo
 
 def test_half_precision_keeps_the_trained_models_recognition(half_vs_fp32: tuple[str, float, float, float]) -> None:
     """The demonstration model's level (training/evaluate.py on the H200, 300 utterances: bf16
-    0.94, fp16 1.0 of token sequences equal; CER 13.21 -> 13.25 / 13.21)."""
+    0.927, fp16 0.997 of token sequences equal; CER 9.88 -> 9.96 / 9.90)."""
     _, same, cer32, cer_half = half_vs_fp32
     assert same >= 0.90
     assert abs(cer_half - cer32) <= 0.5
@@ -57,5 +57,6 @@ def test_half_precision_keeps_99_percent_of_token_sequences(
     dtype, same, cer32, cer_half = half_vs_fp32
     if dtype == "bf16":  # fp16 reaches the target (0.99); bf16's 8-bit mantissa does not yet
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="issue #12's target: bf16 keeps 94% of the demonstration model's sequences"))
+            strict=True, reason="issue #12's target: bf16 keeps 93-94% of the demonstration model's sequences (10% "
+                   "of its utterances hold a homophone pick within 0.05 in fp32: coin flips any rounding decides)"))
     assert same >= 0.99 and abs(cer_half - cer32) <= 0.2
