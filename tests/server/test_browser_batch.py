@@ -35,12 +35,27 @@ def test_one_click_one_job_files_uploaded_once_one_result_area(
     tmp_path: Path,
 ) -> None:
     requests: list[Any] = []
+    answered: list[Any] = []
     page.on("request", lambda r: requests.append(r) if r.method == "POST" else None)
+    page.on("requestfinished", lambda r: answered.append(r) if r.method == "POST" else None)
+    page.on("requestfailed", lambda r: answered.append(r) if r.method == "POST" else None)
 
     def posts() -> list[str]:
         return [r.url.removeprefix(live_server.url) for r in requests]
     _open(page, live_server.url + "/")
     page.click("#tab-batch-button")
+    # Opening the page and picking the tab ask the server for the hotword sets and stop the System
+    # tab's polling (POSTs to run/predict). On a loaded machine they can leave after the files are
+    # picked, so wait until the page is quiet: what follows then counts only what picking sends.
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 30
+    seen = -1
+    while (time.monotonic() - quiet_since < 1.0 or not any("/run/predict" in url for url in posts())) and (
+        time.monotonic() < deadline
+    ):
+        if len(requests) != seen or len(answered) < len(requests):
+            seen, quiet_since = len(requests), time.monotonic()
+        page.wait_for_timeout(100)
+    assert len(answered) == len(requests) and any("/run/predict" in url for url in posts()), posts()
     files = _files(audio_dir, tmp_path, {
         "a1.wav": "clip0.wav", "a2.wav": "clip1.wav", "a3.wav": "clip2.wav", "a4.wav": "clip3.wav",
         "a5.mp3": "clip.mp3", "broken.wav": "corrupt.wav",
