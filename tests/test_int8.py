@@ -15,7 +15,7 @@ import pytest
 import torch
 from speech import held_out_speech
 
-from asr.engine import qkernel
+from asr.engine import lstm_cpu, qkernel
 from asr.engine.attention import cpu_bf16_native
 from asr.engine.core import Engine, _wants_int8
 from asr.engine.int8 import (
@@ -112,7 +112,8 @@ def test_cpu_attention_is_funasrs_arithmetic_one_clip_at_a_time_whatever_the_dty
     # The int8 path's products in bf16 where the CPU has it natively (rowwise all the same).
     int8 = _engine(tiny_model_dir, "int8")
     assert int8.attention_backend == ("rowwise-bf16" if cpu_bf16_native() else "rowwise")
-    assert int8.lstm_backend == ("torch-bf16" if cpu_bf16_native() else "torch")
+    # Its timestamp BLSTM: bf16 likewise, else the C kernel with fp16 recurrent weights (tests/test_lstm_cpu.py).
+    assert int8.lstm_backend == ("torch-bf16" if cpu_bf16_native() else "cpu-f16" if lstm_cpu.available() else "torch")
     fp32 = _engine(tiny_model_dir, "fp32")  # the reference path stays funasr's arithmetic
     assert (fp32.attention_backend, fp32.lstm_backend) == ("rowwise", "torch")
 
@@ -466,6 +467,8 @@ def demo_results() -> tuple[list[str], dict[str, list]]:
     runs = {"fp32": _engine(DEMO / "asr", "fp32").transcribe(waves)}
     for terms in (1, 2):
         runs[f"int8x{terms}"] = _engine(DEMO / "asr", "int8", terms).transcribe(waves)
+    settings = EngineSettings(model=str(DEMO / "asr"), device="cpu", dtype="int8", warmup=False, lstm_kernel="cudnn")
+    runs["int8x1-torch-lstm"] = Engine.from_settings(settings).transcribe(waves)
     return texts, runs
 
 
@@ -483,6 +486,19 @@ def test_int8_keeps_the_trained_models_cer(demo_results: tuple[list[str], dict[s
     cer8 = evaluate.cer(texts, [r.text for r in runs[name]])
     print(f"\nCER fp32 {cer32:.2f}%, {name} {cer8:.2f}%; token sequences equal {_same(runs, name):.3f}")
     assert abs(cer8 - cer32) <= 0.5
+
+
+@pytest.mark.skipif(cpu_bf16_native() or not lstm_cpu.available(),
+                    reason="the int8 path runs the BLSTM kernel only on CPUs without native bf16 that can build it")
+def test_the_blstm_kernel_places_tokens_where_torchs_lstm_does(demo_results: tuple[list[str], dict[str, list]]) -> None:
+    """The int8 path's timestamp BLSTM (the C kernel, fp16 recurrent weights) against torch's fp32
+    LSTM in the same engine: the same tokens (the BLSTM only places them) at the same times (4,348
+    of 4,348 on this model, 2 AVX2 cores)."""
+    runs = demo_results[1]
+    kernel, torch_lstm = runs["int8x1"], runs["int8x1-torch-lstm"]
+    assert [r.token_ids for r in kernel] == [r.token_ids for r in torch_lstm]
+    pairs = [(a, b) for x, y in zip(kernel, torch_lstm, strict=True) for a, b in zip(x.timestamps, y.timestamps)]
+    assert len(pairs) > 3000 and sum(a == b for a, b in pairs) >= 0.99 * len(pairs)
 
 
 def test_two_int8_terms_keep_97_percent_of_token_sequences(demo_results: tuple[list[str], dict[str, list]]) -> None:

@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from asr.engine import lstm as lstm_kernels
+from asr.engine import lstm_cpu
 
 __all__ = ["LSTM_KERNELS", "cif", "cif_wo_hidden", "predict"]
 
-LSTM_KERNELS = ("auto", "fused", "cudnn")
+LSTM_KERNELS = ("auto", "fused", "cudnn", "cpu-f16")
 
 
 def _as_fp32(value: float) -> float:
@@ -223,7 +224,9 @@ def _blstm_within_lengths(
     meaningless and must be masked by the caller.
 
     kernel: "fused" runs both directions in one persistent kernel (`asr.engine.lstm`: CUDA, fp16/bf16),
-    "cudnn" runs torch's LSTM per direction, "auto" picks the fused kernel where it can run.
+    "cpu-f16" the C kernel of `asr.engine.lstm_cpu` (CPU, fp32 with fp16 recurrent weights; torch's
+    LSTM where it does not run), "cudnn" runs torch's LSTM per direction, "auto" picks the fused
+    kernel where it can run.
     """
     if kernel not in LSTM_KERNELS:
         raise ValueError(f"unknown LSTM kernel {kernel!r}; choose one of {LSTM_KERNELS}")
@@ -235,6 +238,10 @@ def _blstm_within_lengths(
     use_fused = kernel != "cudnn" and lstm_kernels.fused_available(x.device, dtype, blstm.hidden_size)
     if kernel == "fused" and not use_fused:
         raise RuntimeError("the fused LSTM kernel needs Triton, a CUDA device with enough SMs and fp16/bf16 weights")
+    if kernel == "cpu-f16":
+        out = lstm_cpu.blstm(blstm, x, lens, half=True)
+        if out is not None:
+            return out.to(given)
     if not use_fused and x.device.type == "cpu" and x.size(0) <= CPU_LSTM_ALONE_ROWS:
         return _blstm_rows_alone(blstm, x, lens).to(given)
     x_reversed = _reverse_within(x, lens)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asr.engine import graphs, qkernel
+from asr.engine import graphs, lstm_cpu, qkernel
 from asr.engine import lstm as lstm_kernels
 from asr.engine.attention import cpu_bf16_native, patch_attention
 from asr.engine.batching import Batch, check_audio, per_item_hotwords, plan, split_long
@@ -178,12 +178,20 @@ class Engine:
         return "rowwise-bf16" if self.cpu_bf16 else "rowwise"
 
     def _choose_lstm_kernel(self) -> str:
-        """'fused' or 'cudnn' for the timestamp head's BLSTM (see `asr.engine.lstm`)."""
+        """'fused', 'cpu-f16' or 'cudnn' for the timestamp head's BLSTM (see `asr.engine.lstm` and
+        `asr.engine.lstm_cpu`)."""
         blstm = getattr(self.model.predictor, "blstm", None)
         usable = blstm is not None and lstm_kernels.fused_available(self.device, self.dtype, blstm.hidden_size)
         choice = self.settings.lstm_kernel
         if choice == "fused" and not usable:
             raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")
+        # The int8 path's fp32 BLSTM (no native bf16 here): the C kernel, 1.7x torch's LSTM for
+        # one or two rows on 2 AVX2 cores. The fp32 path keeps torch's, funasr's own arithmetic.
+        on_int8_path = self.device.type == "cpu" and self.quantized and not self.cpu_bf16
+        if choice == "auto" and on_int8_path and blstm is not None and lstm_cpu.available():
+            probe = torch.empty(1, 1, blstm.input_size)
+            if lstm_cpu.fits(blstm, probe):
+                return "cpu-f16"
         return "fused" if usable and choice != "cudnn" else "cudnn"
 
     @property
@@ -191,8 +199,8 @@ class Engine:
         """What runs the timestamp BLSTM, as logs and the UI report it: 'fused' (our Triton
         kernel), 'cudnn' (torch's LSTM on a CUDA device) or 'torch' / 'torch-bf16' (torch's LSTM on the CPU,
         where there is no cuDNN)."""
-        if self.lstm_kernel == "fused":
-            return "fused"
+        if self.lstm_kernel in ("fused", "cpu-f16"):
+            return self.lstm_kernel
         if self.device.type == "cuda":
             return "cudnn"
         return "torch-bf16" if self.cpu_bf16 else "torch"

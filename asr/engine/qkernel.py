@@ -82,21 +82,26 @@ def _cache_dir() -> Path:
     return Path(base) / "asr-kernels"
 
 
-def _build() -> Path:
-    """The kernel's shared library, compiled unless this source, flags and CPU have one cached."""
-    key = hashlib.sha256("\n".join([_SOURCE, *_FLAGS, platform.machine(), _cpu_model()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"quantize-{key}.so"
+def build_library(name: str, source: str, flags: list[str]) -> Path:
+    """A C source's shared library, compiled unless this source, flags and CPU have one cached.
+    Raises OSError or subprocess.SubprocessError where it cannot be built."""
+    key = hashlib.sha256("\n".join([source, *flags, platform.machine(), _cpu_model()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"{name}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        src = Path(tmp) / "quantize.c"
-        src.write_text(_SOURCE)
-        built = Path(tmp) / "quantize.so"
-        subprocess.run([os.environ.get("CC", "cc"), *_FLAGS, str(src), "-o", str(built)],
+        src = Path(tmp) / f"{name}.c"
+        src.write_text(source)
+        built = Path(tmp) / f"{name}.so"
+        subprocess.run([os.environ.get("CC", "cc"), *flags, str(src), "-o", str(built)],
                        check=True, capture_output=True, timeout=120)
         os.replace(built, target)  # atomic: another process building the same file is harmless
     return target
+
+
+def _build() -> Path:
+    return build_library("quantize", _SOURCE, _FLAGS)
 
 
 def _cpu_model() -> str:
