@@ -463,12 +463,13 @@ def test_encoder_output_stays_close_to_fp32(tiny_model_dir: Path, clips: list, e
 def demo_results() -> tuple[list[str], dict[str, list]]:
     """The demonstration model's held-out utterances through fp32 and both int8 layers."""
     texts = json.loads((DEMO / "testset.json").read_text("utf-8"))["cer"][:240]
-    waves = [w for w, _ in held_out_speech(texts)]
-    runs = {"fp32": _engine(DEMO / "asr", "fp32").transcribe(waves)}
+    speech = held_out_speech(texts)
+    waves = [w for w, _ in speech]
+    runs = {"fp32": _engine(DEMO / "asr", "fp32").transcribe(waves), "starts": [s for _, s in speech]}
     for terms in (1, 2):
         runs[f"int8x{terms}"] = _engine(DEMO / "asr", "int8", terms).transcribe(waves)
     settings = EngineSettings(model=str(DEMO / "asr"), device="cpu", dtype="int8", warmup=False, lstm_kernel="cudnn")
-    runs["int8x1-torch-lstm"] = Engine.from_settings(settings).transcribe(waves)
+    runs["int8x1-torch-lstm"] = Engine.from_settings(settings).transcribe(waves[:120])
     return texts, runs
 
 
@@ -491,14 +492,28 @@ def test_int8_keeps_the_trained_models_cer(demo_results: tuple[list[str], dict[s
 @pytest.mark.skipif(cpu_bf16_native() or not lstm_cpu.available(),
                     reason="the int8 path runs the BLSTM kernel only on CPUs without native bf16 that can build it")
 def test_the_blstm_kernel_places_tokens_where_torchs_lstm_does(demo_results: tuple[list[str], dict[str, list]]) -> None:
-    """The int8 path's timestamp BLSTM (the C kernel, fp16 recurrent weights) against torch's fp32
-    LSTM in the same engine: the same tokens (the BLSTM only places them) at the same times (4,348
-    of 4,348 on this model, 2 AVX2 cores)."""
-    runs = demo_results[1]
-    kernel, torch_lstm = runs["int8x1"], runs["int8x1-torch-lstm"]
+    """The int8 path's timestamp BLSTM (the C kernel: fp16 recurrent weights, int8 input products)
+    against torch's fp32 LSTM in the same engine: the same tokens (the BLSTM only places them),
+    almost all at the same times (2 AVX2 cores, 240 utterances: 4,307 of 4,348, none moved by more
+    than 20 ms), and as many characters start within 80 ms of the spoken ones (0.9502 either way,
+    paired). The first 120 here (torch's LSTM is the slow one)."""
+    import evaluate
+
+    texts, runs = demo_results
+    torch_lstm = runs["int8x1-torch-lstm"]
+    kernel = runs["int8x1"][: len(torch_lstm)]
     assert [r.token_ids for r in kernel] == [r.token_ids for r in torch_lstm]
     pairs = [(a, b) for x, y in zip(kernel, torch_lstm, strict=True) for a, b in zip(x.timestamps, y.timestamps)]
-    assert len(pairs) > 3000 and sum(a == b for a, b in pairs) >= 0.99 * len(pairs)
+    assert len(pairs) > 1500 and sum(a == b for a, b in pairs) >= 0.98 * len(pairs)
+    assert max(abs(p - q) for a, b in pairs for p, q in zip(a, b)) <= 40
+
+    def share(results: list) -> float:
+        hits = [evaluate.start_hits(text, r.tokens, r.timestamps, starts, substitutions=True)
+                for text, r, starts in zip(texts, results, runs["starts"], strict=False)]
+        return sum(h for h, _ in hits) / sum(n for _, n in hits)
+
+    print(f"\nstarts within 80 ms: kernel {share(kernel):.4f}, torch's LSTM {share(torch_lstm):.4f}")
+    assert share(kernel) >= share(torch_lstm) - 0.005
 
 
 def test_two_int8_terms_keep_97_percent_of_token_sequences(demo_results: tuple[list[str], dict[str, list]]) -> None:

@@ -11,6 +11,7 @@ from asr.engine import lstm_cpu
 from asr.engine.attention import cpu_bf16_native
 from asr.engine.cif import _blstm_within_lengths
 from asr.engine.core import Engine
+from asr.engine.int8 import packed_product_usable
 from asr.engine.model import load_model
 from asr.settings import EngineSettings
 
@@ -65,11 +66,11 @@ def test_each_row_is_the_same_to_the_bit_in_any_batch() -> None:
     gen = torch.Generator().manual_seed(4)
     lens = torch.tensor([300, 181, 128, 5])
     x = torch.randn(len(lens), 300, 32, generator=gen)
-    for half in (False, True):
-        batched = lstm_cpu.blstm(lstm, x, lens, half=half)
+    for half, int8_inputs in ((False, False), (True, False), (True, True)):
+        batched = lstm_cpu.blstm(lstm, x, lens, half, int8_inputs)
         for b, n in enumerate(lens.tolist()):
-            alone = lstm_cpu.blstm(lstm, x[b : b + 1, :n], lens[b : b + 1], half=half)
-            assert torch.equal(alone[0], batched[b, :n]), (half, b)
+            alone = lstm_cpu.blstm(lstm, x[b : b + 1, :n], lens[b : b + 1], half, int8_inputs)
+            assert torch.equal(alone[0], batched[b, :n]), (half, int8_inputs, b)
 
 
 @needs_kernel
@@ -78,8 +79,13 @@ def test_the_timestamp_head_takes_the_kernel_where_asked_and_torch_elsewhere() -
     gen = torch.Generator().manual_seed(6)
     x, lens = torch.randn(3, 50, 24, generator=gen), torch.tensor([50, 31, 7])
     got = _blstm_within_lengths(lstm, x, lens, "cpu-f16")
+    # The int8 path's choices: fp16 recurrent weights and, where the packed int8 product runs, int8
+    # input products (one term, like the encoder's layers: ~2% of the outputs' range).
+    assert torch.equal(got, lstm_cpu.blstm(lstm, x, lens, half=True, int8_inputs=True))
     for b, (n, ref) in enumerate(zip(lens.tolist(), _torch_rows(lstm, x, lens, True), strict=True)):
-        torch.testing.assert_close(got[b, :n], ref, atol=2e-6, rtol=0)
+        torch.testing.assert_close(got[b, :n], ref, atol=0.03, rtol=0)
+    if packed_product_usable():
+        assert not torch.equal(got, lstm_cpu.blstm(lstm, x, lens, half=True))
     # An LSTM the kernel does not take (units not a multiple of 8) runs torch's, fp32 weights.
     odd = _lstm(24, 12, 7)
     assert lstm_cpu.blstm(odd, x, lens, half=True) is None

@@ -239,7 +239,7 @@ def _blstm_within_lengths(
     if kernel == "fused" and not use_fused:
         raise RuntimeError("the fused LSTM kernel needs Triton, a CUDA device with enough SMs and fp16/bf16 weights")
     if kernel == "cpu-f16":
-        out = lstm_cpu.blstm(blstm, x, lens, half=True)
+        out = lstm_cpu.blstm(blstm, x, lens, half=True, int8_inputs=True)
         if out is not None:
             return out.to(given)
     if not use_fused and x.device.type == "cpu" and x.size(0) <= CPU_LSTM_ALONE_ROWS:

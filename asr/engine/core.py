@@ -185,8 +185,9 @@ class Engine:
         choice = self.settings.lstm_kernel
         if choice == "fused" and not usable:
             raise ValueError("lstm_kernel 'fused' needs Triton, a CUDA device and dtype fp16 or bf16")
-        # The int8 path's fp32 BLSTM (no native bf16 here): the C kernel, 1.7x torch's LSTM for
-        # one or two rows on 2 AVX2 cores. The fp32 path keeps torch's, funasr's own arithmetic.
+        # The int8 path's BLSTM where the CPU has no native bf16: the C kernel (2x torch's LSTM for
+        # one or two rows on 2 AVX2 cores, 1.2-1.3x for 4-8; no per-step barrier to stall on a
+        # shared machine). The fp32 path keeps torch's, funasr's own arithmetic.
         on_int8_path = self.device.type == "cpu" and self.quantized and not self.cpu_bf16
         if choice == "auto" and on_int8_path and blstm is not None and lstm_cpu.available():
             probe = torch.empty(1, 1, blstm.input_size)

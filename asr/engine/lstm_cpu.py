@@ -2,15 +2,16 @@
 
 Why: the head runs a one-layer BLSTM of 512 units over three times the encoder's frame rate, 1,500
 steps for a 30 s clip, each step a product of the 4 MB recurrent weights (per direction) with the
-state. oneDNN's LSTM spends ~90 us a direction on such a step for one row on 2 AVX2 cores (the
-directions one after the other, each step's small product split over the threads and joined):
-16% of an int8 engine call there (BENCHMARKS.md). Here both directions advance together, the
-threads owning fixed slices of their units for every step (a slice's weights stay in its core's
-caches where the cores are many) and meeting once a step; the four gates of two units are one
-vector of eight lanes, their weights packed as one sequential stream. A step is bound by reading
-the weights from the shared cache, so the int8 path keeps them in fp16 (2 MB a direction; the
-AMX path runs the whole BLSTM in bf16). Measured on 2 AVX2 cores, 512 units: ~55 us a step for
-both directions of one row, against ~180 for torch's LSTM (BENCHMARKS.md, 2026-12-04).
+state. oneDNN's LSTM takes ~90 us a direction for such a step of one row on 2 AVX2 cores (the
+directions one after the other, each step's small product split over the threads, which then
+wait for each other): 16% of an int8 engine call there (BENCHMARKS.md). Worse, that wait is a
+spinning barrier every step: where another process shares the cores it collapsed to ~16 ms a
+step (100x). Here each direction is one thread's, start to end, with nothing to wait for: the
+two run side by side on two cores, or one after the other where torch has one thread. A step
+reads a direction's weights from the shared cache (the bound for one row), so the int8 path keeps
+them in fp16, 2 MB, packed as one sequential stream per pair of units; the four gates of two units
+are one vector of eight lanes, the products of a step taken before its cells, whose chains of
+dependent operations (the sigmoids) then overlap each other.
 
 Each row's arithmetic is fixed by the code alone (the order of every sum, the per-row input
 products over windows that depend only on the row's own length), so a clip gets the same values
@@ -19,9 +20,9 @@ keep that property. (torch's input product may round short inputs otherwise with
 count; a process keeps its count.) With fp32 weights the values equal torch's LSTM to float
 rounding (sums in another order; the sigmoid and tanh from one polynomial exponential, ~2 ulp).
 
-The input products, windows of `WINDOW` steps at once, stay torch's `addmm`. Where the kernel
-cannot be built (no C compiler, no AVX2, FMA and F16C) or disagrees with torch's LSTM on a
-probe, `blstm` returns None and torch's LSTM runs.
+The input products, windows of `WINDOW` steps at once, are torch's `addmm`, or on the int8 path
+the encoder's int8 layers. Where the kernel cannot be built (no C compiler, no AVX2, FMA and F16C)
+or disagrees with torch's LSTM on a probe, `blstm` returns None and torch's LSTM runs.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ import functools
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 
 import torch
 
+from asr.engine.int8 import Int8Linear, packed_product_usable
 from asr.engine.qkernel import build_library
 
 log = logging.getLogger(__name__)
@@ -107,55 +110,55 @@ static inline void cell(__m256 pre, float *cv, float *hn, float *o) {
    fp16 (blstm_steps_f16: half the bytes a step reads).
    h [2 (step parity), 2 (direction), B, H] and c [2, B, H]: the state, zero before step 0.
    out [B, T, 2H]: each step's h, the forward's in [:H], the backward's in [H:].
-   The threads split the two directions' unit pairs in fixed slices and meet once a step. Each
-   first takes the products of its whole slice, then the cells: the cells' long chains of
+   One thread a direction (both on one thread where torch has one): the directions never wait for
+   each other, so a step has no synchronisation, and a busy core (other processes, an
+   oversubscribed machine) delays one direction instead of stalling every step of both. A step
+   first takes the products of every unit pair, then the cells: the cells' long chains of
    dependent operations (the sigmoids) overlap each other instead of stalling the products. */
 #define LOAD_F32(p) _mm256_loadu_ps(p)
 #define LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define BLSTM_STEPS(NAME, WT, LOAD)                                                                         \
-void NAME(const float *xf, const float *xb, const WT *wf, const WT *wb, const int64_t *lens,                \
+#define BLSTM_STEPS(NAME, WT, LOAD)                                                                        \
+void NAME(const float *xf, const float *xb, const WT *wf, const WT *wb, const int64_t *lens,               \
           int64_t B, int64_t T, int64_t H, int64_t W, int64_t s0, int64_t s1, float *h, float *c, float *out) { \
     const int64_t pairs = H / 2, G = 4 * H;                                                                 \
-    _Pragma("omp parallel")                                                                                 \
+    const int threads = omp_get_max_threads() > 1 ? 2 : 1;                                                  \
+    _Pragma("omp parallel num_threads(threads)")                                                            \
     {                                                                                                       \
-        const int64_t nt = omp_get_num_threads(), id = omp_get_thread_num();                                \
-        const int64_t lo = 2 * pairs * id / nt, hi = 2 * pairs * (id + 1) / nt;                             \
-        __m256 *pre = aligned_alloc(32, sizeof(__m256) * (size_t)((hi - lo) * B + 1));                      \
-        for (int64_t s = s0; s < s1; s++) {                                                                 \
-            const float *hp = h + (s & 1) * 2 * B * H;                                                      \
-            float *hn = h + ((s + 1) & 1) * 2 * B * H;                                                      \
-            for (int64_t it = lo; it < hi; it++) {                                                          \
-                const int d = it >= pairs;                                                                  \
-                const int64_t p = it - d * pairs;                                                           \
-                const WT *w = (d ? wb : wf) + p * 8 * H;                                                    \
-                for (int64_t b = 0; b < B; b++) {                                                           \
-                    if (s >= lens[b])                                                                       \
-                        continue;                                                                           \
-                    const float *hv = hp + (d * B + b) * H;                                                 \
-                    __m256 acc[8];                                                                          \
-                    for (int r = 0; r < 8; r++)                                                             \
-                        acc[r] = _mm256_setzero_ps();                                                       \
-                    for (int64_t k = 0; k < H; k += 8) {                                                    \
-                        const __m256 v = _mm256_loadu_ps(hv + k);                                           \
+        __m256 *pre = aligned_alloc(32, sizeof(__m256) * (size_t)(pairs * B));                              \
+        for (int d = omp_get_thread_num(); d < 2; d += omp_get_num_threads()) {                              \
+            const WT *wd = d ? wb : wf;                                                                     \
+            const float *xd = d ? xb : xf;                                                                  \
+            for (int64_t s = s0; s < s1; s++) {                                                             \
+                const float *hp = h + ((s & 1) * 2 + d) * B * H;                                            \
+                float *hn = h + (((s + 1) & 1) * 2 + d) * B * H;                                            \
+                for (int64_t p = 0; p < pairs; p++) {                                                       \
+                    const WT *w = wd + p * 8 * H;                                                           \
+                    for (int64_t b = 0; b < B; b++) {                                                       \
+                        if (s >= lens[b])                                                                   \
+                            continue;                                                                       \
+                        const float *hv = hp + b * H;                                                       \
+                        __m256 acc[8];                                                                      \
                         for (int r = 0; r < 8; r++)                                                         \
-                            acc[r] = _mm256_fmadd_ps(LOAD(w + k * 8 + r * 8), v, acc[r]);                   \
+                            acc[r] = _mm256_setzero_ps();                                                   \
+                        for (int64_t k = 0; k < H; k += 8) {                                                \
+                            const __m256 v = _mm256_loadu_ps(hv + k);                                       \
+                            for (int r = 0; r < 8; r++)                                                     \
+                                acc[r] = _mm256_fmadd_ps(LOAD(w + k * 8 + r * 8), v, acc[r]);               \
+                        }                                                                                   \
+                        const float *xs = xd + (b * W + (s - s0)) * G + p * 8;                              \
+                        pre[p * B + b] = _mm256_add_ps(_mm256_loadu_ps(xs), hsum8(acc));                    \
                     }                                                                                       \
-                    const float *xs = (d ? xb : xf) + (b * W + (s - s0)) * G + p * 8;                       \
-                    pre[(it - lo) * B + b] = _mm256_add_ps(_mm256_loadu_ps(xs), hsum8(acc));                \
+                }                                                                                           \
+                for (int64_t p = 0; p < pairs; p++) {                                                       \
+                    for (int64_t b = 0; b < B; b++) {                                                       \
+                        if (s >= lens[b])                                                                   \
+                            continue;                                                                       \
+                        const int64_t t = d ? lens[b] - 1 - s : s;                                          \
+                        cell(pre[p * B + b], c + (d * B + b) * H + 2 * p, hn + b * H + 2 * p,               \
+                             out + (b * T + t) * 2 * H + d * H + 2 * p);                                    \
+                    }                                                                                       \
                 }                                                                                           \
             }                                                                                               \
-            for (int64_t it = lo; it < hi; it++) {                                                          \
-                const int d = it >= pairs;                                                                  \
-                const int64_t j = 2 * (it - d * pairs);                                                     \
-                for (int64_t b = 0; b < B; b++) {                                                           \
-                    if (s >= lens[b])                                                                       \
-                        continue;                                                                           \
-                    const int64_t t = d ? lens[b] - 1 - s : s;                                              \
-                    cell(pre[(it - lo) * B + b], c + (d * B + b) * H + j, hn + (d * B + b) * H + j,         \
-                         out + (b * T + t) * 2 * H + d * H + j);                                            \
-                }                                                                                           \
-            }                                                                                               \
-            _Pragma("omp barrier")                                                                          \
         }                                                                                                   \
         free(pre);                                                                                          \
     }                                                                                                       \
@@ -225,35 +228,50 @@ def fits(blstm: torch.nn.LSTM, x: torch.Tensor) -> bool:
     )
 
 
-def _weights(blstm: torch.nn.LSTM, half: bool) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]:
-    """(input weights transposed, both biases summed, recurrent weights) per direction (cached)."""
-    key = "_asr_cpu_kernel_f16" if half else "_asr_cpu_kernel"
+Projection = Callable[[torch.Tensor, torch.Tensor], object]
+"""Writes a window's input products plus biases (columns in the kernel's order) for rows [m, I] into out [m, 4H]."""
+
+
+def _weights(blstm: torch.nn.LSTM, half: bool, int8_inputs: bool) -> tuple[tuple[Projection, torch.Tensor], ...]:
+    """(the input projection, the packed recurrent weights) per direction (cached)."""
+    key = f"_asr_cpu_kernel_{int(half)}{int(int8_inputs)}"
     cached = blstm.__dict__.get(key)
-    if cached is not None and cached[0][0].data_ptr() == blstm.weight_ih_l0.data_ptr():
-        return cached
+    if cached is not None and cached[1] == blstm.weight_ih_l0.data_ptr():
+        return cached[0]
     hidden = blstm.hidden_size
     # Gate q of unit 2p+u (torch's row q*H + 2p + u) goes to column p*8 + q*2 + u of the input products.
     order = torch.arange(4 * hidden).reshape(4, hidden // 2, 2).permute(1, 0, 2).reshape(-1)
-    parts = tuple(
-        (
-            getattr(blstm, f"weight_ih_l0{sfx}")[order].t(),
-            (getattr(blstm, f"bias_ih_l0{sfx}") + getattr(blstm, f"bias_hh_l0{sfx}"))[order],
-            _packed(getattr(blstm, f"weight_hh_l0{sfx}"), torch.float16 if half else torch.float32),
-        )
-        for sfx in ("", "_reverse")
-    )
-    blstm.__dict__[key] = parts  # outside _modules: not in the state dict
-    return parts
+    parts = []
+    for sfx in ("", "_reverse"):
+        weight = getattr(blstm, f"weight_ih_l0{sfx}")[order]
+        bias = (getattr(blstm, f"bias_ih_l0{sfx}") + getattr(blstm, f"bias_hh_l0{sfx}"))[order]
+        parts.append((_projection(weight, bias, int8_inputs), _packed(getattr(blstm, f"weight_hh_l0{sfx}"), half)))
+    blstm.__dict__[key] = (tuple(parts), blstm.weight_ih_l0.data_ptr())  # outside _modules: not in the state dict
+    return blstm.__dict__[key][0]
 
 
-def _packed(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[4H, H] recurrent weights in the kernel's order: [H/2, H/8, 8 (gate q, unit u), 8 inputs]."""
+def _projection(weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> Projection:
+    if not int8:
+        weight_t = weight.t()
+        return lambda rows, out: torch.addmm(bias, rows, weight_t, out=out)
+    linear = torch.nn.Linear(weight.size(1), weight.size(0))
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    layer = Int8Linear(linear)
+    return lambda rows, out: out.copy_(layer(rows))
+
+
+def _packed(weight: torch.Tensor, half: bool) -> torch.Tensor:
+    """[4H, H] recurrent weights in the kernel's order: [H/2, H/8, 8 (gate q, unit u), 8 inputs],
+    fp16 where `half`."""
     hidden = weight.size(1)
     rows = weight.reshape(4, hidden // 2, 2, hidden // 8, 8)  # gate q, unit pair p, unit u, input block, lane
-    return rows.permute(1, 3, 0, 2, 4).to(dtype).contiguous()
+    return rows.permute(1, 3, 0, 2, 4).to(torch.float16 if half else torch.float32).contiguous()
 
 
-def _run(lib: ctypes.CDLL, blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor, half: bool) -> torch.Tensor:
+def _run(lib: ctypes.CDLL, blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor, half: bool,
+         int8_inputs: bool = False) -> torch.Tensor:
     rows, steps, _ = x.shape
     hidden = blstm.hidden_size
     lengths = [min(max(int(n), 0), steps) for n in lens.tolist()]
@@ -261,7 +279,7 @@ def _run(lib: ctypes.CDLL, blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Te
     if len(lengths) != rows or x.size(2) != blstm.input_size:
         raise ValueError(f"blstm: input {tuple(x.shape)}, {len(lengths)} lengths, {blstm.input_size} inputs")
     x = x.contiguous()
-    (ih_f, bias_f, hh_f), (ih_b, bias_b, hh_b) = _weights(blstm, half)
+    (project_f, hh_f), (project_b, hh_b) = _weights(blstm, half, int8_inputs)
     fn = lib.blstm_steps_f16 if half else lib.blstm_steps
     out = x.new_zeros(rows, steps, 2 * hidden)
     h = x.new_zeros(2, 2, rows, hidden)
@@ -275,23 +293,30 @@ def _run(lib: ctypes.CDLL, blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Te
             if m <= 0:
                 continue
             # Per row, over windows set by the row's own length: its values do not depend on the batch.
-            torch.addmm(bias_f, x[b, s0 : s0 + m], ih_f, out=xf[b, :m])
-            torch.addmm(bias_b, x[b, n - s0 - m : n - s0].flip(0), ih_b, out=xb[b, :m])
+            project_f(x[b, s0 : s0 + m], xf[b, :m])
+            project_b(x[b, n - s0 - m : n - s0].flip(0), xb[b, :m])
         s1 = min(s0 + WINDOW, max(lengths))
         fn(xf.data_ptr(), xb.data_ptr(), hh_f.data_ptr(), hh_b.data_ptr(), lens64.data_ptr(), rows, steps, hidden,
            WINDOW, s0, s1, h.data_ptr(), c.data_ptr(), out.data_ptr())
     return out
 
 
-def blstm(blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor, half: bool = False) -> torch.Tensor | None:
+def blstm(
+    blstm: torch.nn.LSTM, x: torch.Tensor, lens: torch.Tensor, half: bool = False, int8_inputs: bool = False
+) -> torch.Tensor | None:
     """A one-layer bidirectional LSTM whose backward direction starts at each row's own end (x [B, T,
-    I] fp32 on the CPU, lens [B]): [B, T, 2H], zeros past each row's end. half: the recurrent
-    weights in fp16 (half the bytes each step reads; the int8 path's choice). None where the
-    kernel does not run here or does not take this LSTM (the caller runs torch's)."""
+    I] fp32 on the CPU, lens [B]): [B, T, 2H], zeros past each row's end. None where the kernel does
+    not run here or does not take this LSTM (the caller runs torch's).
+
+    The int8 path's choices: `half`, the recurrent weights in fp16 (half the bytes each step
+    reads); `int8_inputs`, the input products as the encoder's int8 layers (`Int8Linear`, one
+    term; 2.5x fp32's product on AVX2), where the packed int8 product runs here."""
     if not fits(blstm, x):
         return None
     lib = _kernel()
-    return None if lib is None else _run(lib, blstm, x, lens, half)
+    if lib is None:
+        return None
+    return _run(lib, blstm, x, lens, half, int8_inputs and packed_product_usable())
 
 
 def available() -> bool:
