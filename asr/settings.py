@@ -80,7 +80,8 @@ class EngineSettings(BaseModel):
     lstm_kernel: Literal["auto", "fused", "cudnn"] = "auto"
     """The timestamp head's BLSTM: 'fused' is one persistent Triton kernel (CUDA, fp16/bf16);
     'cudnn' is torch's LSTM; 'auto' uses the fused kernel where it can run and, on the int8 CPU
-    path of CPUs without native bf16, the project's C kernel (fp16 recurrent weights)."""
+    path of CPUs without native bf16, the project's C kernel (fp16 recurrent weights, int8 input
+    products)."""
     warmup: bool = True
     """Run the shapes that will be used once at start so the first request is not slow."""
     num_threads: int | None = None

@@ -224,8 +224,8 @@ def _blstm_within_lengths(
     meaningless and must be masked by the caller.
 
     kernel: "fused" runs both directions in one persistent kernel (`asr.engine.lstm`: CUDA, fp16/bf16),
-    "cpu-f16" the C kernel of `asr.engine.lstm_cpu` (CPU, fp32 with fp16 recurrent weights; torch's
-    LSTM where it does not run), "cudnn" runs torch's LSTM per direction, "auto" picks the fused
+    "cpu-f16" the C kernel of `asr.engine.lstm_cpu` (CPU: fp16 recurrent weights, int8 input
+    products; torch's LSTM where it does not run), "cudnn" runs torch's LSTM per direction, "auto" picks the fused
     kernel where it can run.
     """
     if kernel not in LSTM_KERNELS:

@@ -73,8 +73,9 @@ def _wants_int8(setting: str, device: torch.device, terms: int = 1) -> bool:
 def _quantize_int8(model: torch.nn.Module, terms: int) -> None:
     """The encoder's and decoder's linear layers with int8 weights and per-row int8 activations
     (`asr.engine.int8`). They hold almost all of the network's arithmetic. The CIF predictor (it
-    decides token counts), the timestamp head and the hotword bias path stay fp32. `terms`:
-    `EngineSettings.int8_terms`."""
+    decides token counts) and the hotword bias path stay fp32; the timestamp head's BLSTM (it
+    places tokens) runs in bf16 where the CPU has it natively, else in `asr.engine.lstm_cpu`'s
+    kernel with int8 input products. `terms`: `EngineSettings.int8_terms`."""
     if not int8_available():
         raise ValueError("dtype 'int8' needs torch's CPU int8 product (torch._int_mm); use fp32")
     for name in ("encoder", "decoder"):
@@ -198,8 +199,8 @@ class Engine:
     @property
     def lstm_backend(self) -> str:
         """What runs the timestamp BLSTM, as logs and the UI report it: 'fused' (our Triton
-        kernel), 'cudnn' (torch's LSTM on a CUDA device) or 'torch' / 'torch-bf16' (torch's LSTM on the CPU,
-        where there is no cuDNN)."""
+        kernel), 'cpu-f16' (our C kernel, the int8 CPU path), 'cudnn' (torch's LSTM on a CUDA device)
+        or 'torch' / 'torch-bf16' (torch's LSTM on the CPU, where there is no cuDNN)."""
         if self.lstm_kernel in ("fused", "cpu-f16"):
             return self.lstm_kernel
         if self.device.type == "cuda":
