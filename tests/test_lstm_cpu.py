@@ -78,7 +78,9 @@ def test_the_timestamp_head_takes_the_kernel_where_asked_and_torch_elsewhere() -
     lstm = _lstm(24, 16, 5)
     gen = torch.Generator().manual_seed(6)
     x, lens = torch.randn(3, 50, 24, generator=gen), torch.tensor([50, 31, 7])
+    state = torch.get_rng_state()
     got = _blstm_within_lengths(lstm, x, lens, "cpu-f16")
+    assert torch.equal(torch.get_rng_state(), state)  # building its int8 layers drew no random numbers
     # The int8 path's choices: fp16 recurrent weights and, where the packed int8 product runs, int8
     # input products (one term, like the encoder's layers: ~2% of the outputs' range).
     assert torch.equal(got, lstm_cpu.blstm(lstm, x, lens, half=True, int8_inputs=True))

@@ -254,7 +254,8 @@ def _projection(weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> Project
     if not int8:
         weight_t = weight.t()
         return lambda rows, out: torch.addmm(bias, rows, weight_t, out=out)
-    linear = torch.nn.Linear(weight.size(1), weight.size(0))
+    # skip_init: no random initialisation, so building it leaves torch's random state as it was.
+    linear = torch.nn.utils.skip_init(torch.nn.Linear, weight.size(1), weight.size(0))
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)
