@@ -190,10 +190,8 @@ class Engine:
         # one or two rows on 2 AVX2 cores, 1.2-1.3x for 4-8; no per-step barrier to stall on a
         # shared machine). The fp32 path keeps torch's, funasr's own arithmetic.
         on_int8_path = self.device.type == "cpu" and self.quantized and not self.cpu_bf16
-        if choice == "auto" and on_int8_path and blstm is not None and lstm_cpu.available():
-            probe = torch.empty(1, 1, blstm.input_size)
-            if lstm_cpu.fits(blstm, probe):
-                return "cpu-f16"
+        if choice == "auto" and on_int8_path and blstm is not None and lstm_cpu.fits(blstm) and lstm_cpu.available():
+            return "cpu-f16"
         return "fused" if usable and choice != "cudnn" else "cudnn"
 
     @property

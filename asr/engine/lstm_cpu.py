@@ -213,11 +213,10 @@ def _agrees(lib: ctypes.CDLL, half: bool) -> bool:
     return True
 
 
-def fits(blstm: torch.nn.LSTM, x: torch.Tensor) -> bool:
-    """Whether the kernel takes this BLSTM and input (the kernel itself may still be unavailable)."""
+def fits(blstm: torch.nn.LSTM) -> bool:
+    """Whether the kernel takes this BLSTM, fp32 on the CPU (the kernel itself may still be unavailable)."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
+        blstm.weight_hh_l0.device.type == "cpu"
         and blstm.weight_hh_l0.dtype == torch.float32
         and blstm.bidirectional
         and blstm.num_layers == 1
@@ -312,7 +311,7 @@ def blstm(
     The int8 path's choices: `half`, the recurrent weights in fp16 (half the bytes each step
     reads); `int8_inputs`, the input products as the encoder's int8 layers (`Int8Linear`, one
     term; 2.5x fp32's product on AVX2), where the packed int8 product runs here."""
-    if not fits(blstm, x):
+    if not fits(blstm) or x.device.type != "cpu" or x.dtype != torch.float32:
         return None
     lib = _kernel()
     if lib is None:
