@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asr.errors import ASRError
 
@@ -192,10 +192,13 @@ def _only_what_is_used(settings: Settings, options: Options) -> Settings:
     })
 
 
-def _preload_models(settings: Settings, options: Options) -> StageModels:
+def _preload_models(settings: Settings, options: Options, served: Any = None) -> StageModels:
+    """`served`: where a file worker's punctuation network is (`HubLink.served_punctuation`)."""
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
+    if served is not None and settings.longform.punc_in_engine:
+        models.use_served_punctuation(served)
     models.preload(itn=settings.pipeline.itn if options.itn is None else options.itn,
                    punctuation=options.punctuation)
     return models

@@ -116,10 +116,13 @@ class FileWorkers:
     @contextlib.asynccontextmanager
     async def serving(self, engine: Any) -> Any:
         """The batching hub in front of `engine`, on this event loop, while the block runs."""
+        from asr.pipeline.models import served_punctuation
         from asr.pipeline.pipeline import scheduler_options
         from asr.service.front import BatchHub
 
-        hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine)
+        punctuation = await asyncio.to_thread(served_punctuation, self.settings, engine)
+        hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine,
+                       punctuation=punctuation)
         await hub.start(self._socket)
         try:
             yield hub
@@ -241,8 +244,8 @@ async def _work(index: int, settings: Settings, config: FrontConfig, options: An
     from asr.pipeline.pipeline import Pipeline
     from asr.service.front import HubLink, RemoteEngine, RemoteScheduler
 
-    models = _preload_models(settings, options)
     link = HubLink(config)
+    models = _preload_models(settings, options, served=link.served_punctuation)
     await _connect(link)
     pipeline = Pipeline(settings, RemoteEngine(link), models=models, scheduler=RemoteScheduler(link))
     await pipeline.start()

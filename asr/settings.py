@@ -163,6 +163,14 @@ class LongformSettings(BaseModel):
     one, as for the VAD); it runs once per file, batched over all of its sentences and over the
     files finishing together. On the CPU the released model's forward cost ~2 s of an hour-long
     recording's wall on an H200 box (py-spy), more than its recognition."""
+    punc_in_engine: bool = False
+    """Where several pipeline processes share one batching process (`server.http_workers` > 1,
+    the command line's file workers), run the punctuation network once, for all of them, in the
+    engine's process (its GPU context, next to the recogniser; in the batching process when the
+    engine runs there), instead of a copy of the model and a GPU context in every worker. The
+    words' side (tokens, windows, marks) stays in each worker; the marks are the same. Off by
+    default until measured on a GPU box (BENCHMARKS.md); a single-process service or command is
+    unaffected."""
     speaker_model: str = DEFAULT_SPEAKER_MODEL
     """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
     speaker_device: str = "cpu"

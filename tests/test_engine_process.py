@@ -104,6 +104,42 @@ def test_a_child_that_dies_fails_its_call_and_is_started_again(child: EngineProc
     assert child.restarts == restarts + 2
 
 
+DEMO_PUNC = Path(__file__).parent / "assets" / "demo-model" / "punc"
+
+
+def test_the_child_runs_the_punctuation_network_and_loads_it_again_after_a_restart(child: EngineProcess) -> None:
+    """`longform.punc_in_engine`: the child's network gives this process's classes, beside
+    recognition calls, and a child started again after a death serves it again (the call that
+    met the death is made once more)."""
+    from asr.pipeline.punc import PuncNetwork, Punctuator
+
+    local = Punctuator(DEMO_PUNC)
+    words = [w for sentence in SENTENCES for w in sentence if w != "，"]
+    ids = [local._tokenizer.tokens2ids(words[i : i + 30]) for i in range(0, len(words), 25)]
+    want = PuncNetwork(DEMO_PUNC).classes(ids, 256)
+    assert len({int(c) for row in want for c in row}) >= 2  # not one class everywhere
+    with pytest.raises(ModelLoadError, match="config.yaml is missing"):
+        child.serve_punctuation(str(DEMO_PUNC.parent / "asr-missing"), "cpu")
+    network = child.serve_punctuation(str(DEMO_PUNC), "auto")  # 'auto': the engine's device
+    clip = np.random.default_rng(1).normal(0, 0.1, 48000).astype(np.float32)
+    recognised: list = []
+    thread = threading.Thread(target=lambda: recognised.extend(child.transcribe([clip] * 4)))
+    thread.start()
+    got = network.classes(ids, 256)
+    thread.join(120)
+    assert len(recognised) == 4
+    assert [r.tolist() for r in got] == [r.tolist() for r in want]
+    # The marks of a punctuator whose network is the child's are this process's.
+    served = Punctuator(DEMO_PUNC, network=network)
+    texts = ["".join(SENTENCES[:3]).replace("，", ""), "语音识别系统可以自动生成会议纪要"]
+    assert served.punctuate(texts) == local.punctuate(texts)
+    restarts = child.restarts
+    os.kill(child.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    assert [r.tolist() for r in network.classes(ids, 256)] == [r.tolist() for r in want]
+    assert child.restarts == restarts + 1
+
+
 def test_a_closed_engine_refuses_calls_and_starts_nothing(tiny_model_dir: Path) -> None:
     engine = EngineProcess(_settings(tiny_model_dir))
     pid = engine.pid

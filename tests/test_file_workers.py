@@ -4,6 +4,7 @@ a worker that dies fail only their own files."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from audio_fixtures import all_formats, format_folder
 
-from asr.cli import main
+from asr.cli import find_audio_files, main, output_targets
 from asr.file_workers import FileWorkers, file_worker_count
 from asr.pipeline.options import Options
 from asr.settings import load_settings
@@ -50,6 +51,50 @@ def test_workers_write_the_one_process_outputs_and_report_bad_files(tiny_model_d
     one, two = _outputs(tmp_path / "out1"), _outputs(tmp_path / "out2")
     assert len(one) == 3 * len(formats) and one == two
     assert all(payload["tokens"] for name, payload in one.items() if name.endswith(".json"))
+
+
+@pytest.mark.slow
+def test_punctuation_served_by_the_engine_process_gives_the_one_process_outputs(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
+    """`longform.punc_in_engine`: two workers send their words' ids to the batching hub, which
+    runs the punctuation network in the engine's own process; the outputs are the one-process
+    command's with the network loaded there."""
+    from asr.engine.process import EngineProcess
+
+    punc = Path(__file__).parent / "assets" / "demo-model" / "punc"
+    src = tmp_path / "in"
+    format_folder(src)
+    (src / "broken.wav").unlink()
+    assert main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--format",
+                 "txt", "json", "srt", "--punc-model", str(punc), "--workers", "1",
+                 "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip
+    capsys.readouterr()
+    settings = load_settings(None, engine={"model": str(tiny_model_dir), "device": "cpu", "warmup": False,
+                                           "process": "on"},
+                             longform={"punc_model": str(punc), "punc_in_engine": True})  # fmt: skip
+    engine = EngineProcess(settings.engine)
+    workers = FileWorkers(settings, 2)
+    files = find_audio_files([str(src)])
+    targets = output_targets(files, argparse.Namespace(inputs=[str(src)], output_dir=str(tmp_path / "two")))
+    try:
+        workers.start(Options())
+
+        async def run() -> tuple[list, dict]:
+            async with workers.serving(engine) as hub:
+                outcomes = await workers.transcribe([(f, targets[f]) for f in files], ["txt", "json", "srt"])
+                return outcomes, hub.state()
+
+        outcomes, state = asyncio.run(run())
+    finally:
+        workers.close()
+        engine.close()
+    assert [o.error for o in outcomes] == [None] * len(files)
+    assert state["punctuation"]["served"] and state["punctuation"]["calls"] >= 1
+    one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
+    assert len(one) == 3 * len(files) and one == two
+    marked = [p for name, p in one.items() if name.endswith(".json") and p["applied"]["punctuation"]]
+    assert len(marked) == len(files)
 
 
 def test_how_many_workers(monkeypatch, tmp_path) -> None:

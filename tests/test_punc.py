@@ -28,7 +28,7 @@ def test_punctuation_batched_equals_single_and_funasr(punctuator):
     assert "<unk>" not in "".join(punctuator.punctuate(texts))
     # Same marks as funasr's own CTTransformer.inference on a text of one 20-word piece.
     ours = punctuator.punctuate([texts[2]])[0]
-    theirs = punctuator._model.inference([texts[2]], key=["k"], tokenizer=punctuator._tokenizer,
+    theirs = punctuator.network._model.inference([texts[2]], key=["k"], tokenizer=punctuator._tokenizer,
                                          device="cpu")[0][0]["text"]
     assert ours == theirs
 

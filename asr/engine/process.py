@@ -65,6 +65,10 @@ class EngineProcess:
         self._area_size = 0
         self._info: dict[str, Any] = {}
         self._closed = False
+        # The side pipe (punctuation): its own lock, so a call never waits behind a recognition.
+        self._side_lock = threading.Lock()
+        self._side: Connection | None = None
+        self._punc: tuple[str, str] | None = None  # (model dir, device), loaded again by a new child
         self.restarts = 0
         """Children started again after one died."""
         with self._lock:
@@ -73,12 +77,14 @@ class EngineProcess:
     # ---------------------------------------------------------------- life cycle
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
+        side_parent, side_child = self._ctx.Pipe()
         self._proc = self._ctx.Process(
-            target=_serve, args=(self.settings.model_dump(mode="json"), child, logging.getLogger().level),
+            target=_serve, args=(self.settings.model_dump(mode="json"), child, side_child, logging.getLogger().level),
             name="asr-engine", daemon=True,
         )
         self._proc.start()
         child.close()
+        side_child.close()
         self._conn = parent
         self._area, self._area_size = None, 0
         try:
@@ -92,11 +98,21 @@ class EngineProcess:
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join()
+            side_parent.close()
             if isinstance(exc, _ChildDied):
                 raise ModelLoadError(str(exc)) from None
             raise
         self._info = {**reply, "process": self._proc.pid}
+        with self._side_lock:
+            old, self._side = self._side, side_parent
+        if old is not None:
+            old.close()
         log.info("engine process %d ready", self._proc.pid)
+        if self._punc is not None:  # a new child after a restart: the same network again
+            try:
+                self._side_call(("load", *self._punc), "while loading the punctuation model")
+            except Exception as exc:  # noqa: BLE001 - recognition goes on; punctuation calls fail typed
+                log.error("the new engine process could not load the punctuation model: %s", exc)
 
     def close(self) -> None:
         """Stop the child (the engine is not to be used afterwards)."""
@@ -115,6 +131,10 @@ class EngineProcess:
             if self._area is not None:
                 self._area.close()
                 self._area = None
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
+                self._side = None
 
     def __del__(self) -> None:  # a dropped engine does not leave its process behind
         proc = getattr(self, "_proc", None)
@@ -157,7 +177,54 @@ class EngineProcess:
                     raise EngineRestartedError(str(exc)) from None
                 raise EngineRestartedError(f"The engine process stopped while recognising ({exc}).") from None
 
+    def serve_punctuation(self, model_dir: str, device: str = "auto") -> ChildPunctuation:
+        """Load the punctuation network (`asr.pipeline.punc.PuncNetwork`) in the child, on
+        `device` ('auto': the engine's device), and return it as a network whose `classes` run
+        there: one GPU context and one copy of the weights for every pipeline in front of this
+        engine (HTTP workers, file workers) instead of one per process. A child started again
+        after a failure loads it again. Raises the child's ModelLoadError."""
+        self._punc = (str(model_dir), device)
+        self._side_call(("load", *self._punc), "while loading the punctuation model")
+        return ChildPunctuation(self)
+
+    def punctuation_classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        """`PuncNetwork.classes` in the child (after `serve_punctuation`). A child that dies
+        during the call is started again (as a recognition call would) and the call made once
+        more: the words are still here."""
+        for attempt in (0, 1):
+            try:
+                return list(self._side_call(("punc", ids, batch_words), "while punctuating"))
+            except _ChildDied as exc:
+                if self._closed:
+                    raise EngineFailedError("The engine process was closed (the service is stopping).") from None
+                if attempt:
+                    raise EngineRestartedError(str(exc)) from None
+                with self._lock:
+                    if self._closed:
+                        raise EngineFailedError("The engine process was closed (the service is stopping).") from None
+                    if self._proc is None or not self._proc.is_alive():
+                        self._restart("it stopped while punctuating")
+        raise AssertionError("unreachable")
+
     # ---------------------------------------------------------------- internals
+    def _side_call(self, message: tuple[Any, ...], doing: str) -> Any:
+        """One call on the side pipe: the child thread's answer, or its exception raised here."""
+        with self._side_lock:
+            conn, proc = self._side, self._proc
+            if conn is None or proc is None:
+                raise _ChildDied(f"The engine process was not running {doing}.")
+            try:
+                conn.send(message)
+                while not conn.poll(_POLL_S):
+                    if not proc.is_alive():
+                        raise _ChildDied(f"The engine process stopped {doing} (exit code {proc.exitcode}).")
+                kind, value, _ = conn.recv()
+            except (EOFError, OSError) as exc:
+                raise _ChildDied(f"The engine process stopped {doing} ({type(exc).__name__}).") from None
+        if kind == "error":
+            raise value
+        return value
+
     def _stage(self, clips: list[np.ndarray]) -> list[Any]:
         """Where the child finds each clip: (offset, samples) in the shared area, or the array."""
         if not hasattr(os, "memfd_create"):
@@ -218,12 +285,26 @@ class EngineProcess:
             self._proc.join()
         if self._conn is not None:
             self._conn.close()
+        with self._side_lock:  # a side call waiting on the old child has failed by now
+            if self._side is not None:
+                self._side.close()
+                self._side = None
         self.restarts += 1
         self._start()
 
 
+class ChildPunctuation:
+    """The punctuation network in an `EngineProcess`'s child, as a `PuncNetwork` (`classes`)."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.engine = engine
+
+    def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        return self.engine.punctuation_classes(ids, batch_words)
+
+
 # -------------------------------------------------------------------- the child
-def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
+def _serve(settings: dict[str, Any], conn: Connection, side: Connection, log_level: int) -> None:
     """The child's main: load the engine, then answer until told to close or the parent goes."""
     import signal
 
@@ -239,6 +320,7 @@ def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
         _answer(conn, "error", exc, None)
         return
     _answer(conn, "ok", engine.info(), None)
+    threading.Thread(target=_serve_side, args=(side, engine), name="asr-engine-side", daemon=True).start()
     area: mmap.mmap | None = None
     while True:
         try:
@@ -267,6 +349,30 @@ def _serve(settings: dict[str, Any], conn: Connection, log_level: int) -> None:
             _answer(conn, "ok", results, {"cuda_graph_captures": engine.info()["cuda_graph_captures"]})
         except Exception as exc:  # noqa: BLE001 - the parent raises it
             audios = None
+            _answer(conn, "error", exc, None)
+
+
+def _serve_side(conn: Connection, engine: Any) -> None:
+    """The child's side pipe: load the punctuation network, then run it, one call at a time."""
+    network = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone, or this child is being replaced
+        try:
+            if message[0] == "load":
+                from asr.pipeline.punc import PuncNetwork
+
+                _, model_dir, device = message
+                network = PuncNetwork(model_dir, str(engine.device) if device == "auto" else device)
+                _answer(conn, "ok", None, None)
+            elif network is None:
+                raise EngineFailedError("The engine process has no punctuation model loaded.")
+            else:
+                _, ids, batch_words = message
+                _answer(conn, "ok", network.classes(ids, batch_words), None)
+        except Exception as exc:  # noqa: BLE001 - the parent raises it
             _answer(conn, "error", exc, None)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from asr.errors import ASRError, ITNUnavailableError
 from asr.pipeline.itn import InverseNormalizer
-from asr.pipeline.punc import Punctuator
+from asr.pipeline.punc import PuncNetwork, Punctuator
 from asr.pipeline.speakers import SpeakerEmbedder
 from asr.pipeline.vad import VadBackend
 
@@ -38,6 +38,13 @@ class StageModels:
         self._embedder: SpeakerEmbedder | None = None
         self._itn: InverseNormalizer | None = None
         self._itn_error: str | None = None
+        self._network_source: Any = None
+
+    def use_served_punctuation(self, source: Any) -> None:
+        """Take the punctuation network from where `source()` says (called once, at the first use
+        of punctuation): it returns (network, None), or (None, why) when the batching process
+        serves none (`longform.punc_in_engine`: a worker behind `serve_punctuation`'s network)."""
+        self._network_source = source
 
     def preload(self, itn: bool, punctuation: bool) -> threading.Thread:
         """Start loading ITN's grammars and the punctuation model on a thread, so they load while
@@ -47,7 +54,8 @@ class StageModels:
         def load() -> None:
             if itn:
                 self.itn()
-            if punctuation and self.settings.punc_model:
+            # A network served elsewhere is only known once the batching process answers.
+            if punctuation and self.settings.punc_model and self._network_source is None:
                 self.punctuator()
 
         thread = threading.Thread(target=load, name="asr-preload", daemon=True)
@@ -92,17 +100,18 @@ class StageModels:
         with self._lock:
             if self._punc is None and self._punc_error is None:
                 try:
-                    path = self._resolve(self.settings.punc_model, ("config.yaml", "model.pt", "tokens.json"),
-                                         "punc_model", "--punc-model")
-                    self._punc = Punctuator(path, device=_device(self.settings.punc_device))
+                    network, why = (None, None) if self._network_source is None else self._network_source()
+                    if why is not None:
+                        self._punc_error = why
+                        return None
+                    required = ("config.yaml", "tokens.json") if network is not None else (
+                        "config.yaml", "model.pt", "tokens.json")
+                    path = self._resolve(self.settings.punc_model, required, "punc_model", "--punc-model")
+                    self._punc = Punctuator(path, device=_device(self.settings.punc_device), network=network)
                 except ASRError as exc:
                     # The log keeps the detail (paths included); results get the sentence below.
                     log.warning("punctuation unavailable: %s", exc)
-                    self._punc_error = (
-                        "the punctuation model could not be loaded (the log says why); set "
-                        "longform.punc_model to a model directory (ASR_LONGFORM__PUNC_MODEL=DIR; "
-                        "the command line's --punc-model DIR)"
-                    )
+                    self._punc_error = _UNLOADABLE
             return self._punc
 
     def punctuation_unavailable(self) -> str | None:
@@ -135,6 +144,33 @@ class StageModels:
                 path = self._resolve(self.settings.speaker_model, ("config.yaml",), "speaker_model", "--speaker-model")
                 self._embedder = SpeakerEmbedder(path, device=self.settings.speaker_device)
             return self._embedder
+
+
+def served_punctuation(settings: Any, engine: Any) -> tuple[Any, str | None]:
+    """The punctuation network a batching process serves to its workers when
+    `longform.punc_in_engine` asks for it: (network, None), (None, why) when it cannot be loaded,
+    (None, None) when not asked for. In the engine's process when the engine runs in one
+    (`EngineProcess.serve_punctuation`), else here. Takes seconds: call it off the event loop."""
+    longform = settings.longform
+    if not longform.punc_in_engine or not longform.punc_model:
+        return None, None
+    models = StageModels(longform, settings.engine.model_cache)
+    try:
+        path = models._resolve(longform.punc_model, ("config.yaml", "model.pt", "tokens.json"),
+                               "punc_model", "--punc-model")
+        serve = getattr(engine, "serve_punctuation", None)
+        if serve is not None:
+            return serve(str(path), longform.punc_device), None
+        return PuncNetwork(path, _device(longform.punc_device)), None
+    except ASRError as exc:
+        log.warning("punctuation unavailable: %s", exc)
+        return None, _UNLOADABLE
+
+
+_UNLOADABLE = (
+    "the punctuation model could not be loaded (the log says why); set longform.punc_model to a "
+    "model directory (ASR_LONGFORM__PUNC_MODEL=DIR; the command line's --punc-model DIR)"
+)
 
 
 def _device(name: str) -> str:

@@ -64,11 +64,13 @@ def split_words(text: str) -> list[str]:
     return words
 
 
-class Punctuator:
-    """A CT-Transformer punctuation model loaded from a funasr-format model directory.
+class PuncNetwork:
+    """The CT-Transformer's network on one device: windows of word ids in, mark classes out.
 
-    Thread-safe: the network is only read, and inference holds no per-request state.
-    """
+    Apart from `Punctuator` (the words' side: tokens, windows, marks) so that the network can run
+    in another process (`longform.punc_in_engine`: the engine's, one GPU context and one copy of
+    the weights for every worker) while each worker keeps the words' Python. Thread-safe: the
+    network is only read."""
 
     def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
         from asr.engine.model import read_model_config
@@ -84,13 +86,7 @@ class Punctuator:
             from asr.engine.model import funasr_registry, skip_init
 
             tables = funasr_registry(conf)
-
             tokens = json.loads((model_dir / "tokens.json").read_text(encoding="utf-8"))
-            tok_conf = dict(conf.get("tokenizer_conf") or {})
-            tok_conf["token_list"] = str(model_dir / "tokens.json")
-            self._tokenizer = tables.tokenizer_classes.get(conf.get("tokenizer", "CharTokenizer"))(
-                **tok_conf
-            )
             model_cls = tables.model_classes.get("CTTransformer")
             if model_cls is None:
                 raise ModelLoadError("funasr could not register CTTransformer.")
@@ -109,9 +105,67 @@ class Punctuator:
                 f"The punctuation model at {model_dir} could not be loaded: {exc}"
             ) from exc
         self._torch = torch
-        self._device = device
+        self.device = device
+
+    def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        """Each window's mark classes (int8, one per word), windows batched by length into
+        forward passes of at most `batch_words` padded words."""
+        torch = self._torch
+        order = sorted(range(len(ids)), key=lambda k: len(ids[k]), reverse=True)
+        results: list[np.ndarray] = [np.zeros(0, np.int8)] * len(ids)
+        pos = 0
+        while pos < len(order):
+            longest = max(1, len(ids[order[pos]]))
+            size = max(1, batch_words // longest)
+            batch = order[pos : pos + size]
+            pos += size
+            lengths = [len(ids[k]) for k in batch]
+            if max(lengths) == 0:
+                continue
+            text = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
+            for row, k in enumerate(batch):
+                text[row, : lengths[row]] = torch.tensor(ids[k], dtype=torch.long)
+            with torch.inference_mode():
+                y, _ = self._model.punc_forward(
+                    text.to(self.device), torch.tensor(lengths, dtype=torch.int32).to(self.device)
+                )
+            classes = y.argmax(dim=-1).to(torch.int8).cpu().numpy()
+            for row, k in enumerate(batch):
+                results[k] = classes[row, : lengths[row]]
+        return results
+
+
+class Punctuator:
+    """A CT-Transformer punctuation model loaded from a funasr-format model directory: the
+    words' side here, the network in `network` (by default loaded here, on `device`).
+
+    Thread-safe: the network is only read, and inference holds no per-request state.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", network: Any = None) -> None:
+        from asr.engine.model import read_model_config
+
+        model_dir = Path(model_dir)
+        conf = read_model_config(model_dir, "CTTransformer", "CT-Transformer punctuation")
+        if not (model_dir / "tokens.json").is_file():
+            raise ModelLoadError(f"The punctuation model at {model_dir} has no tokens.json.")
+        self.network = network if network is not None else PuncNetwork(model_dir, device)
+        """Anything with `PuncNetwork.classes`."""
+        try:
+            from asr.engine.model import funasr_registry
+
+            tok_conf = dict(conf.get("tokenizer_conf") or {})
+            tok_conf["token_list"] = str(model_dir / "tokens.json")
+            self._tokenizer = funasr_registry(conf).tokenizer_classes.get(
+                conf.get("tokenizer", "CharTokenizer")
+            )(**tok_conf)
+            punc_list = list(conf["model_conf"]["punc_list"])
+        except Exception as exc:
+            raise ModelLoadError(
+                f"The punctuation model at {model_dir} could not be loaded: {exc}"
+            ) from exc
         # Class 0 is <unk> and "_" means no mark; both become "".
-        self.marks = ["" if p in ("<unk>", "_") else p for p in self._model.punc_list]
+        self.marks = ["" if p in ("<unk>", "_") else p for p in punc_list]
         self._lock = threading.Lock()
         self._waiting: list[_Request] = []
         self._running = False
@@ -185,7 +239,7 @@ class Punctuator:
             self._tokenizer.tokens2ids([w.lower() for w in word_lists[i][s:e]])
             for i, s, e in windows
         ]
-        preds = self._run(ids, opts.batch_words)
+        preds = self.network.classes(ids, opts.batch_words)
         out = [[""] * len(w) for w in word_lists]
         half = opts.overlap_words // 2
         for (i, s, e), pred in zip(windows, preds):
@@ -195,31 +249,6 @@ class Punctuator:
             for pos in range(first, e):
                 out[i][pos] = self.marks[int(pred[pos - s])]
         return out
-
-    def _run(self, ids: list[list[int]], batch_words: int) -> list[np.ndarray]:
-        torch = self._torch
-        order = sorted(range(len(ids)), key=lambda k: len(ids[k]), reverse=True)
-        results: list[np.ndarray] = [np.zeros(0, np.int64)] * len(ids)
-        pos = 0
-        while pos < len(order):
-            longest = max(1, len(ids[order[pos]]))
-            size = max(1, batch_words // longest)
-            batch = order[pos : pos + size]
-            pos += size
-            lengths = [len(ids[k]) for k in batch]
-            if max(lengths) == 0:
-                continue
-            text = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
-            for row, k in enumerate(batch):
-                text[row, : lengths[row]] = torch.tensor(ids[k], dtype=torch.long)
-            with torch.inference_mode():
-                y, _ = self._model.punc_forward(
-                    text.to(self._device), torch.tensor(lengths, dtype=torch.int32).to(self._device)
-                )
-            classes = y.argmax(dim=-1).cpu().numpy()
-            for row, k in enumerate(batch):
-                results[k] = classes[row, : lengths[row]]
-        return results
 
     def punctuate(self, texts: Sequence[str], opts: PuncOptions | None = None) -> list[str]:
         """Texts with punctuation added (CJK joined without spaces, ASCII words spaced)."""

@@ -15,7 +15,9 @@ So the split is at the scheduler, not at the engine:
   and /api/info describe the whole service whichever worker answers.
 * Each **HTTP worker** runs the unchanged app (routes, pipeline: decode, VAD, punctuation, ITN,
   rendering) with a `RemoteScheduler` in place of its own scheduler: the pipeline submits each
-  segment exactly as before, and the segment goes to the batching process instead.
+  segment exactly as before, and the segment goes to the batching process instead. With
+  `longform.punc_in_engine` the punctuation network runs there too (`RemotePuncNetwork`): the
+  worker sends its windows of word ids and gets their mark classes back.
 
 The link is a unix socket carrying length-prefixed pickles (small: ids, hotwords, options,
 results, typed errors). Pickles are only for peers this user started: the socket and the blocks
@@ -104,8 +106,15 @@ class BatchHub:
     Use from one event loop: ``await start(path)``, ``await stop()``.
     """
 
-    def __init__(self, scheduler_options: SchedulerOptions, engine: Any, *, sample_rate: int = 16000) -> None:
+    def __init__(
+        self, scheduler_options: SchedulerOptions, engine: Any, *, sample_rate: int = 16000,
+        punctuation: tuple[Any, str | None] = (None, None),
+    ) -> None:
         self.engine = engine
+        self.punctuation, self.punctuation_error = punctuation
+        """The punctuation network served to the workers (`models.served_punctuation`), or None
+        (and why not, when it failed to load)."""
+        self.punctuation_calls = 0
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
         self._batch_owner: dict[int, int] = {}  # id(audio array) -> worker index, while queued
         self.scheduler: Scheduler[Any] = Scheduler(
@@ -166,6 +175,8 @@ class BatchHub:
             "workers": self.workers, "requests": self.requests, "mixed_batches": self.mixed_batches,
             "by_worker": {str(k): dict(v) for k, v in sorted(self.by_worker.items())},
             "stages": s.stages.summary(),
+            "punctuation": {"served": self.punctuation is not None, "error": self.punctuation_error,
+                            "calls": self.punctuation_calls},
         }  # fmt: skip
         if with_metrics:
             out["metrics"] = self.metrics.render()
@@ -212,6 +223,9 @@ class BatchHub:
             peer.tasks[rid] = asyncio.create_task(
                 self._submit(peer, rid, audio, hotwords, priority, block, max_waiting)
             )
+        elif kind == "punc":
+            _, rid, ids, batch_words = message
+            peer.tasks[rid] = asyncio.create_task(self._punctuate(peer, rid, ids, batch_words))
         elif kind == "cancel":
             task = peer.tasks.get(message[1])
             if task is not None:
@@ -267,6 +281,23 @@ class BatchHub:
         except (pickle.PicklingError, TypeError, AttributeError):
             error = EngineFailedError(f"Recognition failed ({reply[2]!r:.200}).")
             peer.send(("fail", rid, error, self._counters()))
+
+
+    async def _punctuate(self, peer: _Peer, rid: int, ids: list[list[int]], batch_words: int) -> None:
+        reply: tuple[Any, ...]
+        try:
+            if self.punctuation is None:
+                raise EngineFailedError("The batching process serves no punctuation model.")
+            self.punctuation_calls += 1
+            reply = ("done", rid, await asyncio.to_thread(self.punctuation.classes, ids, batch_words),
+                     self._counters())
+        except asyncio.CancelledError:
+            return  # the worker is gone
+        except Exception as exc:  # noqa: BLE001 - every failure crosses typed
+            reply = ("fail", rid, exc, self._counters())
+        finally:
+            peer.tasks.pop(rid, None)
+        peer.send(reply)
 
 
 # ============================================================================ an HTTP worker
@@ -361,10 +392,12 @@ class HubLink:
         self.counters: tuple[int, bool, int, int] = (0, False, 0, 0)
         self.on_jobs: Callable[[], None] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> None:
         if self.connected:
             return
+        self._loop = asyncio.get_running_loop()
         reader, self._writer = await asyncio.open_unix_connection(self.config.socket_path)
         self._writer.write(_frame(("hello", self.index, os.getpid())))
         _, self.engine_info, options, self.state = await _read(reader)
@@ -413,6 +446,24 @@ class HubLink:
             if rid in self._pending:
                 self.send(("cancel", rid))
             raise
+
+    def served_punctuation(self) -> tuple[Any, str | None]:
+        """`StageModels.use_served_punctuation`'s source: the batching process's punctuation
+        network as a `RemotePuncNetwork`, (None, why) when it failed to load there, (None, None)
+        when it serves none (the worker then loads its own)."""
+        served = self.state.get("punctuation") or {}
+        if served.get("served"):
+            return RemotePuncNetwork(self), None
+        return None, served.get("error")
+
+    async def punctuate(self, ids: list[list[int]], batch_words: int) -> list[np.ndarray]:
+        if not self.connected:
+            raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
+        rid = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (future, None)
+        self.send(("punc", rid, ids, batch_words))
+        return list(await future)
 
     async def fetch_state(self, *, with_metrics: bool = False) -> dict[str, Any]:
         if not self.connected:
@@ -528,6 +579,27 @@ class RemoteEngine:
         raise RuntimeError("In an HTTP worker the engine runs in the batching process: submit to the scheduler.")
 
 
+class RemotePuncNetwork:
+    """`PuncNetwork.classes` run by the batching process (`longform.punc_in_engine`), called
+    from the pipeline's threads (never from the link's event loop, which carries the answer)."""
+
+    def __init__(self, link: HubLink) -> None:
+        self.link = link
+
+    def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        loop = self.link._loop
+        if loop is None:
+            raise EngineFailedError("The batching process is not connected.")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: the usual case
+            running = None
+        if running is loop:
+            raise RuntimeError("RemotePuncNetwork.classes blocks: call it from a worker thread.")
+        rows = [list(map(int, row)) for row in ids]
+        return asyncio.run_coroutine_threadsafe(self.link.punctuate(rows, batch_words), loop).result()
+
+
 class RemoteMetrics:
     """`Metrics` in an HTTP worker: requests are counted in the batching process (one registry for
     the whole service); /metrics and the throughput show its figures as last fetched."""
@@ -549,5 +621,6 @@ class RemoteMetrics:
 
 
 __all__ = [
-    "AudioArena", "BatchHub", "FrontConfig", "HubLink", "RemoteEngine", "RemoteMetrics", "RemoteScheduler",
+    "AudioArena", "BatchHub", "FrontConfig", "HubLink", "RemoteEngine", "RemoteMetrics", "RemotePuncNetwork",
+    "RemoteScheduler",
 ]  # fmt: skip

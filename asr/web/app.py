@@ -94,8 +94,10 @@ def create_app(
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
-    models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
     link = HubLink(front) if front is not None else None
+    if link is not None and settings.longform.punc_in_engine:
+        models.use_served_punctuation(link.served_punctuation)
+    models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
     owned = engine is None and link is None
     if link is not None:
         engine = RemoteEngine(link)

@@ -19,7 +19,8 @@ Why this shape and not uvicorn's `workers=N`: uvicorn's supervisor cannot hold t
 (its workers import the app each on their own), and worker 0 has to be known: it alone runs the
 batch jobs (asr/service/core.py), so a job file is claimed by one process only.
 
-What each worker holds: its own punctuation / ITN / VAD models (memory per worker) and its own
+What each worker holds: its own punctuation / ITN / VAD models (memory per worker; with
+`longform.punc_in_engine` the punctuation network runs once, in the engine's process) and its own
 live WebSocket streams (a stream stays on the connection's worker). Not available: the web UI
 (`server.ui` must be false; Gradio keeps each browser's session in one process).
 """
@@ -171,9 +172,12 @@ class Supervisor:
 
     async def _serve(self, engine: Any, runtime: Path) -> None:
         from asr.pipeline.audio import SAMPLE_RATE
+        from asr.pipeline.models import served_punctuation
         from asr.pipeline.pipeline import scheduler_options
 
-        hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine, sample_rate=SAMPLE_RATE)
+        punctuation = await asyncio.to_thread(served_punctuation, self.settings, engine)
+        hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine, sample_rate=SAMPLE_RATE,
+                       punctuation=punctuation)
         socket_path = str(runtime / "hub.sock")
         await hub.start(socket_path, warmup=self.settings.engine.warmup)
         server = self.settings.server

@@ -28,6 +28,9 @@ from .conftest import REPO, LiveServer, start_server, wav_bytes
 
 FLAGS = ["--no-ui"]
 SR = 16000
+# Both servers punctuate with the demonstration model; the workers' network runs once, in the
+# batching process (longform.punc_in_engine), and must give the one-process server's marks.
+PUNC = str(REPO / "tests" / "assets" / "demo-model" / "punc")
 
 
 def _info(server: LiveServer) -> dict[str, Any]:
@@ -52,7 +55,8 @@ def _wait_for_workers(server: LiveServer, n: int, timeout_s: float = 180, old: d
 
 @pytest.fixture(scope="module")
 def workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("workers"), args=[*FLAGS, "--http-workers", "2"])
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("workers"), args=[*FLAGS, "--http-workers", "2"],
+                          env={"ASR_LONGFORM__PUNC_MODEL": PUNC, "ASR_LONGFORM__PUNC_IN_ENGINE": "true"})
     try:
         _wait_for_workers(server, 2)
         yield server
@@ -62,7 +66,8 @@ def workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="module")
 def single(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("single"), args=FLAGS)
+    server = start_server(tiny_model_dir, tmp_path_factory.mktemp("single"), args=FLAGS,
+                          env={"ASR_LONGFORM__PUNC_MODEL": PUNC})
     try:
         yield server
     finally:
@@ -105,6 +110,7 @@ def test_every_door_gives_the_one_process_servers_results(
             body_w, body_g = want.json(), got.json()
             if want.status_code == 200:
                 assert _comparable(body_g) == _comparable(body_w), name
+                assert body_g["applied"]["punctuation"] == (form.get("punc") != "off"), name
             else:  # typed errors: the same code and message
                 assert body_g == body_w, name
     # The OpenAI route, plain and as server-sent events.
@@ -123,6 +129,8 @@ def test_every_door_gives_the_one_process_servers_results(
             assert {k: v for k, v in answers[0].items() if k != "duration"} == {
                 k: v for k, v in answers[1].items() if k != "duration"
             }
+    served = _info(workers)["http_workers"]["punctuation_served"]
+    assert served["served"] and served["error"] is None and served["calls"] >= len(files) // 2, served
     # The scheduler's figures in /api/info are the batching process's, whichever worker answers.
     for server in (single, workers):
         stages = _info(server)["scheduler"]["stages"]
