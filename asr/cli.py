@@ -192,13 +192,13 @@ def _only_what_is_used(settings: Settings, options: Options) -> Settings:
     })
 
 
-def _preload_models(settings: Settings, options: Options, served: Any = None) -> StageModels:
-    """`served`: where a file worker's punctuation network is (`HubLink.served_punctuation`)."""
+def _preload_models(settings: Settings, options: Options, link: Any = None) -> StageModels:
+    """`link`: a file worker's `HubLink` (the networks the batching process may serve)."""
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
-    if served is not None and settings.longform.punc_in_engine:
-        models.use_served_punctuation(served)
+    if link is not None:
+        link.use_served_models(models, settings.longform)
     models.preload(itn=settings.pipeline.itn if options.itn is None else options.itn,
                    punctuation=options.punctuation)
     return models

@@ -116,13 +116,14 @@ class FileWorkers:
     @contextlib.asynccontextmanager
     async def serving(self, engine: Any) -> Any:
         """The batching hub in front of `engine`, on this event loop, while the block runs."""
-        from asr.pipeline.models import served_punctuation
+        from asr.pipeline.models import served_punctuation, served_vad
         from asr.pipeline.pipeline import scheduler_options
         from asr.service.front import BatchHub
 
         punctuation = await asyncio.to_thread(served_punctuation, self.settings, engine)
+        vad = await asyncio.to_thread(served_vad, self.settings, engine)
         hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine,
-                       punctuation=punctuation)
+                       punctuation=punctuation, vad=vad)
         await hub.start(self._socket)
         try:
             yield hub
@@ -245,7 +246,7 @@ async def _work(index: int, settings: Settings, config: FrontConfig, options: An
     from asr.service.front import HubLink, RemoteEngine, RemoteScheduler
 
     link = HubLink(config)
-    models = _preload_models(settings, options, served=link.served_punctuation)
+    models = _preload_models(settings, options, link=link)
     await _connect(link)
     pipeline = Pipeline(settings, RemoteEngine(link), models=models, scheduler=RemoteScheduler(link))
     await pipeline.start()

@@ -171,6 +171,11 @@ class LongformSettings(BaseModel):
     words' side (tokens, windows, marks) stays in each worker; the marks are the same. Off by
     default until measured on a GPU box (BENCHMARKS.md); a single-process service or command is
     unaffected."""
+    vad_in_engine: bool = False
+    """The same for Silero's network on recordings (`vad: silero`): each worker cuts its
+    recordings' blocks and reads the decisions, the network runs in the engine's process, as
+    PyTorch on `vad_device` ('auto': the engine's device). Live captions' VAD (a call every
+    tick) stays in the worker. Off by default until measured on a GPU box."""
     speaker_model: str = DEFAULT_SPEAKER_MODEL
     """CAM++ speaker-embedding model directory or ModelScope id (speakers are off by default)."""
     speaker_device: str = "cpu"

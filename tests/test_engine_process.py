@@ -107,11 +107,13 @@ def test_a_child_that_dies_fails_its_call_and_is_started_again(child: EngineProc
 DEMO_PUNC = Path(__file__).parent / "assets" / "demo-model" / "punc"
 
 
-def test_the_child_runs_the_punctuation_network_and_loads_it_again_after_a_restart(child: EngineProcess) -> None:
-    """`longform.punc_in_engine`: the child's network gives this process's classes, beside
-    recognition calls, and a child started again after a death serves it again (the call that
-    met the death is made once more)."""
+def test_the_child_runs_the_pipelines_networks_and_loads_them_again_after_a_restart(child: EngineProcess) -> None:
+    """`longform.punc_in_engine` / `vad_in_engine`: the child's networks give this process's
+    answers, beside recognition calls, and a child started again after a death serves them again
+    (the call that met the death is made once more)."""
     from asr.pipeline.punc import PuncNetwork, Punctuator
+    from asr.pipeline.silero_torch import TorchSilero
+    from asr.pipeline.vad import SileroVad
 
     local = Punctuator(DEMO_PUNC)
     words = [w for sentence in SENTENCES for w in sentence if w != "，"]
@@ -133,10 +135,22 @@ def test_the_child_runs_the_punctuation_network_and_loads_it_again_after_a_resta
     served = Punctuator(DEMO_PUNC, network=network)
     texts = ["".join(SENTENCES[:3]).replace("，", ""), "语音识别系统可以自动生成会议纪要"]
     assert served.punctuate(texts) == local.punctuate(texts)
+    # Silero on a recording's block: the samples cross through the side area.
+    require_espeak()
+    speech = recording(SENTENCES[:3], [0.7, 1.1], lead_s=0.6).audio
+    vad = SileroVad(lanes=4, lane_s=2.0, network=child.serve_vad("cpu"))
+    here = SileroVad(lanes=4, lane_s=2.0, device="cpu")
+    probs = vad.frame_probs(np.zeros(0, np.float32), speech)
+    np.testing.assert_allclose(probs, here.frame_probs(np.zeros(0, np.float32), speech), atol=1e-5)
+    assert probs.max() > 0.9 and probs.min() < 0.1  # speech and pauses told apart
+    assert vad.segment(speech) == here.segment(speech)
+    assert isinstance(here._torch, TorchSilero)
     restarts = child.restarts
     os.kill(child.pid, signal.SIGKILL)
     time.sleep(0.2)
     assert [r.tolist() for r in network.classes(ids, 256)] == [r.tolist() for r in want]
+    assert child.restarts == restarts + 1
+    np.testing.assert_allclose(vad.frame_probs(np.zeros(0, np.float32), speech), probs, atol=1e-6)
     assert child.restarts == restarts + 1
 
 

@@ -54,31 +54,36 @@ def test_workers_write_the_one_process_outputs_and_report_bad_files(tiny_model_d
 
 
 @pytest.mark.slow
-def test_punctuation_served_by_the_engine_process_gives_the_one_process_outputs(
-    tiny_model_dir, tmp_path, capsys
-) -> None:
-    """`longform.punc_in_engine`: two workers send their words' ids to the batching hub, which
-    runs the punctuation network in the engine's own process; the outputs are the one-process
-    command's with the network loaded there."""
+def test_networks_served_by_the_engine_process_give_the_one_process_outputs(tiny_model_dir, tmp_path, capsys) -> None:
+    """`longform.punc_in_engine` and `vad_in_engine`: two workers send their words' ids and their
+    recordings' blocks to the batching hub, which runs the punctuation network and Silero's in the
+    engine's own process; the outputs are the one-process command's with the networks loaded
+    there (Silero through onnxruntime there, PyTorch here: the same segments)."""
+    from speech import SENTENCES, recording, require_espeak
+
     from asr.engine.process import EngineProcess
+
+    require_espeak()
+    import soundfile as sf
 
     punc = Path(__file__).parent / "assets" / "demo-model" / "punc"
     src = tmp_path / "in"
     format_folder(src)
     (src / "broken.wav").unlink()
+    sf.write(src / "speech.wav", recording(SENTENCES[:5], [0.8, 1.2, 0.6, 1.5], lead_s=0.5).audio, 16000)
     assert main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--format",
-                 "txt", "json", "srt", "--punc-model", str(punc), "--workers", "1",
+                 "txt", "json", "srt", "--punc-model", str(punc), "--vad", "--workers", "1",
                  "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip
     capsys.readouterr()
-    settings = load_settings(None, engine={"model": str(tiny_model_dir), "device": "cpu", "warmup": False,
-                                           "process": "on"},
-                             longform={"punc_model": str(punc), "punc_in_engine": True})  # fmt: skip
+    engine_settings = {"model": str(tiny_model_dir), "device": "cpu", "warmup": False, "process": "on"}
+    settings = load_settings(None, engine=engine_settings,
+                             longform={"punc_model": str(punc), "punc_in_engine": True, "vad_in_engine": True})
     engine = EngineProcess(settings.engine)
     workers = FileWorkers(settings, 2)
     files = find_audio_files([str(src)])
     targets = output_targets(files, argparse.Namespace(inputs=[str(src)], output_dir=str(tmp_path / "two")))
     try:
-        workers.start(Options())
+        workers.start(Options.from_form(vad="on"))
 
         async def run() -> tuple[list, dict]:
             async with workers.serving(engine) as hub:
@@ -91,10 +96,12 @@ def test_punctuation_served_by_the_engine_process_gives_the_one_process_outputs(
         engine.close()
     assert [o.error for o in outcomes] == [None] * len(files)
     assert state["punctuation"]["served"] and state["punctuation"]["calls"] >= 1
+    assert state["vad"]["served"] and state["vad"]["calls"] >= len(files)  # a block at least per file
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
     assert len(one) == 3 * len(files) and one == two
-    marked = [p for name, p in one.items() if name.endswith(".json") and p["applied"]["punctuation"]]
-    assert len(marked) == len(files)
+    applied = [p["applied"] for name, p in one.items() if name.endswith(".json")]
+    assert all(a["punctuation"] and a["vad"] for a in applied) and len(applied) == len(files)
+    assert len(one["speech.json"]["segments"]) >= 3  # the pauses cut it
 
 
 def test_how_many_workers(monkeypatch, tmp_path) -> None:

@@ -16,6 +16,11 @@ code). A child that dies (killed, a CUDA fault) fails the call it was running wi
 EngineRestartedError (an EngineFailedError) and is started again for the next one: the scheduler
 then runs that batch's items again, each alone and once, so no accepted request is lost to it
 (an input that kills the engine itself fails after its second try).
+
+A second pipe, served by a thread of the child, runs the punctuation network and the file VAD's
+network for the pipelines in front of the engine (`serve_punctuation`, `serve_vad`;
+`longform.punc_in_engine`, `longform.vad_in_engine`) without waiting behind a recognition call;
+its audio goes through a shared area of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -68,7 +73,9 @@ class EngineProcess:
         # The side pipe (punctuation): its own lock, so a call never waits behind a recognition.
         self._side_lock = threading.Lock()
         self._side: Connection | None = None
-        self._punc: tuple[str, str] | None = None  # (model dir, device), loaded again by a new child
+        self._side_area: mmap.mmap | None = None
+        self._side_area_size = 0
+        self._side_loads: dict[str, tuple[Any, ...]] = {}  # what a new child loads again
         self.restarts = 0
         """Children started again after one died."""
         with self._lock:
@@ -105,14 +112,15 @@ class EngineProcess:
         self._info = {**reply, "process": self._proc.pid}
         with self._side_lock:
             old, self._side = self._side, side_parent
+            self._close_side_area()
         if old is not None:
             old.close()
         log.info("engine process %d ready", self._proc.pid)
-        if self._punc is not None:  # a new child after a restart: the same network again
+        for load in list(self._side_loads.values()):  # a new child after a restart: the same networks
             try:
-                self._side_call(("load", *self._punc), "while loading the punctuation model")
-            except Exception as exc:  # noqa: BLE001 - recognition goes on; punctuation calls fail typed
-                log.error("the new engine process could not load the punctuation model: %s", exc)
+                self._side_call(load, "while loading a model for the pipelines")
+            except Exception as exc:  # noqa: BLE001 - recognition goes on; those calls fail typed
+                log.error("the new engine process could not load %s: %s", load[0], exc)
 
     def close(self) -> None:
         """Stop the child (the engine is not to be used afterwards)."""
@@ -135,6 +143,7 @@ class EngineProcess:
             if self._side is not None:
                 self._side.close()
                 self._side = None
+            self._close_side_area()
 
     def __del__(self) -> None:  # a dropped engine does not leave its process behind
         proc = getattr(self, "_proc", None)
@@ -183,17 +192,37 @@ class EngineProcess:
         there: one GPU context and one copy of the weights for every pipeline in front of this
         engine (HTTP workers, file workers) instead of one per process. A child started again
         after a failure loads it again. Raises the child's ModelLoadError."""
-        self._punc = (str(model_dir), device)
-        self._side_call(("load", *self._punc), "while loading the punctuation model")
+        load = ("load_punc", str(model_dir), device)
+        self._side_call(load, "while loading the punctuation model")
+        self._side_loads["punc"] = load
         return ChildPunctuation(self)
 
     def punctuation_classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
-        """`PuncNetwork.classes` in the child (after `serve_punctuation`). A child that dies
-        during the call is started again (as a recognition call would) and the call made once
-        more: the words are still here."""
+        """`PuncNetwork.classes` in the child (after `serve_punctuation`)."""
+        return list(self._side_retry(lambda: self._side_call(("punc", ids, batch_words), "while punctuating")))
+
+    def serve_vad(self, device: str = "auto") -> ChildSilero:
+        """Load Silero VAD's PyTorch network (`asr.pipeline.silero_torch.TorchSilero`) in the
+        child, on `device` ('auto': the engine's), and return it as a network whose
+        `lane_probs` (a recording's blocks) run there; as `serve_punctuation`."""
+        load = ("load_vad", device)
+        self._side_call(load, "while loading the VAD model")
+        self._side_loads["vad"] = load
+        return ChildSilero(self)
+
+    def vad_lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
+        """`TorchSilero.lane_probs` in the child (after `serve_vad`): `ext` crosses through the
+        side area, copied once."""
+        ext = np.ascontiguousarray(ext, dtype=np.float32)
+        return np.asarray(self._side_retry(
+            lambda: self._side_call(("vad", None, n_lanes, lane, steps), "while deciding speech", audio=ext)))
+
+    def _side_retry(self, call: Callable[[], Any]) -> Any:
+        """`call()`; a child that dies during it is started again (as a recognition call would)
+        and the call made once more: its input is still here."""
         for attempt in (0, 1):
             try:
-                return list(self._side_call(("punc", ids, batch_words), "while punctuating"))
+                return call()
             except _ChildDied as exc:
                 if self._closed:
                     raise EngineFailedError("The engine process was closed (the service is stopping).") from None
@@ -203,17 +232,20 @@ class EngineProcess:
                     if self._closed:
                         raise EngineFailedError("The engine process was closed (the service is stopping).") from None
                     if self._proc is None or not self._proc.is_alive():
-                        self._restart("it stopped while punctuating")
+                        self._restart("it stopped during a call for the pipelines")
         raise AssertionError("unreachable")
 
     # ---------------------------------------------------------------- internals
-    def _side_call(self, message: tuple[Any, ...], doing: str) -> Any:
-        """One call on the side pipe: the child thread's answer, or its exception raised here."""
+    def _side_call(self, message: tuple[Any, ...], doing: str, audio: np.ndarray | None = None) -> Any:
+        """One call on the side pipe: the child thread's answer, or its exception raised here.
+        `audio` goes through the side area (its place replaces the message's second item)."""
         with self._side_lock:
             conn, proc = self._side, self._proc
             if conn is None or proc is None:
                 raise _ChildDied(f"The engine process was not running {doing}.")
             try:
+                if audio is not None:
+                    message = (message[0], self._stage_side(audio, conn, proc.pid), *message[2:])
                 conn.send(message)
                 while not conn.poll(_POLL_S):
                     if not proc.is_alive():
@@ -224,6 +256,24 @@ class EngineProcess:
         if kind == "error":
             raise value
         return value
+
+    def _stage_side(self, audio: np.ndarray, conn: Connection, pid: int) -> Any:
+        """(offset, samples) of `audio` in the side area, grown as needed, or the array itself
+        where there is no memfd. Under `_side_lock`."""
+        if not hasattr(os, "memfd_create"):
+            return audio
+        if audio.nbytes > self._side_area_size:
+            area, size = _new_area(audio.nbytes, conn, pid)
+            self._close_side_area()
+            self._side_area, self._side_area_size = area, size
+        assert self._side_area is not None
+        np.frombuffer(self._side_area, np.float32, len(audio))[:] = audio
+        return (0, len(audio))
+
+    def _close_side_area(self) -> None:
+        if self._side_area is not None:
+            self._side_area.close()
+        self._side_area, self._side_area_size = None, 0
 
     def _stage(self, clips: list[np.ndarray]) -> list[Any]:
         """Where the child finds each clip: (offset, samples) in the shared area, or the array."""
@@ -241,18 +291,8 @@ class EngineProcess:
         return spans
 
     def _grow(self, need: int) -> None:
-        from multiprocessing import reduction
-
-        size = max(_MIN_AREA, 1 << (need - 1).bit_length())
-        fd = os.memfd_create("asr-engine-audio")
-        try:
-            os.ftruncate(fd, size)
-            area = mmap.mmap(fd, size)
-            assert self._conn is not None
-            self._conn.send(("area", size))
-            reduction.send_handle(self._conn, fd, self._proc.pid)
-        finally:
-            os.close(fd)
+        assert self._conn is not None
+        area, size = _new_area(need, self._conn, self._proc.pid)
         if self._area is not None:
             self._area.close()
         self._area, self._area_size = area, size
@@ -293,6 +333,34 @@ class EngineProcess:
         self._start()
 
 
+def _new_area(need: int, conn: Connection, pid: int) -> tuple[mmap.mmap, int]:
+    """A shared area of at least `need` bytes (the next power of two), announced to the child on
+    `conn`, which maps it in place of the one before."""
+    from multiprocessing import reduction
+
+    size = max(_MIN_AREA, 1 << (need - 1).bit_length())
+    fd = os.memfd_create("asr-engine-audio")
+    try:
+        os.ftruncate(fd, size)
+        area = mmap.mmap(fd, size)
+        conn.send(("area", size))
+        reduction.send_handle(conn, fd, pid)
+    finally:
+        os.close(fd)
+    return area, size
+
+
+class ChildSilero:
+    """Silero VAD's network in an `EngineProcess`'s child, as `TorchSilero` for a recording's
+    blocks (`lane_probs`)."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.engine = engine
+
+    def lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
+        return self.engine.vad_lane_probs(ext, n_lanes, lane, steps)
+
+
 class ChildPunctuation:
     """The punctuation network in an `EngineProcess`'s child, as a `PuncNetwork` (`classes`)."""
 
@@ -330,13 +398,7 @@ def _serve(settings: dict[str, Any], conn: Connection, side: Connection, log_lev
         if message[0] == "close":
             return
         if message[0] == "area":
-            from multiprocessing import reduction
-
-            fd = reduction.recv_handle(conn)
-            if area is not None:
-                area.close()
-            area = mmap.mmap(fd, message[1])
-            os.close(fd)
+            area = _map_area(conn, message[1], area)
             continue
         _, spans, lists = message
         try:
@@ -352,26 +414,59 @@ def _serve(settings: dict[str, Any], conn: Connection, side: Connection, log_lev
             _answer(conn, "error", exc, None)
 
 
+def _map_area(conn: Connection, size: int, old: mmap.mmap | None) -> mmap.mmap:
+    from multiprocessing import reduction
+
+    fd = reduction.recv_handle(conn)
+    if old is not None:
+        old.close()
+    try:
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _serve_side(conn: Connection, engine: Any) -> None:
-    """The child's side pipe: load the punctuation network, then run it, one call at a time."""
-    network = None
+    """The child's side pipe: load the pipelines' networks (punctuation, the file VAD), then run
+    them, one call at a time."""
+    punc: Any = None
+    vad: Any = None
+    area: mmap.mmap | None = None
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone, or this child is being replaced
+        kind = message[0]
+        if kind == "area":
+            area = _map_area(conn, message[1], area)
+            continue
         try:
-            if message[0] == "load":
+            if kind == "load_punc":
                 from asr.pipeline.punc import PuncNetwork
 
                 _, model_dir, device = message
-                network = PuncNetwork(model_dir, str(engine.device) if device == "auto" else device)
+                punc = PuncNetwork(model_dir, str(engine.device) if device == "auto" else device)
                 _answer(conn, "ok", None, None)
-            elif network is None:
-                raise EngineFailedError("The engine process has no punctuation model loaded.")
+            elif kind == "load_vad":
+                from asr.pipeline.silero_torch import TorchSilero
+
+                vad = TorchSilero(engine.device if message[1] == "auto" else message[1])
+                _answer(conn, "ok", None, None)
+            elif kind == "punc":
+                if punc is None:
+                    raise EngineFailedError("The engine process has no punctuation model loaded.")
+                _answer(conn, "ok", punc.classes(message[1], message[2]), None)
+            elif kind == "vad":
+                if vad is None:
+                    raise EngineFailedError("The engine process has no VAD model loaded.")
+                _, span, n_lanes, lane, steps = message
+                ext = span if isinstance(span, np.ndarray) else np.frombuffer(area, np.float32, span[1], span[0])  # type: ignore[arg-type]
+                probs = vad.lane_probs(ext, n_lanes, lane, steps)
+                del ext  # no view of the area outlives the call (the area may be replaced)
+                _answer(conn, "ok", probs, None)
             else:
-                _, ids, batch_words = message
-                _answer(conn, "ok", network.classes(ids, batch_words), None)
+                raise EngineFailedError(f"Unknown call {kind!r}.")
         except Exception as exc:  # noqa: BLE001 - the parent raises it
             _answer(conn, "error", exc, None)
 

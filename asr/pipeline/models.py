@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from asr.errors import ASRError, ITNUnavailableError
+from asr.errors import ASRError, ITNUnavailableError, ModelLoadError
 from asr.pipeline.itn import InverseNormalizer
 from asr.pipeline.punc import PuncNetwork, Punctuator
 from asr.pipeline.speakers import SpeakerEmbedder
@@ -39,12 +39,18 @@ class StageModels:
         self._itn: InverseNormalizer | None = None
         self._itn_error: str | None = None
         self._network_source: Any = None
+        self._vad_source: Any = None
 
     def use_served_punctuation(self, source: Any) -> None:
         """Take the punctuation network from where `source()` says (called once, at the first use
-        of punctuation): it returns (network, None), or (None, why) when the batching process
-        serves none (`longform.punc_in_engine`: a worker behind `serve_punctuation`'s network)."""
+        of punctuation): it returns (network, None), (None, why) when the batching process failed
+        to load it, or (None, None) when it serves none (then loaded here). For a worker behind a
+        batching process (`longform.punc_in_engine`)."""
         self._network_source = source
+
+    def use_served_vad(self, source: Any) -> None:
+        """As `use_served_punctuation`, for Silero's network on recordings (`longform.vad_in_engine`)."""
+        self._vad_source = source
 
     def preload(self, itn: bool, punctuation: bool) -> threading.Thread:
         """Start loading ITN's grammars and the punctuation model on a thread, so they load while
@@ -80,7 +86,11 @@ class StageModels:
                                          "vad_model", "--vad-model")
                     self._vad = load_vad("fsmn", path)
                 else:
-                    self._vad = load_vad("silero", workers=self._vad_workers(), device=self.silero_device())
+                    network, why = (None, None) if self._vad_source is None else self._vad_source()
+                    if why is not None:
+                        raise ModelLoadError(f"Silero VAD is unavailable: {why}")
+                    self._vad = load_vad("silero", workers=self._vad_workers(), device=self.silero_device(),
+                                         network=network)
             return self._vad
 
     def silero_device(self) -> str | None:
@@ -165,6 +175,23 @@ def served_punctuation(settings: Any, engine: Any) -> tuple[Any, str | None]:
     except ASRError as exc:
         log.warning("punctuation unavailable: %s", exc)
         return None, _UNLOADABLE
+
+
+def served_vad(settings: Any, engine: Any) -> tuple[Any, str | None]:
+    """As `served_punctuation`, for Silero's network on recordings (`longform.vad_in_engine`)."""
+    longform = settings.longform
+    if not longform.vad_in_engine or longform.vad != "silero":
+        return None, None
+    try:
+        serve = getattr(engine, "serve_vad", None)
+        if serve is not None:
+            return serve(longform.vad_device), None
+        from asr.pipeline.silero_torch import TorchSilero
+
+        return TorchSilero(_device(longform.vad_device)), None
+    except ASRError as exc:
+        log.warning("VAD unavailable in the batching process: %s", exc)
+        return None, f"it could not be loaded in the batching process ({exc})"
 
 
 _UNLOADABLE = (

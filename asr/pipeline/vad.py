@@ -542,13 +542,16 @@ class SileroVad(_Segmenter):
 
     def __init__(
         self, lanes: int = 16, lane_s: float = 8.0, warmup_s: float = 1.0, threads: int = 1,
-        workers: int = 1, device: str | None = None,
+        workers: int = 1, device: str | None = None, network: Any = None,
     ) -> None:
         if lanes < 1 or lane_s <= 0 or warmup_s < 0 or workers < 1:
             raise VadOptionsError("lanes, lane_s, warmup_s and workers must be positive.")
         self._torch: Any = None
         self._session: Any = None
-        if device is not None:
+        if network is not None:
+            # `TorchSilero`'s two calls from elsewhere (a batching process's, `vad_in_engine`).
+            self._torch = network
+        elif device is not None:
             from asr.pipeline.silero_torch import TorchSilero
 
             self._torch = TorchSilero(device)
@@ -1072,16 +1075,17 @@ def make_fsmn_vad_dir(path: str | Path, seed: int = 0, decibel_thres: float = -3
 
 
 def load_vad(
-    kind: str = "silero", model_dir: str | Path | None = None, workers: int = 1, device: str | None = None
+    kind: str = "silero", model_dir: str | Path | None = None, workers: int = 1, device: str | None = None,
+    network: Any = None,
 ) -> VadBackend:
     """Build a VAD backend: 'silero' (weights from the silero-vad package; `workers` threads
-    decide a long recording's blocks; on `device` with PyTorch, else onnxruntime on the CPU) or
-    'fsmn' (model_dir)."""
+    decide a long recording's blocks; on `device` with PyTorch, or with `network`, PyTorch's
+    calls served elsewhere, else onnxruntime on the CPU) or 'fsmn' (model_dir)."""
     if kind == "silero":
-        if device is not None:
+        if device is not None or network is not None:
             # One GPU call decides a whole block's frames: blocks of 64 lanes (512 s) keep the
             # calls few; the lanes' boundaries, and so the probabilities, do not depend on it.
-            return SileroVad(lanes=64, workers=min(workers, 2), device=device)
+            return SileroVad(lanes=64, workers=min(workers, 2), device=device, network=network)
         return SileroVad(workers=workers)
     if kind == "fsmn":
         if model_dir is None:

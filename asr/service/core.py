@@ -228,8 +228,9 @@ class Service:
             "segments_submitted": state.get("requests", 0),
             "mixed_batches": state.get("mixed_batches", 0),
             "by_worker": state.get("by_worker", {}),
-            # longform.punc_in_engine: the network the batching process runs for every worker.
+            # longform.punc_in_engine / vad_in_engine: networks the batching process runs for every worker.
             "punctuation_served": state.get("punctuation", {}),
+            "vad_served": state.get("vad", {}),
         }
 
 

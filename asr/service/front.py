@@ -17,7 +17,9 @@ So the split is at the scheduler, not at the engine:
   rendering) with a `RemoteScheduler` in place of its own scheduler: the pipeline submits each
   segment exactly as before, and the segment goes to the batching process instead. With
   `longform.punc_in_engine` the punctuation network runs there too (`RemotePuncNetwork`): the
-  worker sends its windows of word ids and gets their mark classes back.
+  worker sends its windows of word ids and gets their mark classes back; with
+  `longform.vad_in_engine` Silero's network on recordings (`RemoteSilero`): the worker sends a
+  block's samples (through its arena, as segments go) and gets each frame's probability back.
 
 The link is a unix socket carrying length-prefixed pickles (small: ids, hotwords, options,
 results, typed errors). Pickles are only for peers this user started: the socket and the blocks
@@ -108,13 +110,16 @@ class BatchHub:
 
     def __init__(
         self, scheduler_options: SchedulerOptions, engine: Any, *, sample_rate: int = 16000,
-        punctuation: tuple[Any, str | None] = (None, None),
+        punctuation: tuple[Any, str | None] = (None, None), vad: tuple[Any, str | None] = (None, None),
     ) -> None:
         self.engine = engine
         self.punctuation, self.punctuation_error = punctuation
         """The punctuation network served to the workers (`models.served_punctuation`), or None
         (and why not, when it failed to load)."""
+        self.vad, self.vad_error = vad
+        """Silero's network on recordings served to the workers (`models.served_vad`)."""
         self.punctuation_calls = 0
+        self.vad_calls = 0
         self.metrics = Metrics(queue_depth=lambda: self.scheduler.queue_depth)
         self._batch_owner: dict[int, int] = {}  # id(audio array) -> worker index, while queued
         self.scheduler: Scheduler[Any] = Scheduler(
@@ -177,6 +182,7 @@ class BatchHub:
             "stages": s.stages.summary(),
             "punctuation": {"served": self.punctuation is not None, "error": self.punctuation_error,
                             "calls": self.punctuation_calls},
+            "vad": {"served": self.vad is not None, "error": self.vad_error, "calls": self.vad_calls},
         }  # fmt: skip
         if with_metrics:
             out["metrics"] = self.metrics.render()
@@ -209,15 +215,7 @@ class BatchHub:
         kind = message[0]
         if kind == "submit":
             _, rid, block_id, path, samples, hotwords, priority, block, max_waiting = message
-            if path is not None:
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    peer.blocks[block_id] = mmap.mmap(fd, os.fstat(fd).st_size)
-                finally:
-                    os.close(fd)
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)  # both sides have it mapped; nothing else needs the name
-            audio = np.frombuffer(peer.blocks[block_id], np.float32, samples)
+            audio = self._samples(peer, block_id, path, samples)
             self.requests += 1
             self._count(peer, "segments")
             peer.tasks[rid] = asyncio.create_task(
@@ -225,7 +223,13 @@ class BatchHub:
             )
         elif kind == "punc":
             _, rid, ids, batch_words = message
-            peer.tasks[rid] = asyncio.create_task(self._punctuate(peer, rid, ids, batch_words))
+            peer.tasks[rid] = asyncio.create_task(
+                self._serve_call(peer, rid, self.punctuation, "punctuation", ids, batch_words))
+        elif kind == "vad":
+            _, rid, block_id, path, samples, n_lanes, lane, steps = message
+            audio = self._samples(peer, block_id, path, samples)
+            peer.tasks[rid] = asyncio.create_task(
+                self._serve_call(peer, rid, self.vad, "VAD", audio, n_lanes, lane, steps))
         elif kind == "cancel":
             task = peer.tasks.get(message[1])
             if task is not None:
@@ -246,6 +250,19 @@ class BatchHub:
             peer.send(("hello", self.engine.info(), asdict(self.scheduler.options), self.state()))
         else:
             log.error("unknown message from HTTP worker %d: %r", peer.index, kind)
+
+    @staticmethod
+    def _samples(peer: _Peer, block_id: int, path: str | None, samples: int) -> np.ndarray:
+        """A view of the samples a worker wrote into one of its blocks (mapped at first sight)."""
+        if path is not None:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                peer.blocks[block_id] = mmap.mmap(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # both sides have it mapped; nothing else needs the name
+        return np.frombuffer(peer.blocks[block_id], np.float32, samples)
 
     def _count(self, peer: _Peer, what: str) -> None:
         counts = self.by_worker.setdefault(peer.index, {"segments": 0, "jobs": 0})
@@ -283,14 +300,20 @@ class BatchHub:
             peer.send(("fail", rid, error, self._counters()))
 
 
-    async def _punctuate(self, peer: _Peer, rid: int, ids: list[list[int]], batch_words: int) -> None:
+    async def _serve_call(self, peer: _Peer, rid: int, network: Any, what: str, *args: Any) -> None:
+        """One call of a served network (`classes` of punctuation, `lane_probs` of the VAD) on a
+        thread; the answer, or the failure typed, to the worker."""
         reply: tuple[Any, ...]
         try:
-            if self.punctuation is None:
-                raise EngineFailedError("The batching process serves no punctuation model.")
-            self.punctuation_calls += 1
-            reply = ("done", rid, await asyncio.to_thread(self.punctuation.classes, ids, batch_words),
-                     self._counters())
+            if network is None:
+                raise EngineFailedError(f"The batching process serves no {what} model.")
+            if what == "VAD":
+                self.vad_calls += 1
+                value = await asyncio.to_thread(network.lane_probs, *args)
+            else:
+                self.punctuation_calls += 1
+                value = await asyncio.to_thread(network.classes, *args)
+            reply = ("done", rid, value, self._counters())
         except asyncio.CancelledError:
             return  # the worker is gone
         except Exception as exc:  # noqa: BLE001 - every failure crosses typed
@@ -447,6 +470,14 @@ class HubLink:
                 self.send(("cancel", rid))
             raise
 
+    def use_served_models(self, models: Any, longform: Any) -> None:
+        """Point a worker's `StageModels` at the networks the batching process serves, as
+        `longform.punc_in_engine` and `vad_in_engine` ask (known once connected)."""
+        if longform.punc_in_engine:
+            models.use_served_punctuation(self.served_punctuation)
+        if longform.vad_in_engine:
+            models.use_served_vad(self.served_vad)
+
     def served_punctuation(self) -> tuple[Any, str | None]:
         """`StageModels.use_served_punctuation`'s source: the batching process's punctuation
         network as a `RemotePuncNetwork`, (None, why) when it failed to load there, (None, None)
@@ -455,6 +486,28 @@ class HubLink:
         if served.get("served"):
             return RemotePuncNetwork(self), None
         return None, served.get("error")
+
+    def served_vad(self) -> tuple[Any, str | None]:
+        """As `served_punctuation`, for Silero's network on recordings (`RemoteSilero`)."""
+        served = self.state.get("vad") or {}
+        if served.get("served"):
+            return RemoteSilero(self), None
+        return None, served.get("error")
+
+    async def vad_lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
+        """`TorchSilero.lane_probs` in the batching process: the samples go through this worker's
+        arena (the block is its own again with the answer)."""
+        if not self.connected:
+            raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
+        ext = np.ascontiguousarray(ext, dtype=np.float32)
+        slot = self._arena.take(ext.nbytes)
+        np.frombuffer(slot.area, np.float32, len(ext))[:] = ext
+        path, slot.path = slot.path, None
+        rid = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (future, slot)
+        self.send(("vad", rid, slot.id, path, len(ext), n_lanes, lane, steps))
+        return np.asarray(await future)
 
     async def punctuate(self, ids: list[list[int]], batch_words: int) -> list[np.ndarray]:
         if not self.connected:
@@ -579,6 +632,35 @@ class RemoteEngine:
         raise RuntimeError("In an HTTP worker the engine runs in the batching process: submit to the scheduler.")
 
 
+def _call_from_thread(link: HubLink, coroutine: Any) -> Any:
+    """Run `coroutine` on the link's event loop and wait for it here: for the pipeline's threads
+    (never the link's own loop, which carries the answer)."""
+    loop = link._loop
+    if loop is None:
+        coroutine.close()
+        raise EngineFailedError("The batching process is not connected.")
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:  # no loop in this thread: the usual case
+        running = None
+    if running is loop:
+        coroutine.close()
+        raise RuntimeError("A served network's call blocks: make it from a worker thread.")
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+
+class RemoteSilero:
+    """`TorchSilero.lane_probs` (a recording's blocks) run by the batching process
+    (`longform.vad_in_engine`). Live streams have a VAD of their own (asr/service/live.py), a
+    call every tick, which stays in the worker."""
+
+    def __init__(self, link: HubLink) -> None:
+        self.link = link
+
+    def lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
+        return _call_from_thread(self.link, self.link.vad_lane_probs(ext, n_lanes, lane, steps))
+
+
 class RemotePuncNetwork:
     """`PuncNetwork.classes` run by the batching process (`longform.punc_in_engine`), called
     from the pipeline's threads (never from the link's event loop, which carries the answer)."""
@@ -587,17 +669,8 @@ class RemotePuncNetwork:
         self.link = link
 
     def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
-        loop = self.link._loop
-        if loop is None:
-            raise EngineFailedError("The batching process is not connected.")
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:  # no loop in this thread: the usual case
-            running = None
-        if running is loop:
-            raise RuntimeError("RemotePuncNetwork.classes blocks: call it from a worker thread.")
         rows = [list(map(int, row)) for row in ids]
-        return asyncio.run_coroutine_threadsafe(self.link.punctuate(rows, batch_words), loop).result()
+        return _call_from_thread(self.link, self.link.punctuate(rows, batch_words))
 
 
 class RemoteMetrics:
@@ -622,5 +695,5 @@ class RemoteMetrics:
 
 __all__ = [
     "AudioArena", "BatchHub", "FrontConfig", "HubLink", "RemoteEngine", "RemoteMetrics", "RemotePuncNetwork",
-    "RemoteScheduler",
+    "RemoteScheduler", "RemoteSilero",
 ]  # fmt: skip

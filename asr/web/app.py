@@ -95,8 +95,8 @@ def create_app(
 
     models = StageModels(settings.longform, settings.engine.model_cache)
     link = HubLink(front) if front is not None else None
-    if link is not None and settings.longform.punc_in_engine:
-        models.use_served_punctuation(link.served_punctuation)
+    if link is not None:
+        link.use_served_models(models, settings.longform)
     models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
     owned = engine is None and link is None
     if link is not None:

@@ -20,7 +20,8 @@ Why this shape and not uvicorn's `workers=N`: uvicorn's supervisor cannot hold t
 batch jobs (asr/service/core.py), so a job file is claimed by one process only.
 
 What each worker holds: its own punctuation / ITN / VAD models (memory per worker; with
-`longform.punc_in_engine` the punctuation network runs once, in the engine's process) and its own
+`longform.punc_in_engine` / `vad_in_engine` the punctuation network / Silero's network on
+recordings run once, in the engine's process) and its own
 live WebSocket streams (a stream stays on the connection's worker). Not available: the web UI
 (`server.ui` must be false; Gradio keeps each browser's session in one process).
 """
@@ -172,12 +173,13 @@ class Supervisor:
 
     async def _serve(self, engine: Any, runtime: Path) -> None:
         from asr.pipeline.audio import SAMPLE_RATE
-        from asr.pipeline.models import served_punctuation
+        from asr.pipeline.models import served_punctuation, served_vad
         from asr.pipeline.pipeline import scheduler_options
 
         punctuation = await asyncio.to_thread(served_punctuation, self.settings, engine)
+        vad = await asyncio.to_thread(served_vad, self.settings, engine)
         hub = BatchHub(scheduler_options(self.settings, getattr(engine, "engines", 1)), engine, sample_rate=SAMPLE_RATE,
-                       punctuation=punctuation)
+                       punctuation=punctuation, vad=vad)
         socket_path = str(runtime / "hub.sock")
         await hub.start(socket_path, warmup=self.settings.engine.warmup)
         server = self.settings.server

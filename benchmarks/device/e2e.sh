@@ -9,7 +9,8 @@
 # profiled: $OUT/long1-first-profile.txt), timeline:FILES:PASSES[:FRAMES,TOKENS] (FILES
 # long files PASSES times through one pipeline, the engine in the pipeline's process; the graphs' padding steps),
 # long10-workers:N (the ten through N file workers, the
-# CLI's loop), profile.
+# CLI's loop), profile. workers:N and long10-workers:N take settings after a colon, joined by
+# "+": workers:4:longform.punc_in_engine=true+longform.vad_in_engine=true.
 # Inputs (300 mp3 clips, ten 60-min mp3) made once under /tmp/e2e; the engine in a process of its
 # own as the command line runs it. `profile` repeats the folder and the ten files under py-spy
 # (raw stacks of every process, on-CPU samples). Lines to stdout and $OUT/e2e.jsonl.
@@ -33,14 +34,18 @@ make_inputs(Path('/tmp/e2e'), _speech('$SPEECH'), 300, 60.0, 10)" || exit 1
   echo "inputs made in $(awk "BEGIN{print $(date +%s.%N) - $t0}") s" >&2
 fi
 FOLDER=(benchmarks/folder_timeline.py --model "$MODEL_DIR" --speech "$SPEECH" --punc-model "$PUNC_DIR" --work /tmp/e2e)
+# N:SECTION.KEY=VALUE+SECTION.KEY=VALUE... -> extra=(--set ... --set ...) (none without a colon)
+sets() { extra=(); [[ $1 == *:* ]] || return 0; local item; IFS=+ read -ra items <<< "${1#*:}"
+  for item in "${items[@]}"; do extra+=(--set "$item"); done; }
 for step in "${STEPS[@]}"; do
   case $step in
     folder) $PY "${FOLDER[@]}" --passes 3 | tee -a "$OUT/e2e.jsonl" ;;
     folder-inproc) $PY "${FOLDER[@]}" --passes 3 --in-process | tee -a "$OUT/e2e.jsonl" ;;
     folder:*) $PY "${FOLDER[@]}" --passes 3 --set "${step#folder:}" | tee -a "$OUT/e2e.jsonl" ;;
-    workers:*) spec=${step#workers:}; extra=(); [[ $spec == *:* ]] && extra=(--set "${spec#*:}")
+    workers:*) spec=${step#workers:}; sets "$spec"
       $PY "${FOLDER[@]}" --passes 3 --workers "${spec%%:*}" "${extra[@]}" | tee -a "$OUT/e2e.jsonl" ;;
-    long10-workers:*) $PY "${FOLDER[@]}" --passes 2 --folder /tmp/e2e/long --workers "${step#long10-workers:}" \
+    long10-workers:*) spec=${step#long10-workers:}; sets "$spec"
+      $PY "${FOLDER[@]}" --passes 2 --folder /tmp/e2e/long --workers "${spec%%:*}" "${extra[@]}" \
       | tee -a "$OUT/e2e.jsonl" ;;
     long1) $PY benchmarks/long_timeline.py 1 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
     long10) $PY benchmarks/long_timeline.py 10 --engine-process | tee -a "$OUT/e2e.jsonl" ;;

@@ -28,8 +28,9 @@ from .conftest import REPO, LiveServer, start_server, wav_bytes
 
 FLAGS = ["--no-ui"]
 SR = 16000
-# Both servers punctuate with the demonstration model; the workers' network runs once, in the
-# batching process (longform.punc_in_engine), and must give the one-process server's marks.
+# Both servers punctuate with the demonstration model; the workers' punctuation and file VAD
+# networks run once, in the batching process (longform.punc_in_engine, vad_in_engine), and must
+# give the one-process server's marks and segments.
 PUNC = str(REPO / "tests" / "assets" / "demo-model" / "punc")
 
 
@@ -56,7 +57,8 @@ def _wait_for_workers(server: LiveServer, n: int, timeout_s: float = 180, old: d
 @pytest.fixture(scope="module")
 def workers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_server(tiny_model_dir, tmp_path_factory.mktemp("workers"), args=[*FLAGS, "--http-workers", "2"],
-                          env={"ASR_LONGFORM__PUNC_MODEL": PUNC, "ASR_LONGFORM__PUNC_IN_ENGINE": "true"})
+                          env={"ASR_LONGFORM__PUNC_MODEL": PUNC, "ASR_LONGFORM__PUNC_IN_ENGINE": "true",
+                               "ASR_LONGFORM__VAD_IN_ENGINE": "true"})
     try:
         _wait_for_workers(server, 2)
         yield server
@@ -129,8 +131,10 @@ def test_every_door_gives_the_one_process_servers_results(
             assert {k: v for k, v in answers[0].items() if k != "duration"} == {
                 k: v for k, v in answers[1].items() if k != "duration"
             }
-    served = _info(workers)["http_workers"]["punctuation_served"]
+    info = _info(workers)["http_workers"]
+    served = info["punctuation_served"]
     assert served["served"] and served["error"] is None and served["calls"] >= len(files) // 2, served
+    assert info["vad_served"]["served"] and info["vad_served"]["calls"] >= 1, info["vad_served"]
     # The scheduler's figures in /api/info are the batching process's, whichever worker answers.
     for server in (single, workers):
         stages = _info(server)["scheduler"]["stages"]
