@@ -113,6 +113,7 @@ def build_options(args: argparse.Namespace, settings: Settings) -> Options:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from asr.engine.process import load_engine
     from asr.file_workers import file_worker_count
+    from asr.pipeline.models import EngineNetworks
     from asr.pipeline.pipeline import start_decoders
     from asr.runtime import configure_process, start_cuda_warmup
 
@@ -137,8 +138,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         # The decoding processes start first: they import FFmpeg's bindings while the models load.
         decoders = start_decoders(settings)
         try:
-            models = _preload_models(settings, options)
-            engine = load_engine(settings.engine, input_bytes=input_bytes)
+            networks = EngineNetworks(settings)
+            models = _preload_models(settings, options, networks=networks)
+            engine = networks.engine = load_engine(settings.engine, input_bytes=input_bytes)
             try:
                 code = asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
             finally:
@@ -192,13 +194,16 @@ def _only_what_is_used(settings: Settings, options: Options) -> Settings:
     })
 
 
-def _preload_models(settings: Settings, options: Options, link: Any = None) -> StageModels:
-    """`link`: a file worker's `HubLink` (the networks the batching process may serve)."""
+def _preload_models(settings: Settings, options: Options, link: Any = None, networks: Any = None) -> StageModels:
+    """`link`: a file worker's `HubLink`, `networks`: the command's `EngineNetworks` (where the
+    punctuation and VAD networks may run instead of here)."""
     from asr.pipeline.models import StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
     if link is not None:
         link.use_served_models(models, settings.longform)
+    if networks is not None:
+        networks.attach(models)
     models.preload(itn=settings.pipeline.itn if options.itn is None else options.itn,
                    punctuation=options.punctuation)
     return models

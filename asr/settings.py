@@ -168,9 +168,10 @@ class LongformSettings(BaseModel):
     the command line's file workers), run the punctuation network once, for all of them, in the
     engine's process (its GPU context, next to the recogniser; in the batching process when the
     engine runs there), instead of a copy of the model and a GPU context in every worker. The
-    words' side (tokens, windows, marks) stays in each worker; the marks are the same. Off by
-    default until measured on a GPU box (BENCHMARKS.md); a single-process service or command is
-    unaffected."""
+    words' side (tokens, windows, marks) stays in each worker; the marks are the same. A
+    single-process service or command whose engine runs in a process of its own (a GPU's
+    default) runs the network there too, so its own process needs no GPU context. Off by default
+    until measured on a GPU box (BENCHMARKS.md)."""
     vad_in_engine: bool = False
     """The same for Silero's network on recordings (`vad: silero`): each worker cuts its
     recordings' blocks and reads the decisions, the network runs in the engine's process, as

@@ -154,6 +154,27 @@ def test_the_child_runs_the_pipelines_networks_and_loads_them_again_after_a_rest
     assert child.restarts == restarts + 1
 
 
+def test_a_pipeline_beside_its_engine_process_takes_the_networks_from_it(child: EngineProcess, tmp_path) -> None:
+    """The one-process service and command (`EngineNetworks`): with `punc_in_engine` and
+    `vad_in_engine` the pipeline's models are the child's networks; without, its own."""
+    from asr.engine.process import ChildPunctuation, ChildSilero
+    from asr.pipeline.models import EngineNetworks, StageModels
+    from asr.settings import load_settings
+
+    for served in (True, False):
+        settings = load_settings(None, longform={"punc_model": str(DEMO_PUNC), "punc_in_engine": served,
+                                                 "vad_in_engine": served})
+        models = StageModels(settings.longform, tmp_path)
+        networks = EngineNetworks(settings)
+        networks.attach(models)
+        models.preload(itn=False, punctuation=True).join(60)
+        networks.engine = child
+        punctuator = models.punctuator()
+        assert punctuator is not None
+        assert isinstance(punctuator.network, ChildPunctuation) == served
+        assert isinstance(models.vad()._torch, ChildSilero) == served
+
+
 def test_a_closed_engine_refuses_calls_and_starts_nothing(tiny_model_dir: Path) -> None:
     engine = EngineProcess(_settings(tiny_model_dir))
     pid = engine.pid

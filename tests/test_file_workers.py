@@ -54,11 +54,14 @@ def test_workers_write_the_one_process_outputs_and_report_bad_files(tiny_model_d
 
 
 @pytest.mark.slow
-def test_networks_served_by_the_engine_process_give_the_one_process_outputs(tiny_model_dir, tmp_path, capsys) -> None:
+def test_networks_served_by_the_engine_process_give_the_one_process_outputs(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+) -> None:
     """`longform.punc_in_engine` and `vad_in_engine`: two workers send their words' ids and their
     recordings' blocks to the batching hub, which runs the punctuation network and Silero's in the
     engine's own process; the outputs are the one-process command's with the networks loaded
-    there (Silero through onnxruntime there, PyTorch here: the same segments)."""
+    there (Silero through onnxruntime there, PyTorch here: the same segments), and the
+    one-process command's with its engine in a process of its own that runs them."""
     from speech import SENTENCES, recording, require_espeak
 
     from asr.engine.process import EngineProcess
@@ -71,9 +74,14 @@ def test_networks_served_by_the_engine_process_give_the_one_process_outputs(tiny
     format_folder(src)
     (src / "broken.wav").unlink()
     sf.write(src / "speech.wav", recording(SENTENCES[:5], [0.8, 1.2, 0.6, 1.5], lead_s=0.5).audio, 16000)
-    assert main(["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--format",
-                 "txt", "json", "srt", "--punc-model", str(punc), "--vad", "--workers", "1",
-                 "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip
+    command = ["transcribe", str(src), "--model", str(tiny_model_dir), "--device", "cpu", "--quiet", "--format",
+               "txt", "json", "srt", "--punc-model", str(punc), "--vad", "--workers", "1"]  # fmt: skip
+    assert main([*command, "--output-dir", str(tmp_path / "one")]) == 0
+    with monkeypatch.context() as env:
+        for name in ("LONGFORM__PUNC_IN_ENGINE", "LONGFORM__VAD_IN_ENGINE"):
+            env.setenv(f"ASR_{name}", "true")
+        env.setenv("ASR_ENGINE__PROCESS", "on")
+        assert main([*command, "--output-dir", str(tmp_path / "beside")]) == 0
     capsys.readouterr()
     engine_settings = {"model": str(tiny_model_dir), "device": "cpu", "warmup": False, "process": "on"}
     settings = load_settings(None, engine=engine_settings,
@@ -98,7 +106,7 @@ def test_networks_served_by_the_engine_process_give_the_one_process_outputs(tiny
     assert state["punctuation"]["served"] and state["punctuation"]["calls"] >= 1
     assert state["vad"]["served"] and state["vad"]["calls"] >= len(files)  # a block at least per file
     one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
-    assert len(one) == 3 * len(files) and one == two
+    assert len(one) == 3 * len(files) and one == two == _outputs(tmp_path / "beside")
     applied = [p["applied"] for name, p in one.items() if name.endswith(".json")]
     assert all(a["punctuation"] and a["vad"] for a in applied) and len(applied) == len(files)
     assert len(one["speech.json"]["segments"]) >= 3  # the pauses cut it

@@ -194,6 +194,25 @@ def served_vad(settings: Any, engine: Any) -> tuple[Any, str | None]:
         return None, f"it could not be loaded in the batching process ({exc})"
 
 
+class EngineNetworks:
+    """`StageModels`' sources for a pipeline that talks to its engine process directly (the
+    one-process service and command on a GPU): the networks `longform.punc_in_engine` /
+    `vad_in_engine` ask for run in that process, so the pipeline's own process needs no GPU
+    context. Attach before the models preload; set `engine` once it is loaded (the networks load
+    there at their first use)."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self.engine: Any = None
+
+    def attach(self, models: StageModels) -> None:
+        longform = self.settings.longform
+        if longform.punc_in_engine:
+            models.use_served_punctuation(lambda: served_punctuation(self.settings, self.engine))
+        if longform.vad_in_engine:
+            models.use_served_vad(lambda: served_vad(self.settings, self.engine))
+
+
 _UNLOADABLE = (
     "the punctuation model could not be loaded (the log says why); set longform.punc_model to a "
     "model directory (ASR_LONGFORM__PUNC_MODEL=DIR; the command line's --punc-model DIR)"

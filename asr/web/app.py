@@ -91,12 +91,15 @@ def create_app(
     service with its own engine and scheduler, sharing the data directory; the id names its claims
     in the shared job store.
     """
-    from asr.pipeline.models import StageModels
+    from asr.pipeline.models import EngineNetworks, StageModels
 
     models = StageModels(settings.longform, settings.engine.model_cache)
     link = HubLink(front) if front is not None else None
+    networks = EngineNetworks(settings)
     if link is not None:
         link.use_served_models(models, settings.longform)
+    elif engine is None:
+        networks.attach(models)  # the engine is loaded below: the networks may run in its process
     models.preload(itn=settings.pipeline.itn, punctuation=True)  # while the engine loads
     owned = engine is None and link is None
     if link is not None:
@@ -104,7 +107,7 @@ def create_app(
     elif engine is None:
         from asr.engine.process import load_engine
 
-        engine = load_engine(settings.engine)
+        engine = networks.engine = load_engine(settings.engine)
     service = Service(settings, engine, models, front=link, replica=replica)
 
     @asynccontextmanager
