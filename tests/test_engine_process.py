@@ -216,5 +216,17 @@ def test_on_the_gpu_the_child_answers_as_the_engine_here(tiny_model_dir: Path) -
         for _ in range(3):  # eager, then the captured graphs' replays
             _same(child.transcribe(clips, hotwords), here.transcribe(clips, hotwords))
         assert child.info()["device"].startswith("cuda")
+        # The pipelines' networks on the child's GPU ('auto'), against the same networks here.
+        from asr.pipeline.punc import PuncNetwork, Punctuator
+        from asr.pipeline.silero_torch import TorchSilero
+
+        tokens = Punctuator(DEMO_PUNC)._tokenizer
+        words = [w for sentence in SENTENCES for w in sentence if w != "，"]
+        ids = [tokens.tokens2ids(words[i : i + 40]) for i in range(0, len(words), 30)]
+        served = child.serve_punctuation(str(DEMO_PUNC), "auto").classes(ids, 512)
+        assert [r.tolist() for r in served] == [r.tolist() for r in PuncNetwork(DEMO_PUNC, "cuda").classes(ids, 512)]
+        ext = rng.normal(0, 0.1, 16 * 32000 + 512 * 40 + 64).astype(np.float32)
+        probs = child.serve_vad("auto").lane_probs(ext, 16, 32000, 40 + 62)
+        np.testing.assert_allclose(probs, TorchSilero("cuda").lane_probs(ext, 16, 32000, 40 + 62), atol=1e-3)
     finally:
         child.close()
