@@ -41,6 +41,7 @@ def main() -> None:
     from asr.engine import Engine
     from asr.engine.process import load_engine
     from asr.pipeline import pipeline as P
+    from asr.pipeline.models import EngineNetworks, StageModels
     from asr.pipeline.options import Options
     from asr.runtime import configure_process
     from asr.settings import load_settings, resolve_config
@@ -103,7 +104,13 @@ def main() -> None:
         def on_batch(b):  # type: ignore[no-untyped-def]
             batches.append((round(time.perf_counter() - t0[0], 3), b.size, round(b.elapsed_s, 3)))
 
-        pipeline = P.Pipeline(settings, engine, on_batch=on_batch)
+        # As the command line builds it: with `longform.punc_in_engine` / `vad_in_engine` (in the
+        # environment: ASR_LONGFORM__...) the networks run in the engine's process.
+        models = StageModels(settings.longform, settings.engine.model_cache)
+        networks = EngineNetworks(settings)
+        networks.attach(models)
+        networks.engine = engine
+        pipeline = P.Pipeline(settings, engine, on_batch=on_batch, models=models)
         await pipeline.start()
         try:
             await pipeline.transcribe(work / "ten_seconds.mp3", Options(vad=True), background=True)  # warm

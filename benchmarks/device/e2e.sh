@@ -10,7 +10,8 @@
 # long files PASSES times through one pipeline, the engine in the pipeline's process; the graphs' padding steps),
 # long10-workers:N (the ten through N file workers, the
 # CLI's loop), profile. workers:N and long10-workers:N take settings after a colon, joined by
-# "+": workers:4:longform.punc_in_engine=true+longform.vad_in_engine=true.
+# "+": workers:4:longform.punc_in_engine=true+longform.vad_in_engine=true. env:NAME=VALUE exports a
+# setting for the steps after it (env:ASR_LONGFORM__VAD_IN_ENGINE=true long1), unenv:NAME drops it.
 # Inputs (300 mp3 clips, ten 60-min mp3) made once under /tmp/e2e; the engine in a process of its
 # own as the command line runs it. `profile` repeats the folder and the ten files under py-spy
 # (raw stacks of every process, on-CPU samples). Lines to stdout and $OUT/e2e.jsonl.
@@ -47,6 +48,8 @@ for step in "${STEPS[@]}"; do
     long10-workers:*) spec=${step#long10-workers:}; sets "$spec"
       $PY "${FOLDER[@]}" --passes 2 --folder /tmp/e2e/long --workers "${spec%%:*}" "${extra[@]}" \
       | tee -a "$OUT/e2e.jsonl" ;;
+    env:*) export "${step#env:}"; echo "{\"env\": \"${step#env:}\"}" | tee -a "$OUT/e2e.jsonl" ;;
+    unenv:*) unset "${step#unenv:}"; echo "{\"unenv\": \"${step#unenv:}\"}" | tee -a "$OUT/e2e.jsonl" ;;
     long1) $PY benchmarks/long_timeline.py 1 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
     long10) $PY benchmarks/long_timeline.py 10 --engine-process | tee -a "$OUT/e2e.jsonl" ;;
     long1-first) $PY benchmarks/long_timeline.py 1 --profile-first="$OUT/long1-first-profile.txt" \
