@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from speech import SENTENCES
 
-from asr.pipeline.punc import Punctuator, make_punc_model_dir, split_words
+from asr.pipeline.punc import PuncNetwork, Punctuator, SharedNetwork, make_punc_model_dir, split_words
 
 
 @pytest.fixture(scope="module")
@@ -62,5 +62,31 @@ def test_a_failing_pass_raises_to_its_caller_and_the_next_call_works(punc_dir):
     punctuator = Punctuator(punc_dir)
     with pytest.raises(AttributeError):
         punctuator.predict([[object()]])  # type: ignore[list-item]  # not a word: the tokenizer fails
-    assert not punctuator._running  # the failed leader handed the lead back
+    assert not punctuator._shared._running  # the failed leader handed the lead back
     assert len(punctuator.predict([["今", "天", "好"]])[0]) == 3
+
+
+def test_a_shared_network_merges_concurrent_calls_into_fewer_passes(punc_dir, punctuator):
+    """What a batching process serves its workers (`longform.punc_in_engine`): windows of word
+    ids from several callers at once, each answered with its own classes."""
+    import threading
+
+    network = SharedNetwork(PuncNetwork(punc_dir))
+    tokens = punctuator._tokenizer
+    calls = [[tokens.tokens2ids(split_words(s)[: 5 + i]) for s in SENTENCES[i:]] for i in range(8)]
+    alone = [[r.tolist() for r in network.classes(ids, 64)] for ids in calls]
+    assert network.passes == len(calls)
+    got: dict[int, list] = {}
+    start = threading.Barrier(len(calls))
+
+    def call(i: int) -> None:
+        start.wait()
+        got[i] = [r.tolist() for r in network.classes(calls[i], 64)]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(calls))] == alone
+    assert network.passes - len(calls) < len(calls)

@@ -14,7 +14,7 @@ from typing import Any
 
 from asr.errors import ASRError, ITNUnavailableError, ModelLoadError
 from asr.pipeline.itn import InverseNormalizer
-from asr.pipeline.punc import PuncNetwork, Punctuator
+from asr.pipeline.punc import PuncNetwork, Punctuator, SharedNetwork
 from asr.pipeline.speakers import SpeakerEmbedder
 from asr.pipeline.vad import VadBackend
 
@@ -169,9 +169,10 @@ def served_punctuation(settings: Any, engine: Any) -> tuple[Any, str | None]:
         path = models._resolve(longform.punc_model, ("config.yaml", "model.pt", "tokens.json"),
                                "punc_model", "--punc-model")
         serve = getattr(engine, "serve_punctuation", None)
+        # Shared passes: the workers' files that finish together are punctuated together.
         if serve is not None:
-            return serve(str(path), longform.punc_device), None
-        return PuncNetwork(path, _device(longform.punc_device)), None
+            return SharedNetwork(serve(str(path), longform.punc_device)), None
+        return SharedNetwork(PuncNetwork(path, _device(longform.punc_device))), None
     except ASRError as exc:
         log.warning("punctuation unavailable: %s", exc)
         return None, _UNLOADABLE

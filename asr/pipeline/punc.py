@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,9 +166,7 @@ class Punctuator:
             ) from exc
         # Class 0 is <unk> and "_" means no mark; both become "".
         self.marks = ["" if p in ("<unk>", "_") else p for p in punc_list]
-        self._lock = threading.Lock()
-        self._waiting: list[_Request] = []
-        self._running = False
+        self._shared = SharedPasses(self._predict_now)
         self.passes = 0
         """Batches run so far (concurrent callers share them)."""
         self.model_dir = model_dir
@@ -181,46 +179,7 @@ class Punctuator:
         Callers on other threads at the same time (a folder's files finishing together) share
         one pass: the first runs every request waiting, the others wait for their part. A
         forward pass per file cost more than the file's recognition on a GPU box."""
-        opts = opts or PuncOptions()
-        request = _Request(word_lists, opts)
-        with self._lock:
-            self._waiting.append(request)
-            lead = not self._running
-            self._running = True
-        if not lead:
-            request.done.wait()
-        else:
-            while True:
-                with self._lock:
-                    batch, self._waiting = self._waiting, []
-                    if not batch:
-                        self._running = False
-                        break
-                self._serve(batch)
-        if request.error is not None:
-            raise request.error
-        assert request.marks is not None
-        return request.marks
-
-    def _serve(self, batch: list[_Request]) -> None:
-        # Requests with the same windowing share the pass; others (rare) run on their own.
-        groups: dict[PuncOptions, list[_Request]] = {}
-        for r in batch:
-            groups.setdefault(r.opts, []).append(r)
-        for opts, requests in groups.items():
-            try:
-                marks = self._predict_now([w for r in requests for w in r.word_lists], opts)
-            except BaseException as exc:  # every waiter gets the failure, none hangs
-                for r in requests:
-                    r.error = exc
-            else:
-                at = 0
-                for r in requests:
-                    r.marks = marks[at : at + len(r.word_lists)]
-                    at += len(r.word_lists)
-            finally:
-                for r in requests:
-                    r.done.set()
+        return self._shared.call(word_lists, opts or PuncOptions())
 
     def _predict_now(self, word_lists: Sequence[Sequence[str]], opts: PuncOptions) -> list[list[str]]:
         self.passes += 1
@@ -269,12 +228,84 @@ class Punctuator:
         return out
 
 
+class SharedPasses:
+    """Calls made at the same time share one pass of `run(items, key)` (a list in, one answer
+    per item out): the first caller runs every request waiting, its own and those that arrive
+    while a pass runs, with the same `key` in one pass; the others wait for their part."""
+
+    def __init__(self, run: Callable[[list[Any], Any], Sequence[Any]]) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._waiting: list[_Request] = []
+        self._running = False
+
+    def call(self, items: Sequence[Any], key: Any) -> list[Any]:
+        request = _Request(items, key)
+        with self._lock:
+            self._waiting.append(request)
+            lead = not self._running
+            self._running = True
+        if not lead:
+            request.done.wait()
+        else:
+            while True:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                    if not batch:
+                        self._running = False
+                        break
+                self._serve(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.answers is not None
+        return request.answers
+
+    def _serve(self, batch: list[_Request]) -> None:
+        # Requests with the same key share the pass; others (rare) run on their own.
+        groups: dict[Any, list[_Request]] = {}
+        for r in batch:
+            groups.setdefault(r.key, []).append(r)
+        for key, requests in groups.items():
+            try:
+                answers = self._run([x for r in requests for x in r.items], key)
+            except BaseException as exc:  # every waiter gets the failure, none hangs
+                for r in requests:
+                    r.error = exc
+            else:
+                at = 0
+                for r in requests:
+                    r.answers = list(answers[at : at + len(r.items)])
+                    at += len(r.items)
+            finally:
+                for r in requests:
+                    r.done.set()
+
+
+class SharedNetwork:
+    """A punctuation network whose concurrent `classes` calls share forward passes
+    (`SharedPasses`): in a batching process that serves several workers, the files they finish
+    at the same time are punctuated together, as one worker's are by its `Punctuator`."""
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+        self._shared = SharedPasses(self._pass)
+        self.passes = 0
+        """Passes run so far (concurrent calls share them)."""
+
+    def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        return self._shared.call(ids, batch_words)
+
+    def _pass(self, ids: list[Sequence[int]], batch_words: int) -> list[np.ndarray]:
+        self.passes += 1
+        return self.network.classes(ids, batch_words)
+
+
 @dataclass
 class _Request:
-    word_lists: Sequence[Sequence[str]]
-    opts: PuncOptions
+    items: Sequence[Any]
+    key: Any
     done: threading.Event = field(default_factory=threading.Event)
-    marks: list[list[str]] | None = None
+    answers: list[Any] | None = None
     error: BaseException | None = None
 
 
