@@ -70,7 +70,8 @@ class EngineProcess:
         self._area_size = 0
         self._info: dict[str, Any] = {}
         self._closed = False
-        # The side pipe (punctuation): its own lock, so a call never waits behind a recognition.
+        # The side pipe (punctuation, the file VAD): its own lock, so a call never waits behind a
+        # recognition.
         self._side_lock = threading.Lock()
         self._side: Connection | None = None
         self._side_area: mmap.mmap | None = None

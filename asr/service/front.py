@@ -223,13 +223,15 @@ class BatchHub:
             )
         elif kind == "punc":
             _, rid, ids, batch_words = message
-            peer.tasks[rid] = asyncio.create_task(
-                self._serve_call(peer, rid, self.punctuation, "punctuation", ids, batch_words))
+            self.punctuation_calls += 1
+            call = None if self.punctuation is None else self.punctuation.classes
+            peer.tasks[rid] = asyncio.create_task(self._serve_call(peer, rid, call, "punctuation", ids, batch_words))
         elif kind == "vad":
             _, rid, block_id, path, samples, n_lanes, lane, steps = message
             audio = self._samples(peer, block_id, path, samples)
-            peer.tasks[rid] = asyncio.create_task(
-                self._serve_call(peer, rid, self.vad, "VAD", audio, n_lanes, lane, steps))
+            self.vad_calls += 1
+            call = None if self.vad is None else self.vad.lane_probs
+            peer.tasks[rid] = asyncio.create_task(self._serve_call(peer, rid, call, "VAD", audio, n_lanes, lane, steps))
         elif kind == "cancel":
             task = peer.tasks.get(message[1])
             if task is not None:
@@ -299,21 +301,14 @@ class BatchHub:
             error = EngineFailedError(f"Recognition failed ({reply[2]!r:.200}).")
             peer.send(("fail", rid, error, self._counters()))
 
-
-    async def _serve_call(self, peer: _Peer, rid: int, network: Any, what: str, *args: Any) -> None:
-        """One call of a served network (`classes` of punctuation, `lane_probs` of the VAD) on a
+    async def _serve_call(self, peer: _Peer, rid: int, call: Callable[..., Any] | None, what: str, *args: Any) -> None:
+        """One call of a served network (punctuation's `classes`, the VAD's `lane_probs`) on a
         thread; the answer, or the failure typed, to the worker."""
         reply: tuple[Any, ...]
         try:
-            if network is None:
+            if call is None:
                 raise EngineFailedError(f"The batching process serves no {what} model.")
-            if what == "VAD":
-                self.vad_calls += 1
-                value = await asyncio.to_thread(network.lane_probs, *args)
-            else:
-                self.punctuation_calls += 1
-                value = await asyncio.to_thread(network.classes, *args)
-            reply = ("done", rid, value, self._counters())
+            reply = ("done", rid, await asyncio.to_thread(call, *args), self._counters())
         except asyncio.CancelledError:
             return  # the worker is gone
         except Exception as exc:  # noqa: BLE001 - every failure crosses typed
@@ -454,13 +449,9 @@ class HubLink:
         if not self.connected:
             raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
         audio = np.ascontiguousarray(audio, dtype=np.float32)
-        slot = self._arena.take(audio.nbytes)
-        np.frombuffer(slot.area, np.float32, len(audio))[:] = audio
-        path, slot.path = slot.path, None  # the hub maps a block once, when it first sees it
-        rid = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (future, slot)
-        self.send(("submit", rid, slot.id, path, len(audio), tuple(hotwords), priority, block, max_waiting))
+        slot, path = self._lend(audio)
+        rid, future = self._ask("submit", slot, slot.id, path, len(audio), tuple(hotwords), priority, block,
+                                max_waiting)
         try:
             return await future
         except asyncio.CancelledError:
@@ -500,31 +491,37 @@ class HubLink:
         if not self.connected:
             raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
         ext = np.ascontiguousarray(ext, dtype=np.float32)
-        slot = self._arena.take(ext.nbytes)
-        np.frombuffer(slot.area, np.float32, len(ext))[:] = ext
-        path, slot.path = slot.path, None
-        rid = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (future, slot)
-        self.send(("vad", rid, slot.id, path, len(ext), n_lanes, lane, steps))
+        slot, path = self._lend(ext)
+        _, future = self._ask("vad", slot, slot.id, path, len(ext), n_lanes, lane, steps)
         return np.asarray(await future)
 
     async def punctuate(self, ids: list[list[int]], batch_words: int) -> list[np.ndarray]:
         if not self.connected:
             raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
+        _, future = self._ask("punc", None, ids, batch_words)
+        return list(await future)
+
+    def _ask(self, kind: str, slot: _Block | None, *fields: Any) -> tuple[int, asyncio.Future[Any]]:
+        """Send a request the hub answers by its id: the future takes the answer, and `slot` is
+        this worker's again with it."""
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (future, None)
-        self.send(("punc", rid, ids, batch_words))
-        return list(await future)
+        self._pending[rid] = (future, slot)
+        self.send((kind, rid, *fields))
+        return rid, future
+
+    def _lend(self, audio: np.ndarray) -> tuple[_Block, str | None]:
+        """A block of this worker's arena holding `audio` (lent to the hub until its reply), and
+        its path when the hub has not mapped it yet."""
+        slot = self._arena.take(audio.nbytes)
+        np.frombuffer(slot.area, np.float32, len(audio))[:] = audio
+        path, slot.path = slot.path, None  # the hub maps a block once, when it first sees it
+        return slot, path
 
     async def fetch_state(self, *, with_metrics: bool = False) -> dict[str, Any]:
         if not self.connected:
             return self.state
-        rid = next(self._ids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (future, None)
-        self.send(("state", rid, with_metrics))
+        _, future = self._ask("state", None, with_metrics)
         self.state = await asyncio.wait_for(future, 10)
         self._take_state(self.state)
         return self.state
