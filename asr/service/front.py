@@ -54,6 +54,7 @@ import os
 import pickle
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -327,21 +328,25 @@ class _Block:
 
 
 class AudioArena:
-    """A worker's shared-memory blocks for segments in flight, reused by size class."""
+    """A worker's shared-memory blocks for segments in flight, reused by size class. Thread-safe
+    (a VAD block is lent from the thread that cut it)."""
 
     def __init__(self, folder: str | os.PathLike[str], prefix: str) -> None:
         self._folder = Path(folder)
         self._prefix = prefix
         self._ids = itertools.count()
         self._free: dict[int, list[_Block]] = {}
+        self._lock = threading.Lock()
         self.blocks = 0
 
     def take(self, nbytes: int) -> _Block:
         size = max(_MIN_BLOCK, 1 << max(0, nbytes - 1).bit_length())
-        free = self._free.get(size)
-        if free:
-            return free.pop()
-        block_id = next(self._ids)
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+            block_id = next(self._ids)
+            self.blocks += 1
         path = str(self._folder / f"{self._prefix}-{block_id}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -349,11 +354,11 @@ class AudioArena:
             area = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        self.blocks += 1
         return _Block(block_id, size, area, path)
 
     def give_back(self, block: _Block) -> None:
-        self._free.setdefault(block.size, []).append(block)
+        with self._lock:
+            self._free.setdefault(block.size, []).append(block)
 
 
 def runtime_dir() -> Path:
@@ -485,14 +490,15 @@ class HubLink:
             return RemoteSilero(self), None
         return None, served.get("error")
 
-    async def vad_lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
-        """`TorchSilero.lane_probs` in the batching process: the samples go through this worker's
-        arena (the block is its own again with the answer)."""
+    async def vad_lane_probs(
+        self, slot: _Block, path: str | None, samples: int, n_lanes: int, lane: int, steps: int
+    ) -> np.ndarray:
+        """`TorchSilero.lane_probs` in the batching process of the samples `_lend` put in `slot`
+        (the block is this worker's again with the answer)."""
         if not self.connected:
+            self._arena.give_back(slot)
             raise EngineFailedError("The batching process is not running (the service is stopping or failed).")
-        ext = np.ascontiguousarray(ext, dtype=np.float32)
-        slot, path = self._lend(ext)
-        _, future = self._ask("vad", slot, slot.id, path, len(ext), n_lanes, lane, steps)
+        _, future = self._ask("vad", slot, slot.id, path, samples, n_lanes, lane, steps)
         return np.asarray(await future)
 
     async def punctuate(self, ids: list[list[int]], batch_words: int) -> list[np.ndarray]:
@@ -655,7 +661,11 @@ class RemoteSilero:
         self.link = link
 
     def lane_probs(self, ext: np.ndarray, n_lanes: int, lane: int, steps: int) -> np.ndarray:
-        return _call_from_thread(self.link, self.link.vad_lane_probs(ext, n_lanes, lane, steps))
+        # Copied into the arena here, on the VAD's thread: a block is tens of MB, too long a copy
+        # for the link's event loop.
+        ext = np.ascontiguousarray(ext, dtype=np.float32)
+        slot, path = self.link._lend(ext)
+        return _call_from_thread(self.link, self.link.vad_lane_probs(slot, path, len(ext), n_lanes, lane, steps))
 
 
 class RemotePuncNetwork:
