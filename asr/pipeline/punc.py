@@ -106,6 +106,9 @@ class PuncNetwork:
             ) from exc
         self._torch = torch
         self.device = device
+        # On a GPU, a stream of its own: in the engine's process (`punc_in_engine`) a pass does
+        # not queue behind the recogniser's work on the default stream.
+        self._stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
 
     def classes(self, ids: Sequence[Sequence[int]], batch_words: int) -> list[np.ndarray]:
         """Each window's mark classes (int8, one per word), windows batched by length into
@@ -125,11 +128,11 @@ class PuncNetwork:
             text = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
             for row, k in enumerate(batch):
                 text[row, : lengths[row]] = torch.tensor(ids[k], dtype=torch.long)
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.cuda.stream(self._stream):  # no stream: a no-op
                 y, _ = self._model.punc_forward(
                     text.to(self.device), torch.tensor(lengths, dtype=torch.int32).to(self.device)
                 )
-            classes = y.argmax(dim=-1).to(torch.int8).cpu().numpy()
+                classes = y.argmax(dim=-1).to(torch.int8).cpu().numpy()
             for row, k in enumerate(batch):
                 results[k] = classes[row, : lengths[row]]
         return results
