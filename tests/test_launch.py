@@ -70,3 +70,20 @@ def test_run_sh_without_a_model_says_what_to_do_in_one_line(tmp_path: Path) -> N
     for noise in ("Couldn't find ffmpeg", "torchaudio", "RuntimeWarning"):
         assert noise not in proc.stderr
 
+
+
+def test_a_data_dir_that_cannot_be_used_is_one_line_before_the_model_loads(tmp_path: Path) -> None:
+    """A file where the data folder should be, or a folder inside one: refused at once with what
+    to change (the model is never loaded: the path given for it does not even exist)."""
+    (tmp_path / "a-file").write_text("")
+    for data_dir, says in ((tmp_path / "a-file", "is a file, not a folder"),
+                           (tmp_path / "a-file" / "data", "cannot be made")):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "webui.py"), "--model", str(tmp_path / "no-model"), "--data-dir",
+             str(data_dir), "--port", "0", "--no-autolaunch", "--no-ui"],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: The data directory {data_dir} {says} (server.data_dir, --data-dir)"
+                          + (": Not a directory." if says == "cannot be made" else ".")], proc.stderr

@@ -14,9 +14,10 @@ import threading
 import time
 import urllib.request
 import webbrowser
+from pathlib import Path
 from typing import Any
 
-from asr.errors import ASRError
+from asr.errors import ASRError, ConfigError
 from asr.settings import Settings, load_settings, resolve_config
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def serve(settings: Settings) -> None:
     # Everything the server writes (batch uploads, the job database, Gradio's upload cache, the
     # UI's downloads) is for this user only: folders 0700, files 0600.
     os.umask(0o077)
+    check_data_dir(server.data_dir)
     if server.share:
         log.warning("--share exposes this service to the public internet through gradio.live.")
     if server.host not in ("127.0.0.1", "localhost", "::1"):
@@ -156,6 +158,23 @@ def serve(settings: Settings) -> None:
         return
     app = create_app(settings)
     uvicorn.run(app, host=server.host, port=server.port, **uvicorn_options(settings))
+
+
+def check_data_dir(path: str | os.PathLike[str]) -> None:
+    """The data directory (`server.data_dir`) is a folder this user can write, made if missing:
+    checked before the model loads, so a wrong `--data-dir` is one line saying so, not a
+    traceback after the model (nor, with HTTP workers, every worker dying at its start)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"The data directory {folder} is a file, not a folder (server.data_dir, --data-dir).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"The data directory {folder} cannot be made (server.data_dir, --data-dir): {exc.strerror or exc}."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"The data directory {folder} is not writable (server.data_dir, --data-dir).")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -257,12 +257,12 @@ def test_a_second_server_on_the_same_port_is_refused(workers: LiveServer, tiny_m
 
 @pytest.mark.slow
 def test_a_worker_that_cannot_start_stops_the_service_loudly(tiny_model_dir: Path, tmp_path: Path) -> None:
-    # Only the workers open the data directory (the job store): a file in its place kills each
+    # Only the workers open the job store: a folder where its database file should be kills each
     # at start-up, after the batching process is up.
-    (tmp_path / "not-a-dir").write_text("")
+    (tmp_path / "a-folder.sqlite3").mkdir()
     with pytest.raises(RuntimeError, match="exited with 1") as err:
-        start_server(tiny_model_dir, tmp_path, args=[*FLAGS, "--http-workers", "2",
-                                                     "--data-dir", str(tmp_path / "not-a-dir")])  # fmt: skip
+        start_server(tiny_model_dir, tmp_path, args=[*FLAGS, "--http-workers", "2"],
+                     env={"ASR_SERVER__JOBS_DB": str(tmp_path / "a-folder.sqlite3")})
     assert "times in a row" in str(err.value)
 
 
