@@ -138,9 +138,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         # The decoding processes start first: they import FFmpeg's bindings while the models load.
         decoders = start_decoders(settings)
         try:
-            networks = EngineNetworks(settings)
+            networks = EngineNetworks(settings, input_bytes)
             models = _preload_models(settings, options, networks=networks)
-            engine = networks.engine = load_engine(settings.engine, input_bytes=input_bytes)
+            engine = load_engine(settings.engine, input_bytes=input_bytes)
+            networks.start(engine)
             try:
                 code = asyncio.run(_transcribe_files(settings, engine, files, options, args, models, decoders))
             finally:

@@ -109,7 +109,7 @@ def main() -> None:
         models = StageModels(settings.longform, settings.engine.model_cache)
         networks = EngineNetworks(settings)
         networks.attach(models)
-        networks.engine = engine
+        networks.start(engine)
         pipeline = P.Pipeline(settings, engine, on_batch=on_batch, models=models)
         await pipeline.start()
         try:

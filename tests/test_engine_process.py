@@ -161,14 +161,16 @@ def test_a_pipeline_beside_its_engine_process_takes_the_networks_from_it(child: 
     from asr.pipeline.models import EngineNetworks, StageModels
     from asr.settings import load_settings
 
-    for served in (True, False):
-        settings = load_settings(None, longform={"punc_model": str(DEMO_PUNC), "punc_in_engine": served,
-                                                 "vad_in_engine": served})
+    for served, process in ((True, "on"), (False, "on"), (True, "auto")):  # 'auto' on a CPU: in this process
+        settings = load_settings(None, engine={"process": process},
+                                 longform={"punc_model": str(DEMO_PUNC), "punc_in_engine": served,
+                                           "vad_in_engine": served})
         models = StageModels(settings.longform, tmp_path)
         networks = EngineNetworks(settings)
         networks.attach(models)
         models.preload(itn=False, punctuation=True).join(60)
-        networks.engine = child
+        networks.start(child)
+        served = served and process == "on"
         punctuator = models.punctuator()
         assert punctuator is not None
         assert isinstance(getattr(punctuator.network, "network", None), ChildPunctuation) == served

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -199,19 +200,38 @@ class EngineNetworks:
     """`StageModels`' sources for a pipeline that talks to its engine process directly (the
     one-process service and command on a GPU): the networks `longform.punc_in_engine` /
     `vad_in_engine` ask for run in that process, so the pipeline's own process needs no GPU
-    context. Attach before the models preload; set `engine` once it is loaded (the networks load
-    there at their first use)."""
+    context. `attach` before the models preload (nothing happens unless the engine will run in a
+    process of its own, `wants_process`); `start(engine)` once it is loaded: the networks then
+    load there at once, on a thread, while the pipeline starts."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, input_bytes: int | None = None) -> None:
+        from asr.engine.process import wants_process
+
         self.settings = settings
-        self.engine: Any = None
+        longform = settings.longform
+        self._wanted = {
+            name: load for name, load, asked in (("punc", served_punctuation, longform.punc_in_engine),
+                                                 ("vad", served_vad, longform.vad_in_engine))
+            if asked and wants_process(settings.engine, input_bytes)
+        }  # fmt: skip
+        self._loaded: dict[str, Future[tuple[Any, str | None]]] = {name: Future() for name in self._wanted}
 
     def attach(self, models: StageModels) -> None:
-        longform = self.settings.longform
-        if longform.punc_in_engine:
-            models.use_served_punctuation(lambda: served_punctuation(self.settings, self.engine))
-        if longform.vad_in_engine:
-            models.use_served_vad(lambda: served_vad(self.settings, self.engine))
+        if "punc" in self._wanted:
+            models.use_served_punctuation(self._loaded["punc"].result)
+        if "vad" in self._wanted:
+            models.use_served_vad(self._loaded["vad"].result)
+
+    def start(self, engine: Any) -> None:
+        def load() -> None:
+            for name, served in self._wanted.items():
+                try:
+                    self._loaded[name].set_result(served(self.settings, engine))
+                except BaseException as exc:  # noqa: BLE001 - the pipeline's first use raises it
+                    self._loaded[name].set_exception(exc)
+
+        if self._wanted:
+            threading.Thread(target=load, name="asr-engine-networks", daemon=True).start()
 
 
 _UNLOADABLE = (

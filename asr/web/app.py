@@ -107,7 +107,8 @@ def create_app(
     elif engine is None:
         from asr.engine.process import load_engine
 
-        engine = networks.engine = load_engine(settings.engine)
+        engine = load_engine(settings.engine)
+        networks.start(engine)
     service = Service(settings, engine, models, front=link, replica=replica)
 
     @asynccontextmanager
