@@ -549,7 +549,7 @@ class SileroVad(_Segmenter):
         self._torch: Any = None
         self._session: Any = None
         if network is not None:
-            # `TorchSilero`'s two calls from elsewhere (a batching process's, `vad_in_engine`).
+            # `TorchSilero.lane_probs` run elsewhere (the engine's process, `vad_in_engine`): recordings only.
             self._torch = network
         elif device is not None:
             from asr.pipeline.silero_torch import TorchSilero
