@@ -21,9 +21,10 @@ The inputs and the full-size random punctuation model are long_files.py's, under
 engine runs in this process (as long_files.py) unless `--engine-process` puts it in a process of
 its own (`load_engine`, what the command line does on a GPU; no `--replay` then). Two pipeline
 methods are wrapped to note the time of their first and last calls: `_Source.next_chunk` (a
-segment cut by the VAD; `chunks_end` when the stream ends) and `Pipeline._assemble`. Prints one
-JSON line: marks in seconds from the call, the engine's batches (time, rows, seconds) first and
-last, characters, files decoded in pieces.
+segment cut by the VAD; `chunks_end` when the stream ends) and `Pipeline._assemble`; the assemblies'
+punctuation and ITN are timed. Prints one JSON line: marks in seconds from the call, the engine's
+batches (time, rows, seconds) first and last, the assemblies' punctuation and ITN seconds,
+characters, files decoded in pieces.
 """
 
 from __future__ import annotations
@@ -85,6 +86,22 @@ def main() -> None:
         return result
 
     P._Source.next_chunk = noted_next_chunk  # type: ignore[method-assign]
+    # What the assemblies spend in punctuation and ITN (seconds summed over the files).
+    spent = {"punc_s": 0.0, "itn_s": 0.0}
+
+    def timed_in(key: str, fn):  # type: ignore[no-untyped-def]
+        def call(*a, **k):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return call
+
+    from asr.pipeline.itn import InverseNormalizer
+
+    P.punctuate_words = timed_in("punc_s", P.punctuate_words)
+    InverseNormalizer.apply = timed_in("itn_s", InverseNormalizer.apply)  # type: ignore[method-assign]
     calls: list[tuple[list, object]] = []
     transcribe = engine.transcribe
 
@@ -117,6 +134,7 @@ def main() -> None:
             for _ in range(passes):
                 marks.clear()
                 batches.clear()
+                spent.update(punc_s=0.0, itn_s=0.0)
                 files = sorted((work / "long").glob("*.mp3"))[:n]
                 calls.clear()
                 t0[0] = time.perf_counter()
@@ -127,6 +145,7 @@ def main() -> None:
                     "files": n, "wall": round(wall, 3), "audio": sum(r.duration_ms for r in results) / 1000,
                     "marks": marks, "batches": len(batches), "engine_s": round(sum(b[2] for b in batches), 3),
                     "first_batches": batches[:3], "last_batches": batches[-3:],
+                    "assembly": {k: round(v, 3) for k, v in spent.items()},
                     "chars": sum(len(r.text) for r in results), "in_pieces": pipeline.decoded_in_pieces,
                     "captures": None if graphs is None else graphs.encoders.captures + graphs.decoders.captures,
                 }), flush=True)  # fmt: skip
