@@ -4,6 +4,11 @@
 #   - the carried wheels into /tmp/site (made here by `bash benchmarks/device_wheels.sh`, carry .whl);
 #   - the full-size random model and a CT-Transformer of the released shape in /tmp/models;
 #   - the live test's speech is carried in .gpu (`python -m tests.live_load --make-wav .gpu/live-speech.wav`).
+# A call carries at most 64 MiB: the tracked tree (26 MB, 21 MB of it the demonstration model's
+# weights, which no device benchmark reads) and the wheels (60 MB) are more. For the call, take the
+# weights out of the index (`git rm --cached tests/assets/demo-model/asr/model.pt`, the path in
+# .git/info/exclude; `git reset -q tests/assets/demo-model` after) and leave py-spy's wheel out
+# unless a step profiles.
 # Each step is skipped when a warm machine already has its result.
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}" CUDA_MODULE_LOADING=LAZY
