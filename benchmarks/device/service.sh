@@ -32,6 +32,9 @@ for spec in "$@"; do
 import json, sys
 out, mem, name, fmt, clients, ready = sys.argv[1:]
 text = open(out).read()
+if "{" not in text:  # the load client failed: its stderr is in /tmp/load-PORT.err
+    print(json.dumps({"variant": name, "load": f"{clients} clients, 30 s {fmt}", "error": "no report from tests/load.py"}))
+    sys.exit(0)
 summary = json.loads(text[text.index("{"): text.rindex("}") + 1])
 peak: dict[str, int] = {}
 for line in open(mem):
