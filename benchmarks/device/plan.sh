@@ -35,6 +35,8 @@ plan() {
 
 case "${1:-}" in
   start)
+    # Every step after setup needs CUDA; on a machine without it the plan would only print tracebacks.
+    nvidia-smi -L > /dev/null 2>&1 || { echo "no NVIDIA GPU here: the plan is for the device machine" >&2; exit 1; }
     mkdir -p /tmp/plan/out
     # setsid: the plan outlives the call that started it.
     export OUT=/tmp/plan/out AB SERVED
