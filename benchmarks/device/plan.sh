@@ -44,7 +44,9 @@ case "${1:-}" in
       > /tmp/plan/log 2>&1 < /dev/null &
     sleep 2; echo "plan started, log /tmp/plan/log" ;;
   wait)
-    for _ in $(seq "${2:?wait takes the seconds to wait}"); do
+    [[ ${2:-} =~ ^[0-9]+$ ]] || { echo "wait takes the seconds to wait: $0 wait SECONDS" >&2; exit 2; }
+    [ -f /tmp/plan/log ] || { echo "no plan has started on this machine (a fresh machine: start it again)" >&2; exit 1; }
+    for _ in $(seq "$2"); do
       grep -q "PLAN DONE" /tmp/plan/log 2> /dev/null && break; sleep 1
     done
     OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
