@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # #11's next device run in one go: the served networks (longform.punc_in_engine and
 # longform.vad_in_engine) against the workers' own, on every row they touch, plus the GPU test of
-# the engine process's networks. About 12-13 minutes, more than one call may run, so the plan runs
+# the engine process's networks. About 12-13 minutes, longer than one call may run, so the plan runs
 # detached on the box and later calls collect it:
 #   bash benchmarks/device/plan.sh start; bash benchmarks/device/plan.sh wait 555   (first call)
 #   bash benchmarks/device/plan.sh wait 560                                          (the next, at once:
